@@ -1,0 +1,513 @@
+//! The client role: attach to (log in at) several supernodes with a signed
+//! challenge, keep the attachments alive, replace dead ones, publish a
+//! signed presence record, run lookups through a supernode, check
+//! reachability and decide on promotion.
+
+use crate::hostcache::HostCache;
+use crate::identity::{contact_id, domain, sign_presence};
+use crate::node::{DetachReason, Event, Io};
+use crate::time::Instant;
+use peerline_proto::{BoundedVec, Contact, Message, PresenceBody, PresenceRecord, PublicKey, RECORD_SUPERNODES_MAX};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Hello sent, waiting for the challenge.
+    Hello,
+    /// Proof sent, waiting for acceptance.
+    Proof { challenge: [u8; 32] },
+    Attached,
+}
+
+#[derive(Clone, Debug)]
+struct Attachment {
+    contact: Contact,
+    phase: Phase,
+    tries: u8,
+    /// Attach step timeout, or the next keepalive / pong deadline.
+    deadline: Instant,
+    step_started: Instant,
+    awaiting_pong: bool,
+    ping_sequence: u32,
+    misses: u8,
+    load_pct: u8,
+}
+
+#[derive(Clone, Debug)]
+struct PendingLookup {
+    query_id: u32,
+    account: PublicKey,
+    started: Instant,
+    deadline: Instant,
+    via: PublicKey,
+    retried: bool,
+}
+
+/// Most lookups a client keeps open at once.
+const CLIENT_LOOKUPS_MAX: usize = 16;
+
+#[derive(Clone, Debug, Default)]
+pub struct ClientState {
+    attachments: Vec<Attachment>,
+    presence_sequence: u64,
+    /// Set when the attachment set changed and presence must be re-published.
+    presence_dirty_since: Option<Instant>,
+    presence_refresh_at: Option<Instant>,
+    lookups: Vec<PendingLookup>,
+    next_query_id: u32,
+    probe_token: u64,
+    probe_at: Option<Instant>,
+    promote_check_at: Option<Instant>,
+    promotion_due: bool,
+}
+
+impl ClientState {
+    pub(crate) fn start(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        // Spread periodic work so nodes that start together do not act together.
+        self.probe_at = Some(now.add_ms(10_000 + io.jitter_ms(20_000)));
+        let check_ms = io.params.promote_check_interval_s * 1000;
+        self.promote_check_at = Some(now.add_ms(check_ms + io.jitter_ms(check_ms)));
+        self.presence_sequence = io.now.unix_s.saturating_mul(1000);
+        self.fill_attachments(io);
+    }
+
+    pub(crate) fn attached(&self) -> Vec<Contact> {
+        self.attachments
+            .iter()
+            .filter(|a| a.phase == Phase::Attached)
+            .map(|a| a.contact)
+            .collect()
+    }
+
+    pub(crate) fn wants_promotion(&self) -> bool {
+        self.promotion_due
+    }
+
+    pub(crate) fn next_deadline(&self, host_cache: &HostCache) -> Instant {
+        let mut deadline = Instant::NEVER;
+        for attachment in &self.attachments {
+            deadline = deadline.min(attachment.deadline);
+        }
+        for lookup in &self.lookups {
+            deadline = deadline.min(lookup.deadline);
+        }
+        if let Some(at) = self.presence_dirty_since {
+            deadline = deadline.min(at);
+        }
+        for at in [self.presence_refresh_at, self.probe_at, self.promote_check_at].into_iter().flatten() {
+            deadline = deadline.min(at);
+        }
+        if self.attachments.len() < 2 {
+            // Waiting for a backed-off supernode to become eligible again.
+            let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
+            if let Some(at) = host_cache.next_eligible(&exclude) {
+                deadline = deadline.min(at.max(Instant(1)));
+            }
+        }
+        deadline
+    }
+
+    fn attachment_index(&self, from: &peerline_proto::Addr) -> Option<usize> {
+        self.attachments.iter().position(|a| a.contact.addr == *from)
+    }
+
+    /// Starts attach handshakes until enough are attached or in progress.
+    fn fill_attachments(&mut self, io: &mut Io) {
+        while self.attachments.len() < io.params.attachments_target {
+            let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
+            let Some(contact) = io.host_cache.choose(io.now.instant, io.rng, io.params.host_cache_choices, &exclude) else {
+                return;
+            };
+            self.attachments.push(Attachment {
+                contact,
+                phase: Phase::Hello,
+                tries: 1,
+                deadline: io.now.instant.add_ms(io.params.attach_step_timeout_ms),
+                step_started: io.now.instant,
+                awaiting_pong: false,
+                ping_sequence: 0,
+                misses: 0,
+                load_pct: 0,
+            });
+            io.send(contact.addr, &Message::AttachHello { cert: io.identity.cert });
+        }
+    }
+
+    fn drop_attachment(&mut self, io: &mut Io, index: usize, reason: DetachReason) {
+        let attachment = self.attachments.swap_remove(index);
+        let params = io.params;
+        match reason {
+            DetachReason::Busy | DetachReason::DetachedBySupernode => {}
+            _ => io.host_cache.record_failure(
+                &attachment.contact.key,
+                io.now.instant,
+                io.rng,
+                params.retry_backoff_base_ms,
+                params.retry_backoff_max_ms,
+            ),
+        }
+        if attachment.phase == Phase::Attached {
+            io.event(Event::Detached {
+                supernode: attachment.contact,
+                reason,
+            });
+            self.mark_presence_dirty(io);
+        }
+    }
+
+    fn mark_presence_dirty(&mut self, io: &mut Io) {
+        if self.presence_dirty_since.is_none() {
+            self.presence_dirty_since = Some(io.now.instant.add_ms(io.params.presence_debounce_ms));
+        }
+    }
+
+    pub(crate) fn handle(&mut self, io: &mut Io, from: peerline_proto::Addr, message: Message) {
+        let Some(index) = self.attachment_index(&from) else {
+            match message {
+                Message::Probe { token } if token == self.probe_token && token != 0 => {
+                    *io.reachable = true;
+                    self.probe_token = 0;
+                    io.event(Event::Reachable);
+                }
+                _ => io.stats.messages_unexpected += 1,
+            }
+            return;
+        };
+        match message {
+            Message::AttachChallenge { supernode, challenge } => self.on_challenge(io, index, supernode, challenge),
+            Message::AttachAccepted { load_pct, peers, .. } => self.on_accepted(io, index, load_pct, &peers),
+            Message::Busy {
+                retry_after_ms,
+                alternates,
+                ..
+            } => {
+                let key = self.attachments[index].contact.key;
+                io.host_cache.defer(&key, io.now.instant, retry_after_ms as u64);
+                for contact in alternates.iter() {
+                    io.host_cache.insert(*contact, io.params.host_cache_len_max);
+                }
+                self.drop_attachment(io, index, DetachReason::Busy);
+                self.fill_attachments(io);
+            }
+            Message::Detach { alternates } => {
+                for contact in alternates.iter() {
+                    io.host_cache.insert(*contact, io.params.host_cache_len_max);
+                }
+                let key = self.attachments[index].contact.key;
+                io.host_cache.defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
+                self.drop_attachment(io, index, DetachReason::DetachedBySupernode);
+                self.fill_attachments(io);
+            }
+            Message::NotAttached => {
+                if self.attachments[index].phase == Phase::Attached {
+                    self.drop_attachment(io, index, DetachReason::NotAttached);
+                    self.fill_attachments(io);
+                }
+            }
+            Message::Pong { sequence, load_pct } => {
+                let attachment = &mut self.attachments[index];
+                // A late pong to an earlier ping of this round counts too.
+                let in_round = attachment.ping_sequence.wrapping_sub(sequence) <= attachment.misses as u32;
+                if attachment.phase == Phase::Attached && attachment.awaiting_pong && in_round {
+                    attachment.awaiting_pong = false;
+                    attachment.misses = 0;
+                    attachment.load_pct = load_pct;
+                    attachment.deadline = attachment.step_started.add_ms(io.params.keepalive_interval_ms);
+                }
+            }
+            Message::PeerDown { supernode } => self.on_peer_down(io, supernode),
+            Message::LookupResponse { query_id, record, hops } => self.on_lookup_response(io, query_id, record, hops),
+            _ => io.stats.messages_unexpected += 1,
+        }
+    }
+
+    fn on_challenge(&mut self, io: &mut Io, index: usize, supernode: Contact, challenge: [u8; 32]) {
+        let attachment = &mut self.attachments[index];
+        if attachment.phase != Phase::Hello {
+            return;
+        }
+        // The supernode must be the one we meant (key pinned by the host
+        // cache) and its ID must solve the puzzle.
+        if supernode.key != attachment.contact.key || contact_id(&supernode, io.params.id_puzzle_difficulty_bits).is_err() {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        let signature = io.identity.keypair.sign(domain::ATTACH, &attach_proof_bytes(&challenge, &supernode.key));
+        attachment.phase = Phase::Proof { challenge };
+        attachment.deadline = io.now.instant.add_ms(io.params.attach_step_timeout_ms);
+        io.send(
+            attachment.contact.addr,
+            &Message::AttachProof {
+                cert: io.identity.cert,
+                challenge,
+                signature,
+            },
+        );
+    }
+
+    fn on_accepted(&mut self, io: &mut Io, index: usize, load_pct: u8, peers: &[Contact]) {
+        let attachment = &mut self.attachments[index];
+        if !matches!(attachment.phase, Phase::Proof { .. }) {
+            return;
+        }
+        let rtt_ms = io.now.instant.since_ms(attachment.step_started);
+        attachment.phase = Phase::Attached;
+        attachment.load_pct = load_pct;
+        attachment.step_started = io.now.instant;
+        attachment.deadline = io.now.instant.add_ms(io.params.keepalive_interval_ms);
+        let contact = attachment.contact;
+        io.host_cache.record_success(&contact.key, rtt_ms);
+        for peer in peers {
+            io.host_cache.insert(*peer, io.params.host_cache_len_max);
+        }
+        io.event(Event::Attached { supernode: contact });
+        self.mark_presence_dirty(io);
+    }
+
+    fn on_peer_down(&mut self, io: &mut Io, supernode: PublicKey) {
+        // Do not take the word of one supernode about another: probe it now
+        // with a single pong timeout left.
+        let misses_max = io.params.keepalive_misses_max as u8;
+        if let Some(attachment) = self.attachments.iter_mut().find(|a| a.contact.key == supernode && a.phase == Phase::Attached) {
+            attachment.misses = attachment.misses.max(misses_max.saturating_sub(1));
+            attachment.deadline = io.now.instant;
+            attachment.awaiting_pong = false;
+        }
+    }
+
+    pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        let mut index = 0;
+        while index < self.attachments.len() {
+            if self.attachments[index].deadline > now {
+                index += 1;
+                continue;
+            }
+            if self.attachment_timeout(io, index) {
+                index += 1;
+            }
+        }
+        self.fill_attachments(io);
+        self.publish_if_due(io);
+        self.expire_lookups(io);
+        self.probe_if_due(io);
+        self.check_promotion(io);
+    }
+
+    /// Handles one expired attachment deadline; false if it was removed.
+    fn attachment_timeout(&mut self, io: &mut Io, index: usize) -> bool {
+        let now = io.now.instant;
+        let params = io.params;
+        let attachment = &mut self.attachments[index];
+        match attachment.phase {
+            Phase::Hello | Phase::Proof { .. } => {
+                if attachment.tries as u32 >= params.attach_tries_max {
+                    self.drop_attachment(io, index, DetachReason::AttachFailed);
+                    return false;
+                }
+                attachment.tries += 1;
+                attachment.phase = Phase::Hello;
+                attachment.step_started = now;
+                attachment.deadline = now.add_ms(params.attach_step_timeout_ms);
+                let addr = attachment.contact.addr;
+                io.send(addr, &Message::AttachHello { cert: io.identity.cert });
+                true
+            }
+            Phase::Attached => {
+                if attachment.awaiting_pong {
+                    attachment.misses += 1;
+                    if attachment.misses as u32 >= params.keepalive_misses_max {
+                        self.drop_attachment(io, index, DetachReason::KeepaliveTimeout);
+                        return false;
+                    }
+                }
+                attachment.awaiting_pong = true;
+                attachment.ping_sequence = attachment.ping_sequence.wrapping_add(1);
+                if attachment.misses == 0 {
+                    attachment.step_started = now;
+                }
+                attachment.deadline = now.add_ms(params.pong_timeout_ms);
+                let (addr, sequence) = (attachment.contact.addr, attachment.ping_sequence);
+                io.send(addr, &Message::Ping { sequence });
+                true
+            }
+        }
+    }
+
+    fn publish_if_due(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        let refresh_due = self.presence_refresh_at.is_some_and(|at| at <= now);
+        let dirty_due = self.presence_dirty_since.is_some_and(|at| at <= now);
+        let handshakes_pending = self.attachments.iter().any(|a| a.phase != Phase::Attached);
+        // Wait for handshakes in flight, but not past a second debounce period.
+        let dirty_ready = dirty_due
+            && (!handshakes_pending
+                || self
+                    .presence_dirty_since
+                    .is_some_and(|at| now.since_ms(at) >= io.params.presence_debounce_ms));
+        if !(refresh_due || dirty_ready) {
+            return;
+        }
+        let attached = self.attached();
+        if attached.is_empty() {
+            self.presence_refresh_at = None;
+            self.presence_dirty_since = None;
+            return;
+        }
+        self.presence_dirty_since = None;
+        self.presence_refresh_at = Some(now.add_ms(io.params.presence_refresh_s * 1000));
+        let record = self.sign_record(io, &attached);
+        for contact in &attached {
+            io.send(contact.addr, &Message::Publish { record: record.clone() });
+        }
+        io.event(Event::PresencePublished {
+            sequence: record.body.sequence,
+        });
+    }
+
+    fn sign_record(&mut self, io: &mut Io, attached: &[Contact]) -> PresenceRecord {
+        self.presence_sequence += 1;
+        let body = PresenceBody {
+            cert: io.identity.cert,
+            sequence: self.presence_sequence,
+            issued_unix_s: io.now.unix_s,
+            expires_unix_s: io.now.unix_s + io.params.presence_ttl_s,
+            supernodes: BoundedVec::truncating(attached.iter().copied().take(RECORD_SUPERNODES_MAX)),
+        };
+        sign_presence(&io.identity.keypair, body)
+    }
+
+    pub(crate) fn lookup(&mut self, io: &mut Io, account: PublicKey) {
+        let attached = self.attached();
+        if attached.is_empty() || self.lookups.len() >= CLIENT_LOOKUPS_MAX {
+            io.event(Event::LookupDone {
+                account,
+                record: None,
+                hops: 0,
+                elapsed_ms: 0,
+            });
+            return;
+        }
+        let via = attached[io.rng_index(attached.len())];
+        self.next_query_id = self.next_query_id.wrapping_add(1);
+        let query_id = self.next_query_id;
+        self.lookups.push(PendingLookup {
+            query_id,
+            account,
+            started: io.now.instant,
+            deadline: io.now.instant.add_ms(io.params.lookup_timeout_ms),
+            via: via.key,
+            retried: false,
+        });
+        io.send(via.addr, &Message::LookupRequest { query_id, account });
+    }
+
+    fn on_lookup_response(&mut self, io: &mut Io, query_id: u32, record: Option<PresenceRecord>, hops: u8) {
+        let Some(index) = self.lookups.iter().position(|l| l.query_id == query_id) else {
+            return;
+        };
+        let lookup = self.lookups.swap_remove(index);
+        // Check what the supernode handed us: right account, valid signature, fresh.
+        let record = record.filter(|r| {
+            r.body.cert.body.account_key == lookup.account
+                && crate::identity::verify_presence(io.mode, r, io.now.unix_s, io.params.clock_skew_tolerance_s).is_ok()
+        });
+        io.event(Event::LookupDone {
+            account: lookup.account,
+            record,
+            hops,
+            elapsed_ms: io.now.instant.since_ms(lookup.started),
+        });
+    }
+
+    fn expire_lookups(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        let mut index = 0;
+        while index < self.lookups.len() {
+            if self.lookups[index].deadline > now {
+                index += 1;
+                continue;
+            }
+            let lookup = &self.lookups[index];
+            let other = self.attached().into_iter().find(|c| c.key != lookup.via);
+            match other {
+                Some(contact) if !lookup.retried => {
+                    // Try once more through the other supernode.
+                    let lookup = &mut self.lookups[index];
+                    lookup.retried = true;
+                    lookup.via = contact.key;
+                    lookup.deadline = now.add_ms(io.params.lookup_timeout_ms);
+                    let (query_id, account) = (lookup.query_id, lookup.account);
+                    io.send(contact.addr, &Message::LookupRequest { query_id, account });
+                    index += 1;
+                }
+                _ => {
+                    let lookup = self.lookups.swap_remove(index);
+                    io.event(Event::LookupDone {
+                        account: lookup.account,
+                        record: None,
+                        hops: 0,
+                        elapsed_ms: now.since_ms(lookup.started),
+                    });
+                }
+            }
+        }
+    }
+
+    fn probe_if_due(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        if *io.reachable || !self.probe_at.is_some_and(|at| at <= now) {
+            return;
+        }
+        self.probe_at = Some(now.add_ms(io.params.probe_interval_s * 1000));
+        if let Some(contact) = self.attached().first() {
+            self.probe_token = io.random_u64() | 1;
+            io.send(contact.addr, &Message::ProbeRequest { token: self.probe_token });
+        }
+    }
+
+    fn check_promotion(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        if !self.promote_check_at.is_some_and(|at| at <= now) {
+            return;
+        }
+        self.promote_check_at = Some(now.add_ms(io.params.promote_check_interval_s * 1000));
+        let attached: Vec<&Attachment> = self.attachments.iter().filter(|a| a.phase == Phase::Attached).collect();
+        if !*io.reachable || attached.is_empty() || now.since_ms(io.started_at) < io.params.promote_uptime_s * 1000 {
+            return;
+        }
+        let load: u32 = attached.iter().map(|a| a.load_pct as u32).sum::<u32>() / attached.len() as u32;
+        if load >= io.params.promote_load_pct as u32 && (io.rng_index(1000) as u32) < io.params.promote_chance_per_mille {
+            self.promotion_due = true;
+        }
+    }
+
+    /// Detaches from every supernode (graceful exit or promotion).
+    pub(crate) fn shutdown(&mut self, io: &mut Io) {
+        for attachment in self.attachments.drain(..) {
+            io.send(attachment.contact.addr, &Message::Detach { alternates: BoundedVec::new() });
+        }
+        self.lookups.clear();
+    }
+}
+
+/// What a device signs to prove possession of its key at attach: the
+/// supernode's challenge and the supernode's key (so a proof for one
+/// supernode is useless at another).
+pub(crate) fn attach_proof_bytes(challenge: &[u8; 32], supernode: &PublicKey) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(challenge);
+    bytes.extend_from_slice(&supernode.0);
+    bytes
+}
+
+impl Io<'_> {
+    pub fn rng_index(&mut self, len: usize) -> usize {
+        use rand_core::Rng;
+        if len == 0 {
+            0
+        } else {
+            self.rng.next_u32() as usize % len
+        }
+    }
+}

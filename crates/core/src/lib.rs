@@ -1,0 +1,22 @@
+//! peerline's sans-IO core: pure state machines for identity, login
+//! (attaching to supernodes), membership gossip, the directory and lookups.
+//!
+//! Nothing here reads a clock, touches a socket, spawns or sleeps: time and
+//! randomness come in from the driver (the simulator or the tokio driver),
+//! and everything the node wants done comes out through
+//! [`Node::poll_transmit`], [`Node::poll_event`] and [`Node::poll_timeout`].
+
+pub mod client;
+pub mod hostcache;
+pub mod identity;
+pub mod lookup;
+pub mod membership;
+pub mod node;
+pub mod params;
+pub mod supernode;
+pub mod time;
+
+pub use identity::{CryptoMode, DeviceIdentity, Keypair};
+pub use node::{DetachReason, Event, Node, NodeConfig, NodeStats, RolePolicy, Transmit};
+pub use params::Params;
+pub use time::{Instant, Now};

@@ -1,0 +1,571 @@
+//! Supernode membership: a SWIM-style protocol (random probing, suspicion,
+//! refutation by incarnation, updates piggybacked on probes) that gives every
+//! supernode the full member list with load figures — so most lookups take
+//! one hop — and a capped Kademlia-bucket view when the network outgrows it.
+
+use crate::time::Instant;
+use peerline_proto::{Contact, MemberState, MemberUpdate, NodeId, PublicKey, GOSSIP_UPDATES_MAX};
+use rand_core::Rng;
+
+/// Most updates waiting to be piggybacked.
+const BROADCAST_QUEUE_LEN_MAX: usize = 1024;
+/// Most tombstones remembered.
+const TOMBSTONES_LEN_MAX: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub id: NodeId,
+    pub update: MemberUpdate,
+    pub state_since: Instant,
+}
+
+/// What applying an update did to the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Joined(NodeId),
+    Left(NodeId),
+    Updated,
+}
+
+#[derive(Clone, Debug)]
+struct Probe {
+    target: NodeId,
+    sequence: u32,
+    deadline: Instant,
+}
+
+#[derive(Clone, Debug)]
+pub struct Membership {
+    self_id: NodeId,
+    /// Our own entry as we announce it.
+    pub me: MemberUpdate,
+    /// Every known member (ourselves included), sorted by ID.
+    members: Vec<Member>,
+    tombstones: Vec<(NodeId, u32, Instant)>,
+    broadcasts: Vec<(MemberUpdate, u8)>,
+    probe: Option<Probe>,
+    next_probe_at: Instant,
+    sequence: u32,
+    view_len_max: usize,
+    bucket_len_max: usize,
+    /// True once an update was refused because the view was full: lookups
+    /// must then route iteratively.
+    pub capped: bool,
+}
+
+impl Membership {
+    pub fn new(self_id: NodeId, me: MemberUpdate, now: Instant, view_len_max: usize, bucket_len_max: usize) -> Self {
+        let mut membership = Membership {
+            self_id,
+            me,
+            members: Vec::new(),
+            tombstones: Vec::new(),
+            broadcasts: Vec::new(),
+            probe: None,
+            next_probe_at: now,
+            sequence: 0,
+            view_len_max: view_len_max.max(1),
+            bucket_len_max: bucket_len_max.max(1),
+            capped: false,
+        };
+        membership.members.push(Member {
+            id: self_id,
+            update: me,
+            state_since: now,
+        });
+        membership.enqueue(me);
+        membership
+    }
+
+    pub fn self_id(&self) -> NodeId {
+        self.self_id
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    fn position(&self, id: &NodeId) -> Result<usize, usize> {
+        self.members.binary_search_by(|m| m.id.cmp(id))
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<&Member> {
+        self.position(id).ok().map(|i| &self.members[i])
+    }
+
+    /// Announces a new load figure under a fresh incarnation.
+    pub fn announce_load(&mut self, load_pct: u8, now: Instant) {
+        self.me.load_pct = load_pct;
+        self.me.incarnation = self.me.incarnation.wrapping_add(1);
+        self.refresh_self(now);
+    }
+
+    /// Announces that we leave (graceful demotion or shutdown).
+    pub fn announce_leaving(&mut self, now: Instant) {
+        self.me.state = MemberState::Dead;
+        self.me.incarnation = self.me.incarnation.wrapping_add(1);
+        self.refresh_self(now);
+    }
+
+    fn refresh_self(&mut self, now: Instant) {
+        let me = self.me;
+        if let Ok(i) = self.position(&self.self_id.clone()) {
+            self.members[i].update = me;
+            self.members[i].state_since = now;
+        }
+        self.enqueue(me);
+    }
+
+    fn retransmissions(&self) -> u8 {
+        let log2 = usize::BITS - self.members.len().leading_zeros();
+        (3 * log2.max(1)).min(60) as u8
+    }
+
+    fn enqueue(&mut self, update: MemberUpdate) {
+        let count = self.retransmissions();
+        if let Some(slot) = self.broadcasts.iter_mut().find(|(u, _)| u.contact.key == update.contact.key) {
+            *slot = (update, count);
+            return;
+        }
+        if self.broadcasts.len() >= BROADCAST_QUEUE_LEN_MAX {
+            // Drop the most-repeated update: it has had the most chances to spread.
+            if let Some(i) = (0..self.broadcasts.len()).min_by_key(|i| self.broadcasts[*i].1) {
+                self.broadcasts.swap_remove(i);
+            }
+        }
+        self.broadcasts.push((update, count));
+    }
+
+    /// Updates to piggyback on the next gossip message, freshest first.
+    pub fn take_updates(&mut self) -> Vec<MemberUpdate> {
+        self.broadcasts.sort_by(|a, b| b.1.cmp(&a.1));
+        let take = self.broadcasts.len().min(GOSSIP_UPDATES_MAX);
+        let mut out = Vec::with_capacity(take);
+        for slot in self.broadcasts.iter_mut().take(take) {
+            out.push(slot.0);
+            slot.1 -= 1;
+        }
+        self.broadcasts.retain(|(_, left)| *left > 0);
+        out
+    }
+
+    fn is_tombstoned(&self, id: &NodeId, incarnation: u32, now: Instant) -> bool {
+        self.tombstones
+            .iter()
+            .any(|(dead, dead_incarnation, until)| dead == id && incarnation <= *dead_incarnation && *until > now)
+    }
+
+    fn admits(&mut self, id: &NodeId) -> bool {
+        if self.members.len() >= self.view_len_max {
+            self.capped = true;
+            return false;
+        }
+        let bucket = self.self_id.common_prefix_len(id);
+        let in_bucket = self
+            .members
+            .iter()
+            .filter(|m| self.self_id.common_prefix_len(&m.id) == bucket)
+            .count();
+        if in_bucket >= self.bucket_len_max {
+            self.capped = true;
+            return false;
+        }
+        true
+    }
+
+    /// Applies one update (SWIM merge rules). `id` must be the contact's
+    /// verified node ID.
+    pub fn apply(&mut self, id: NodeId, update: MemberUpdate, now: Instant, tombstone_ttl_ms: u64) -> Change {
+        if id == self.self_id {
+            return self.apply_about_self(update, now);
+        }
+        match self.position(&id) {
+            Err(insert_at) => {
+                if update.state == MemberState::Dead {
+                    return Change::None;
+                }
+                if self.is_tombstoned(&id, update.incarnation, now) || !self.admits(&id) {
+                    return Change::None;
+                }
+                self.members.insert(
+                    insert_at,
+                    Member {
+                        id,
+                        update,
+                        state_since: now,
+                    },
+                );
+                self.enqueue(update);
+                Change::Joined(id)
+            }
+            Ok(i) => {
+                let current = self.members[i].update;
+                let newer = update.incarnation > current.incarnation;
+                let same = update.incarnation == current.incarnation;
+                match update.state {
+                    MemberState::Alive if newer => {
+                        self.members[i].update = update;
+                        self.members[i].state_since = now;
+                        self.enqueue(update);
+                        Change::Updated
+                    }
+                    MemberState::Alive if same && current.state == MemberState::Alive => {
+                        // The sender field of a probe: refresh contact/load quietly.
+                        self.members[i].update.load_pct = update.load_pct;
+                        Change::None
+                    }
+                    MemberState::Suspect if newer || (same && current.state == MemberState::Alive) => {
+                        self.members[i].update = update;
+                        self.members[i].state_since = now;
+                        self.enqueue(update);
+                        Change::Updated
+                    }
+                    MemberState::Dead if newer || same => {
+                        self.remove(i, update.incarnation, now, tombstone_ttl_ms);
+                        self.enqueue(update);
+                        Change::Left(id)
+                    }
+                    _ => Change::None,
+                }
+            }
+        }
+    }
+
+    fn apply_about_self(&mut self, update: MemberUpdate, now: Instant) -> Change {
+        if update.state != MemberState::Alive && update.incarnation >= self.me.incarnation && self.me.state == MemberState::Alive {
+            // Refute the rumour with a newer incarnation.
+            self.me.incarnation = update.incarnation.wrapping_add(1);
+            self.refresh_self(now);
+        }
+        Change::None
+    }
+
+    fn remove(&mut self, index: usize, incarnation: u32, now: Instant, tombstone_ttl_ms: u64) {
+        let removed = self.members.remove(index);
+        self.tombstones.retain(|(_, _, until)| *until > now);
+        if self.tombstones.len() >= TOMBSTONES_LEN_MAX {
+            self.tombstones.remove(0);
+        }
+        self.tombstones.push((removed.id, incarnation, now.add_ms(tombstone_ttl_ms)));
+        if self.probe.as_ref().is_some_and(|p| p.target == removed.id) {
+            self.probe = None;
+        }
+    }
+
+    /// A random member other than ourselves.
+    pub fn random_other(&self, rng: &mut impl Rng) -> Option<&Member> {
+        if self.members.len() < 2 {
+            return None;
+        }
+        let mut index = rng.next_u32() as usize % self.members.len();
+        if self.members[index].id == self.self_id {
+            index = (index + 1) % self.members.len();
+        }
+        Some(&self.members[index])
+    }
+
+    /// Up to `count` members with spare capacity (lowest load first, ties by
+    /// ID distance from `near`), never ourselves.
+    pub fn least_loaded(&self, count: usize, near: &NodeId, rng: &mut impl Rng) -> Vec<Contact> {
+        // Sample instead of sorting the whole view: cheap and spreads clients.
+        let mut sample: Vec<&Member> = Vec::with_capacity(count * 4);
+        for _ in 0..count * 4 {
+            if let Some(member) = self.random_other(rng) {
+                if member.update.state == MemberState::Alive && !sample.iter().any(|m| m.id == member.id) {
+                    sample.push(member);
+                }
+            }
+        }
+        sample.sort_by_key(|m| (m.update.load_pct, m.id.distance(near)));
+        sample.into_iter().take(count).map(|m| m.update.contact).collect()
+    }
+
+    /// Average announced load of the view, in percent.
+    pub fn average_load_pct(&self) -> u8 {
+        if self.members.is_empty() {
+            return 0;
+        }
+        let total: u64 = self.members.iter().map(|m| m.update.load_pct as u64).sum();
+        (total / self.members.len() as u64).min(255) as u8
+    }
+
+    /// The `k` members closest to `key` by XOR distance (ourselves included),
+    /// nearest first. O(k · log n) on the sorted view.
+    pub fn closest(&self, key: &NodeId, k: usize) -> Vec<&Member> {
+        let mut out: Vec<&Member> = Vec::with_capacity(k);
+        collect_closest(&self.members, key, 0, k, &mut out);
+        out.sort_by_key(|m| m.id.distance(key));
+        out.truncate(k);
+        out
+    }
+
+    /// Members whose IDs fall in the smallest aligned subtree around `id`
+    /// holding at least `count` members: the range of keys whose replica
+    /// sets can change when `id` joins or leaves.
+    pub fn neighbourhood_range(&self, id: &NodeId, count: usize) -> (NodeId, NodeId) {
+        let mut prefix_len = 256usize;
+        loop {
+            let (low, high) = subtree_bounds(id, prefix_len);
+            let lo = self.members.partition_point(|m| m.id < low);
+            let hi = self.members.partition_point(|m| m.id <= high);
+            if hi - lo >= count || prefix_len == 0 {
+                return (low, high);
+            }
+            prefix_len = prefix_len.saturating_sub(4);
+        }
+    }
+
+    // ---- probing ----
+
+    /// Next time the membership protocol needs attention.
+    pub fn next_deadline(&self) -> Instant {
+        let probe_deadline = self.probe.as_ref().map_or(Instant::NEVER, |p| p.deadline);
+        probe_deadline.min(self.next_probe_at).min(self.next_suspect_deadline())
+    }
+
+    fn next_suspect_deadline(&self) -> Instant {
+        // Suspects are rare; a linear scan is fine and keeps no extra index.
+        self.members
+            .iter()
+            .filter(|m| m.update.state == MemberState::Suspect)
+            .map(|m| m.state_since)
+            .min()
+            .unwrap_or(Instant::NEVER)
+    }
+
+    /// Starts the next probe if due; returns (target, sequence).
+    pub fn start_probe(&mut self, now: Instant, period_ms: u64, ack_timeout_ms: u64, rng: &mut impl Rng) -> Option<(Contact, u32)> {
+        if now < self.next_probe_at {
+            return None;
+        }
+        self.next_probe_at = now.add_ms(period_ms);
+        let target = self.random_other(rng)?.clone();
+        self.sequence = self.sequence.wrapping_add(1);
+        self.probe = Some(Probe {
+            target: target.id,
+            sequence: self.sequence,
+            deadline: now.add_ms(ack_timeout_ms),
+        });
+        Some((target.update.contact, self.sequence))
+    }
+
+    pub fn ack_received(&mut self, sequence: u32) {
+        if self.probe.as_ref().is_some_and(|p| p.sequence == sequence) {
+            self.probe = None;
+        }
+    }
+
+    /// Expires probes (target becomes suspect) and suspicions (member
+    /// declared dead). Returns the members that left, with their keys.
+    pub fn expire(&mut self, now: Instant, suspect_timeout_ms: u64, tombstone_ttl_ms: u64) -> Vec<(NodeId, PublicKey)> {
+        if let Some(probe) = self.probe.clone() {
+            if probe.deadline <= now {
+                self.probe = None;
+                if let Ok(i) = self.position(&probe.target) {
+                    if self.members[i].update.state == MemberState::Alive {
+                        let mut suspect = self.members[i].update;
+                        suspect.state = MemberState::Suspect;
+                        self.members[i].update = suspect;
+                        self.members[i].state_since = now;
+                        self.enqueue(suspect);
+                    }
+                }
+            }
+        }
+        let mut left = Vec::new();
+        let mut i = 0;
+        while i < self.members.len() {
+            let member = &self.members[i];
+            if member.update.state == MemberState::Suspect && member.state_since.add_ms(suspect_timeout_ms) <= now {
+                let mut dead = member.update;
+                dead.state = MemberState::Dead;
+                let id = member.id;
+                self.remove(i, dead.incarnation, now, tombstone_ttl_ms);
+                self.enqueue(dead);
+                left.push((id, dead.contact.key));
+            } else {
+                i += 1;
+            }
+        }
+        left
+    }
+
+    /// Members from `cursor` on, for a sync page.
+    pub fn page(&self, cursor: usize, len: usize) -> (Vec<MemberUpdate>, Option<usize>) {
+        let end = (cursor + len).min(self.members.len());
+        let page = self.members.get(cursor..end).unwrap_or(&[]).iter().map(|m| m.update).collect();
+        let next = (end < self.members.len()).then_some(end);
+        (page, next)
+    }
+}
+
+/// Lowest and highest IDs sharing the first `prefix_len` bits with `id`.
+fn subtree_bounds(id: &NodeId, prefix_len: usize) -> (NodeId, NodeId) {
+    let mut low = *id;
+    let mut high = *id;
+    for bit in prefix_len..256 {
+        let (byte, mask) = (bit / 8, 0x80u8 >> (bit % 8));
+        low.0[byte] &= !mask;
+        high.0[byte] |= mask;
+    }
+    (low, high)
+}
+
+/// Collects at least the `need` XOR-closest members of a sorted slice whose
+/// IDs all share their first `bit` bits: the half that matches `key`'s next
+/// bit first, then the other half.
+fn collect_closest<'a>(slice: &'a [Member], key: &NodeId, bit: usize, need: usize, out: &mut Vec<&'a Member>) {
+    if need == 0 || slice.is_empty() {
+        return;
+    }
+    if slice.len() <= need || bit >= 256 {
+        out.extend(slice.iter());
+        return;
+    }
+    let split = slice.partition_point(|m| !m.id.bit(bit));
+    let (zeros, ones) = slice.split_at(split);
+    let (near, far) = if key.bit(bit) { (ones, zeros) } else { (zeros, ones) };
+    let before = out.len();
+    collect_closest(near, key, bit + 1, need, out);
+    let taken = out.len() - before;
+    if taken < need {
+        collect_closest(far, key, bit + 1, need - taken, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerline_proto::Addr;
+    use rand_core::SeedableRng;
+    use rand_pcg::Pcg32;
+
+    fn update(i: u32) -> (NodeId, MemberUpdate) {
+        let id = NodeId(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let contact = Contact {
+            key: PublicKey(id.0),
+            id_nonce: 0,
+            addr: Addr::from_ipv4_u32(i, 1),
+        };
+        (
+            id,
+            MemberUpdate {
+                contact,
+                incarnation: 1,
+                state: MemberState::Alive,
+                load_pct: 0,
+            },
+        )
+    }
+
+    fn view(n: u32) -> Membership {
+        let (id, me) = update(0);
+        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000);
+        for i in 1..n {
+            let (id, u) = update(i);
+            m.apply(id, u, Instant::ZERO, 1000);
+        }
+        m
+    }
+
+    #[test]
+    fn closest_matches_a_full_sort() {
+        let m = view(500);
+        let mut rng = Pcg32::seed_from_u64(9);
+        for _ in 0..200 {
+            let mut key = [0u8; 32];
+            rng.fill_bytes(&mut key);
+            let key = NodeId(key);
+            let mut all: Vec<&Member> = m.members().iter().collect();
+            all.sort_by_key(|x| x.id.distance(&key));
+            let expected: Vec<NodeId> = all.iter().take(8).map(|x| x.id).collect();
+            let got: Vec<NodeId> = m.closest(&key, 8).iter().map(|x| x.id).collect();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn swim_rules_suspect_refute_dead() {
+        let mut m = view(10);
+        let (id3, mut u3) = update(3);
+        u3.state = MemberState::Suspect;
+        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::Updated);
+        // A stale alive of the same incarnation does not clear suspicion...
+        u3.state = MemberState::Alive;
+        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::None);
+        assert_eq!(m.get(&id3).unwrap().update.state, MemberState::Suspect);
+        // ...a refutation with a higher incarnation does.
+        u3.incarnation = 2;
+        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::Updated);
+        // Dead removes and tombstones: an old alive cannot revive it.
+        u3.state = MemberState::Dead;
+        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::Left(id3));
+        u3.state = MemberState::Alive;
+        assert_eq!(m.apply(id3, u3, Instant::from_ms(10), 1000), Change::None);
+        // A restart (newer incarnation) rejoins.
+        u3.incarnation = 3;
+        assert_eq!(m.apply(id3, u3, Instant::from_ms(10), 1000), Change::Joined(id3));
+    }
+
+    #[test]
+    fn suspicion_about_self_is_refuted() {
+        let mut m = view(3);
+        let (id0, mut me) = update(0);
+        me.state = MemberState::Suspect;
+        m.apply(id0, me, Instant::ZERO, 1000);
+        assert_eq!(m.me.incarnation, 2);
+        assert_eq!(m.me.state, MemberState::Alive);
+        assert!(m.take_updates().iter().any(|u| u.contact.key == me.contact.key && u.incarnation == 2));
+    }
+
+    #[test]
+    fn unanswered_probe_leads_to_suspect_then_dead() {
+        let mut m = view(2);
+        let mut rng = Pcg32::seed_from_u64(1);
+        let (target, _) = m.start_probe(Instant::ZERO, 1000, 500, &mut rng).unwrap();
+        assert!(m.expire(Instant::from_ms(600), 4000, 1000).is_empty());
+        let id = m.members().iter().find(|x| x.update.contact.key == target.key).unwrap().id;
+        assert_eq!(m.get(&id).unwrap().update.state, MemberState::Suspect);
+        assert_eq!(m.expire(Instant::from_ms(4700), 4000, 1000), vec![(id, target.key)]);
+        assert!(m.get(&id).is_none());
+    }
+
+    #[test]
+    fn capped_view_keeps_bucket_limits() {
+        let (id, me) = update(0);
+        let mut m = Membership::new(id, me, Instant::ZERO, 64, 8);
+        for i in 1..2000 {
+            let (id, u) = update(i);
+            m.apply(id, u, Instant::ZERO, 1000);
+        }
+        assert!(m.len() <= 64);
+        assert!(m.capped);
+        let near_bucket = m.members().iter().filter(|x| id.common_prefix_len(&x.id) == 0).count();
+        assert!(near_bucket <= 8);
+    }
+
+    #[test]
+    fn gossip_queue_is_bounded_and_drains() {
+        let mut m = view(300);
+        let mut total = 0;
+        for _ in 0..10_000 {
+            let taken = m.take_updates();
+            if taken.is_empty() {
+                break;
+            }
+            assert!(taken.len() <= GOSSIP_UPDATES_MAX);
+            total += taken.len();
+        }
+        assert!(m.take_updates().is_empty());
+        assert!(total >= 300);
+    }
+}

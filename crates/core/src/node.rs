@@ -1,0 +1,447 @@
+//! The sans-IO node: one state machine that is a client or a supernode and
+//! can change role. Drivers feed it datagrams and timeouts and poll what it
+//! wants to send, when it wants to wake and what happened:
+//!
+//! ```text
+//! node.handle(now, from, bytes);      node.handle_timeout(now);
+//! while let Some(t) = node.poll_transmit() { send(t.to, t.bytes) }
+//! while let Some(e) = node.poll_event()    { ... }
+//! wake at node.poll_timeout()
+//! ```
+
+use crate::client::ClientState;
+use crate::hostcache::HostCache;
+use crate::identity::{CryptoMode, DeviceIdentity};
+use crate::params::Params;
+use crate::supernode::SupernodeState;
+use crate::time::{Instant, Now};
+use peerline_proto::{decode, encode, encode_version_info, Addr, Contact, DecodeError, Frame, Message, PresenceRecord, PublicKey};
+use rand_core::{Rng, SeedableRng};
+use rand_pcg::Pcg32;
+use std::sync::Arc;
+
+/// A datagram the node wants sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: Addr,
+    pub bytes: Vec<u8>,
+}
+
+/// Something the application (or the simulator's log) may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Attached { supernode: Contact },
+    Detached { supernode: Contact, reason: DetachReason },
+    PresencePublished { sequence: u64 },
+    LookupDone {
+        account: PublicKey,
+        record: Option<PresenceRecord>,
+        hops: u8,
+        elapsed_ms: u64,
+    },
+    Reachable,
+    Promoted,
+    Demoted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetachReason {
+    KeepaliveTimeout,
+    NotAttached,
+    DetachedBySupernode,
+    AttachFailed,
+    Busy,
+    PeerDown,
+}
+
+/// Which roles a node may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolePolicy {
+    /// Client that promotes itself when reachable and needed.
+    Auto,
+    /// Never a supernode.
+    ClientOnly,
+    /// Starts as a supernode and stays one.
+    SupernodeOnly,
+}
+
+/// Counters the node keeps about itself (the simulator measures the
+/// figures that matter from outside; these are for diagnosis).
+#[derive(Clone, Debug, Default)]
+pub struct NodeStats {
+    pub datagrams_malformed: u64,
+    pub datagrams_unsupported_version: u64,
+    pub messages_unexpected: u64,
+    pub signatures_rejected: u64,
+}
+
+/// Everything a role's handler may use while handling one input.
+pub(crate) struct Io<'a> {
+    pub now: Now,
+    pub params: &'a Params,
+    pub identity: &'a DeviceIdentity,
+    pub mode: CryptoMode,
+    pub rng: &'a mut Pcg32,
+    pub transmits: &'a mut Vec<Transmit>,
+    pub events: &'a mut Vec<Event>,
+    pub stats: &'a mut NodeStats,
+    pub host_cache: &'a mut HostCache,
+    pub reachable: &'a mut bool,
+    pub started_at: Instant,
+}
+
+impl Io<'_> {
+    pub fn send(&mut self, to: Addr, message: &Message) {
+        match encode(message) {
+            Ok(bytes) => self.transmits.push(Transmit { to, bytes }),
+            Err(error) => debug_assert!(false, "every message we build fits: {error}"),
+        }
+    }
+
+    pub fn event(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    /// A uniformly random duration in `[0, max_ms)`.
+    pub fn jitter_ms(&mut self, max_ms: u64) -> u64 {
+        if max_ms == 0 {
+            0
+        } else {
+            self.rng.next_u64() % max_ms
+        }
+    }
+}
+
+enum Role {
+    Client(Box<ClientState>),
+    Supernode(Box<SupernodeState>),
+}
+
+/// Configuration fixed for a node's life.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub params: Arc<Params>,
+    pub identity: DeviceIdentity,
+    pub policy: RolePolicy,
+    /// The address other nodes reach this node at (a supernode advertises it).
+    pub advertised_addr: Addr,
+    /// Supernodes to try first (seed list); more come from the host cache.
+    pub bootstrap: Vec<Contact>,
+}
+
+pub struct Node {
+    params: Arc<Params>,
+    identity: DeviceIdentity,
+    policy: RolePolicy,
+    advertised_addr: Addr,
+    role: Role,
+    rng: Pcg32,
+    host_cache: HostCache,
+    reachable: bool,
+    started_at: Instant,
+    transmits: Vec<Transmit>,
+    events: Vec<Event>,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node that starts now. `rng_seed` makes it deterministic.
+    pub fn new(config: NodeConfig, now: Now, rng_seed: u64) -> Node {
+        let mut host_cache = HostCache::default();
+        for contact in &config.bootstrap {
+            host_cache.insert(*contact, config.params.host_cache_len_max);
+        }
+        let mut node = Node {
+            params: config.params,
+            identity: config.identity,
+            policy: config.policy,
+            advertised_addr: config.advertised_addr,
+            role: Role::Client(Box::default()),
+            rng: Pcg32::seed_from_u64(rng_seed),
+            host_cache,
+            reachable: config.policy == RolePolicy::SupernodeOnly,
+            started_at: now.instant,
+            transmits: Vec::new(),
+            events: Vec::new(),
+            stats: NodeStats::default(),
+        };
+        if config.policy == RolePolicy::SupernodeOnly {
+            node.become_supernode(now);
+        } else {
+            node.with_client(now, |client, io| client.start(io));
+        }
+        node
+    }
+
+    /// Restarts after a crash: volatile state is lost; identity and host
+    /// cache (which a real node keeps on disk) survive.
+    pub fn restart(&mut self, now: Now) {
+        self.transmits.clear();
+        self.events.clear();
+        self.started_at = now.instant;
+        self.reachable = self.policy == RolePolicy::SupernodeOnly;
+        self.role = Role::Client(Box::default());
+        if self.policy == RolePolicy::SupernodeOnly {
+            self.become_supernode(now);
+        } else {
+            self.with_client(now, |client, io| client.start(io));
+        }
+    }
+
+    pub fn is_supernode(&self) -> bool {
+        matches!(self.role, Role::Supernode(_))
+    }
+
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn host_cache(&self) -> &HostCache {
+        &self.host_cache
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.reachable
+    }
+
+    /// This node's supernode contact, when it is one.
+    pub fn supernode_contact(&self) -> Option<Contact> {
+        match &self.role {
+            Role::Supernode(s) => Some(s.contact()),
+            Role::Client(_) => None,
+        }
+    }
+
+    /// Supernodes this client is attached to (empty for a supernode).
+    pub fn attached_supernodes(&self) -> Vec<Contact> {
+        match &self.role {
+            Role::Client(c) => c.attached(),
+            Role::Supernode(_) => Vec::new(),
+        }
+    }
+
+    /// Clients attached to this supernode, by its own count.
+    pub fn attached_clients(&self) -> usize {
+        match &self.role {
+            Role::Supernode(s) => s.client_count(),
+            Role::Client(_) => 0,
+        }
+    }
+
+    /// Records this supernode holds as a directory replica.
+    pub fn stored_records(&self) -> usize {
+        match &self.role {
+            Role::Supernode(s) => s.record_count(),
+            Role::Client(_) => 0,
+        }
+    }
+
+    /// Members in this supernode's view.
+    pub fn membership_len(&self) -> usize {
+        match &self.role {
+            Role::Supernode(s) => s.membership_len(),
+            Role::Client(_) => 0,
+        }
+    }
+
+    /// One datagram from the network. Bad input is counted and dropped; it
+    /// never panics the node.
+    pub fn handle(&mut self, now: Now, from: Addr, bytes: &[u8]) {
+        match decode(bytes) {
+            Ok(Frame::Message(message)) => self.handle_message(now, from, message),
+            Ok(Frame::Versions(_)) => {
+                // We speak only version 1 and so does every version range
+                // that includes it: nothing to renegotiate yet.
+            }
+            Err(DecodeError::UnsupportedVersion { .. }) => {
+                self.stats.datagrams_unsupported_version += 1;
+                self.transmits.push(Transmit {
+                    to: from,
+                    bytes: encode_version_info(),
+                });
+            }
+            Err(_) => self.stats.datagrams_malformed += 1,
+        }
+    }
+
+    fn handle_message(&mut self, now: Now, from: Addr, message: Message) {
+        let mut promote = false;
+        let mut demote = false;
+        if self.is_supernode() {
+            self.with_supernode(now, |supernode, io| supernode.handle(io, from, message));
+            demote = self.supernode_wants_demotion();
+        } else {
+            self.with_client(now, |client, io| client.handle(io, from, message));
+            promote = self.client_wants_promotion();
+        }
+        self.change_role(now, promote, demote);
+    }
+
+    pub fn handle_timeout(&mut self, now: Now) {
+        let mut promote = false;
+        let mut demote = false;
+        if self.is_supernode() {
+            self.with_supernode(now, |supernode, io| supernode.handle_timeout(io));
+            demote = self.supernode_wants_demotion();
+        } else {
+            self.with_client(now, |client, io| client.handle_timeout(io));
+            promote = self.client_wants_promotion();
+        }
+        self.change_role(now, promote, demote);
+    }
+
+    /// Looks up an account's presence (clients only; a supernode answers
+    /// with an immediate empty result).
+    pub fn lookup(&mut self, now: Now, account: PublicKey) {
+        match self.is_supernode() {
+            false => self.with_client(now, |client, io| client.lookup(io, account)),
+            true => self.events.push(Event::LookupDone {
+                account,
+                record: None,
+                hops: 0,
+                elapsed_ms: 0,
+            }),
+        }
+    }
+
+    /// Leaves gracefully: detaches clients or supernodes and tells peers.
+    pub fn shutdown(&mut self, now: Now) {
+        if self.is_supernode() {
+            self.with_supernode(now, |supernode, io| supernode.shutdown(io));
+        } else {
+            self.with_client(now, |client, io| client.shutdown(io));
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop()
+    }
+
+    /// Takes every pending transmit at once (cheaper for the simulator).
+    pub fn drain_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+        self.transmits.drain(..)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            None
+        } else {
+            Some(self.events.remove(0))
+        }
+    }
+
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = match &self.role {
+            Role::Client(c) => c.next_deadline(&self.host_cache),
+            Role::Supernode(s) => s.next_deadline(),
+        };
+        (deadline != Instant::NEVER).then_some(deadline)
+    }
+
+    fn client_wants_promotion(&self) -> bool {
+        match &self.role {
+            Role::Client(c) => self.policy == RolePolicy::Auto && c.wants_promotion(),
+            Role::Supernode(_) => false,
+        }
+    }
+
+    fn supernode_wants_demotion(&self) -> bool {
+        match &self.role {
+            Role::Supernode(s) => self.policy == RolePolicy::Auto && s.wants_demotion(),
+            Role::Client(_) => false,
+        }
+    }
+
+    fn change_role(&mut self, now: Now, promote: bool, demote: bool) {
+        if promote {
+            self.with_client(now, |client, io| client.shutdown(io));
+            self.become_supernode(now);
+            self.events.push(Event::Promoted);
+        } else if demote {
+            self.with_supernode(now, |supernode, io| supernode.shutdown(io));
+            self.role = Role::Client(Box::default());
+            self.with_client(now, |client, io| client.start(io));
+            self.events.push(Event::Demoted);
+        }
+    }
+
+    fn become_supernode(&mut self, now: Now) {
+        let seeds: Vec<Contact> = match &self.role {
+            Role::Client(c) => c.attached(),
+            Role::Supernode(_) => Vec::new(),
+        };
+        let seeds = if seeds.is_empty() {
+            self.host_cache.entries().iter().map(|e| e.contact).collect()
+        } else {
+            seeds
+        };
+        let mut secret = [0u8; 32];
+        self.rng.fill_bytes(&mut secret);
+        let state = SupernodeState::new(
+            &self.params,
+            &self.identity,
+            self.advertised_addr,
+            now,
+            secret,
+            self.policy == RolePolicy::Auto,
+        );
+        self.role = Role::Supernode(Box::new(state));
+        self.with_supernode(now, |supernode, io| supernode.join(io, &seeds));
+    }
+
+    fn with_client(&mut self, now: Now, f: impl FnOnce(&mut ClientState, &mut Io)) {
+        let Role::Client(client) = &mut self.role else {
+            return;
+        };
+        let mut io = Io {
+            now,
+            params: &self.params,
+            identity: &self.identity,
+            mode: self.identity.mode(),
+            rng: &mut self.rng,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            stats: &mut self.stats,
+            host_cache: &mut self.host_cache,
+            reachable: &mut self.reachable,
+            started_at: self.started_at,
+        };
+        f(client, &mut io);
+    }
+
+    fn with_supernode(&mut self, now: Now, f: impl FnOnce(&mut SupernodeState, &mut Io)) {
+        let Role::Supernode(supernode) = &mut self.role else {
+            return;
+        };
+        let mut io = Io {
+            now,
+            params: &self.params,
+            identity: &self.identity,
+            mode: self.identity.mode(),
+            rng: &mut self.rng,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            stats: &mut self.stats,
+            host_cache: &mut self.host_cache,
+            reachable: &mut self.reachable,
+            started_at: self.started_at,
+        };
+        f(supernode, &mut io);
+    }
+}

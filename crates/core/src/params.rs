@@ -1,0 +1,150 @@
+//! Protocol parameters. Production and the simulator use the same values;
+//! the simulator's report lists them.
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Params {
+    // ---- client: attachments (login) ----
+    /// Supernodes a client keeps attached at once.
+    pub attachments_target: usize,
+    /// Keepalive period; ≤ 25 s keeps ordinary NAT bindings open.
+    pub keepalive_interval_ms: u64,
+    /// Wait for a pong before resending the ping.
+    pub pong_timeout_ms: u64,
+    /// Unanswered pings in a row after which the supernode counts as dead.
+    pub keepalive_misses_max: u32,
+    /// Wait for an attach step (challenge or acceptance) before retrying.
+    pub attach_step_timeout_ms: u64,
+    /// Attach attempts to one supernode before moving on.
+    pub attach_tries_max: u32,
+    /// Entries kept in a client's host cache.
+    pub host_cache_len_max: usize,
+    /// Random host-cache candidates compared when choosing a supernode.
+    pub host_cache_choices: usize,
+    /// Back-off before retrying a supernode that failed, first step.
+    pub retry_backoff_base_ms: u64,
+    /// Ceiling of that back-off.
+    pub retry_backoff_max_ms: u64,
+    /// Wait after an attachment change before publishing presence, so that
+    /// two attachments completing together give one record.
+    pub presence_debounce_ms: u64,
+
+    // ---- presence records ----
+    pub presence_ttl_s: u64,
+    /// A device re-signs its record this often.
+    pub presence_refresh_s: u64,
+    /// Clock skew tolerated when checking issue and expiry times.
+    pub clock_skew_tolerance_s: u64,
+    /// Lifetime of a device certificate issued by an account.
+    pub device_cert_ttl_s: u64,
+
+    // ---- lookups ----
+    pub lookup_timeout_ms: u64,
+    /// Parallel requests per lookup round (Kademlia alpha).
+    pub lookup_alpha: usize,
+    /// Rounds before a lookup gives up.
+    pub lookup_rounds_max: u32,
+    /// Wait for one FindValue answer.
+    pub find_request_timeout_ms: u64,
+    /// Lookups a supernode runs at once for its clients.
+    pub lookups_in_flight_max: usize,
+
+    // ---- supernode ----
+    /// Attachment slots a supernode offers.
+    pub supernode_capacity_attachments: usize,
+    /// A client slot without a ping for this long is freed.
+    pub client_idle_timeout_ms: u64,
+    /// Records are kept on this many supernodes closest to their key.
+    pub replication_k: usize,
+    /// Housekeeping period: expiry sweeps, load announcements.
+    pub sweep_interval_ms: u64,
+    /// Challenge validity window (a challenge is valid in its window and the next).
+    pub challenge_window_s: u64,
+
+    // ---- membership gossip (SWIM-style) ----
+    pub gossip_period_ms: u64,
+    pub gossip_ack_timeout_ms: u64,
+    /// A suspected member not refuting within this is declared dead.
+    pub suspect_timeout_ms: u64,
+    /// Each update is piggybacked this many times × log2(members).
+    pub gossip_retransmit_mult: u32,
+    /// Dead members remembered, so stale "alive" rumours cannot revive them.
+    pub tombstone_ttl_ms: u64,
+    /// Most members a supernode keeps in its view (full membership below it).
+    pub membership_view_len_max: usize,
+    /// Most members per Kademlia bucket once the view is capped.
+    pub membership_bucket_len_max: usize,
+    /// Load change (percentage points) that triggers a new announcement.
+    pub load_announce_delta_pct: u8,
+
+    // ---- reachability and promotion ----
+    /// Wait between reachability probe attempts.
+    pub probe_interval_s: u64,
+    /// Uptime before a reachable client may promote itself.
+    pub promote_uptime_s: u64,
+    /// Average load of its supernodes above which a client considers promotion.
+    pub promote_load_pct: u8,
+    /// Chance (per mille) that an eligible client promotes at one check.
+    pub promote_chance_per_mille: u32,
+    /// Period of the promotion check.
+    pub promote_check_interval_s: u64,
+    /// A supernode below this load for `demote_idle_s` may step down…
+    pub demote_load_pct: u8,
+    pub demote_idle_s: u64,
+    /// …but only while the average load of its view is below this.
+    pub demote_network_load_pct: u8,
+
+    // ---- identity ----
+    /// Leading zero bits the node-ID puzzle demands.
+    pub id_puzzle_difficulty_bits: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            attachments_target: 2,
+            keepalive_interval_ms: 25_000,
+            pong_timeout_ms: 2_000,
+            keepalive_misses_max: 3,
+            attach_step_timeout_ms: 2_000,
+            attach_tries_max: 2,
+            host_cache_len_max: 64,
+            host_cache_choices: 4,
+            retry_backoff_base_ms: 2_000,
+            retry_backoff_max_ms: 120_000,
+            presence_debounce_ms: 1_500,
+            presence_ttl_s: 3_600,
+            presence_refresh_s: 1_800,
+            clock_skew_tolerance_s: 600,
+            device_cert_ttl_s: 30 * 24 * 3_600,
+            lookup_timeout_ms: 6_000,
+            lookup_alpha: 3,
+            lookup_rounds_max: 6,
+            find_request_timeout_ms: 1_000,
+            lookups_in_flight_max: 512,
+            supernode_capacity_attachments: 1_000,
+            client_idle_timeout_ms: 80_000,
+            replication_k: 4,
+            sweep_interval_ms: 10_000,
+            challenge_window_s: 30,
+            gossip_period_ms: 1_000,
+            gossip_ack_timeout_ms: 600,
+            suspect_timeout_ms: 4_000,
+            gossip_retransmit_mult: 3,
+            tombstone_ttl_ms: 120_000,
+            membership_view_len_max: 20_000,
+            membership_bucket_len_max: 20_000,
+            load_announce_delta_pct: 10,
+            probe_interval_s: 1_800,
+            promote_uptime_s: 600,
+            promote_load_pct: 90,
+            promote_chance_per_mille: 20,
+            promote_check_interval_s: 300,
+            demote_load_pct: 10,
+            demote_idle_s: 3_600,
+            demote_network_load_pct: 50,
+            id_puzzle_difficulty_bits: 22,
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! The supernode role: admits attachments within an explicit capacity,
+//! verifies logins, keeps its clients' presence in the directory (records on
+//! the k closest supernodes, re-replicated on churn), answers and runs
+//! lookups, forwards reachability probes and gossips membership and load.
+
+use crate::client::attach_proof_bytes;
+use crate::identity::{contact_id, presence_key, solve_id_puzzle, verify, verify_device_cert, verify_presence, domain};
+use crate::lookup::{CandidateState, Lookup, Purpose};
+use crate::membership::{Change, Membership};
+use crate::node::Io;
+use crate::params::Params;
+use crate::identity::DeviceIdentity;
+use crate::time::{Instant, Now};
+use peerline_proto::{
+    Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId, PresenceRecord,
+    PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, SYNC_PAGE_MEMBERS_MAX,
+};
+use std::collections::BTreeMap;
+
+/// Alternates named in a busy answer or an acceptance.
+const ALTERNATES_PER_ANSWER: usize = 8;
+/// Closer contacts returned by FindValue.
+const CLOSER_PER_ANSWER: usize = 8;
+/// Join attempts (seed after seed) before running alone.
+const JOIN_TRIES_MAX: usize = 8;
+/// Wait for one sync page.
+const SYNC_TIMEOUT_MS: u64 = 2_000;
+/// An outstanding FindValue is forgotten after this long.
+const REQUEST_FORGET_MS: u64 = 10_000;
+
+#[derive(Clone, Debug)]
+struct ClientSlot {
+    device_key: PublicKey,
+    last_seen: Instant,
+    record: Option<Box<PresenceRecord>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    slot: u32,
+    generation: u32,
+    target: NodeId,
+    sent_at: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Join {
+    seeds: Vec<Contact>,
+    tries: usize,
+    cursor: u32,
+    deadline: Instant,
+}
+
+pub struct SupernodeState {
+    contact: Contact,
+    node_id: NodeId,
+    challenge_secret: [u8; 32],
+    clients: BTreeMap<Addr, ClientSlot>,
+    membership: Membership,
+    records: BTreeMap<NodeId, Box<PresenceRecord>>,
+    lookups: Vec<Option<(u32, Lookup)>>,
+    lookups_live: usize,
+    lookup_generation: u32,
+    requests: BTreeMap<u32, Request>,
+    next_query_id: u32,
+    lookup_check_at: Instant,
+    next_sweep_at: Instant,
+    join: Option<Join>,
+    demotable: bool,
+    idle_since: Option<Instant>,
+    demotion_due: bool,
+}
+
+impl SupernodeState {
+    /// `secret` is 32 random bytes: the challenge key and the puzzle's start nonce.
+    pub(crate) fn new(params: &Params, identity: &DeviceIdentity, addr: Addr, now: Now, secret: [u8; 32], demotable: bool) -> Self {
+        let key = identity.keypair.public();
+        let start_nonce = u64::from_le_bytes(secret[..8].try_into().unwrap_or_default());
+        let (id_nonce, node_id) = solve_id_puzzle(&key, params.id_puzzle_difficulty_bits, start_nonce);
+        let contact = Contact { key, id_nonce, addr };
+        // Restarts get a higher incarnation than anything said before (seconds of wall clock).
+        let me = MemberUpdate {
+            contact,
+            incarnation: now.unix_s.min(u32::MAX as u64 / 2) as u32,
+            state: MemberState::Alive,
+            load_pct: 0,
+        };
+        let challenge_secret = blake3::derive_key("peerline v1 attach challenge", &secret);
+        SupernodeState {
+            contact,
+            node_id,
+            challenge_secret,
+            clients: BTreeMap::new(),
+            membership: Membership::new(node_id, me, now.instant, params.membership_view_len_max, params.membership_bucket_len_max),
+            records: BTreeMap::new(),
+            lookups: Vec::new(),
+            lookups_live: 0,
+            lookup_generation: 0,
+            requests: BTreeMap::new(),
+            next_query_id: 0,
+            lookup_check_at: Instant::NEVER,
+            next_sweep_at: now.instant.add_ms(params.sweep_interval_ms),
+            join: None,
+            demotable,
+            idle_since: None,
+            demotion_due: false,
+        }
+    }
+
+    pub(crate) fn contact(&self) -> Contact {
+        self.contact
+    }
+
+    pub(crate) fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn membership_len(&self) -> usize {
+        self.membership.len()
+    }
+
+    pub(crate) fn wants_demotion(&self) -> bool {
+        self.demotion_due
+    }
+
+    fn load_pct(&self, params: &Params) -> u8 {
+        (self.clients.len() * 100 / params.supernode_capacity_attachments.max(1)).min(255) as u8
+    }
+
+    fn me(&self) -> MemberUpdate {
+        self.membership.me
+    }
+
+    pub(crate) fn next_deadline(&self) -> Instant {
+        let join = self.join.as_ref().map_or(Instant::NEVER, |j| j.deadline);
+        self.membership
+            .next_deadline()
+            .min(self.next_sweep_at)
+            .min(self.lookup_check_at)
+            .min(join)
+    }
+
+    /// Joins the supernode overlay through any of `seeds`.
+    pub(crate) fn join(&mut self, io: &mut Io, seeds: &[Contact]) {
+        let seeds: Vec<Contact> = seeds.iter().filter(|c| c.key != self.contact.key).copied().take(JOIN_TRIES_MAX).collect();
+        if seeds.is_empty() {
+            return;
+        }
+        let first = seeds[0];
+        self.join = Some(Join {
+            seeds,
+            tries: 1,
+            cursor: 0,
+            deadline: io.now.instant.add_ms(SYNC_TIMEOUT_MS),
+        });
+        io.send(first.addr, &Message::SyncRequest { cursor: 0, sender: self.me() });
+    }
+
+    pub(crate) fn shutdown(&mut self, io: &mut Io) {
+        let alternates = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
+        for addr in self.clients.keys() {
+            io.send(*addr, &Message::Detach { alternates: alternates.clone() });
+        }
+        self.clients.clear();
+        // Hand our records to the nearest other members, then say goodbye.
+        self.membership.announce_leaving(io.now.instant);
+        let records: Vec<Box<PresenceRecord>> = std::mem::take(&mut self.records).into_values().collect();
+        for record in records {
+            let key = presence_key(&record.body.cert.body.account_key);
+            let targets: Vec<Contact> = self
+                .membership
+                .closest(&key, io.params.replication_k + 1)
+                .iter()
+                .filter(|m| m.id != self.node_id)
+                .map(|m| m.update.contact)
+                .collect();
+            for contact in targets {
+                io.send(contact.addr, &Message::Store { record: (*record).clone() });
+            }
+        }
+        for _ in 0..3 {
+            if let Some(member) = self.membership.random_other(io.rng).map(|m| m.update.contact) {
+                let updates = BoundedVec::truncating(self.membership.take_updates());
+                io.send(member.addr, &Message::GossipPing { sequence: 0, sender: self.me(), updates });
+            }
+        }
+    }
+
+    pub(crate) fn handle(&mut self, io: &mut Io, from: Addr, message: Message) {
+        match message {
+            Message::AttachHello { cert } => self.on_attach_hello(io, from, cert),
+            Message::AttachProof { cert, challenge, signature } => self.on_attach_proof(io, from, cert, challenge, signature),
+            Message::Ping { sequence } => match self.clients.get_mut(&from) {
+                Some(slot) => {
+                    slot.last_seen = io.now.instant;
+                    let load_pct = self.load_pct(io.params);
+                    io.send(from, &Message::Pong { sequence, load_pct });
+                }
+                None => io.send(from, &Message::NotAttached),
+            },
+            Message::Detach { .. } => {
+                self.clients.remove(&from);
+            }
+            Message::Publish { record } => self.on_publish(io, from, record),
+            Message::LookupRequest { query_id, account } => self.on_lookup_request(io, from, query_id, account),
+            Message::ProbeRequest { token } => {
+                if self.clients.contains_key(&from) {
+                    if let Some(member) = self.membership.random_other(io.rng) {
+                        let addr = member.update.contact.addr;
+                        io.send(addr, &Message::ProbeForward { target: from, token });
+                    }
+                }
+            }
+            Message::ProbeForward { target, token } => io.send(target, &Message::Probe { token }),
+            Message::GossipPing { sequence, sender, updates } => {
+                self.apply_update(io, sender);
+                for update in updates.iter() {
+                    self.apply_update(io, *update);
+                }
+                let updates = BoundedVec::truncating(self.membership.take_updates());
+                io.send(from, &Message::GossipAck { sequence, sender: self.me(), updates });
+            }
+            Message::GossipAck { sequence, sender, updates } => {
+                self.membership.ack_received(sequence);
+                self.apply_update(io, sender);
+                for update in updates.iter() {
+                    self.apply_update(io, *update);
+                }
+            }
+            Message::SyncRequest { cursor, sender } => {
+                self.apply_update(io, sender);
+                let (page, next) = self.membership.page(cursor as usize, SYNC_PAGE_MEMBERS_MAX);
+                io.send(
+                    from,
+                    &Message::SyncResponse {
+                        members: BoundedVec::truncating(page),
+                        next_cursor: next.map(|n| n as u32),
+                    },
+                );
+            }
+            Message::SyncResponse { members, next_cursor } => self.on_sync_response(io, from, &members, next_cursor),
+            Message::Store { record } => self.on_store(io, record),
+            Message::FindValue { query_id, key } => self.on_find_value(io, from, query_id, key),
+            Message::FindValueResponse { query_id, record, closer } => self.on_find_value_response(io, query_id, record, &closer),
+            _ => io.stats.messages_unexpected += 1,
+        }
+    }
+
+    // ---- attach (login) ----
+
+    fn challenge_for(&self, from: &Addr, device_key: &PublicKey, window: u64) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.challenge_secret);
+        hasher.update(&from.ip);
+        hasher.update(&from.port.to_le_bytes());
+        hasher.update(&device_key.0);
+        hasher.update(&window.to_le_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
+    fn busy(&self, io: &mut Io, to: Addr, reason: BusyReason) {
+        let alternates = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
+        let retry_after_ms = (io.params.retry_backoff_base_ms + io.jitter_ms(io.params.retry_backoff_base_ms)) as u32;
+        io.send(to, &Message::Busy { reason, retry_after_ms, alternates });
+    }
+
+    fn has_room_for(&self, io: &Io, from: &Addr) -> bool {
+        self.clients.contains_key(from) || self.clients.len() < io.params.supernode_capacity_attachments
+    }
+
+    fn on_attach_hello(&mut self, io: &mut Io, from: Addr, cert: DeviceCert) {
+        if !self.has_room_for(io, &from) {
+            self.busy(io, from, BusyReason::AttachmentsFull);
+            return;
+        }
+        // Stateless: nothing is kept until the client proves its key.
+        let window = io.now.instant.as_s() / io.params.challenge_window_s.max(1);
+        let challenge = self.challenge_for(&from, &cert.body.device_key, window);
+        io.send(from, &Message::AttachChallenge { supernode: self.contact, challenge });
+    }
+
+    fn on_attach_proof(&mut self, io: &mut Io, from: Addr, cert: DeviceCert, challenge: [u8; 32], signature: Signature) {
+        let window = io.now.instant.as_s() / io.params.challenge_window_s.max(1);
+        let fresh = challenge == self.challenge_for(&from, &cert.body.device_key, window)
+            || challenge == self.challenge_for(&from, &cert.body.device_key, window.saturating_sub(1));
+        if !fresh {
+            io.stats.messages_unexpected += 1;
+            return;
+        }
+        let proof = attach_proof_bytes(&challenge, &self.contact.key);
+        let valid = verify_device_cert(io.mode, &cert, io.now.unix_s, io.params.clock_skew_tolerance_s).is_ok()
+            && verify(io.mode, &cert.body.device_key, domain::ATTACH, &proof, &signature).is_ok();
+        if !valid {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        if !self.has_room_for(io, &from) {
+            self.busy(io, from, BusyReason::AttachmentsFull);
+            return;
+        }
+        self.clients.insert(
+            from,
+            ClientSlot {
+                device_key: cert.body.device_key,
+                last_seen: io.now.instant,
+                record: None,
+            },
+        );
+        let peers = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
+        io.send(
+            from,
+            &Message::AttachAccepted {
+                keepalive_interval_s: (io.params.keepalive_interval_ms / 1000) as u16,
+                load_pct: self.load_pct(io.params),
+                peers,
+            },
+        );
+    }
+
+    // ---- directory ----
+
+    fn on_publish(&mut self, io: &mut Io, from: Addr, record: PresenceRecord) {
+        let Some(slot) = self.clients.get_mut(&from) else {
+            io.send(from, &Message::NotAttached);
+            return;
+        };
+        if record.body.cert.body.device_key != slot.device_key
+            || verify_presence(io.mode, &record, io.now.unix_s, io.params.clock_skew_tolerance_s).is_err()
+        {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        slot.last_seen = io.now.instant;
+        slot.record = Some(Box::new(record.clone()));
+        // The first live supernode the record names pushes it to the replicas.
+        let pusher = record
+            .body
+            .supernodes
+            .iter()
+            .find(|c| c.key == self.contact.key || self.is_live_member(c));
+        if pusher.is_some_and(|c| c.key == self.contact.key) {
+            self.replicate(io, record);
+        }
+    }
+
+    fn is_live_member(&self, contact: &Contact) -> bool {
+        let id = crate::identity::node_id(&contact.key, contact.id_nonce);
+        self.membership.get(&id).is_some_and(|m| m.update.state != MemberState::Dead)
+    }
+
+    /// Stores a record on its replica set.
+    fn replicate(&mut self, io: &mut Io, record: PresenceRecord) {
+        let key = presence_key(&record.body.cert.body.account_key);
+        if self.membership.capped {
+            self.start_lookup(io, Purpose::Replicate { record: Box::new(record) }, key);
+            return;
+        }
+        let targets: Vec<(NodeId, Contact)> = self
+            .membership
+            .closest(&key, io.params.replication_k)
+            .iter()
+            .map(|m| (m.id, m.update.contact))
+            .collect();
+        self.store_on(io, &targets, &record);
+    }
+
+    fn store_on(&mut self, io: &mut Io, targets: &[(NodeId, Contact)], record: &PresenceRecord) {
+        for (id, contact) in targets {
+            if *id == self.node_id {
+                self.keep_record(record.clone());
+            } else {
+                io.send(contact.addr, &Message::Store { record: record.clone() });
+            }
+        }
+    }
+
+    /// Keeps the record if it is newer than ours.
+    fn keep_record(&mut self, record: PresenceRecord) {
+        let key = presence_key(&record.body.cert.body.account_key);
+        match self.records.get_mut(&key) {
+            Some(existing) if existing.body.sequence >= record.body.sequence => {}
+            Some(existing) => **existing = record,
+            None => {
+                self.records.insert(key, Box::new(record));
+            }
+        }
+    }
+
+    fn on_store(&mut self, io: &mut Io, record: PresenceRecord) {
+        if verify_presence(io.mode, &record, io.now.unix_s, io.params.clock_skew_tolerance_s).is_err() {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        let key = presence_key(&record.body.cert.body.account_key);
+        // Keep only what we are (nearly) responsible for; a capped view
+        // cannot judge that, so it trusts the sender's iterative search.
+        let responsible = self.membership.capped
+            || self
+                .membership
+                .closest(&key, io.params.replication_k * 2)
+                .iter()
+                .any(|m| m.id == self.node_id);
+        if responsible {
+            self.keep_record(record);
+        }
+    }
+
+    fn valid_record(&self, io: &Io, key: &NodeId) -> Option<PresenceRecord> {
+        let record = self.records.get(key)?;
+        let expired = record.body.expires_unix_s + io.params.clock_skew_tolerance_s < io.now.unix_s;
+        (!expired).then(|| (**record).clone())
+    }
+
+    fn on_find_value(&mut self, io: &mut Io, from: Addr, query_id: u32, key: NodeId) {
+        let record = self.valid_record(io, &key);
+        let closer = if record.is_some() {
+            BoundedVec::new()
+        } else {
+            BoundedVec::truncating(
+                self.membership
+                    .closest(&key, CLOSER_PER_ANSWER.min(CONTACTS_PER_MESSAGE_MAX))
+                    .iter()
+                    .map(|m| m.update.contact),
+            )
+        };
+        io.send(from, &Message::FindValueResponse { query_id, record, closer });
+    }
+
+    // ---- lookups ----
+
+    fn on_lookup_request(&mut self, io: &mut Io, from: Addr, query_id: u32, account: PublicKey) {
+        if !self.clients.contains_key(&from) {
+            io.send(from, &Message::NotAttached);
+            return;
+        }
+        let key = presence_key(&account);
+        if let Some(record) = self.valid_record(io, &key) {
+            io.send(from, &Message::LookupResponse { query_id, record: Some(record), hops: 0 });
+            return;
+        }
+        if self.lookups_live >= io.params.lookups_in_flight_max {
+            self.busy(io, from, BusyReason::LookupsFull);
+            return;
+        }
+        self.start_lookup(io, Purpose::Client { addr: from, query_id }, key);
+    }
+
+    fn start_lookup(&mut self, io: &mut Io, purpose: Purpose, key: NodeId) {
+        let mut lookup = Lookup::new(purpose, key);
+        let k = io.params.replication_k;
+        for member in self.membership.closest(&key, k + io.params.lookup_alpha + 1) {
+            if member.id != self.node_id && member.update.state != MemberState::Dead {
+                lookup.offer(member.id, member.update.contact);
+            }
+        }
+        self.lookup_generation = self.lookup_generation.wrapping_add(1);
+        let slot = match self.lookups.iter().position(|l| l.is_none()) {
+            Some(free) => free,
+            None => {
+                self.lookups.push(None);
+                self.lookups.len() - 1
+            }
+        };
+        self.lookups[slot] = Some((self.lookup_generation, lookup));
+        self.lookups_live += 1;
+        self.advance_lookup(io, slot);
+    }
+
+    /// Sends the next round, or finishes the lookup.
+    fn advance_lookup(&mut self, io: &mut Io, slot: usize) {
+        let Some((generation, lookup)) = self.lookups[slot].as_mut() else {
+            return;
+        };
+        let generation = *generation;
+        let k = io.params.replication_k;
+        let done = match &lookup.purpose {
+            Purpose::Client { .. } => lookup.best.is_some(),
+            Purpose::Replicate { .. } => lookup.round > 0 && lookup.converged(k),
+        };
+        let targets = if done || lookup.round as u32 >= io.params.lookup_rounds_max {
+            Vec::new()
+        } else {
+            lookup.next_targets(io.params.lookup_alpha)
+        };
+        if targets.is_empty() {
+            self.finish_lookup(io, slot);
+            return;
+        }
+        lookup.round += 1;
+        lookup.outstanding = targets.len() as u8;
+        lookup.round_deadline = io.now.instant.add_ms(io.params.find_request_timeout_ms);
+        self.lookup_check_at = self.lookup_check_at.min(lookup.round_deadline);
+        let key = lookup.key;
+        for contact in targets {
+            self.next_query_id = self.next_query_id.wrapping_add(1);
+            let target = crate::identity::node_id(&contact.key, contact.id_nonce);
+            self.requests.insert(
+                self.next_query_id,
+                Request {
+                    slot: slot as u32,
+                    generation,
+                    target,
+                    sent_at: io.now.instant,
+                },
+            );
+            io.send(contact.addr, &Message::FindValue { query_id: self.next_query_id, key });
+        }
+    }
+
+    fn finish_lookup(&mut self, io: &mut Io, slot: usize) {
+        let Some((_, lookup)) = self.lookups[slot].take() else {
+            return;
+        };
+        self.lookups_live -= 1;
+        match lookup.purpose {
+            Purpose::Client { addr, query_id } => {
+                let record = lookup.best.map(|b| *b);
+                let hops = if record.is_some() { lookup.round } else { 0 };
+                io.send(addr, &Message::LookupResponse { query_id, record, hops });
+            }
+            Purpose::Replicate { ref record } => {
+                let k = io.params.replication_k;
+                let mut targets: Vec<(NodeId, Contact)> = lookup
+                    .closest_answered(k)
+                    .into_iter()
+                    .map(|c| (crate::identity::node_id(&c.key, c.id_nonce), c))
+                    .collect();
+                // We are a replica too if we are closer than the k-th one found.
+                let self_distance = self.node_id.distance(&lookup.key);
+                if targets.len() < k || targets.last().is_some_and(|(id, _)| self_distance < id.distance(&lookup.key)) {
+                    targets.truncate(k.saturating_sub(1));
+                    targets.push((self.node_id, self.contact));
+                }
+                let record = (**record).clone();
+                self.store_on(io, &targets, &record);
+            }
+        }
+    }
+
+    fn on_find_value_response(&mut self, io: &mut Io, query_id: u32, record: Option<PresenceRecord>, closer: &[Contact]) {
+        let Some(request) = self.requests.remove(&query_id) else {
+            return;
+        };
+        let slot = request.slot as usize;
+        let difficulty = io.params.id_puzzle_difficulty_bits;
+        let (mode, now_unix_s, skew) = (io.mode, io.now.unix_s, io.params.clock_skew_tolerance_s);
+        let Some(Some((generation, lookup))) = self.lookups.get_mut(slot) else {
+            return;
+        };
+        if *generation != request.generation || !lookup.mark(&request.target, CandidateState::Answered) {
+            return;
+        }
+        if let Some(record) = record {
+            let matches = presence_key(&record.body.cert.body.account_key) == lookup.key;
+            if matches && verify_presence(mode, &record, now_unix_s, skew).is_ok() {
+                lookup.consider(record);
+            }
+        }
+        for contact in closer {
+            if let Ok(id) = contact_id(contact, difficulty) {
+                if id != self.node_id {
+                    lookup.offer(id, *contact);
+                }
+            }
+        }
+        lookup.outstanding = lookup.outstanding.saturating_sub(1);
+        if lookup.outstanding == 0 {
+            self.advance_lookup(io, slot);
+        }
+    }
+
+    fn expire_lookup_rounds(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        if now < self.lookup_check_at {
+            return;
+        }
+        self.lookup_check_at = Instant::NEVER;
+        for slot in 0..self.lookups.len() {
+            let Some((_, lookup)) = self.lookups[slot].as_mut() else {
+                continue;
+            };
+            if lookup.round_deadline <= now {
+                lookup.fail_outstanding();
+                self.advance_lookup(io, slot);
+            }
+            if let Some((_, lookup)) = self.lookups[slot].as_ref() {
+                self.lookup_check_at = self.lookup_check_at.min(lookup.round_deadline);
+            }
+        }
+    }
+
+    // ---- membership ----
+
+    fn apply_update(&mut self, io: &mut Io, update: MemberUpdate) {
+        let Ok(id) = contact_id(&update.contact, io.params.id_puzzle_difficulty_bits) else {
+            io.stats.signatures_rejected += 1;
+            return;
+        };
+        match self.membership.apply(id, update, io.now.instant, io.params.tombstone_ttl_ms) {
+            Change::Joined(id) => self.on_member_joined(io, id, update.contact),
+            Change::Left(id) => self.on_member_left(io, id, update.contact.key),
+            Change::Updated | Change::None => {}
+        }
+    }
+
+    /// Records the newcomer is now a replica of: the closest other replica
+    /// (us, if so) hands them over.
+    fn on_member_joined(&mut self, io: &mut Io, joined: NodeId, contact: Contact) {
+        let k = io.params.replication_k;
+        let (low, high) = self.membership.neighbourhood_range(&joined, 3 * k);
+        let mut handover = Vec::new();
+        for (key, record) in self.records.range(low..=high) {
+            let closest = self.membership.closest(key, k);
+            let includes_newcomer = closest.iter().any(|m| m.id == joined);
+            let first_other = closest.iter().find(|m| m.id != joined).map(|m| m.id);
+            if includes_newcomer && first_other == Some(self.node_id) {
+                handover.push((**record).clone());
+            }
+        }
+        for record in handover {
+            io.send(contact.addr, &Message::Store { record });
+        }
+    }
+
+    /// A member left: re-replicate the records it held to the member that
+    /// replaces it, and warn our clients whose records name it.
+    fn on_member_left(&mut self, io: &mut Io, left: NodeId, left_key: PublicKey) {
+        let k = io.params.replication_k;
+        let (low, high) = self.membership.neighbourhood_range(&left, 3 * k);
+        let mut pushes = Vec::new();
+        for (key, record) in self.records.range(low..=high) {
+            let closest = self.membership.closest(key, k);
+            let Some(newest) = closest.last() else { continue };
+            let left_was_replica = closest.len() < k || left.distance(key) < newest.id.distance(key);
+            if left_was_replica && closest.first().map(|m| m.id) == Some(self.node_id) && newest.id != self.node_id {
+                pushes.push((newest.update.contact, (**record).clone()));
+            }
+        }
+        for (contact, record) in pushes {
+            io.send(contact.addr, &Message::Store { record });
+        }
+        for (addr, slot) in &self.clients {
+            let names_left = slot
+                .record
+                .as_ref()
+                .is_some_and(|r| r.body.supernodes.iter().any(|c| c.key == left_key));
+            if names_left {
+                io.send(*addr, &Message::PeerDown { supernode: left_key });
+            }
+        }
+    }
+
+    fn on_sync_response(&mut self, io: &mut Io, from: Addr, members: &[MemberUpdate], next_cursor: Option<u32>) {
+        let Some(join) = self.join.as_ref() else {
+            return;
+        };
+        let seed = join.seeds[(join.tries - 1) % join.seeds.len()];
+        if seed.addr != from {
+            return;
+        }
+        for update in members {
+            self.apply_update(io, *update);
+        }
+        match next_cursor {
+            Some(cursor) if cursor as usize > self.join.as_ref().map_or(0, |j| j.cursor as usize) => {
+                if let Some(join) = self.join.as_mut() {
+                    join.cursor = cursor;
+                    join.deadline = io.now.instant.add_ms(SYNC_TIMEOUT_MS);
+                }
+                io.send(from, &Message::SyncRequest { cursor, sender: self.me() });
+            }
+            _ => self.join = None,
+        }
+    }
+
+    fn retry_join(&mut self, io: &mut Io) {
+        let Some(join) = self.join.as_mut() else {
+            return;
+        };
+        if join.deadline > io.now.instant {
+            return;
+        }
+        if join.tries >= join.seeds.len().min(JOIN_TRIES_MAX) {
+            self.join = None;
+            return;
+        }
+        join.tries += 1;
+        join.deadline = io.now.instant.add_ms(SYNC_TIMEOUT_MS);
+        let seed = join.seeds[(join.tries - 1) % join.seeds.len()];
+        let cursor = join.cursor;
+        let me = self.me();
+        io.send(seed.addr, &Message::SyncRequest { cursor, sender: me });
+    }
+
+    pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        let params = io.params;
+        for (left, key) in self.membership.expire(now, params.suspect_timeout_ms, params.tombstone_ttl_ms) {
+            self.on_member_left(io, left, key);
+        }
+        if let Some((contact, sequence)) = self.membership.start_probe(now, params.gossip_period_ms, params.gossip_ack_timeout_ms, io.rng) {
+            let updates = BoundedVec::truncating(self.membership.take_updates());
+            io.send(contact.addr, &Message::GossipPing { sequence, sender: self.me(), updates });
+        }
+        self.retry_join(io);
+        self.expire_lookup_rounds(io);
+        if now >= self.next_sweep_at {
+            self.sweep(io);
+        }
+    }
+
+    /// Periodic housekeeping: idle clients, expired records, forgotten
+    /// requests, load announcement, demotion.
+    fn sweep(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        let params = io.params;
+        self.next_sweep_at = now.add_ms(params.sweep_interval_ms);
+        self.clients
+            .retain(|_, slot| now.since_ms(slot.last_seen) < params.client_idle_timeout_ms);
+        let now_unix_s = io.now.unix_s;
+        self.records
+            .retain(|_, r| r.body.expires_unix_s + params.clock_skew_tolerance_s >= now_unix_s);
+        self.requests
+            .retain(|_, request| now.since_ms(request.sent_at) < REQUEST_FORGET_MS);
+        let load = self.load_pct(params);
+        if load.abs_diff(self.membership.me.load_pct) >= params.load_announce_delta_pct {
+            self.membership.announce_load(load, now);
+        }
+        self.check_demotion(io, load);
+    }
+
+    fn check_demotion(&mut self, io: &mut Io, load: u8) {
+        let params = io.params;
+        if !self.demotable || load >= params.demote_load_pct {
+            self.idle_since = None;
+            return;
+        }
+        let idle_since = *self.idle_since.get_or_insert(io.now.instant);
+        let idle_long = io.now.instant.since_ms(idle_since) >= params.demote_idle_s * 1000;
+        let network_has_room = self.membership.average_load_pct() < params.demote_network_load_pct;
+        if idle_long && network_has_room && self.membership.len() > 2 * params.replication_k {
+            self.demotion_due = true;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Every message of protocol version 1.
+//!
+//! Client ↔ supernode: attach (= login), keepalive, presence, lookups,
+//! reachability probes. Supernode ↔ supernode: membership gossip, directory
+//! store and find. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
+
+use crate::bounded::BoundedVec;
+use crate::types::{Addr, Contact, DeviceCert, MemberUpdate, NodeId, PresenceRecord, PublicKey, Signature};
+use serde::{Deserialize, Serialize};
+
+/// Most alternates or peers a supernode names in one answer.
+pub const CONTACTS_PER_MESSAGE_MAX: usize = 16;
+/// Most membership updates piggybacked on one gossip message.
+pub const GOSSIP_UPDATES_MAX: usize = 12;
+/// Most members in one page of a membership sync.
+pub const SYNC_PAGE_MEMBERS_MAX: usize = 128;
+
+/// Why a supernode turned a request away.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub enum BusyReason {
+    /// All attachment slots are taken.
+    AttachmentsFull,
+    /// The node is leaving the supernode role.
+    Demoting,
+    /// Too many lookups in flight.
+    LookupsFull,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Message {
+    // ---- client → supernode: login ----
+    /// First step of attaching: "I am this certified device".
+    AttachHello { cert: DeviceCert },
+    /// The supernode's stateless challenge, bound to the client's address.
+    AttachChallenge {
+        supernode: Contact,
+        challenge: [u8; 32],
+    },
+    /// The device signs the challenge and the supernode's ID: possession of
+    /// the device key is the whole login.
+    AttachProof {
+        cert: DeviceCert,
+        challenge: [u8; 32],
+        signature: Signature,
+    },
+    AttachAccepted {
+        keepalive_interval_s: u16,
+        load_pct: u8,
+        /// Other supernodes, for the client's host cache.
+        peers: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
+    },
+    /// A refusal that says when to come back and where to go instead.
+    Busy {
+        reason: BusyReason,
+        retry_after_ms: u32,
+        alternates: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
+    },
+    /// The attachment ends (either side may send it).
+    Detach {
+        alternates: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
+    },
+
+    // ---- client ↔ supernode: session ----
+    Ping { sequence: u32 },
+    Pong { sequence: u32, load_pct: u8 },
+    /// Answer to a client message from a client the supernode does not hold.
+    NotAttached,
+    /// One of the supernodes named in the client's presence record was
+    /// declared dead by membership gossip: check it now instead of waiting for
+    /// the next keepalive.
+    PeerDown { supernode: PublicKey },
+    /// Store my presence in the directory.
+    Publish { record: PresenceRecord },
+    LookupRequest { query_id: u32, account: PublicKey },
+    LookupResponse {
+        query_id: u32,
+        record: Option<PresenceRecord>,
+        hops: u8,
+    },
+    /// "Have someone else try to reach me at the address you see."
+    ProbeRequest { token: u64 },
+    /// The probe arrived: the sender is reachable from strangers.
+    Probe { token: u64 },
+
+    // ---- supernode ↔ supernode ----
+    /// Send a probe to `target` from here (a node it never contacted).
+    ProbeForward { target: Addr, token: u64 },
+    GossipPing {
+        sequence: u32,
+        sender: MemberUpdate,
+        updates: BoundedVec<MemberUpdate, GOSSIP_UPDATES_MAX>,
+    },
+    GossipAck {
+        sequence: u32,
+        sender: MemberUpdate,
+        updates: BoundedVec<MemberUpdate, GOSSIP_UPDATES_MAX>,
+    },
+    /// A joining supernode asks for the membership table page by page.
+    SyncRequest { cursor: u32, sender: MemberUpdate },
+    SyncResponse {
+        members: BoundedVec<MemberUpdate, SYNC_PAGE_MEMBERS_MAX>,
+        next_cursor: Option<u32>,
+    },
+    /// Keep this record (the receiver is, or was told it is, a replica).
+    Store { record: PresenceRecord },
+    FindValue { query_id: u32, key: NodeId },
+    FindValueResponse {
+        query_id: u32,
+        record: Option<PresenceRecord>,
+        closer: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
+    },
+}
+
+impl Message {
+    /// A short stable name for metrics and logs.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::AttachHello { .. } => MessageKind::AttachHello,
+            Message::AttachChallenge { .. } => MessageKind::AttachChallenge,
+            Message::AttachProof { .. } => MessageKind::AttachProof,
+            Message::AttachAccepted { .. } => MessageKind::AttachAccepted,
+            Message::Busy { .. } => MessageKind::Busy,
+            Message::Detach { .. } => MessageKind::Detach,
+            Message::Ping { .. } => MessageKind::Ping,
+            Message::Pong { .. } => MessageKind::Pong,
+            Message::NotAttached => MessageKind::NotAttached,
+            Message::PeerDown { .. } => MessageKind::PeerDown,
+            Message::Publish { .. } => MessageKind::Publish,
+            Message::LookupRequest { .. } => MessageKind::LookupRequest,
+            Message::LookupResponse { .. } => MessageKind::LookupResponse,
+            Message::ProbeRequest { .. } => MessageKind::ProbeRequest,
+            Message::Probe { .. } => MessageKind::Probe,
+            Message::ProbeForward { .. } => MessageKind::ProbeForward,
+            Message::GossipPing { .. } => MessageKind::GossipPing,
+            Message::GossipAck { .. } => MessageKind::GossipAck,
+            Message::SyncRequest { .. } => MessageKind::SyncRequest,
+            Message::SyncResponse { .. } => MessageKind::SyncResponse,
+            Message::Store { .. } => MessageKind::Store,
+            Message::FindValue { .. } => MessageKind::FindValue,
+            Message::FindValueResponse { .. } => MessageKind::FindValueResponse,
+        }
+    }
+}
+
+/// The message's variant without its fields.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum MessageKind {
+    AttachHello,
+    AttachChallenge,
+    AttachProof,
+    AttachAccepted,
+    Busy,
+    Detach,
+    Ping,
+    Pong,
+    NotAttached,
+    PeerDown,
+    Publish,
+    LookupRequest,
+    LookupResponse,
+    ProbeRequest,
+    Probe,
+    ProbeForward,
+    GossipPing,
+    GossipAck,
+    SyncRequest,
+    SyncResponse,
+    Store,
+    FindValue,
+    FindValueResponse,
+}
