@@ -30,6 +30,8 @@ struct Attachment {
     ping_sequence: u32,
     misses: u8,
     load_pct: u8,
+    /// Another supernode reported this one as failing; a spare is being attached.
+    suspected: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -49,8 +51,10 @@ const CLIENT_LOOKUPS_MAX: usize = 16;
 pub struct ClientState {
     attachments: Vec<Attachment>,
     presence_sequence: u64,
-    /// Set when the attachment set changed and presence must be re-published.
+    /// When presence must be re-published because the attachment set changed.
     presence_dirty_since: Option<Instant>,
+    /// The publication was already held back once for handshakes in flight.
+    presence_deferred: bool,
     presence_refresh_at: Option<Instant>,
     lookups: Vec<PendingLookup>,
     next_query_id: u32,
@@ -83,7 +87,7 @@ impl ClientState {
         self.promotion_due
     }
 
-    pub(crate) fn next_deadline(&self, host_cache: &HostCache) -> Instant {
+    pub(crate) fn next_deadline(&self, host_cache: &HostCache, attachments_target: usize) -> Instant {
         let mut deadline = Instant::NEVER;
         for attachment in &self.attachments {
             deadline = deadline.min(attachment.deadline);
@@ -97,7 +101,7 @@ impl ClientState {
         for at in [self.presence_refresh_at, self.probe_at, self.promote_check_at].into_iter().flatten() {
             deadline = deadline.min(at);
         }
-        if self.attachments.len() < 2 {
+        if self.attachments.len() < attachments_target {
             // Waiting for a backed-off supernode to become eligible again.
             let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
             if let Some(at) = host_cache.next_eligible(&exclude) {
@@ -111,9 +115,14 @@ impl ClientState {
         self.attachments.iter().position(|a| a.contact.addr == *from)
     }
 
+    /// Attachments wanted now: the target, plus a spare while one is suspected.
+    fn wanted(&self, target: usize) -> usize {
+        target + self.attachments.iter().any(|a| a.suspected) as usize
+    }
+
     /// Starts attach handshakes until enough are attached or in progress.
     fn fill_attachments(&mut self, io: &mut Io) {
-        while self.attachments.len() < io.params.attachments_target {
+        while self.attachments.len() < self.wanted(io.params.attachments_target) {
             let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
             let Some(contact) = io.host_cache.choose(io.now.instant, io.rng, io.params.host_cache_choices, &exclude) else {
                 return;
@@ -128,6 +137,7 @@ impl ClientState {
                 ping_sequence: 0,
                 misses: 0,
                 load_pct: 0,
+                suspected: false,
             });
             io.send(contact.addr, &Message::AttachHello { cert: io.identity.cert });
         }
@@ -213,6 +223,8 @@ impl ClientState {
                     attachment.misses = 0;
                     attachment.load_pct = load_pct;
                     attachment.deadline = attachment.step_started.add_ms(io.params.keepalive_interval_ms);
+                    attachment.suspected = false;
+                    self.trim_surplus(io);
                 }
             }
             Message::PeerDown { supernode } => self.on_peer_down(io, supernode),
@@ -262,6 +274,7 @@ impl ClientState {
         }
         io.event(Event::Attached { supernode: contact });
         self.mark_presence_dirty(io);
+        self.trim_surplus(io);
     }
 
     fn on_peer_down(&mut self, io: &mut Io, supernode: PublicKey) {
@@ -269,9 +282,35 @@ impl ClientState {
         // with a single pong timeout left.
         let misses_max = io.params.keepalive_misses_max as u8;
         if let Some(attachment) = self.attachments.iter_mut().find(|a| a.contact.key == supernode && a.phase == Phase::Attached) {
+            if attachment.suspected {
+                return;
+            }
             attachment.misses = attachment.misses.max(misses_max.saturating_sub(1));
             attachment.deadline = io.now.instant;
             attachment.awaiting_pong = false;
+            attachment.suspected = true;
+            // Attach a spare at once rather than after the check: if the
+            // report was right, the client never drops below its target.
+            self.fill_attachments(io);
+        }
+    }
+
+    /// Once nothing is suspected, detaches attachments beyond the target
+    /// (the most loaded supernode goes).
+    fn trim_surplus(&mut self, io: &mut Io) {
+        let target = io.params.attachments_target;
+        while self.attachments.iter().all(|a| !a.suspected)
+            && self.attachments.iter().filter(|a| a.phase == Phase::Attached).count() > target
+        {
+            let Some(index) = (0..self.attachments.len())
+                .filter(|i| self.attachments[*i].phase == Phase::Attached)
+                .max_by_key(|i| self.attachments[*i].load_pct)
+            else {
+                return;
+            };
+            let attachment = self.attachments.swap_remove(index);
+            io.send(attachment.contact.addr, &Message::Detach { alternates: BoundedVec::new() });
+            self.mark_presence_dirty(io);
         }
     }
 
@@ -339,15 +378,16 @@ impl ClientState {
         let refresh_due = self.presence_refresh_at.is_some_and(|at| at <= now);
         let dirty_due = self.presence_dirty_since.is_some_and(|at| at <= now);
         let handshakes_pending = self.attachments.iter().any(|a| a.phase != Phase::Attached);
-        // Wait for handshakes in flight, but not past a second debounce period.
-        let dirty_ready = dirty_due
-            && (!handshakes_pending
-                || self
-                    .presence_dirty_since
-                    .is_some_and(|at| now.since_ms(at) >= io.params.presence_debounce_ms));
-        if !(refresh_due || dirty_ready) {
+        if dirty_due && handshakes_pending && !self.presence_deferred && !refresh_due {
+            // Wait once more for handshakes in flight, so one record names them all.
+            self.presence_deferred = true;
+            self.presence_dirty_since = Some(now.add_ms(io.params.presence_debounce_ms));
             return;
         }
+        if !(refresh_due || dirty_due) {
+            return;
+        }
+        self.presence_deferred = false;
         let attached = self.attached();
         if attached.is_empty() {
             self.presence_refresh_at = None;
@@ -456,7 +496,11 @@ impl ClientState {
 
     fn probe_if_due(&mut self, io: &mut Io) {
         let now = io.now.instant;
-        if *io.reachable || !self.probe_at.is_some_and(|at| at <= now) {
+        if !self.probe_at.is_some_and(|at| at <= now) {
+            return;
+        }
+        if *io.reachable {
+            self.probe_at = None;
             return;
         }
         self.probe_at = Some(now.add_ms(io.params.probe_interval_s * 1000));

@@ -104,7 +104,8 @@ impl HostCache {
         .map(|e| e.contact)
     }
 
-    /// When the earliest entry in back-off becomes eligible again.
+    /// When the earliest entry not excluded becomes eligible (a past
+    /// instant when one already is).
     pub fn next_eligible(&self, exclude: &[PublicKey]) -> Option<Instant> {
         self.entries
             .iter()
@@ -207,6 +208,6 @@ mod tests {
         }
         cache.defer(&PublicKey([2; 32]), now, 60_000);
         assert!(cache.choose(now, &mut rng, 2, &[PublicKey([1; 32])]).is_none());
-        assert!(cache.next_eligible(&[]).unwrap() > now);
+        assert!(cache.next_eligible(&[PublicKey([1; 32])]).unwrap() > now);
     }
 }

@@ -25,15 +25,23 @@ pub enum Change {
     None,
     Joined(NodeId),
     Left(NodeId),
+    /// The member is now suspected of having failed.
+    Suspected(NodeId),
     Updated,
 }
 
 #[derive(Clone, Debug)]
 struct Probe {
     target: NodeId,
+    contact: Contact,
     sequence: u32,
     deadline: Instant,
+    /// Pings sent to the target in this probe.
+    attempts: u8,
 }
+
+/// Pings per probe before the target is suspected (one loss is not a failure).
+const PROBE_ATTEMPTS_MAX: u8 = 2;
 
 #[derive(Clone, Debug)]
 pub struct Membership {
@@ -49,13 +57,20 @@ pub struct Membership {
     sequence: u32,
     view_len_max: usize,
     bucket_len_max: usize,
+    suspect_timeout_ms: u64,
     /// True once an update was refused because the view was full: lookups
     /// must then route iteratively.
     pub capped: bool,
+    /// Failure news to push at once to a few members instead of waiting for
+    /// piggybacking: spreads in O(log n) message delays, not probe periods.
+    urgent: Vec<MemberUpdate>,
 }
 
+/// Most urgent updates waiting to be pushed.
+const URGENT_LEN_MAX: usize = 64;
+
 impl Membership {
-    pub fn new(self_id: NodeId, me: MemberUpdate, now: Instant, view_len_max: usize, bucket_len_max: usize) -> Self {
+    pub fn new(self_id: NodeId, me: MemberUpdate, now: Instant, view_len_max: usize, bucket_len_max: usize, suspect_timeout_ms: u64) -> Self {
         let mut membership = Membership {
             self_id,
             me,
@@ -67,7 +82,9 @@ impl Membership {
             sequence: 0,
             view_len_max: view_len_max.max(1),
             bucket_len_max: bucket_len_max.max(1),
+            suspect_timeout_ms,
             capped: false,
+            urgent: Vec::new(),
         };
         membership.members.push(Member {
             id: self_id,
@@ -143,6 +160,17 @@ impl Membership {
             }
         }
         self.broadcasts.push((update, count));
+    }
+
+    fn push_urgent(&mut self, update: MemberUpdate) {
+        if self.urgent.len() < URGENT_LEN_MAX {
+            self.urgent.push(update);
+        }
+    }
+
+    /// Failure news to push right now.
+    pub fn take_urgent(&mut self) -> Vec<MemberUpdate> {
+        std::mem::take(&mut self.urgent)
     }
 
     /// Updates to piggyback on the next gossip message, freshest first.
@@ -227,11 +255,17 @@ impl Membership {
                         self.members[i].update = update;
                         self.members[i].state_since = now;
                         self.enqueue(update);
-                        Change::Updated
+                        if current.state == MemberState::Alive {
+                            self.push_urgent(update);
+                            Change::Suspected(id)
+                        } else {
+                            Change::Updated
+                        }
                     }
                     MemberState::Dead if newer || same => {
                         self.remove(i, update.incarnation, now, tombstone_ttl_ms);
                         self.enqueue(update);
+                        self.push_urgent(update);
                         Change::Left(id)
                     }
                     _ => Change::None,
@@ -328,8 +362,9 @@ impl Membership {
 
     /// Next time the membership protocol needs attention.
     pub fn next_deadline(&self) -> Instant {
-        let probe_deadline = self.probe.as_ref().map_or(Instant::NEVER, |p| p.deadline);
-        probe_deadline.min(self.next_probe_at).min(self.next_suspect_deadline())
+        // One probe at a time: the next starts once the current one ends.
+        let probe_deadline = self.probe.as_ref().map_or(self.next_probe_at, |p| p.deadline);
+        probe_deadline.min(self.next_suspect_deadline())
     }
 
     fn next_suspect_deadline(&self) -> Instant {
@@ -337,14 +372,14 @@ impl Membership {
         self.members
             .iter()
             .filter(|m| m.update.state == MemberState::Suspect)
-            .map(|m| m.state_since)
+            .map(|m| m.state_since.add_ms(self.suspect_timeout_ms))
             .min()
             .unwrap_or(Instant::NEVER)
     }
 
     /// Starts the next probe if due; returns (target, sequence).
     pub fn start_probe(&mut self, now: Instant, period_ms: u64, ack_timeout_ms: u64, rng: &mut impl Rng) -> Option<(Contact, u32)> {
-        if now < self.next_probe_at {
+        if now < self.next_probe_at || self.probe.is_some() {
             return None;
         }
         self.next_probe_at = now.add_ms(period_ms);
@@ -352,10 +387,23 @@ impl Membership {
         self.sequence = self.sequence.wrapping_add(1);
         self.probe = Some(Probe {
             target: target.id,
+            contact: target.update.contact,
             sequence: self.sequence,
             deadline: now.add_ms(ack_timeout_ms),
+            attempts: 1,
         });
         Some((target.update.contact, self.sequence))
+    }
+
+    /// Pings the probe target again if its first ping went unanswered.
+    pub fn retry_probe(&mut self, now: Instant, ack_timeout_ms: u64) -> Option<(Contact, u32)> {
+        let probe = self.probe.as_mut()?;
+        if probe.deadline > now || probe.attempts >= PROBE_ATTEMPTS_MAX {
+            return None;
+        }
+        probe.attempts += 1;
+        probe.deadline = now.add_ms(ack_timeout_ms);
+        Some((probe.contact, probe.sequence))
     }
 
     pub fn ack_received(&mut self, sequence: u32) {
@@ -365,10 +413,12 @@ impl Membership {
     }
 
     /// Expires probes (target becomes suspect) and suspicions (member
-    /// declared dead). Returns the members that left, with their keys.
-    pub fn expire(&mut self, now: Instant, suspect_timeout_ms: u64, tombstone_ttl_ms: u64) -> Vec<(NodeId, PublicKey)> {
+    /// declared dead). Returns what changed, with the members' keys.
+    pub fn expire(&mut self, now: Instant, tombstone_ttl_ms: u64) -> Vec<(Change, PublicKey)> {
+        let suspect_timeout_ms = self.suspect_timeout_ms;
+        let mut changes = Vec::new();
         if let Some(probe) = self.probe.clone() {
-            if probe.deadline <= now {
+            if probe.deadline <= now && probe.attempts >= PROBE_ATTEMPTS_MAX {
                 self.probe = None;
                 if let Ok(i) = self.position(&probe.target) {
                     if self.members[i].update.state == MemberState::Alive {
@@ -377,11 +427,12 @@ impl Membership {
                         self.members[i].update = suspect;
                         self.members[i].state_since = now;
                         self.enqueue(suspect);
+                        self.push_urgent(suspect);
+                        changes.push((Change::Suspected(probe.target), suspect.contact.key));
                     }
                 }
             }
         }
-        let mut left = Vec::new();
         let mut i = 0;
         while i < self.members.len() {
             let member = &self.members[i];
@@ -391,12 +442,13 @@ impl Membership {
                 let id = member.id;
                 self.remove(i, dead.incarnation, now, tombstone_ttl_ms);
                 self.enqueue(dead);
-                left.push((id, dead.contact.key));
+                self.push_urgent(dead);
+                changes.push((Change::Left(id), dead.contact.key));
             } else {
                 i += 1;
             }
         }
-        left
+        changes
     }
 
     /// Members from `cursor` on, for a sync page.
@@ -469,7 +521,7 @@ mod tests {
 
     fn view(n: u32) -> Membership {
         let (id, me) = update(0);
-        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000);
+        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000);
         for i in 1..n {
             let (id, u) = update(i);
             m.apply(id, u, Instant::ZERO, 1000);
@@ -498,7 +550,7 @@ mod tests {
         let mut m = view(10);
         let (id3, mut u3) = update(3);
         u3.state = MemberState::Suspect;
-        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::Updated);
+        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::Suspected(id3));
         // A stale alive of the same incarnation does not clear suspicion...
         u3.state = MemberState::Alive;
         assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::None);
@@ -532,17 +584,20 @@ mod tests {
         let mut m = view(2);
         let mut rng = Pcg32::seed_from_u64(1);
         let (target, _) = m.start_probe(Instant::ZERO, 1000, 500, &mut rng).unwrap();
-        assert!(m.expire(Instant::from_ms(600), 4000, 1000).is_empty());
+        assert!(m.expire(Instant::from_ms(550), 1000).is_empty(), "one lost ping is not a failure");
+        assert!(m.retry_probe(Instant::from_ms(550), 50).is_some());
         let id = m.members().iter().find(|x| x.update.contact.key == target.key).unwrap().id;
+        assert_eq!(m.expire(Instant::from_ms(600), 1000), vec![(Change::Suspected(id), target.key)]);
         assert_eq!(m.get(&id).unwrap().update.state, MemberState::Suspect);
-        assert_eq!(m.expire(Instant::from_ms(4700), 4000, 1000), vec![(id, target.key)]);
+        assert_eq!(m.expire(Instant::from_ms(4700), 1000), vec![(Change::Left(id), target.key)]);
+        assert_eq!(m.take_urgent().len(), 2, "suspicion and death are pushed at once");
         assert!(m.get(&id).is_none());
     }
 
     #[test]
     fn capped_view_keeps_bucket_limits() {
         let (id, me) = update(0);
-        let mut m = Membership::new(id, me, Instant::ZERO, 64, 8);
+        let mut m = Membership::new(id, me, Instant::ZERO, 64, 8, 4000);
         for i in 1..2000 {
             let (id, u) = update(i);
             m.apply(id, u, Instant::ZERO, 1000);

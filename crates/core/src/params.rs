@@ -129,7 +129,7 @@ impl Default for Params {
             sweep_interval_ms: 10_000,
             challenge_window_s: 30,
             gossip_period_ms: 1_000,
-            gossip_ack_timeout_ms: 600,
+            gossip_ack_timeout_ms: 800,
             suspect_timeout_ms: 4_000,
             gossip_retransmit_mult: 3,
             tombstone_ttl_ms: 120_000,

@@ -13,7 +13,7 @@ use crate::identity::DeviceIdentity;
 use crate::time::{Instant, Now};
 use peerline_proto::{
     Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId, PresenceRecord,
-    PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, SYNC_PAGE_MEMBERS_MAX,
+    PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use std::collections::BTreeMap;
 
@@ -25,6 +25,8 @@ const CLOSER_PER_ANSWER: usize = 8;
 const JOIN_TRIES_MAX: usize = 8;
 /// Wait for one sync page.
 const SYNC_TIMEOUT_MS: u64 = 2_000;
+/// Members an urgent update is pushed to by each node that learns it.
+const URGENT_FANOUT: usize = 3;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
@@ -91,7 +93,14 @@ impl SupernodeState {
             node_id,
             challenge_secret,
             clients: BTreeMap::new(),
-            membership: Membership::new(node_id, me, now.instant, params.membership_view_len_max, params.membership_bucket_len_max),
+            membership: Membership::new(
+                node_id,
+                me,
+                now.instant,
+                params.membership_view_len_max,
+                params.membership_bucket_len_max,
+                params.suspect_timeout_ms,
+            ),
             records: BTreeMap::new(),
             lookups: Vec::new(),
             lookups_live: 0,
@@ -221,6 +230,7 @@ impl SupernodeState {
                 for update in updates.iter() {
                     self.apply_update(io, *update);
                 }
+                self.push_urgent(io);
                 let updates = BoundedVec::truncating(self.membership.take_updates());
                 io.send(from, &Message::GossipAck { sequence, sender: self.me(), updates });
             }
@@ -230,6 +240,7 @@ impl SupernodeState {
                 for update in updates.iter() {
                     self.apply_update(io, *update);
                 }
+                self.push_urgent(io);
             }
             Message::SyncRequest { cursor, sender } => {
                 self.apply_update(io, sender);
@@ -602,6 +613,7 @@ impl SupernodeState {
         match self.membership.apply(id, update, io.now.instant, io.params.tombstone_ttl_ms) {
             Change::Joined(id) => self.on_member_joined(io, id, update.contact),
             Change::Left(id) => self.on_member_left(io, id, update.contact.key),
+            Change::Suspected(_) => self.warn_clients(io, update.contact.key),
             Change::Updated | Change::None => {}
         }
     }
@@ -642,6 +654,12 @@ impl SupernodeState {
         for (contact, record) in pushes {
             io.send(contact.addr, &Message::Store { record });
         }
+        self.warn_clients(io, left_key);
+    }
+
+    /// Tells our clients whose records name a failed (or suspected)
+    /// supernode to check it now.
+    fn warn_clients(&mut self, io: &mut Io, left_key: PublicKey) {
         for (addr, slot) in &self.clients {
             let names_left = slot
                 .record
@@ -695,12 +713,38 @@ impl SupernodeState {
         io.send(seed.addr, &Message::SyncRequest { cursor, sender: me });
     }
 
+    /// Pushes fresh failure news to a few random members at once (they push
+    /// on only what is news to them, so the burst dies out).
+    fn push_urgent(&mut self, io: &mut Io) {
+        let urgent = self.membership.take_urgent();
+        if urgent.is_empty() {
+            return;
+        }
+        for chunk in urgent.chunks(GOSSIP_UPDATES_MAX) {
+            for _ in 0..URGENT_FANOUT {
+                let Some(member) = self.membership.random_other(io.rng).map(|m| m.update.contact) else {
+                    return;
+                };
+                let updates = BoundedVec::truncating(chunk.iter().copied());
+                io.send(member.addr, &Message::GossipPing { sequence: 0, sender: self.me(), updates });
+            }
+        }
+    }
+
     pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
         let now = io.now.instant;
         let params = io.params;
-        for (left, key) in self.membership.expire(now, params.suspect_timeout_ms, params.tombstone_ttl_ms) {
-            self.on_member_left(io, left, key);
+        if let Some((contact, sequence)) = self.membership.retry_probe(now, params.gossip_ack_timeout_ms) {
+            io.send(contact.addr, &Message::GossipPing { sequence, sender: self.me(), updates: BoundedVec::new() });
         }
+        for (change, key) in self.membership.expire(now, params.tombstone_ttl_ms) {
+            match change {
+                Change::Left(id) => self.on_member_left(io, id, key),
+                Change::Suspected(_) => self.warn_clients(io, key),
+                _ => {}
+            }
+        }
+        self.push_urgent(io);
         if let Some((contact, sequence)) = self.membership.start_probe(now, params.gossip_period_ms, params.gossip_ack_timeout_ms, io.rng) {
             let updates = BoundedVec::truncating(self.membership.take_updates());
             io.send(contact.addr, &Message::GossipPing { sequence, sender: self.me(), updates });

@@ -137,3 +137,14 @@ fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError
 pub fn to_signing_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("wire types always serialize")
 }
+
+/// The kind of message a datagram carries, read from its first bytes
+/// without decoding the body (the simulator's observers use this).
+pub fn peek_kind(bytes: &[u8]) -> Option<MessageKind> {
+    let (&version, body) = bytes.split_first()?;
+    if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&version) {
+        return None;
+    }
+    let (index, _) = postcard::take_from_bytes::<u32>(body).ok()?;
+    MessageKind::from_index(index)
+}

@@ -169,3 +169,72 @@ pub enum MessageKind {
     FindValue,
     FindValueResponse,
 }
+
+impl MessageKind {
+    /// The kind whose variant index (declaration order of [`Message`]) is `index`.
+    pub fn from_index(index: u32) -> Option<MessageKind> {
+        Some(match index {
+            0 => MessageKind::AttachHello,
+            1 => MessageKind::AttachChallenge,
+            2 => MessageKind::AttachProof,
+            3 => MessageKind::AttachAccepted,
+            4 => MessageKind::Busy,
+            5 => MessageKind::Detach,
+            6 => MessageKind::Ping,
+            7 => MessageKind::Pong,
+            8 => MessageKind::NotAttached,
+            9 => MessageKind::PeerDown,
+            10 => MessageKind::Publish,
+            11 => MessageKind::LookupRequest,
+            12 => MessageKind::LookupResponse,
+            13 => MessageKind::ProbeRequest,
+            14 => MessageKind::Probe,
+            15 => MessageKind::ProbeForward,
+            16 => MessageKind::GossipPing,
+            17 => MessageKind::GossipAck,
+            18 => MessageKind::SyncRequest,
+            19 => MessageKind::SyncResponse,
+            20 => MessageKind::Store,
+            21 => MessageKind::FindValue,
+            22 => MessageKind::FindValueResponse,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode, peek_kind};
+
+    #[test]
+    fn peek_kind_agrees_with_decoding_for_each_variant_order() {
+        let samples = [
+            Message::NotAttached,
+            Message::Ping { sequence: 1 },
+            Message::Pong { sequence: 1, load_pct: 3 },
+            Message::Detach { alternates: BoundedVec::new() },
+            Message::PeerDown { supernode: PublicKey([1; 32]) },
+            Message::SyncRequest {
+                cursor: 3,
+                sender: MemberUpdate {
+                    contact: Contact {
+                        key: PublicKey([2; 32]),
+                        id_nonce: 1,
+                        addr: Addr::default(),
+                    },
+                    incarnation: 1,
+                    state: crate::MemberState::Alive,
+                    load_pct: 0,
+                },
+            },
+            Message::FindValue { query_id: 1, key: NodeId([0; 32]) },
+            Message::ProbeForward { target: Addr::default(), token: 5 },
+        ];
+        for message in samples {
+            assert_eq!(peek_kind(&encode(&message).unwrap()), Some(message.kind()), "{message:?}");
+        }
+        assert_eq!(peek_kind(&[]), None);
+        assert_eq!(peek_kind(&[1, 0xff]), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! What the observers count, and the run digest.
+
+use crate::config::SimConfig;
+use serde::Serialize;
+
+/// One point of the time series.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_s: u64,
+    pub live_clients: u64,
+    /// Live clients attached to at least two supernodes.
+    pub attached_two: u64,
+    pub attached_one: u64,
+    pub supernodes: u64,
+    pub load_p50: u32,
+    pub load_p99: u32,
+    pub load_max: u32,
+    pub load_max_ratio: f64,
+}
+
+impl Sample {
+    pub fn attached_ratio(&self) -> f64 {
+        if self.live_clients == 0 {
+            1.0
+        } else {
+            self.attached_two as f64 / self.live_clients as f64
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupFailure {
+    /// No record came back (including timeouts).
+    NotFound,
+    /// A record came back that names none of the target's current supernodes.
+    Stale,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub events: u64,
+    pub timers: u64,
+    pub sent: u64,
+    pub bytes_sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub dropped_dead: u64,
+    pub dropped_nat: u64,
+    pub dropped_unroutable: u64,
+    pub crashes: u64,
+    pub graceful_leaves: u64,
+    pub promotions: u64,
+    pub demotions: u64,
+    pub lookups_started: u64,
+    pub lookups_ok: u64,
+    pub lookups_not_found: u64,
+    pub lookups_stale: u64,
+    pub lookups_abandoned: u64,
+    /// Successful lookups by hop count (index = hops, last bucket = more).
+    pub lookup_hops: Vec<u64>,
+    /// Latency of every completed lookup, ms.
+    pub lookup_latency_ms: Vec<u32>,
+    pub samples: Vec<Sample>,
+    pub final_loads: Vec<u32>,
+    pub digest: String,
+}
+
+impl Metrics {
+    pub fn new(_config: &SimConfig) -> Metrics {
+        Metrics {
+            lookup_hops: vec![0; 9],
+            ..Metrics::default()
+        }
+    }
+
+    pub fn lookup_done(&mut self, outcome: Result<u8, LookupFailure>, elapsed_ms: u64) {
+        self.lookup_latency_ms.push(elapsed_ms.min(u32::MAX as u64) as u32);
+        match outcome {
+            Ok(hops) => {
+                self.lookups_ok += 1;
+                let bucket = (hops as usize).min(self.lookup_hops.len() - 1);
+                self.lookup_hops[bucket] += 1;
+            }
+            Err(LookupFailure::NotFound) => self.lookups_not_found += 1,
+            Err(LookupFailure::Stale) => self.lookups_stale += 1,
+        }
+    }
+
+    pub fn lookups_completed(&self) -> u64 {
+        self.lookups_ok + self.lookups_not_found + self.lookups_stale
+    }
+
+    /// Hop count at quantile `q` of successful lookups.
+    pub fn hops_quantile(&self, q: f64) -> u64 {
+        let total: u64 = self.lookup_hops.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (hops, count) in self.lookup_hops.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return hops as u64;
+            }
+        }
+        (self.lookup_hops.len() - 1) as u64
+    }
+}
+
+/// Quantile of an unsorted list (sorts a copy).
+pub fn quantile(values: &[u32], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as u64
+}
+
+/// Hashes every delivered datagram and fired timer in order. A cheap
+/// 64-bit fold per event feeds BLAKE3 in batches.
+#[derive(Default)]
+pub struct Digest {
+    batch: Vec<u8>,
+    hasher: blake3::Hasher,
+}
+
+const DIGEST_BATCH_BYTES: usize = 64 * 1024;
+
+fn fold(mut state: u64, word: u64) -> u64 {
+    state ^= word;
+    state = state.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    state.rotate_left(29)
+}
+
+impl Digest {
+    pub fn delivered(&mut self, time_us: u64, from: u32, to: u32, bytes: &[u8]) {
+        let mut state = fold(fold(0x5EED, time_us), ((from as u64) << 32) | to as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            state = fold(state, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        state = fold(fold(state, u64::from_le_bytes(tail)), bytes.len() as u64);
+        self.push(state);
+    }
+
+    pub fn timer(&mut self, time_us: u64, node: u32) {
+        self.push(fold(fold(0x71AE, time_us), node as u64));
+    }
+
+    fn push(&mut self, value: u64) {
+        self.batch.extend_from_slice(&value.to_le_bytes());
+        if self.batch.len() >= DIGEST_BATCH_BYTES {
+            self.hasher.update(&self.batch);
+            self.batch.clear();
+        }
+    }
+
+    pub fn finish(&mut self) -> String {
+        self.hasher.update(&self.batch);
+        self.batch.clear();
+        self.hasher.finalize().to_hex().to_string()
+    }
+}

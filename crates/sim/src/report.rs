@@ -1,0 +1,278 @@
+//! The run report: the `report.json` contract, the checks against the
+//! figures the issue demands, and the human summary.
+
+use crate::metrics::quantile;
+use crate::world::World;
+use peerline_core::{CryptoMode, Params};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub value: f64,
+    pub bound: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub seed: u64,
+    pub clients: u32,
+    pub supernodes: u32,
+    pub virtual_duration_s: u64,
+    pub wall_s: f64,
+    pub events: u64,
+    pub events_per_s: f64,
+    pub peak_rss_bytes: u64,
+    /// Peak RSS divided by the number of nodes: an upper bound on state per node.
+    pub state_bytes_per_node: u64,
+    pub crypto_mode: CryptoMode,
+    pub lookups_started: u64,
+    pub lookups_completed: u64,
+    pub lookups_not_found: u64,
+    pub lookups_stale: u64,
+    pub lookups_abandoned: u64,
+    pub lookup_success_ratio: f64,
+    pub lookup_hops_median: u64,
+    pub lookup_hops_p99: u64,
+    pub lookup_hops_histogram: Vec<u64>,
+    pub lookup_latency_ms_median: u64,
+    pub lookup_latency_ms_p99: u64,
+    /// Successful lookups that needed more than one round (iterative routing).
+    pub lookup_fallback_ratio: f64,
+    pub attached_ratio_min: f64,
+    pub attached_ratio_final: f64,
+    pub supernode_load_max_ratio: f64,
+    pub supernodes_final: u64,
+    pub live_clients_final: u64,
+    pub promotions: u64,
+    pub demotions: u64,
+    pub crashes: u64,
+    pub graceful_leaves: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_delivered: u64,
+    pub datagrams_lost: u64,
+    pub datagrams_dropped_dead: u64,
+    pub datagrams_dropped_nat: u64,
+    pub bytes_sent: u64,
+    pub timers_fired: u64,
+    pub malformed_seen: u64,
+    pub directory_records: u64,
+    pub membership_view_avg: f64,
+    pub digest: String,
+    pub params: Params,
+    /// Protocol parameters that differ from production, and why.
+    pub sim_overrides: Vec<(String, String)>,
+    pub config: crate::config::SimConfig,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+    pub samples: Vec<crate::metrics::Sample>,
+}
+
+pub fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn sim_overrides(params: &Params) -> Vec<(String, String)> {
+    let production = Params::default();
+    let mut overrides = Vec::new();
+    if params.id_puzzle_difficulty_bits != production.id_puzzle_difficulty_bits {
+        overrides.push((
+            "id_puzzle_difficulty_bits".to_string(),
+            format!(
+                "{} (production {}): solving cost only; verification is one hash either way",
+                params.id_puzzle_difficulty_bits, production.id_puzzle_difficulty_bits
+            ),
+        ));
+    }
+    if params.membership_view_len_max != production.membership_view_len_max
+        || params.membership_bucket_len_max != production.membership_bucket_len_max
+    {
+        overrides.push((
+            "membership_view_len_max".to_string(),
+            format!(
+                "{} with {} per bucket (production {}): capped view forces iterative routing",
+                params.membership_view_len_max, params.membership_bucket_len_max, production.membership_view_len_max
+            ),
+        ));
+    }
+    overrides
+}
+
+impl Report {
+    pub fn build(world: &World, wall_s: f64) -> Report {
+        let config = world.config().clone();
+        let metrics = &world.metrics;
+        let completed = metrics.lookups_completed();
+        let settle_from = config.duration_s.saturating_sub(config.settle_window_s);
+        let attached_ratio_min = metrics
+            .samples
+            .iter()
+            .filter(|s| s.t_s >= settle_from)
+            .map(|s| s.attached_ratio())
+            .fold(f64::INFINITY, f64::min);
+        let attached_ratio_min = if attached_ratio_min.is_finite() { attached_ratio_min } else { 0.0 };
+        let last = metrics.samples.last();
+        let ok_lookups = metrics.lookups_ok;
+        let fallbacks: u64 = metrics.lookup_hops.iter().skip(2).sum();
+        let peak_rss = peak_rss_bytes();
+        let nodes = config.clients as u64 + config.supernodes as u64;
+        let mut report = Report {
+            scenario: config.scenario.name(),
+            seed: config.seed,
+            clients: config.clients,
+            supernodes: config.supernodes,
+            virtual_duration_s: config.duration_s,
+            wall_s,
+            events: metrics.events,
+            events_per_s: metrics.events as f64 / wall_s.max(1e-9),
+            peak_rss_bytes: peak_rss,
+            state_bytes_per_node: peak_rss / nodes.max(1),
+            crypto_mode: config.crypto,
+            lookups_started: metrics.lookups_started,
+            lookups_completed: completed,
+            lookups_not_found: metrics.lookups_not_found,
+            lookups_stale: metrics.lookups_stale,
+            lookups_abandoned: metrics.lookups_abandoned,
+            lookup_success_ratio: if completed == 0 { 0.0 } else { ok_lookups as f64 / completed as f64 },
+            lookup_hops_median: metrics.hops_quantile(0.5),
+            lookup_hops_p99: metrics.hops_quantile(0.99),
+            lookup_hops_histogram: metrics.lookup_hops.clone(),
+            lookup_latency_ms_median: quantile(&metrics.lookup_latency_ms, 0.5),
+            lookup_latency_ms_p99: quantile(&metrics.lookup_latency_ms, 0.99),
+            lookup_fallback_ratio: if ok_lookups == 0 { 0.0 } else { fallbacks as f64 / ok_lookups as f64 },
+            attached_ratio_min,
+            attached_ratio_final: last.map_or(0.0, |s| s.attached_ratio()),
+            supernode_load_max_ratio: metrics.samples.iter().map(|s| s.load_max_ratio).fold(0.0, f64::max),
+            supernodes_final: last.map_or(0, |s| s.supernodes),
+            live_clients_final: last.map_or(0, |s| s.live_clients),
+            promotions: metrics.promotions,
+            demotions: metrics.demotions,
+            crashes: metrics.crashes,
+            graceful_leaves: metrics.graceful_leaves,
+            datagrams_sent: metrics.sent,
+            datagrams_delivered: metrics.delivered,
+            datagrams_lost: metrics.lost,
+            datagrams_dropped_dead: metrics.dropped_dead,
+            datagrams_dropped_nat: metrics.dropped_nat,
+            bytes_sent: metrics.bytes_sent,
+            timers_fired: metrics.timers,
+            malformed_seen: world.malformed_seen(),
+            directory_records: world.stored_records(),
+            membership_view_avg: world.average_view_len(),
+            digest: metrics.digest.clone(),
+            params: world.params().clone(),
+            sim_overrides: sim_overrides(world.params()),
+            config,
+            checks: Vec::new(),
+            passed: false,
+            samples: metrics.samples.clone(),
+        };
+        report.checks = report.figure_checks();
+        report.passed = report.checks.iter().all(|c| c.ok);
+        report
+    }
+
+    /// The figures the overlay must reach, each with a minimum of work done
+    /// so that an idle network cannot pass.
+    fn figure_checks(&self) -> Vec<Check> {
+        let min_lookups = (self.config.lookups_per_s * 60.0).clamp(10.0, 10_000.0);
+        vec![
+            Check {
+                name: "lookups_completed",
+                ok: self.lookups_completed as f64 >= min_lookups,
+                value: self.lookups_completed as f64,
+                bound: format!(">= {min_lookups:.0}"),
+            },
+            Check {
+                name: "lookup_success_ratio",
+                ok: self.lookup_success_ratio >= 0.999,
+                value: self.lookup_success_ratio,
+                bound: ">= 0.999".into(),
+            },
+            Check {
+                name: "lookup_hops_median",
+                ok: self.lookup_hops_median <= 1,
+                value: self.lookup_hops_median as f64,
+                bound: "<= 1".into(),
+            },
+            Check {
+                name: "lookup_hops_p99",
+                ok: self.lookup_hops_p99 <= 3,
+                value: self.lookup_hops_p99 as f64,
+                bound: "<= 3".into(),
+            },
+            Check {
+                name: "attached_ratio_min",
+                ok: self.attached_ratio_min >= 0.999 && self.live_clients_final as f64 >= 0.5 * self.clients as f64,
+                value: self.attached_ratio_min,
+                bound: ">= 0.999 (with at least half the clients live)".into(),
+            },
+            Check {
+                name: "supernode_load_max_ratio",
+                ok: self.supernode_load_max_ratio <= 1.0,
+                value: self.supernode_load_max_ratio,
+                bound: "<= 1.0".into(),
+            },
+        ]
+    }
+
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out += &format!(
+            "scenario {} · seed {} · {} clients + {} supernodes · {} s virtual in {:.1} s wall\n",
+            self.scenario, self.seed, self.clients, self.supernodes, self.virtual_duration_s, self.wall_s
+        );
+        out += &format!(
+            "events {} ({:.0}/s) · peak RSS {:.2} GiB ({} B/node) · crypto {:?}\n",
+            self.events,
+            self.events_per_s,
+            self.peak_rss_bytes as f64 / (1u64 << 30) as f64,
+            self.state_bytes_per_node,
+            self.crypto_mode
+        );
+        out += &format!(
+            "lookups {} ok {:.4} · hops median {} p99 {} · latency median {} ms p99 {} ms · fallback {:.3}\n",
+            self.lookups_completed,
+            self.lookup_success_ratio,
+            self.lookup_hops_median,
+            self.lookup_hops_p99,
+            self.lookup_latency_ms_median,
+            self.lookup_latency_ms_p99,
+            self.lookup_fallback_ratio
+        );
+        out += &format!(
+            "attached(>=2) min {:.5} final {:.5} · supernodes {} (promoted {}, demoted {}) · max load {:.2} of capacity\n",
+            self.attached_ratio_min,
+            self.attached_ratio_final,
+            self.supernodes_final,
+            self.promotions,
+            self.demotions,
+            self.supernode_load_max_ratio
+        );
+        out += &format!(
+            "churn: {} crashes, {} graceful leaves · datagrams {} sent, {} lost, {} to dead nodes, {} NAT-filtered\n",
+            self.crashes, self.graceful_leaves, self.datagrams_sent, self.datagrams_lost, self.datagrams_dropped_dead, self.datagrams_dropped_nat
+        );
+        for check in &self.checks {
+            out += &format!(
+                "  [{}] {} = {} (want {})\n",
+                if check.ok { "ok" } else { "FAIL" },
+                check.name,
+                check.value,
+                check.bound
+            );
+        }
+        out += &format!("digest {}\n", self.digest);
+        out
+    }
+}

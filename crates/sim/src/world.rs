@@ -1,0 +1,756 @@
+//! The simulated world: every node's state machine, the network between
+//! them, the scenario's script, and the observers that measure the network
+//! from outside the nodes.
+
+use crate::config::SimConfig;
+use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
+use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
+use crate::queue::{EventKind, Queue};
+use peerline_core::{CryptoMode, DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy};
+use peerline_proto::{peek_kind, Addr, Contact, MessageKind, PublicKey};
+use rand_core::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// True wall-clock time at virtual time zero (2027-01-15).
+pub const BASE_UNIX_S: u64 = 1_800_000_000;
+/// First simulated IPv4 address (10.0.0.0); node i is at BASE + i.
+const ADDRESS_BASE: u32 = 0x0A00_0000;
+const PORT: u16 = 7000;
+/// Attachments the observer tracks per client (target plus transitions).
+const OBSERVED_ATTACHMENTS_MAX: usize = 3;
+
+pub fn addr_of(index: u32) -> Addr {
+    Addr::from_ipv4_u32(ADDRESS_BASE + index, PORT)
+}
+
+fn index_of(addr: &Addr, nodes: usize) -> Option<u32> {
+    let ip = addr.ipv4_u32()?;
+    let index = ip.checked_sub(ADDRESS_BASE)?;
+    (addr.port == PORT && (index as usize) < nodes).then_some(index)
+}
+
+/// An attachment as the observer saw it on the wire.
+#[derive(Clone, Copy, Debug, Default)]
+struct Observed {
+    supernode: u32,
+    epoch: u32,
+    /// Last time (virtual s) the supernode accepted or heard a ping.
+    last_contact_s: u32,
+}
+
+struct SimNode {
+    node: Option<Node>,
+    place: Place,
+    nat: Nat,
+    alive: bool,
+    /// Bumped on every crash, restart and role change: attachments and
+    /// timers of an older epoch are void.
+    epoch: u32,
+    timer_at_us: u64,
+    online_since_us: u64,
+    nat_recent: [u32; NAT_MEMORY],
+    nat_next: u8,
+    observed: [Observed; OBSERVED_ATTACHMENTS_MAX],
+    observed_len: u8,
+}
+
+impl SimNode {
+    fn is_supernode(&self) -> bool {
+        self.alive && self.node.as_ref().is_some_and(|n| n.is_supernode())
+    }
+
+    fn nat_allows(&self, from: u32) -> bool {
+        self.nat == Nat::Public || self.nat_recent.contains(&from)
+    }
+
+    fn remember_destination(&mut self, to: u32) {
+        if self.nat == Nat::Public || self.nat_recent.contains(&to) {
+            return;
+        }
+        self.nat_recent[self.nat_next as usize] = to;
+        self.nat_next = (self.nat_next + 1) % NAT_MEMORY as u8;
+    }
+
+    fn observed(&self) -> &[Observed] {
+        &self.observed[..self.observed_len as usize]
+    }
+
+    fn observe_accept(&mut self, supernode: u32, epoch: u32, now_s: u32) {
+        let len = self.observed_len as usize;
+        if let Some(entry) = self.observed[..len].iter_mut().find(|o| o.supernode == supernode) {
+            *entry = Observed { supernode, epoch, last_contact_s: now_s };
+            return;
+        }
+        let entry = Observed { supernode, epoch, last_contact_s: now_s };
+        if len < OBSERVED_ATTACHMENTS_MAX {
+            self.observed[len] = entry;
+            self.observed_len += 1;
+        } else if let Some(stalest) = self.observed.iter_mut().min_by_key(|o| o.last_contact_s) {
+            *stalest = entry;
+        }
+    }
+
+    fn observe_contact(&mut self, supernode: u32, now_s: u32) {
+        let len = self.observed_len as usize;
+        if let Some(entry) = self.observed[..len].iter_mut().find(|o| o.supernode == supernode) {
+            entry.last_contact_s = now_s;
+        }
+    }
+
+    fn forget(&mut self, supernode: u32) {
+        let len = self.observed_len as usize;
+        if let Some(i) = self.observed[..len].iter().position(|o| o.supernode == supernode) {
+            self.observed[i] = self.observed[len - 1];
+            self.observed_len -= 1;
+        }
+    }
+}
+
+/// A set of node indices with O(1) insert, remove and random pick.
+#[derive(Default)]
+struct IndexSet {
+    items: Vec<u32>,
+    position: HashMap<u32, u32>,
+}
+
+impl IndexSet {
+    fn insert(&mut self, item: u32) {
+        if self.position.contains_key(&item) {
+            return;
+        }
+        self.position.insert(item, self.items.len() as u32);
+        self.items.push(item);
+    }
+
+    fn remove(&mut self, item: u32) {
+        if let Some(at) = self.position.remove(&item) {
+            let last = self.items.pop().expect("present");
+            if last != item {
+                self.items[at as usize] = last;
+                self.position.insert(last, at);
+            }
+        }
+    }
+
+    fn random(&self, rng: &mut impl Rng) -> Option<u32> {
+        (!self.items.is_empty()).then(|| self.items[(rng.next_u64() % self.items.len() as u64) as usize])
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingLookup {
+    target: u32,
+    started_us: u64,
+    target_epoch: u32,
+}
+
+/// Progress of a run, for a progress bar.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub virtual_s: u64,
+    pub duration_s: u64,
+    pub events: u64,
+}
+
+pub struct World {
+    config: SimConfig,
+    params: Arc<Params>,
+    nodes: Vec<SimNode>,
+    queue: Queue,
+    now_us: u64,
+    end_us: u64,
+    rng: Pcg64Mcg,
+    live_clients: IndexSet,
+    live_supernodes: IndexSet,
+    bootstrap: Vec<Contact>,
+    pending_lookups: HashMap<(u32, PublicKey), PendingLookup>,
+    pub metrics: Metrics,
+    digest: Digest,
+    load_buffer: Vec<u32>,
+    /// Prints every datagram to or from this node (PEERLINE_SIM_TRACE=index).
+    trace: Option<u32>,
+}
+
+impl World {
+    pub fn new(config: SimConfig) -> World {
+        let params = Arc::new(config.params.clone());
+        let mut rng = Pcg64Mcg::seed_from_u64(config.seed);
+        let total = config.clients as usize + config.supernodes as usize;
+        let mut nodes = Vec::with_capacity(total);
+        for index in 0..total {
+            let is_supernode = index < config.supernodes as usize;
+            let nat = if is_supernode || uniform(&mut rng) < config.public_client_fraction {
+                Nat::Public
+            } else {
+                Nat::PortRestricted
+            };
+            nodes.push(SimNode {
+                node: None,
+                place: place(&mut rng, config.clock_offset_max_s, config.clock_drift_max_ppm),
+                nat,
+                alive: false,
+                epoch: 0,
+                timer_at_us: u64::MAX,
+                online_since_us: 0,
+                nat_recent: [u32::MAX; NAT_MEMORY],
+                nat_next: 0,
+                observed: [Observed::default(); OBSERVED_ATTACHMENTS_MAX],
+                observed_len: 0,
+            });
+        }
+        let end_us = config.duration_s * 1_000_000;
+        let mut world = World {
+            metrics: Metrics::new(&config),
+            params,
+            nodes,
+            queue: Queue::default(),
+            now_us: 0,
+            end_us,
+            rng,
+            live_clients: IndexSet::default(),
+            live_supernodes: IndexSet::default(),
+            bootstrap: Vec::new(),
+            pending_lookups: HashMap::new(),
+            digest: Digest::default(),
+            load_buffer: vec![0; total],
+            trace: std::env::var("PEERLINE_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
+            config,
+        };
+        world.schedule_script();
+        world
+    }
+
+    fn schedule_script(&mut self) {
+        let supernode_ramp_us = self.config.supernode_ramp_s * 1_000_000;
+        let client_ramp_us = self.config.join_ramp_s * 1_000_000;
+        for index in 0..self.config.supernodes {
+            // The first supernode starts at zero; the others spread over the ramp.
+            let at = if index == 0 { 0 } else { 1 + self.rng.next_u64() % supernode_ramp_us.max(1) };
+            self.queue.push(at, EventKind::Start { node: index });
+        }
+        for index in self.config.supernodes..self.nodes.len() as u32 {
+            let at = supernode_ramp_us + 1_000_000 + self.rng.next_u64() % client_ramp_us.max(1);
+            self.queue.push(at, EventKind::Start { node: index });
+        }
+        let first_lookup_us = supernode_ramp_us + client_ramp_us + self.config.lookup_target_uptime_s * 1_000_000;
+        self.queue.push(first_lookup_us, EventKind::LookupTick);
+        self.queue.push(self.config.sample_interval_s * 1_000_000, EventKind::Sample);
+    }
+
+    fn now_for(&self, index: u32) -> Now {
+        let place = &self.nodes[index as usize].place;
+        let elapsed_s = self.now_us / 1_000_000;
+        Now {
+            instant: Instant(self.now_us),
+            unix_s: wall_clock_s(place, BASE_UNIX_S + elapsed_s, elapsed_s),
+        }
+    }
+
+    /// Runs to the end, calling `progress` now and then.
+    pub fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
+        let mut events: u64 = 0;
+        while let Some(entry) = self.queue.pop() {
+            if entry.time_us > self.end_us {
+                break;
+            }
+            self.now_us = entry.time_us;
+            events += 1;
+            if events & 0xFFFF == 0 {
+                progress(Progress {
+                    virtual_s: self.now_us / 1_000_000,
+                    duration_s: self.config.duration_s,
+                    events,
+                });
+            }
+            match entry.kind {
+                EventKind::Start { node } => self.start(node),
+                EventKind::Leave { node } => self.leave(node),
+                EventKind::Deliver { to, from, bytes } => self.deliver(to, from, &bytes),
+                EventKind::Timer { node, epoch } => self.fire_timer(node, epoch, entry.time_us),
+                EventKind::LookupTick => self.lookup_tick(),
+                EventKind::Sample => self.sample(),
+            }
+        }
+        self.now_us = self.end_us;
+        self.metrics.events = events;
+        self.metrics.digest = self.digest.finish();
+        progress(Progress {
+            virtual_s: self.config.duration_s,
+            duration_s: self.config.duration_s,
+            events,
+        });
+    }
+
+    // ---- scenario actions ----
+
+    fn start(&mut self, index: u32) {
+        let now = self.now_for(index);
+        let is_initial_supernode = index < self.config.supernodes;
+        let slot = &mut self.nodes[index as usize];
+        if slot.alive {
+            return;
+        }
+        slot.alive = true;
+        slot.epoch += 1;
+        slot.online_since_us = self.now_us;
+        slot.timer_at_us = u64::MAX;
+        slot.observed_len = 0;
+        slot.nat_recent = [u32::MAX; NAT_MEMORY];
+        match slot.node.as_mut() {
+            Some(node) => node.restart(now),
+            None => {
+                let node = self.create_node(index, now, is_initial_supernode);
+                self.nodes[index as usize].node = Some(node);
+            }
+        }
+        let node = self.nodes[index as usize].node.as_ref().expect("just started");
+        if node.is_supernode() {
+            if is_initial_supernode && self.bootstrap.len() < self.config.supernodes as usize {
+                if let Some(contact) = node.supernode_contact() {
+                    if !self.bootstrap.iter().any(|c| c.key == contact.key) {
+                        self.bootstrap.push(contact);
+                    }
+                }
+            }
+            self.live_supernodes.insert(index);
+        } else {
+            self.live_clients.insert(index);
+        }
+        self.schedule_leave(index);
+        self.flush(index);
+    }
+
+    fn create_node(&mut self, index: u32, now: Now, is_supernode: bool) -> Node {
+        let mut seed_rng = Pcg64Mcg::seed_from_u64(self.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let identity = DeviceIdentity::new_account(self.config.crypto, &mut seed_rng, now.unix_s, self.params.device_cert_ttl_s);
+        let bootstrap_len = self.config.bootstrap_contacts.min(self.bootstrap.len());
+        let mut bootstrap = Vec::with_capacity(bootstrap_len);
+        for _ in 0..bootstrap_len {
+            let contact = self.bootstrap[(self.rng.next_u64() % self.bootstrap.len() as u64) as usize];
+            if !bootstrap.iter().any(|c: &Contact| c.key == contact.key) {
+                bootstrap.push(contact);
+            }
+        }
+        let policy = if is_supernode {
+            RolePolicy::SupernodeOnly
+        } else if self.nodes[index as usize].nat == Nat::Public {
+            RolePolicy::Auto
+        } else {
+            RolePolicy::ClientOnly
+        };
+        let config = NodeConfig {
+            params: self.params.clone(),
+            identity,
+            policy,
+            advertised_addr: addr_of(index),
+            bootstrap,
+        };
+        Node::new(config, now, seed_rng.next_u64())
+    }
+
+    fn schedule_leave(&mut self, index: u32) {
+        if self.config.churn_per_hour <= 0.0 {
+            return;
+        }
+        let mean_us = 3_600e6 / self.config.churn_per_hour;
+        let at = self.now_us + exponential_us(&mut self.rng, mean_us);
+        if at < self.end_us {
+            self.queue.push(at, EventKind::Leave { node: index });
+        }
+    }
+
+    fn leave(&mut self, index: u32) {
+        if !self.nodes[index as usize].alive {
+            return;
+        }
+        if self.trace.is_some() && self.nodes[index as usize].is_supernode() {
+            eprintln!("{:.3} supernode {index} leaves", self.now_us as f64 / 1e6);
+        }
+        if uniform(&mut self.rng) < self.config.graceful_leave_fraction {
+            let now = self.now_for(index);
+            if let Some(node) = self.nodes[index as usize].node.as_mut() {
+                node.shutdown(now);
+            }
+            self.flush(index);
+            self.metrics.graceful_leaves += 1;
+        } else {
+            self.metrics.crashes += 1;
+        }
+        let slot = &mut self.nodes[index as usize];
+        slot.alive = false;
+        slot.epoch += 1;
+        slot.observed_len = 0;
+        self.live_clients.remove(index);
+        self.live_supernodes.remove(index);
+        let back_at = self.now_us + exponential_us(&mut self.rng, self.config.offline_mean_s * 1e6);
+        if back_at < self.end_us {
+            self.queue.push(back_at, EventKind::Start { node: index });
+        }
+    }
+
+    // ---- network ----
+
+    fn deliver(&mut self, to: u32, from: u32, bytes: &[u8]) {
+        let target = &self.nodes[to as usize];
+        if !target.alive {
+            self.metrics.dropped_dead += 1;
+            return;
+        }
+        if !target.nat_allows(from) {
+            self.metrics.dropped_nat += 1;
+            return;
+        }
+        self.metrics.delivered += 1;
+        if self.trace == Some(to) || self.trace == Some(from) {
+            eprintln!("{:.3} {from} -> {to} {:?}", self.now_us as f64 / 1e6, peek_kind(bytes));
+        }
+        self.digest.delivered(self.now_us, from, to, bytes);
+        self.observe(from, to, bytes);
+        let now = self.now_for(to);
+        if let Some(node) = self.nodes[to as usize].node.as_mut() {
+            node.handle(now, addr_of(from), bytes);
+        }
+        self.flush(to);
+    }
+
+    /// Watches the wire for attachments being made, kept alive and ended.
+    fn observe(&mut self, from: u32, to: u32, bytes: &[u8]) {
+        let now_s = (self.now_us / 1_000_000) as u32;
+        match peek_kind(bytes) {
+            Some(MessageKind::AttachAccepted) => {
+                // Make room by forgetting attachments to supernodes that are gone.
+                let gone: Vec<u32> = self.nodes[to as usize]
+                    .observed()
+                    .iter()
+                    .filter(|o| {
+                        let supernode = &self.nodes[o.supernode as usize];
+                        !supernode.is_supernode() || supernode.epoch != o.epoch
+                    })
+                    .map(|o| o.supernode)
+                    .collect();
+                for supernode in gone {
+                    self.nodes[to as usize].forget(supernode);
+                }
+                let epoch = self.nodes[from as usize].epoch;
+                self.nodes[to as usize].observe_accept(from, epoch, now_s);
+            }
+            Some(MessageKind::Ping) => self.nodes[from as usize].observe_contact(to, now_s),
+            Some(MessageKind::NotAttached) => self.nodes[to as usize].forget(from),
+            Some(MessageKind::Detach) => {
+                self.nodes[from as usize].forget(to);
+                self.nodes[to as usize].forget(from);
+            }
+            _ => {}
+        }
+    }
+
+    fn fire_timer(&mut self, index: u32, epoch: u32, time_us: u64) {
+        let slot = &mut self.nodes[index as usize];
+        if !slot.alive || slot.epoch != epoch || slot.timer_at_us != time_us {
+            return;
+        }
+        slot.timer_at_us = u64::MAX;
+        self.metrics.timers += 1;
+        self.digest.timer(self.now_us, index);
+        let now = self.now_for(index);
+        if let Some(node) = self.nodes[index as usize].node.as_mut() {
+            node.handle_timeout(now);
+        }
+        self.flush(index);
+    }
+
+    /// Sends what the node queued, handles its events, re-arms its timer.
+    fn flush(&mut self, index: u32) {
+        let now_us = self.now_us;
+        let nodes_len = self.nodes.len();
+        let mut transmits = Vec::new();
+        let mut events = Vec::new();
+        let deadline = {
+            let slot = &mut self.nodes[index as usize];
+            let Some(node) = slot.node.as_mut() else { return };
+            transmits.extend(node.drain_transmits());
+            events.extend(node.drain_events());
+            node.poll_timeout()
+        };
+        for transmit in transmits {
+            let Some(to) = index_of(&transmit.to, nodes_len) else {
+                self.metrics.dropped_unroutable += 1;
+                continue;
+            };
+            self.nodes[index as usize].remember_destination(to);
+            self.metrics.sent += 1;
+            self.metrics.bytes_sent += transmit.bytes.len() as u64;
+            if uniform(&mut self.rng) < self.config.loss_rate {
+                self.metrics.lost += 1;
+                continue;
+            }
+            let latency = latency_us(&self.nodes[index as usize].place, &self.nodes[to as usize].place, &mut self.rng);
+            self.queue.push(
+                now_us + latency,
+                EventKind::Deliver {
+                    to,
+                    from: index,
+                    bytes: transmit.bytes.into_boxed_slice(),
+                },
+            );
+        }
+        for event in events {
+            self.node_event(index, event);
+        }
+        let slot = &mut self.nodes[index as usize];
+        if !slot.alive {
+            return;
+        }
+        if let Some(deadline) = deadline {
+            let at = deadline.0.max(now_us + 1);
+            if at < slot.timer_at_us || slot.timer_at_us <= now_us {
+                slot.timer_at_us = at;
+                let epoch = slot.epoch;
+                self.queue.push(at, EventKind::Timer { node: index, epoch });
+            }
+        }
+    }
+
+    fn node_event(&mut self, index: u32, event: Event) {
+        match event {
+            Event::LookupDone { account, record, hops, .. } => {
+                let Some(pending) = self.pending_lookups.remove(&(index, account)) else {
+                    return;
+                };
+                let target = &self.nodes[pending.target as usize];
+                if !target.alive || target.epoch != pending.target_epoch {
+                    self.metrics.lookups_abandoned += 1;
+                    return;
+                }
+                let elapsed_ms = (self.now_us - pending.started_us) / 1000;
+                let outcome = match record {
+                    None => Err(LookupFailure::NotFound),
+                    Some(record) => {
+                        let current: Vec<u32> = self.valid_attachments(pending.target).collect();
+                        let names_current = record
+                            .body
+                            .supernodes
+                            .iter()
+                            .filter_map(|c| index_of(&c.addr, self.nodes.len()))
+                            .any(|s| current.contains(&s));
+                        if names_current {
+                            Ok(hops)
+                        } else {
+                            Err(LookupFailure::Stale)
+                        }
+                    }
+                };
+                self.metrics.lookup_done(outcome, elapsed_ms);
+            }
+            Event::Promoted => {
+                let slot = &mut self.nodes[index as usize];
+                slot.epoch += 1;
+                slot.observed_len = 0;
+                slot.timer_at_us = u64::MAX;
+                self.live_clients.remove(index);
+                self.live_supernodes.insert(index);
+                self.metrics.promotions += 1;
+            }
+            Event::Demoted => {
+                let slot = &mut self.nodes[index as usize];
+                slot.epoch += 1;
+                slot.timer_at_us = u64::MAX;
+                self.live_supernodes.remove(index);
+                self.live_clients.insert(index);
+                self.metrics.demotions += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Supernodes a client is attached to, as seen from outside: accepted
+    /// on the wire, supernode alive in the same epoch and still a
+    /// supernode, keepalives reaching it within the idle timeout.
+    fn valid_attachments(&self, client: u32) -> impl Iterator<Item = u32> + '_ {
+        let now_s = (self.now_us / 1_000_000) as u32;
+        let idle_s = (self.params.client_idle_timeout_ms / 1000) as u32;
+        self.nodes[client as usize].observed().iter().filter_map(move |o| {
+            let supernode = &self.nodes[o.supernode as usize];
+            let valid = supernode.is_supernode() && supernode.epoch == o.epoch && now_s.saturating_sub(o.last_contact_s) <= idle_s;
+            valid.then_some(o.supernode)
+        })
+    }
+
+    // ---- lookups ----
+
+    fn lookup_tick(&mut self) {
+        let next = self.now_us + exponential_us(&mut self.rng, 1e6 / self.config.lookups_per_s.max(1e-3));
+        self.queue.push(next, EventKind::LookupTick);
+        let uptime_us = self.config.lookup_target_uptime_s * 1_000_000;
+        let mut source = None;
+        let mut target = None;
+        for _ in 0..20 {
+            if source.is_none() {
+                source = self.live_clients.random(&mut self.rng).filter(|s| self.valid_attachments(*s).next().is_some());
+            }
+            if target.is_none() {
+                target = self
+                    .live_clients
+                    .random(&mut self.rng)
+                    .filter(|t| self.nodes[*t as usize].online_since_us + uptime_us <= self.now_us);
+            }
+        }
+        let (Some(source), Some(target)) = (source, target) else {
+            return;
+        };
+        if source == target {
+            return;
+        }
+        let Some(account) = self.nodes[target as usize].node.as_ref().map(|n| n.identity().account()) else {
+            return;
+        };
+        if self.pending_lookups.contains_key(&(source, account)) {
+            return;
+        }
+        self.pending_lookups.insert(
+            (source, account),
+            PendingLookup {
+                target,
+                started_us: self.now_us,
+                target_epoch: self.nodes[target as usize].epoch,
+            },
+        );
+        self.metrics.lookups_started += 1;
+        let now = self.now_for(source);
+        if let Some(node) = self.nodes[source as usize].node.as_mut() {
+            node.lookup(now, account);
+        }
+        self.flush(source);
+    }
+
+    // ---- measurement ----
+
+    fn sample(&mut self) {
+        self.queue.push(self.now_us + self.config.sample_interval_s * 1_000_000, EventKind::Sample);
+        let mut attached_two = 0u64;
+        let mut attached_one = 0u64;
+        for &supernode in &self.live_supernodes.items {
+            self.load_buffer[supernode as usize] = 0;
+        }
+        for &client in &self.live_clients.items {
+            let mut count = 0;
+            for supernode in self.valid_attachments(client).collect::<Vec<_>>() {
+                count += 1;
+                self.load_buffer[supernode as usize] += 1;
+            }
+            if count >= 2 {
+                attached_two += 1;
+            }
+            if count >= 1 {
+                attached_one += 1;
+            }
+        }
+        let mut loads: Vec<u32> = self.live_supernodes.items.iter().map(|s| self.load_buffer[*s as usize]).collect();
+        loads.sort_unstable();
+        let capacity = self.params.supernode_capacity_attachments as f64;
+        let percentile = |p: f64| loads.get(((loads.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+        let sample = Sample {
+            t_s: self.now_us / 1_000_000,
+            live_clients: self.live_clients.len() as u64,
+            attached_two,
+            attached_one,
+            supernodes: self.live_supernodes.len() as u64,
+            load_p50: percentile(0.5),
+            load_p99: percentile(0.99),
+            load_max: loads.last().copied().unwrap_or(0),
+            load_max_ratio: loads.last().copied().unwrap_or(0) as f64 / capacity,
+        };
+        if sample.t_s + self.config.settle_window_s >= self.config.duration_s {
+            self.metrics.final_loads = loads;
+        }
+        self.metrics.samples.push(sample);
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn crypto(&self) -> CryptoMode {
+        self.config.crypto
+    }
+
+    /// Directory records held across all live supernodes.
+    pub fn stored_records(&self) -> u64 {
+        self.live_supernodes
+            .items
+            .iter()
+            .filter_map(|s| self.nodes[*s as usize].node.as_ref())
+            .map(|n| n.stored_records() as u64)
+            .sum()
+    }
+
+    /// Average membership-view size of live supernodes.
+    pub fn average_view_len(&self) -> f64 {
+        let views: Vec<usize> = self
+            .live_supernodes
+            .items
+            .iter()
+            .filter_map(|s| self.nodes[*s as usize].node.as_ref())
+            .map(|n| n.membership_len())
+            .collect();
+        views.iter().sum::<usize>() as f64 / views.len().max(1) as f64
+    }
+
+    /// Datagrams the nodes rejected as malformed or of an unknown version.
+    pub fn malformed_seen(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .map(|n| n.stats().datagrams_malformed + n.stats().datagrams_unsupported_version)
+            .sum()
+    }
+}
+
+fn exponential_us(rng: &mut impl Rng, mean_us: f64) -> u64 {
+    let u = uniform(rng).max(1e-12);
+    (-u.ln() * mean_us) as u64
+}
+
+impl World {
+    /// Live clients with fewer than two observed attachments, with what the
+    /// client itself believes (for diagnosing a run).
+    pub fn underattached(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for &client in &self.live_clients.items {
+            let valid: Vec<u32> = self.valid_attachments(client).collect();
+            if valid.len() >= 2 {
+                continue;
+            }
+            let node = self.nodes[client as usize].node.as_ref().expect("live");
+            let believed: Vec<u32> = node
+                .attached_supernodes()
+                .iter()
+                .filter_map(|c| index_of(&c.addr, self.nodes.len()))
+                .collect();
+            let observed: Vec<(u32, u32, u32, bool, u32)> = self.nodes[client as usize]
+                .observed()
+                .iter()
+                .map(|o| {
+                    let s = &self.nodes[o.supernode as usize];
+                    (o.supernode, o.epoch, o.last_contact_s, s.is_supernode(), s.epoch)
+                })
+                .collect();
+            out.push(format!(
+                "client {client} up since {}s: valid {valid:?} believed {believed:?} observed {observed:?} cache {}",
+                self.nodes[client as usize].online_since_us / 1_000_000,
+                node.host_cache().len()
+            ));
+        }
+        out
+    }
+}
