@@ -64,6 +64,8 @@ pub struct Membership {
     /// Failure news to push at once to a few members instead of waiting for
     /// piggybacking: spreads in O(log n) message delays, not probe periods.
     urgent: Vec<MemberUpdate>,
+    /// Members currently suspected (few), so deadlines need no full scan.
+    suspects: Vec<NodeId>,
 }
 
 /// Most urgent updates waiting to be pushed.
@@ -85,6 +87,7 @@ impl Membership {
             suspect_timeout_ms,
             capped: false,
             urgent: Vec::new(),
+            suspects: Vec::new(),
         };
         membership.members.push(Member {
             id: self_id,
@@ -244,6 +247,9 @@ impl Membership {
                         self.members[i].update = update;
                         self.members[i].state_since = now;
                         self.enqueue(update);
+                        if current.state == MemberState::Suspect {
+                            self.track_suspect(id, false);
+                        }
                         Change::Updated
                     }
                     MemberState::Alive if same && current.state == MemberState::Alive => {
@@ -255,6 +261,7 @@ impl Membership {
                         self.members[i].update = update;
                         self.members[i].state_since = now;
                         self.enqueue(update);
+                        self.track_suspect(id, true);
                         if current.state == MemberState::Alive {
                             self.push_urgent(update);
                             Change::Suspected(id)
@@ -285,6 +292,9 @@ impl Membership {
 
     fn remove(&mut self, index: usize, incarnation: u32, now: Instant, tombstone_ttl_ms: u64) {
         let removed = self.members.remove(index);
+        if removed.update.state == MemberState::Suspect {
+            self.track_suspect(removed.id, false);
+        }
         self.tombstones.retain(|(_, _, until)| *until > now);
         if self.tombstones.len() >= TOMBSTONES_LEN_MAX {
             self.tombstones.remove(0);
@@ -368,13 +378,20 @@ impl Membership {
     }
 
     fn next_suspect_deadline(&self) -> Instant {
-        // Suspects are rare; a linear scan is fine and keeps no extra index.
-        self.members
+        self.suspects
             .iter()
-            .filter(|m| m.update.state == MemberState::Suspect)
+            .filter_map(|id| self.get(id))
             .map(|m| m.state_since.add_ms(self.suspect_timeout_ms))
             .min()
             .unwrap_or(Instant::NEVER)
+    }
+
+    /// Keeps the suspect index in step with a member's state.
+    fn track_suspect(&mut self, id: NodeId, suspected: bool) {
+        self.suspects.retain(|s| *s != id);
+        if suspected {
+            self.suspects.push(id);
+        }
     }
 
     /// Starts the next probe if due; returns (target, sequence).
@@ -428,24 +445,22 @@ impl Membership {
                         self.members[i].state_since = now;
                         self.enqueue(suspect);
                         self.push_urgent(suspect);
+                        self.track_suspect(probe.target, true);
                         changes.push((Change::Suspected(probe.target), suspect.contact.key));
                     }
                 }
             }
         }
-        let mut i = 0;
-        while i < self.members.len() {
+        for id in self.suspects.clone() {
+            let Ok(i) = self.position(&id) else { continue };
             let member = &self.members[i];
-            if member.update.state == MemberState::Suspect && member.state_since.add_ms(suspect_timeout_ms) <= now {
+            if member.state_since.add_ms(suspect_timeout_ms) <= now {
                 let mut dead = member.update;
                 dead.state = MemberState::Dead;
-                let id = member.id;
                 self.remove(i, dead.incarnation, now, tombstone_ttl_ms);
                 self.enqueue(dead);
                 self.push_urgent(dead);
                 changes.push((Change::Left(id), dead.contact.key));
-            } else {
-                i += 1;
             }
         }
         changes

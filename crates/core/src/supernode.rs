@@ -15,6 +15,7 @@ use peerline_proto::{
     Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId, PresenceRecord,
     PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 /// Alternates named in a busy answer or an acceptance.
@@ -25,6 +26,8 @@ const CLOSER_PER_ANSWER: usize = 8;
 const JOIN_TRIES_MAX: usize = 8;
 /// Wait for one sync page.
 const SYNC_TIMEOUT_MS: u64 = 2_000;
+/// Expired records are dropped this often (they are also refused on read).
+const RECORD_SWEEP_INTERVAL_MS: u64 = 60_000;
 /// Members an urgent update is pushed to by each node that learns it.
 const URGENT_FANOUT: usize = 3;
 /// An outstanding FindValue is forgotten after this long.
@@ -57,7 +60,9 @@ pub struct SupernodeState {
     contact: Contact,
     node_id: NodeId,
     challenge_secret: [u8; 32],
-    clients: BTreeMap<Addr, ClientSlot>,
+    /// Attached clients by address. Hash order never reaches the wire:
+    /// every loop that sends walks the addresses sorted.
+    clients: FxHashMap<Addr, ClientSlot>,
     membership: Membership,
     records: BTreeMap<NodeId, Box<PresenceRecord>>,
     lookups: Vec<Option<(u32, Lookup)>>,
@@ -67,6 +72,7 @@ pub struct SupernodeState {
     next_query_id: u32,
     lookup_check_at: Instant,
     next_sweep_at: Instant,
+    next_record_sweep_at: Instant,
     join: Option<Join>,
     demotable: bool,
     idle_since: Option<Instant>,
@@ -92,7 +98,7 @@ impl SupernodeState {
             contact,
             node_id,
             challenge_secret,
-            clients: BTreeMap::new(),
+            clients: FxHashMap::default(),
             membership: Membership::new(
                 node_id,
                 me,
@@ -109,6 +115,7 @@ impl SupernodeState {
             next_query_id: 0,
             lookup_check_at: Instant::NEVER,
             next_sweep_at: now.instant.add_ms(params.sweep_interval_ms),
+            next_record_sweep_at: now.instant.add_ms(RECORD_SWEEP_INTERVAL_MS),
             join: None,
             demotable,
             idle_since: None,
@@ -171,8 +178,8 @@ impl SupernodeState {
 
     pub(crate) fn shutdown(&mut self, io: &mut Io) {
         let alternates = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
-        for addr in self.clients.keys() {
-            io.send(*addr, &Message::Detach { alternates: alternates.clone() });
+        for addr in self.sorted_client_addrs() {
+            io.send(addr, &Message::Detach { alternates: alternates.clone() });
         }
         self.clients.clear();
         // Hand our records to the nearest other members, then say goodbye.
@@ -346,20 +353,10 @@ impl SupernodeState {
         }
         slot.last_seen = io.now.instant;
         slot.record = Some(Box::new(record.clone()));
-        // The first live supernode the record names pushes it to the replicas.
-        let pusher = record
-            .body
-            .supernodes
-            .iter()
-            .find(|c| c.key == self.contact.key || self.is_live_member(c));
-        if pusher.is_some_and(|c| c.key == self.contact.key) {
-            self.replicate(io, record);
-        }
-    }
-
-    fn is_live_member(&self, contact: &Contact) -> bool {
-        let id = crate::identity::node_id(&contact.key, contact.id_nonce);
-        self.membership.get(&id).is_some_and(|m| m.update.state != MemberState::Dead)
+        // Every supernode the record names pushes it to the replicas: a lost
+        // Publish at one of them must not leave the record unstored
+        // (replicas keep one copy; the duplicate Store is idempotent).
+        self.replicate(io, record);
     }
 
     /// Stores a record on its replica set.
@@ -606,10 +603,14 @@ impl SupernodeState {
     // ---- membership ----
 
     fn apply_update(&mut self, io: &mut Io, update: MemberUpdate) {
-        let Ok(id) = contact_id(&update.contact, io.params.id_puzzle_difficulty_bits) else {
+        // A member we already hold under this exact contact passed the
+        // puzzle when admitted: one hash (the ID) instead of two.
+        let id = crate::identity::node_id(&update.contact.key, update.contact.id_nonce);
+        let known = self.membership.get(&id).is_some_and(|m| m.update.contact.key == update.contact.key);
+        if !known && contact_id(&update.contact, io.params.id_puzzle_difficulty_bits).is_err() {
             io.stats.signatures_rejected += 1;
             return;
-        };
+        }
         match self.membership.apply(id, update, io.now.instant, io.params.tombstone_ttl_ms) {
             Change::Joined(id) => self.on_member_joined(io, id, update.contact),
             Change::Left(id) => self.on_member_left(io, id, update.contact.key),
@@ -660,15 +661,26 @@ impl SupernodeState {
     /// Tells our clients whose records name a failed (or suspected)
     /// supernode to check it now.
     fn warn_clients(&mut self, io: &mut Io, left_key: PublicKey) {
-        for (addr, slot) in &self.clients {
-            let names_left = slot
-                .record
-                .as_ref()
-                .is_some_and(|r| r.body.supernodes.iter().any(|c| c.key == left_key));
-            if names_left {
-                io.send(*addr, &Message::PeerDown { supernode: left_key });
-            }
+        let mut warned: Vec<Addr> = self
+            .clients
+            .iter()
+            .filter(|(_, slot)| {
+                slot.record
+                    .as_ref()
+                    .is_some_and(|r| r.body.supernodes.iter().any(|c| c.key == left_key))
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        warned.sort_unstable();
+        for addr in warned {
+            io.send(addr, &Message::PeerDown { supernode: left_key });
         }
+    }
+
+    fn sorted_client_addrs(&self) -> Vec<Addr> {
+        let mut addrs: Vec<Addr> = self.clients.keys().copied().collect();
+        addrs.sort_unstable();
+        addrs
     }
 
     fn on_sync_response(&mut self, io: &mut Io, from: Addr, members: &[MemberUpdate], next_cursor: Option<u32>) {
@@ -765,8 +777,11 @@ impl SupernodeState {
         self.clients
             .retain(|_, slot| now.since_ms(slot.last_seen) < params.client_idle_timeout_ms);
         let now_unix_s = io.now.unix_s;
-        self.records
-            .retain(|_, r| r.body.expires_unix_s + params.clock_skew_tolerance_s >= now_unix_s);
+        if now >= self.next_record_sweep_at {
+            self.next_record_sweep_at = now.add_ms(RECORD_SWEEP_INTERVAL_MS);
+            self.records
+                .retain(|_, r| r.body.expires_unix_s + params.clock_skew_tolerance_s >= now_unix_s);
+        }
         self.requests
             .retain(|_, request| now.since_ms(request.sent_at) < REQUEST_FORGET_MS);
         let load = self.load_pct(params);

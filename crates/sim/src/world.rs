@@ -173,6 +173,8 @@ pub struct World {
     pub metrics: Metrics,
     digest: Digest,
     load_buffer: Vec<u32>,
+    transmit_buffer: Vec<peerline_core::Transmit>,
+    event_buffer: Vec<Event>,
     /// Prints every datagram to or from this node (PEERLINE_SIM_TRACE=index).
     trace: Option<u32>,
 }
@@ -219,6 +221,8 @@ impl World {
             pending_lookups: HashMap::new(),
             digest: Digest::default(),
             load_buffer: vec![0; total],
+            transmit_buffer: Vec::new(),
+            event_buffer: Vec::new(),
             trace: std::env::var("PEERLINE_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
             config,
         };
@@ -469,8 +473,8 @@ impl World {
     fn flush(&mut self, index: u32) {
         let now_us = self.now_us;
         let nodes_len = self.nodes.len();
-        let mut transmits = Vec::new();
-        let mut events = Vec::new();
+        let mut transmits = std::mem::take(&mut self.transmit_buffer);
+        let mut events = std::mem::take(&mut self.event_buffer);
         let deadline = {
             let slot = &mut self.nodes[index as usize];
             let Some(node) = slot.node.as_mut() else { return };
@@ -478,7 +482,7 @@ impl World {
             events.extend(node.drain_events());
             node.poll_timeout()
         };
-        for transmit in transmits {
+        for transmit in transmits.drain(..) {
             let Some(to) = index_of(&transmit.to, nodes_len) else {
                 self.metrics.dropped_unroutable += 1;
                 continue;
@@ -496,13 +500,15 @@ impl World {
                 EventKind::Deliver {
                     to,
                     from: index,
-                    bytes: transmit.bytes.into_boxed_slice(),
+                    bytes: transmit.bytes,
                 },
             );
         }
-        for event in events {
+        for event in events.drain(..) {
             self.node_event(index, event);
         }
+        self.transmit_buffer = transmits;
+        self.event_buffer = events;
         let slot = &mut self.nodes[index as usize];
         if !slot.alive {
             return;
