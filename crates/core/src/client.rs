@@ -3,7 +3,6 @@
 //! signed presence record, run lookups through a supernode, check
 //! reachability and decide on promotion.
 
-use crate::hostcache::HostCache;
 use crate::identity::{contact_id, domain, sign_presence};
 use crate::node::{DetachReason, Event, Io};
 use crate::time::Instant;
@@ -23,7 +22,8 @@ struct Attachment {
     contact: Contact,
     phase: Phase,
     tries: u8,
-    /// Attach step timeout, or the next keepalive / pong deadline.
+    /// Attach step timeout or pong timeout; `NEVER` while idle (keepalives
+    /// run on the client's shared schedule).
     deadline: Instant,
     step_started: Instant,
     awaiting_pong: bool,
@@ -62,6 +62,11 @@ pub struct ClientState {
     probe_at: Option<Instant>,
     promote_check_at: Option<Instant>,
     promotion_due: bool,
+    /// One keepalive schedule for every attachment: a single wake-up pings all.
+    keepalive_at: Option<Instant>,
+    /// When short of attachments with every candidate backed off: when the
+    /// first becomes eligible again.
+    retry_at: Option<Instant>,
 }
 
 impl ClientState {
@@ -87,7 +92,7 @@ impl ClientState {
         self.promotion_due
     }
 
-    pub(crate) fn next_deadline(&self, host_cache: &HostCache, attachments_target: usize) -> Instant {
+    pub(crate) fn next_deadline(&self) -> Instant {
         let mut deadline = Instant::NEVER;
         for attachment in &self.attachments {
             deadline = deadline.min(attachment.deadline);
@@ -98,15 +103,14 @@ impl ClientState {
         if let Some(at) = self.presence_dirty_since {
             deadline = deadline.min(at);
         }
-        for at in [self.presence_refresh_at, self.probe_at, self.promote_check_at].into_iter().flatten() {
+        for at in [self.presence_refresh_at, self.probe_at, self.promote_check_at, self.keepalive_at]
+            .into_iter()
+            .flatten()
+        {
             deadline = deadline.min(at);
         }
-        if self.attachments.len() < attachments_target {
-            // Waiting for a backed-off supernode to become eligible again.
-            let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
-            if let Some(at) = host_cache.next_eligible(&exclude) {
-                deadline = deadline.min(at.max(Instant(1)));
-            }
+        if let Some(at) = self.retry_at {
+            deadline = deadline.min(at);
         }
         deadline
     }
@@ -122,9 +126,13 @@ impl ClientState {
 
     /// Starts attach handshakes until enough are attached or in progress.
     fn fill_attachments(&mut self, io: &mut Io) {
+        self.retry_at = None;
         while self.attachments.len() < self.wanted(io.params.attachments_target) {
             let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
             let Some(contact) = io.host_cache.choose(io.now.instant, io.rng, io.params.host_cache_choices, &exclude) else {
+                // Every candidate is backed off: wake when the first is not.
+                let at = io.host_cache.next_eligible(&exclude);
+                self.retry_at = at.map(|at| at.max(io.now.instant.add_ms(1)));
                 return;
             };
             self.attachments.push(Attachment {
@@ -222,7 +230,7 @@ impl ClientState {
                     attachment.awaiting_pong = false;
                     attachment.misses = 0;
                     attachment.load_pct = load_pct;
-                    attachment.deadline = attachment.step_started.add_ms(io.params.keepalive_interval_ms);
+                    attachment.deadline = Instant::NEVER;
                     attachment.suspected = false;
                     self.trim_surplus(io);
                 }
@@ -266,8 +274,13 @@ impl ClientState {
         attachment.phase = Phase::Attached;
         attachment.load_pct = load_pct;
         attachment.step_started = io.now.instant;
-        attachment.deadline = io.now.instant.add_ms(io.params.keepalive_interval_ms);
+        attachment.deadline = Instant::NEVER;
         let contact = attachment.contact;
+        // The handshake refreshed the NAT binding; the shared schedule's next
+        // tick (at most one interval away) keeps it.
+        if self.keepalive_at.is_none() {
+            self.keepalive_at = Some(io.now.instant.add_ms(io.params.keepalive_interval_ms));
+        }
         io.host_cache.record_success(&contact.key, rtt_ms);
         for peer in peers {
             io.host_cache.insert(*peer, io.params.host_cache_len_max);
@@ -286,9 +299,12 @@ impl ClientState {
                 return;
             }
             attachment.misses = attachment.misses.max(misses_max.saturating_sub(1));
-            attachment.deadline = io.now.instant;
-            attachment.awaiting_pong = false;
+            attachment.awaiting_pong = true;
             attachment.suspected = true;
+            attachment.ping_sequence = attachment.ping_sequence.wrapping_add(1);
+            attachment.deadline = io.now.instant.add_ms(io.params.pong_timeout_ms);
+            let (addr, sequence) = (attachment.contact.addr, attachment.ping_sequence);
+            io.send(addr, &Message::Ping { sequence });
             // Attach a spare at once rather than after the check: if the
             // report was right, the client never drops below its target.
             self.fill_attachments(io);
@@ -326,6 +342,7 @@ impl ClientState {
                 index += 1;
             }
         }
+        self.keepalive_if_due(io);
         self.fill_attachments(io);
         self.publish_if_due(io);
         self.expire_lookups(io);
@@ -353,24 +370,41 @@ impl ClientState {
                 true
             }
             Phase::Attached => {
-                if attachment.awaiting_pong {
-                    attachment.misses += 1;
-                    if attachment.misses as u32 >= params.keepalive_misses_max {
-                        self.drop_attachment(io, index, DetachReason::KeepaliveTimeout);
-                        return false;
-                    }
+                // A pong timed out.
+                attachment.misses += 1;
+                if attachment.misses as u32 >= params.keepalive_misses_max {
+                    self.drop_attachment(io, index, DetachReason::KeepaliveTimeout);
+                    return false;
                 }
-                attachment.awaiting_pong = true;
-                attachment.ping_sequence = attachment.ping_sequence.wrapping_add(1);
-                if attachment.misses == 0 {
-                    attachment.step_started = now;
-                }
-                attachment.deadline = now.add_ms(params.pong_timeout_ms);
-                let (addr, sequence) = (attachment.contact.addr, attachment.ping_sequence);
-                io.send(addr, &Message::Ping { sequence });
+                Self::send_ping(io, attachment);
                 true
             }
         }
+    }
+
+    fn send_ping(io: &mut Io, attachment: &mut Attachment) {
+        attachment.awaiting_pong = true;
+        attachment.ping_sequence = attachment.ping_sequence.wrapping_add(1);
+        attachment.deadline = io.now.instant.add_ms(io.params.pong_timeout_ms);
+        let (addr, sequence) = (attachment.contact.addr, attachment.ping_sequence);
+        io.send(addr, &Message::Ping { sequence });
+    }
+
+    /// The shared keepalive tick: pings every idle attachment.
+    fn keepalive_if_due(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        if !self.keepalive_at.is_some_and(|at| at <= now) {
+            return;
+        }
+        let mut any = false;
+        for attachment in self.attachments.iter_mut().filter(|a| a.phase == Phase::Attached) {
+            any = true;
+            if !attachment.awaiting_pong {
+                attachment.misses = 0;
+                Self::send_ping(io, attachment);
+            }
+        }
+        self.keepalive_at = any.then(|| now.add_ms(io.params.keepalive_interval_ms));
     }
 
     fn publish_if_due(&mut self, io: &mut Io) {

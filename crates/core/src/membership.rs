@@ -50,6 +50,9 @@ pub struct Membership {
     pub me: MemberUpdate,
     /// Every known member (ourselves included), sorted by ID.
     members: Vec<Member>,
+    /// The first 64 bits of each member's ID, in the same order: searches
+    /// run over this dense array instead of the members themselves.
+    prefixes: Vec<u64>,
     tombstones: Vec<(NodeId, u32, Instant)>,
     broadcasts: Vec<(MemberUpdate, u8)>,
     probe: Option<Probe>,
@@ -77,6 +80,7 @@ impl Membership {
             self_id,
             me,
             members: Vec::new(),
+            prefixes: Vec::new(),
             tombstones: Vec::new(),
             broadcasts: Vec::new(),
             probe: None,
@@ -94,6 +98,7 @@ impl Membership {
             update: me,
             state_since: now,
         });
+        membership.prefixes.push(prefix(&self_id));
         membership.enqueue(me);
         membership
     }
@@ -115,7 +120,17 @@ impl Membership {
     }
 
     fn position(&self, id: &NodeId) -> Result<usize, usize> {
-        self.members.binary_search_by(|m| m.id.cmp(id))
+        let key = prefix(id);
+        let start = self.prefixes.partition_point(|p| *p < key);
+        let mut at = start;
+        while at < self.members.len() && self.prefixes[at] == key {
+            match self.members[at].id.cmp(id) {
+                std::cmp::Ordering::Less => at += 1,
+                std::cmp::Ordering::Equal => return Ok(at),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Err(at)
     }
 
     pub fn get(&self, id: &NodeId) -> Option<&Member> {
@@ -235,6 +250,7 @@ impl Membership {
                         state_since: now,
                     },
                 );
+                self.prefixes.insert(insert_at, prefix(&id));
                 self.enqueue(update);
                 Change::Joined(id)
             }
@@ -292,6 +308,7 @@ impl Membership {
 
     fn remove(&mut self, index: usize, incarnation: u32, now: Instant, tombstone_ttl_ms: u64) {
         let removed = self.members.remove(index);
+        self.prefixes.remove(index);
         if removed.update.state == MemberState::Suspect {
             self.track_suspect(removed.id, false);
         }
@@ -345,8 +362,9 @@ impl Membership {
     /// The `k` members closest to `key` by XOR distance (ourselves included),
     /// nearest first. O(k · log n) on the sorted view.
     pub fn closest(&self, key: &NodeId, k: usize) -> Vec<&Member> {
-        let mut out: Vec<&Member> = Vec::with_capacity(k);
-        collect_closest(&self.members, key, 0, k, &mut out);
+        let mut indices: Vec<usize> = Vec::with_capacity(k + 4);
+        collect_closest(&self.prefixes, 0, key, 0, k, &mut indices);
+        let mut out: Vec<&Member> = indices.into_iter().map(|i| &self.members[i]).collect();
         out.sort_by_key(|m| m.id.distance(key));
         out.truncate(k);
         out
@@ -359,8 +377,9 @@ impl Membership {
         let mut prefix_len = 256usize;
         loop {
             let (low, high) = subtree_bounds(id, prefix_len);
-            let lo = self.members.partition_point(|m| m.id < low);
-            let hi = self.members.partition_point(|m| m.id <= high);
+            let (low_prefix, high_prefix) = (prefix(&low), prefix(&high));
+            let lo = self.prefixes.partition_point(|p| *p < low_prefix);
+            let hi = self.prefixes.partition_point(|p| *p <= high_prefix);
             if hi - lo >= count || prefix_len == 0 {
                 return (low, high);
             }
@@ -487,25 +506,36 @@ fn subtree_bounds(id: &NodeId, prefix_len: usize) -> (NodeId, NodeId) {
     (low, high)
 }
 
-/// Collects at least the `need` XOR-closest members of a sorted slice whose
-/// IDs all share their first `bit` bits: the half that matches `key`'s next
-/// bit first, then the other half.
-fn collect_closest<'a>(slice: &'a [Member], key: &NodeId, bit: usize, need: usize, out: &mut Vec<&'a Member>) {
-    if need == 0 || slice.is_empty() {
+fn prefix(id: &NodeId) -> u64 {
+    u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
+}
+
+/// Collects (as indices from `offset`) at least the `need` XOR-closest
+/// members of a sorted slice of ID prefixes that all share their first `bit`
+/// bits: the half matching `key`'s next bit first, then the other half.
+/// Below 64 bits the prefixes cannot split a slice, so it is taken whole and
+/// the caller's sort by full distance decides.
+fn collect_closest(prefixes: &[u64], offset: usize, key: &NodeId, bit: usize, need: usize, out: &mut Vec<usize>) {
+    if need == 0 || prefixes.is_empty() {
         return;
     }
-    if slice.len() <= need || bit >= 256 {
-        out.extend(slice.iter());
+    if prefixes.len() <= need || bit >= 64 {
+        out.extend(offset..offset + prefixes.len());
         return;
     }
-    let split = slice.partition_point(|m| !m.id.bit(bit));
-    let (zeros, ones) = slice.split_at(split);
-    let (near, far) = if key.bit(bit) { (ones, zeros) } else { (zeros, ones) };
+    let mask = 1u64 << (63 - bit);
+    let split = prefixes.partition_point(|p| p & mask == 0);
+    let (zeros, ones) = prefixes.split_at(split);
+    let ((near, near_offset), (far, far_offset)) = if key.bit(bit) {
+        ((ones, offset + split), (zeros, offset))
+    } else {
+        ((zeros, offset), (ones, offset + split))
+    };
     let before = out.len();
-    collect_closest(near, key, bit + 1, need, out);
+    collect_closest(near, near_offset, key, bit + 1, need, out);
     let taken = out.len() - before;
     if taken < need {
-        collect_closest(far, key, bit + 1, need - taken, out);
+        collect_closest(far, far_offset, key, bit + 1, need - taken, out);
     }
 }
 

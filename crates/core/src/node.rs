@@ -348,7 +348,7 @@ impl Node {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let deadline = match &self.role {
-            Role::Client(c) => c.next_deadline(&self.host_cache, self.params.attachments_target),
+            Role::Client(c) => c.next_deadline(),
             Role::Supernode(s) => s.next_deadline(),
         };
         (deadline != Instant::NEVER).then_some(deadline)

@@ -460,10 +460,15 @@ impl World {
             return;
         }
         slot.timer_at_us = u64::MAX;
-        self.metrics.timers += 1;
-        self.digest.timer(self.now_us, index);
         let now = self.now_for(index);
-        if let Some(node) = self.nodes[index as usize].node.as_mut() {
+        let Some(node) = self.nodes[index as usize].node.as_mut() else {
+            return;
+        };
+        // The deadline may have moved later since this wake-up was queued
+        // (a pong arrived): then there is nothing to do but re-arm.
+        if node.poll_timeout().is_some_and(|deadline| deadline.0 <= time_us) {
+            self.metrics.timers += 1;
+            self.digest.timer(self.now_us, index);
             node.handle_timeout(now);
         }
         self.flush(index);
