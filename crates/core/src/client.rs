@@ -6,14 +6,18 @@
 use crate::identity::{contact_id, domain, sign_presence};
 use crate::node::{DetachReason, Event, Io};
 use crate::time::Instant;
-use peerline_proto::{BoundedVec, Contact, Message, PresenceBody, PresenceRecord, PublicKey, RECORD_SUPERNODES_MAX};
+use peerline_proto::{
+    BoundedVec, Contact, Message, PresenceBody, PresenceRecord, PublicKey, RECORD_SUPERNODES_MAX,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Hello sent, waiting for the challenge.
     Hello,
     /// Proof sent, waiting for acceptance.
-    Proof { challenge: [u8; 32] },
+    Proof {
+        challenge: [u8; 32],
+    },
     Attached,
 }
 
@@ -32,6 +36,8 @@ struct Attachment {
     load_pct: u8,
     /// Another supernode reported this one as failing; a spare is being attached.
     suspected: bool,
+    /// The network's average load as this supernode sees it.
+    network_load_pct: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -103,9 +109,14 @@ impl ClientState {
         if let Some(at) = self.presence_dirty_since {
             deadline = deadline.min(at);
         }
-        for at in [self.presence_refresh_at, self.probe_at, self.promote_check_at, self.keepalive_at]
-            .into_iter()
-            .flatten()
+        for at in [
+            self.presence_refresh_at,
+            self.probe_at,
+            self.promote_check_at,
+            self.keepalive_at,
+        ]
+        .into_iter()
+        .flatten()
         {
             deadline = deadline.min(at);
         }
@@ -116,7 +127,9 @@ impl ClientState {
     }
 
     fn attachment_index(&self, from: &peerline_proto::Addr) -> Option<usize> {
-        self.attachments.iter().position(|a| a.contact.addr == *from)
+        self.attachments
+            .iter()
+            .position(|a| a.contact.addr == *from)
     }
 
     /// Attachments wanted now: the target, plus a spare while one is suspected.
@@ -129,7 +142,12 @@ impl ClientState {
         self.retry_at = None;
         while self.attachments.len() < self.wanted(io.params.attachments_target) {
             let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
-            let Some(contact) = io.host_cache.choose(io.now.instant, io.rng, io.params.host_cache_choices, &exclude) else {
+            let Some(contact) = io.host_cache.choose(
+                io.now.instant,
+                io.rng,
+                io.params.host_cache_choices,
+                &exclude,
+            ) else {
                 // Every candidate is backed off: wake when the first is not.
                 let at = io.host_cache.next_eligible(&exclude);
                 self.retry_at = at.map(|at| at.max(io.now.instant.add_ms(1)));
@@ -146,8 +164,14 @@ impl ClientState {
                 misses: 0,
                 load_pct: 0,
                 suspected: false,
+                network_load_pct: 0,
             });
-            io.send(contact.addr, &Message::AttachHello { cert: io.identity.cert });
+            io.send(
+                contact.addr,
+                &Message::AttachHello {
+                    cert: io.identity.cert,
+                },
+            );
         }
     }
 
@@ -192,15 +216,21 @@ impl ClientState {
             return;
         };
         match message {
-            Message::AttachChallenge { supernode, challenge } => self.on_challenge(io, index, supernode, challenge),
-            Message::AttachAccepted { load_pct, peers, .. } => self.on_accepted(io, index, load_pct, &peers),
+            Message::AttachChallenge {
+                supernode,
+                challenge,
+            } => self.on_challenge(io, index, supernode, challenge),
+            Message::AttachAccepted {
+                load_pct, peers, ..
+            } => self.on_accepted(io, index, load_pct, &peers),
             Message::Busy {
                 retry_after_ms,
                 alternates,
                 ..
             } => {
                 let key = self.attachments[index].contact.key;
-                io.host_cache.defer(&key, io.now.instant, retry_after_ms as u64);
+                io.host_cache
+                    .defer(&key, io.now.instant, retry_after_ms as u64);
                 for contact in alternates.iter() {
                     io.host_cache.insert(*contact, io.params.host_cache_len_max);
                 }
@@ -212,7 +242,8 @@ impl ClientState {
                     io.host_cache.insert(*contact, io.params.host_cache_len_max);
                 }
                 let key = self.attachments[index].contact.key;
-                io.host_cache.defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
+                io.host_cache
+                    .defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
                 self.drop_attachment(io, index, DetachReason::DetachedBySupernode);
                 self.fill_attachments(io);
             }
@@ -222,21 +253,31 @@ impl ClientState {
                     self.fill_attachments(io);
                 }
             }
-            Message::Pong { sequence, load_pct } => {
+            Message::Pong {
+                sequence,
+                load_pct,
+                network_load_pct,
+            } => {
                 let attachment = &mut self.attachments[index];
                 // A late pong to an earlier ping of this round counts too.
-                let in_round = attachment.ping_sequence.wrapping_sub(sequence) <= attachment.misses as u32;
+                let in_round =
+                    attachment.ping_sequence.wrapping_sub(sequence) <= attachment.misses as u32;
                 if attachment.phase == Phase::Attached && attachment.awaiting_pong && in_round {
                     attachment.awaiting_pong = false;
                     attachment.misses = 0;
                     attachment.load_pct = load_pct;
+                    attachment.network_load_pct = network_load_pct;
                     attachment.deadline = Instant::NEVER;
                     attachment.suspected = false;
                     self.trim_surplus(io);
                 }
             }
             Message::PeerDown { supernode } => self.on_peer_down(io, supernode),
-            Message::LookupResponse { query_id, record, hops } => self.on_lookup_response(io, query_id, record, hops),
+            Message::LookupResponse {
+                query_id,
+                record,
+                hops,
+            } => self.on_lookup_response(io, query_id, record, hops),
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -248,11 +289,16 @@ impl ClientState {
         }
         // The supernode must be the one we meant (key pinned by the host
         // cache) and its ID must solve the puzzle.
-        if supernode.key != attachment.contact.key || contact_id(&supernode, io.params.id_puzzle_difficulty_bits).is_err() {
+        if supernode.key != attachment.contact.key
+            || contact_id(&supernode, io.params.id_puzzle_difficulty_bits).is_err()
+        {
             io.stats.signatures_rejected += 1;
             return;
         }
-        let signature = io.identity.keypair.sign(domain::ATTACH, &attach_proof_bytes(&challenge, &supernode.key));
+        let signature = io.identity.keypair.sign(
+            domain::ATTACH,
+            &attach_proof_bytes(&challenge, &supernode.key),
+        );
         attachment.phase = Phase::Proof { challenge };
         attachment.deadline = io.now.instant.add_ms(io.params.attach_step_timeout_ms);
         io.send(
@@ -294,7 +340,11 @@ impl ClientState {
         // Do not take the word of one supernode about another: probe it now
         // with a single pong timeout left.
         let misses_max = io.params.keepalive_misses_max as u8;
-        if let Some(attachment) = self.attachments.iter_mut().find(|a| a.contact.key == supernode && a.phase == Phase::Attached) {
+        if let Some(attachment) = self
+            .attachments
+            .iter_mut()
+            .find(|a| a.contact.key == supernode && a.phase == Phase::Attached)
+        {
             if attachment.suspected {
                 return;
             }
@@ -316,7 +366,12 @@ impl ClientState {
     fn trim_surplus(&mut self, io: &mut Io) {
         let target = io.params.attachments_target;
         while self.attachments.iter().all(|a| !a.suspected)
-            && self.attachments.iter().filter(|a| a.phase == Phase::Attached).count() > target
+            && self
+                .attachments
+                .iter()
+                .filter(|a| a.phase == Phase::Attached)
+                .count()
+                > target
         {
             let Some(index) = (0..self.attachments.len())
                 .filter(|i| self.attachments[*i].phase == Phase::Attached)
@@ -325,7 +380,12 @@ impl ClientState {
                 return;
             };
             let attachment = self.attachments.swap_remove(index);
-            io.send(attachment.contact.addr, &Message::Detach { alternates: BoundedVec::new() });
+            io.send(
+                attachment.contact.addr,
+                &Message::Detach {
+                    alternates: BoundedVec::new(),
+                },
+            );
             self.mark_presence_dirty(io);
         }
     }
@@ -366,7 +426,12 @@ impl ClientState {
                 attachment.step_started = now;
                 attachment.deadline = now.add_ms(params.attach_step_timeout_ms);
                 let addr = attachment.contact.addr;
-                io.send(addr, &Message::AttachHello { cert: io.identity.cert });
+                io.send(
+                    addr,
+                    &Message::AttachHello {
+                        cert: io.identity.cert,
+                    },
+                );
                 true
             }
             Phase::Attached => {
@@ -393,11 +458,15 @@ impl ClientState {
     /// The shared keepalive tick: pings every idle attachment.
     fn keepalive_if_due(&mut self, io: &mut Io) {
         let now = io.now.instant;
-        if !self.keepalive_at.is_some_and(|at| at <= now) {
+        if self.keepalive_at.is_none_or(|at| at > now) {
             return;
         }
         let mut any = false;
-        for attachment in self.attachments.iter_mut().filter(|a| a.phase == Phase::Attached) {
+        for attachment in self
+            .attachments
+            .iter_mut()
+            .filter(|a| a.phase == Phase::Attached)
+        {
             any = true;
             if !attachment.awaiting_pong {
                 attachment.misses = 0;
@@ -432,7 +501,12 @@ impl ClientState {
         self.presence_refresh_at = Some(now.add_ms(io.params.presence_refresh_s * 1000));
         let record = self.sign_record(io, &attached);
         for contact in &attached {
-            io.send(contact.addr, &Message::Publish { record: record.clone() });
+            io.send(
+                contact.addr,
+                &Message::Publish {
+                    record: record.clone(),
+                },
+            );
         }
         io.event(Event::PresencePublished {
             sequence: record.body.sequence,
@@ -446,7 +520,9 @@ impl ClientState {
             sequence: self.presence_sequence,
             issued_unix_s: io.now.unix_s,
             expires_unix_s: io.now.unix_s + io.params.presence_ttl_s,
-            supernodes: BoundedVec::truncating(attached.iter().copied().take(RECORD_SUPERNODES_MAX)),
+            supernodes: BoundedVec::truncating(
+                attached.iter().copied().take(RECORD_SUPERNODES_MAX),
+            ),
         };
         sign_presence(&io.identity.keypair, body)
     }
@@ -476,7 +552,13 @@ impl ClientState {
         io.send(via.addr, &Message::LookupRequest { query_id, account });
     }
 
-    fn on_lookup_response(&mut self, io: &mut Io, query_id: u32, record: Option<PresenceRecord>, hops: u8) {
+    fn on_lookup_response(
+        &mut self,
+        io: &mut Io,
+        query_id: u32,
+        record: Option<PresenceRecord>,
+        hops: u8,
+    ) {
         let Some(index) = self.lookups.iter().position(|l| l.query_id == query_id) else {
             return;
         };
@@ -484,11 +566,17 @@ impl ClientState {
         // Check what the supernode handed us: right account, valid signature, fresh.
         let record = record.filter(|r| {
             r.body.cert.body.account_key == lookup.account
-                && crate::identity::verify_presence(io.mode, r, io.now.unix_s, io.params.clock_skew_tolerance_s).is_ok()
+                && crate::identity::verify_presence(
+                    io.mode,
+                    r,
+                    io.now.unix_s,
+                    io.params.clock_skew_tolerance_s,
+                )
+                .is_ok()
         });
         io.event(Event::LookupDone {
             account: lookup.account,
-            record,
+            record: record.map(Box::new),
             hops,
             elapsed_ms: io.now.instant.since_ms(lookup.started),
         });
@@ -530,7 +618,7 @@ impl ClientState {
 
     fn probe_if_due(&mut self, io: &mut Io) {
         let now = io.now.instant;
-        if !self.probe_at.is_some_and(|at| at <= now) {
+        if self.probe_at.is_none_or(|at| at > now) {
             return;
         }
         if *io.reachable {
@@ -540,22 +628,43 @@ impl ClientState {
         self.probe_at = Some(now.add_ms(io.params.probe_interval_s * 1000));
         if let Some(contact) = self.attached().first() {
             self.probe_token = io.random_u64() | 1;
-            io.send(contact.addr, &Message::ProbeRequest { token: self.probe_token });
+            io.send(
+                contact.addr,
+                &Message::ProbeRequest {
+                    token: self.probe_token,
+                },
+            );
         }
     }
 
     fn check_promotion(&mut self, io: &mut Io) {
         let now = io.now.instant;
-        if !self.promote_check_at.is_some_and(|at| at <= now) {
+        if self.promote_check_at.is_none_or(|at| at > now) {
             return;
         }
         self.promote_check_at = Some(now.add_ms(io.params.promote_check_interval_s * 1000));
-        let attached: Vec<&Attachment> = self.attachments.iter().filter(|a| a.phase == Phase::Attached).collect();
-        if !*io.reachable || attached.is_empty() || now.since_ms(io.started_at) < io.params.promote_uptime_s * 1000 {
+        let attached: Vec<&Attachment> = self
+            .attachments
+            .iter()
+            .filter(|a| a.phase == Phase::Attached)
+            .collect();
+        if !*io.reachable
+            || attached.is_empty()
+            || now.since_ms(io.started_at) < io.params.promote_uptime_s * 1000
+        {
             return;
         }
-        let load: u32 = attached.iter().map(|a| a.load_pct as u32).sum::<u32>() / attached.len() as u32;
-        if load >= io.params.promote_load_pct as u32 && (io.rng_index(1000) as u32) < io.params.promote_chance_per_mille {
+        // The network's load, not just our supernodes': a freshly promoted
+        // supernode (load 0) lowers it at once, so promotions stop when
+        // enough capacity has joined instead of going on until clients move.
+        let load: u32 = attached
+            .iter()
+            .map(|a| a.network_load_pct as u32)
+            .sum::<u32>()
+            / attached.len() as u32;
+        if load >= io.params.promote_load_pct as u32
+            && (io.rng_index(1000) as u32) < io.params.promote_chance_per_mille
+        {
             self.promotion_due = true;
         }
     }
@@ -563,7 +672,12 @@ impl ClientState {
     /// Detaches from every supernode (graceful exit or promotion).
     pub(crate) fn shutdown(&mut self, io: &mut Io) {
         for attachment in self.attachments.drain(..) {
-            io.send(attachment.contact.addr, &Message::Detach { alternates: BoundedVec::new() });
+            io.send(
+                attachment.contact.addr,
+                &Message::Detach {
+                    alternates: BoundedVec::new(),
+                },
+            );
         }
         self.lookups.clear();
     }

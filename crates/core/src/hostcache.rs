@@ -54,7 +54,11 @@ impl HostCache {
     /// failures (then the slowest) makes room, unless the newcomer would be
     /// the worst itself.
     pub fn insert(&mut self, contact: Contact, len_max: usize) {
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == contact.key) {
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.contact.key == contact.key)
+        {
             entry.contact = contact;
             return;
         }
@@ -84,7 +88,13 @@ impl HostCache {
     /// Picks a supernode to attach to: the best of a few random eligible
     /// entries (power of choices spreads clients instead of herding them onto
     /// the single best supernode).
-    pub fn choose(&self, now: Instant, rng: &mut impl Rng, choices: usize, exclude: &[PublicKey]) -> Option<Contact> {
+    pub fn choose(
+        &self,
+        now: Instant,
+        rng: &mut impl Rng,
+        choices: usize,
+        exclude: &[PublicKey],
+    ) -> Option<Contact> {
         let now_s = mono_s(now);
         let eligible = |e: &HostEntry| e.not_before_s <= now_s && !exclude.contains(&e.contact.key);
         if self.entries.is_empty() {
@@ -99,7 +109,10 @@ impl HostCache {
         }
         best.or_else(|| {
             // Random probes missed: take the best eligible entry, if any.
-            self.entries.iter().filter(|e| eligible(e)).min_by_key(|e| e.score())
+            self.entries
+                .iter()
+                .filter(|e| eligible(e))
+                .min_by_key(|e| e.score())
         })
         .map(|e| e.contact)
     }
@@ -129,7 +142,14 @@ impl HostCache {
 
     /// Counts a failure and backs off exponentially with jitter (0.5–1.5×),
     /// so clients that failed together do not retry together.
-    pub fn record_failure(&mut self, key: &PublicKey, now: Instant, rng: &mut impl Rng, base_ms: u64, max_ms: u64) {
+    pub fn record_failure(
+        &mut self,
+        key: &PublicKey,
+        now: Instant,
+        rng: &mut impl Rng,
+        base_ms: u64,
+        max_ms: u64,
+    ) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == *key) {
             entry.failures = entry.failures.saturating_add(1);
             let backoff_ms = backoff_ms(entry.failures as u32, base_ms, max_ms, rng);
@@ -140,7 +160,9 @@ impl HostCache {
     /// Asks not to be contacted before `retry_after_ms` (a busy answer).
     pub fn defer(&mut self, key: &PublicKey, now: Instant, retry_after_ms: u64) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == *key) {
-            entry.not_before_s = entry.not_before_s.max(mono_s(now.add_ms(retry_after_ms)).max(1));
+            entry.not_before_s = entry
+                .not_before_s
+                .max(mono_s(now.add_ms(retry_after_ms)).max(1));
         }
     }
 }
@@ -174,7 +196,11 @@ mod tests {
         for i in 0..10 {
             cache.insert(contact(i), 4);
         }
-        assert_eq!(cache.len(), 4, "healthy entries are not evicted by newcomers");
+        assert_eq!(
+            cache.len(),
+            4,
+            "healthy entries are not evicted by newcomers"
+        );
         let mut rng = Pcg32::seed_from_u64(1);
         cache.record_failure(&PublicKey([2; 32]), Instant::ZERO, &mut rng, 1000, 10_000);
         cache.insert(contact(9), 4);
@@ -185,10 +211,16 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_spreads() {
         let mut rng = Pcg32::seed_from_u64(3);
-        let samples: Vec<u64> = (0..200).map(|_| backoff_ms(1, 1000, 60_000, &mut rng)).collect();
+        let samples: Vec<u64> = (0..200)
+            .map(|_| backoff_ms(1, 1000, 60_000, &mut rng))
+            .collect();
         assert!(samples.iter().all(|s| (500..1500).contains(s)));
         let distinct: std::collections::BTreeSet<_> = samples.iter().map(|s| s / 50).collect();
-        assert!(distinct.len() > 10, "jitter must spread retries, got {} buckets", distinct.len());
+        assert!(
+            distinct.len() > 10,
+            "jitter must spread retries, got {} buckets",
+            distinct.len()
+        );
         assert!(backoff_ms(4, 1000, 60_000, &mut rng) >= 4_000);
         assert!(backoff_ms(30, 1000, 60_000, &mut rng) < 90_000);
     }
@@ -203,11 +235,15 @@ mod tests {
         let now = Instant::from_s(100);
         cache.defer(&PublicKey([0; 32]), now, 60_000);
         for _ in 0..20 {
-            let chosen = cache.choose(now, &mut rng, 2, &[PublicKey([1; 32])]).unwrap();
+            let chosen = cache
+                .choose(now, &mut rng, 2, &[PublicKey([1; 32])])
+                .unwrap();
             assert_eq!(chosen.key, PublicKey([2; 32]));
         }
         cache.defer(&PublicKey([2; 32]), now, 60_000);
-        assert!(cache.choose(now, &mut rng, 2, &[PublicKey([1; 32])]).is_none());
+        assert!(cache
+            .choose(now, &mut rng, 2, &[PublicKey([1; 32])])
+            .is_none());
         assert!(cache.next_eligible(&[PublicKey([1; 32])]).unwrap() > now);
     }
 }

@@ -243,7 +243,11 @@ fn puzzle_zero_bits(id: &NodeId) -> u32 {
 /// each draw costs `2^difficulty_bits` hashes on average: placing an ID within
 /// `m` bits of a chosen key costs about `2^(m + difficulty_bits)` hashes
 /// (S/Kademlia's static puzzle).
-pub fn verify_id_puzzle(key: &PublicKey, nonce: u64, difficulty_bits: u32) -> Result<NodeId, CryptoError> {
+pub fn verify_id_puzzle(
+    key: &PublicKey,
+    nonce: u64,
+    difficulty_bits: u32,
+) -> Result<NodeId, CryptoError> {
     let id = node_id(key, nonce);
     if puzzle_zero_bits(&id) >= difficulty_bits {
         Ok(id)
@@ -277,11 +281,19 @@ pub struct DeviceIdentity {
 
 impl DeviceIdentity {
     /// A fresh account with one device (the account key is used once, to certify).
-    pub fn new_account(mode: CryptoMode, rng: &mut impl Rng, now_unix_s: u64, cert_ttl_s: u64) -> DeviceIdentity {
+    pub fn new_account(
+        mode: CryptoMode,
+        rng: &mut impl Rng,
+        now_unix_s: u64,
+        cert_ttl_s: u64,
+    ) -> DeviceIdentity {
         let account = Keypair::generate(mode, rng);
         let device = Keypair::generate(mode, rng);
         let cert = issue_device_cert(&account, device.public(), now_unix_s + cert_ttl_s);
-        DeviceIdentity { keypair: device, cert }
+        DeviceIdentity {
+            keypair: device,
+            cert,
+        }
     }
 
     pub fn mode(&self) -> CryptoMode {
@@ -297,8 +309,8 @@ impl DeviceIdentity {
 mod tests {
     use super::*;
     use peerline_proto::{Addr, BoundedVec};
-    use rand_pcg::Pcg64Mcg;
     use rand_core::SeedableRng;
+    use rand_pcg::Pcg64Mcg;
 
     const NOW: u64 = 1_800_000_000;
     const SKEW: u64 = 600;
@@ -324,11 +336,17 @@ mod tests {
             // The attacker certifies its own device in the victim's account name.
             let mut forged = issue_device_cert(&attacker, attacker.public(), NOW + 3600);
             forged.body.account_key = victim.account();
-            assert_eq!(verify_device_cert(mode, &forged, NOW, SKEW), Err(CryptoError::BadSignature));
+            assert_eq!(
+                verify_device_cert(mode, &forged, NOW, SKEW),
+                Err(CryptoError::BadSignature)
+            );
             // Tampering with the expiry breaks the signature too.
             let mut extended = victim.cert;
             extended.body.expires_unix_s += 1;
-            assert_eq!(verify_device_cert(mode, &extended, NOW, SKEW), Err(CryptoError::BadSignature));
+            assert_eq!(
+                verify_device_cert(mode, &extended, NOW, SKEW),
+                Err(CryptoError::BadSignature)
+            );
         }
     }
 
@@ -374,11 +392,20 @@ mod tests {
         verify_presence(mode, &record, NOW - SKEW + 1, SKEW).unwrap();
         verify_presence(mode, &record, NOW + 3600 + SKEW, SKEW).unwrap();
         // Outside the tolerance it does not.
-        assert_eq!(verify_presence(mode, &record, NOW - SKEW - 1, SKEW), Err(CryptoError::NotYetValid));
-        assert_eq!(verify_presence(mode, &record, NOW + 3600 + SKEW + 1, SKEW), Err(CryptoError::Expired));
+        assert_eq!(
+            verify_presence(mode, &record, NOW - SKEW - 1, SKEW),
+            Err(CryptoError::NotYetValid)
+        );
+        assert_eq!(
+            verify_presence(mode, &record, NOW + 3600 + SKEW + 1, SKEW),
+            Err(CryptoError::Expired)
+        );
         let mut tampered = record.clone();
         tampered.body.sequence = 99;
-        assert_eq!(verify_presence(mode, &tampered, NOW, SKEW), Err(CryptoError::BadSignature));
+        assert_eq!(
+            verify_presence(mode, &tampered, NOW, SKEW),
+            Err(CryptoError::BadSignature)
+        );
     }
 
     #[test]
@@ -388,8 +415,13 @@ mod tests {
         assert_eq!(verify_id_puzzle(&key, nonce, 10), Ok(id));
         assert_eq!(id, node_id(&key, nonce));
         // Most nonces do not solve it: the ID cannot be picked freely.
-        let unsolved = (0..64).filter(|n| verify_id_puzzle(&key, *n, 10).is_err()).count();
-        assert!(unsolved >= 60, "only {unsolved} of 64 nonces failed a 10-bit puzzle");
+        let unsolved = (0..64)
+            .filter(|n| verify_id_puzzle(&key, *n, 10).is_err())
+            .count();
+        assert!(
+            unsolved >= 60,
+            "only {unsolved} of 64 nonces failed a 10-bit puzzle"
+        );
         // A different key with the same nonce gives an unrelated ID.
         assert_ne!(node_id(&PublicKey([8; 32]), nonce), id);
     }

@@ -63,7 +63,9 @@ impl Lookup {
             return;
         }
         let distance = id.distance(&self.key);
-        let at = self.candidates.partition_point(|c| c.id.distance(&self.key) < distance);
+        let at = self
+            .candidates
+            .partition_point(|c| c.id.distance(&self.key) < distance);
         if at >= LOOKUP_CANDIDATES_MAX {
             return;
         }
@@ -106,7 +108,11 @@ impl Lookup {
     }
 
     pub fn mark(&mut self, id: &NodeId, state: CandidateState) -> bool {
-        match self.candidates.iter_mut().find(|c| c.id == *id && c.state == CandidateState::Asked) {
+        match self
+            .candidates
+            .iter_mut()
+            .find(|c| c.id == *id && c.state == CandidateState::Asked)
+        {
             Some(candidate) => {
                 candidate.state = state;
                 true
@@ -185,6 +191,9 @@ mod tests {
             assert!(lookup.mark(&NodeId([i; 32]), CandidateState::Answered));
         }
         assert!(lookup.converged(3));
-        assert!(!lookup.mark(&NodeId([0; 32]), CandidateState::Answered), "answered twice");
+        assert!(
+            !lookup.mark(&NodeId([0; 32]), CandidateState::Answered),
+            "answered twice"
+        );
     }
 }

@@ -69,13 +69,22 @@ pub struct Membership {
     urgent: Vec<MemberUpdate>,
     /// Members currently suspected (few), so deadlines need no full scan.
     suspects: Vec<NodeId>,
+    /// Sum of every member's announced load, kept in step with `members`.
+    load_total: u64,
 }
 
 /// Most urgent updates waiting to be pushed.
 const URGENT_LEN_MAX: usize = 64;
 
 impl Membership {
-    pub fn new(self_id: NodeId, me: MemberUpdate, now: Instant, view_len_max: usize, bucket_len_max: usize, suspect_timeout_ms: u64) -> Self {
+    pub fn new(
+        self_id: NodeId,
+        me: MemberUpdate,
+        now: Instant,
+        view_len_max: usize,
+        bucket_len_max: usize,
+        suspect_timeout_ms: u64,
+    ) -> Self {
         let mut membership = Membership {
             self_id,
             me,
@@ -92,6 +101,7 @@ impl Membership {
             capped: false,
             urgent: Vec::new(),
             suspects: Vec::new(),
+            load_total: me.load_pct as u64,
         };
         membership.members.push(Member {
             id: self_id,
@@ -154,7 +164,7 @@ impl Membership {
     fn refresh_self(&mut self, now: Instant) {
         let me = self.me;
         if let Ok(i) = self.position(&self.self_id.clone()) {
-            self.members[i].update = me;
+            self.set_update(i, me);
             self.members[i].state_since = now;
         }
         self.enqueue(me);
@@ -167,7 +177,11 @@ impl Membership {
 
     fn enqueue(&mut self, update: MemberUpdate) {
         let count = self.retransmissions();
-        if let Some(slot) = self.broadcasts.iter_mut().find(|(u, _)| u.contact.key == update.contact.key) {
+        if let Some(slot) = self
+            .broadcasts
+            .iter_mut()
+            .find(|(u, _)| u.contact.key == update.contact.key)
+        {
             *slot = (update, count);
             return;
         }
@@ -193,7 +207,7 @@ impl Membership {
 
     /// Updates to piggyback on the next gossip message, freshest first.
     pub fn take_updates(&mut self) -> Vec<MemberUpdate> {
-        self.broadcasts.sort_by(|a, b| b.1.cmp(&a.1));
+        self.broadcasts.sort_by_key(|b| std::cmp::Reverse(b.1));
         let take = self.broadcasts.len().min(GOSSIP_UPDATES_MAX);
         let mut out = Vec::with_capacity(take);
         for slot in self.broadcasts.iter_mut().take(take) {
@@ -207,41 +221,83 @@ impl Membership {
     fn is_tombstoned(&self, id: &NodeId, incarnation: u32, now: Instant) -> bool {
         self.tombstones
             .iter()
-            .any(|(dead, dead_incarnation, until)| dead == id && incarnation <= *dead_incarnation && *until > now)
+            .any(|(dead, dead_incarnation, until)| {
+                dead == id && incarnation <= *dead_incarnation && *until > now
+            })
     }
 
-    fn admits(&mut self, id: &NodeId) -> bool {
-        if self.members.len() >= self.view_len_max {
-            self.capped = true;
-            return false;
+    /// Whether a newcomer fits the view, evicting a member to make room if
+    /// needed. Below the cap everyone fits (full membership). At the cap,
+    /// Kademlia buckets decide, with far buckets (which cover more of the
+    /// keyspace) allowed more entries: bucket `b` (IDs sharing `b` leading
+    /// bits with ours) holds up to `max(bucket_len_max, view_len_max /
+    /// 2^(b+1))`. Within a full bucket the members with the lowest
+    /// [`admission_rank`] stay, so a view is a random sample that does not
+    /// depend on the order members were heard of (syncs arrive in ID order,
+    /// which would otherwise give every node the same view).
+    fn admit(&mut self, id: &NodeId) -> bool {
+        let full = self.members.len() >= self.view_len_max;
+        if !full && self.bucket_len_max >= self.view_len_max {
+            return true;
         }
         let bucket = self.self_id.common_prefix_len(id);
-        let in_bucket = self
-            .members
-            .iter()
-            .filter(|m| self.self_id.common_prefix_len(&m.id) == bucket)
-            .count();
-        if in_bucket >= self.bucket_len_max {
-            self.capped = true;
-            return false;
+        let bucket_limit = self
+            .bucket_len_max
+            .max(self.view_len_max >> (bucket + 1).min(63));
+        let in_bucket: Vec<usize> = (0..self.members.len())
+            .filter(|i| {
+                self.members[*i].id != self.self_id
+                    && self.self_id.common_prefix_len(&self.members[*i].id) == bucket
+            })
+            .collect();
+        if !full && in_bucket.len() < bucket_limit {
+            return true;
         }
-        true
+        self.capped = true;
+        let rank = admission_rank(&self.self_id, id);
+        let worst = in_bucket
+            .into_iter()
+            .max_by_key(|i| admission_rank(&self.self_id, &self.members[*i].id));
+        match worst {
+            Some(i) if admission_rank(&self.self_id, &self.members[i].id) > rank => {
+                let evicted = self.members.remove(i);
+                self.load_total -= evicted.update.load_pct as u64;
+                self.prefixes.remove(i);
+                if evicted.update.state == MemberState::Suspect {
+                    self.track_suspect(evicted.id, false);
+                }
+                if self.probe.as_ref().is_some_and(|p| p.target == evicted.id) {
+                    self.probe = None;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Applies one update (SWIM merge rules). `id` must be the contact's
     /// verified node ID.
-    pub fn apply(&mut self, id: NodeId, update: MemberUpdate, now: Instant, tombstone_ttl_ms: u64) -> Change {
+    pub fn apply(
+        &mut self,
+        id: NodeId,
+        update: MemberUpdate,
+        now: Instant,
+        tombstone_ttl_ms: u64,
+    ) -> Change {
         if id == self.self_id {
             return self.apply_about_self(update, now);
         }
         match self.position(&id) {
-            Err(insert_at) => {
+            Err(_) => {
                 if update.state == MemberState::Dead {
                     return Change::None;
                 }
-                if self.is_tombstoned(&id, update.incarnation, now) || !self.admits(&id) {
+                if self.is_tombstoned(&id, update.incarnation, now) || !self.admit(&id) {
                     return Change::None;
                 }
+                // Eviction may have shifted positions.
+                let insert_at = self.position(&id).unwrap_err();
+                self.load_total += update.load_pct as u64;
                 self.members.insert(
                     insert_at,
                     Member {
@@ -260,7 +316,7 @@ impl Membership {
                 let same = update.incarnation == current.incarnation;
                 match update.state {
                     MemberState::Alive if newer => {
-                        self.members[i].update = update;
+                        self.set_update(i, update);
                         self.members[i].state_since = now;
                         self.enqueue(update);
                         if current.state == MemberState::Suspect {
@@ -270,11 +326,15 @@ impl Membership {
                     }
                     MemberState::Alive if same && current.state == MemberState::Alive => {
                         // The sender field of a probe: refresh contact/load quietly.
-                        self.members[i].update.load_pct = update.load_pct;
+                        let mut refreshed = current;
+                        refreshed.load_pct = update.load_pct;
+                        self.set_update(i, refreshed);
                         Change::None
                     }
-                    MemberState::Suspect if newer || (same && current.state == MemberState::Alive) => {
-                        self.members[i].update = update;
+                    MemberState::Suspect
+                        if newer || (same && current.state == MemberState::Alive) =>
+                    {
+                        self.set_update(i, update);
                         self.members[i].state_since = now;
                         self.enqueue(update);
                         self.track_suspect(id, true);
@@ -298,7 +358,10 @@ impl Membership {
     }
 
     fn apply_about_self(&mut self, update: MemberUpdate, now: Instant) -> Change {
-        if update.state != MemberState::Alive && update.incarnation >= self.me.incarnation && self.me.state == MemberState::Alive {
+        if update.state != MemberState::Alive
+            && update.incarnation >= self.me.incarnation
+            && self.me.state == MemberState::Alive
+        {
             // Refute the rumour with a newer incarnation.
             self.me.incarnation = update.incarnation.wrapping_add(1);
             self.refresh_self(now);
@@ -308,6 +371,7 @@ impl Membership {
 
     fn remove(&mut self, index: usize, incarnation: u32, now: Instant, tombstone_ttl_ms: u64) {
         let removed = self.members.remove(index);
+        self.load_total -= removed.update.load_pct as u64;
         self.prefixes.remove(index);
         if removed.update.state == MemberState::Suspect {
             self.track_suspect(removed.id, false);
@@ -316,7 +380,8 @@ impl Membership {
         if self.tombstones.len() >= TOMBSTONES_LEN_MAX {
             self.tombstones.remove(0);
         }
-        self.tombstones.push((removed.id, incarnation, now.add_ms(tombstone_ttl_ms)));
+        self.tombstones
+            .push((removed.id, incarnation, now.add_ms(tombstone_ttl_ms)));
         if self.probe.as_ref().is_some_and(|p| p.target == removed.id) {
             self.probe = None;
         }
@@ -341,22 +406,45 @@ impl Membership {
         let mut sample: Vec<&Member> = Vec::with_capacity(count * 4);
         for _ in 0..count * 4 {
             if let Some(member) = self.random_other(rng) {
-                if member.update.state == MemberState::Alive && !sample.iter().any(|m| m.id == member.id) {
+                if member.update.state == MemberState::Alive
+                    && !sample.iter().any(|m| m.id == member.id)
+                {
                     sample.push(member);
                 }
             }
         }
         sample.sort_by_key(|m| (m.update.load_pct, m.id.distance(near)));
-        sample.into_iter().take(count).map(|m| m.update.contact).collect()
+        sample
+            .into_iter()
+            .take(count)
+            .map(|m| m.update.contact)
+            .collect()
     }
 
     /// Average announced load of the view, in percent.
     pub fn average_load_pct(&self) -> u8 {
-        if self.members.is_empty() {
-            return 0;
-        }
-        let total: u64 = self.members.iter().map(|m| m.update.load_pct as u64).sum();
-        (total / self.members.len() as u64).min(255) as u8
+        debug_assert_eq!(
+            self.load_total,
+            self.members
+                .iter()
+                .map(|m| m.update.load_pct as u64)
+                .sum::<u64>()
+        );
+        (self.load_total / self.members.len().max(1) as u64).min(255) as u8
+    }
+
+    /// Average load counting our own current load instead of the last one
+    /// we announced (announcements lag by up to `load_announce_delta_pct`).
+    pub fn average_load_with_own(&self, own_load_pct: u8) -> u8 {
+        let total = self.load_total - self.me.load_pct as u64 + own_load_pct as u64;
+        (total / self.members.len().max(1) as u64).min(255) as u8
+    }
+
+    /// Replaces a member's update, keeping the load total in step.
+    fn set_update(&mut self, index: usize, update: MemberUpdate) {
+        self.load_total -= self.members[index].update.load_pct as u64;
+        self.load_total += update.load_pct as u64;
+        self.members[index].update = update;
     }
 
     /// The `k` members closest to `key` by XOR distance (ourselves included),
@@ -392,7 +480,10 @@ impl Membership {
     /// Next time the membership protocol needs attention.
     pub fn next_deadline(&self) -> Instant {
         // One probe at a time: the next starts once the current one ends.
-        let probe_deadline = self.probe.as_ref().map_or(self.next_probe_at, |p| p.deadline);
+        let probe_deadline = self
+            .probe
+            .as_ref()
+            .map_or(self.next_probe_at, |p| p.deadline);
         probe_deadline.min(self.next_suspect_deadline())
     }
 
@@ -414,7 +505,13 @@ impl Membership {
     }
 
     /// Starts the next probe if due; returns (target, sequence).
-    pub fn start_probe(&mut self, now: Instant, period_ms: u64, ack_timeout_ms: u64, rng: &mut impl Rng) -> Option<(Contact, u32)> {
+    pub fn start_probe(
+        &mut self,
+        now: Instant,
+        period_ms: u64,
+        ack_timeout_ms: u64,
+        rng: &mut impl Rng,
+    ) -> Option<(Contact, u32)> {
         if now < self.next_probe_at || self.probe.is_some() {
             return None;
         }
@@ -460,7 +557,7 @@ impl Membership {
                     if self.members[i].update.state == MemberState::Alive {
                         let mut suspect = self.members[i].update;
                         suspect.state = MemberState::Suspect;
-                        self.members[i].update = suspect;
+                        self.set_update(i, suspect);
                         self.members[i].state_since = now;
                         self.enqueue(suspect);
                         self.push_urgent(suspect);
@@ -488,7 +585,13 @@ impl Membership {
     /// Members from `cursor` on, for a sync page.
     pub fn page(&self, cursor: usize, len: usize) -> (Vec<MemberUpdate>, Option<usize>) {
         let end = (cursor + len).min(self.members.len());
-        let page = self.members.get(cursor..end).unwrap_or(&[]).iter().map(|m| m.update).collect();
+        let page = self
+            .members
+            .get(cursor..end)
+            .unwrap_or(&[])
+            .iter()
+            .map(|m| m.update)
+            .collect();
         let next = (end < self.members.len()).then_some(end);
         (page, next)
     }
@@ -506,6 +609,17 @@ fn subtree_bounds(id: &NodeId, prefix_len: usize) -> (NodeId, NodeId) {
     (low, high)
 }
 
+/// A per-viewer pseudo-random rank of a member (lower stays in a capped view).
+fn admission_rank(viewer: &NodeId, member: &NodeId) -> u64 {
+    let salt = u64::from_le_bytes(viewer.0[24..32].try_into().expect("8 bytes"));
+    let mut x = prefix(member) ^ salt;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
 fn prefix(id: &NodeId) -> u64 {
     u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
 }
@@ -515,7 +629,14 @@ fn prefix(id: &NodeId) -> u64 {
 /// bits: the half matching `key`'s next bit first, then the other half.
 /// Below 64 bits the prefixes cannot split a slice, so it is taken whole and
 /// the caller's sort by full distance decides.
-fn collect_closest(prefixes: &[u64], offset: usize, key: &NodeId, bit: usize, need: usize, out: &mut Vec<usize>) {
+fn collect_closest(
+    prefixes: &[u64],
+    offset: usize,
+    key: &NodeId,
+    bit: usize,
+    need: usize,
+    out: &mut Vec<usize>,
+) {
     if need == 0 || prefixes.is_empty() {
         return;
     }
@@ -595,7 +716,10 @@ mod tests {
         let mut m = view(10);
         let (id3, mut u3) = update(3);
         u3.state = MemberState::Suspect;
-        assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::Suspected(id3));
+        assert_eq!(
+            m.apply(id3, u3, Instant::ZERO, 1000),
+            Change::Suspected(id3)
+        );
         // A stale alive of the same incarnation does not clear suspicion...
         u3.state = MemberState::Alive;
         assert_eq!(m.apply(id3, u3, Instant::ZERO, 1000), Change::None);
@@ -610,7 +734,10 @@ mod tests {
         assert_eq!(m.apply(id3, u3, Instant::from_ms(10), 1000), Change::None);
         // A restart (newer incarnation) rejoins.
         u3.incarnation = 3;
-        assert_eq!(m.apply(id3, u3, Instant::from_ms(10), 1000), Change::Joined(id3));
+        assert_eq!(
+            m.apply(id3, u3, Instant::from_ms(10), 1000),
+            Change::Joined(id3)
+        );
     }
 
     #[test]
@@ -621,7 +748,10 @@ mod tests {
         m.apply(id0, me, Instant::ZERO, 1000);
         assert_eq!(m.me.incarnation, 2);
         assert_eq!(m.me.state, MemberState::Alive);
-        assert!(m.take_updates().iter().any(|u| u.contact.key == me.contact.key && u.incarnation == 2));
+        assert!(m
+            .take_updates()
+            .iter()
+            .any(|u| u.contact.key == me.contact.key && u.incarnation == 2));
     }
 
     #[test]
@@ -629,13 +759,31 @@ mod tests {
         let mut m = view(2);
         let mut rng = Pcg32::seed_from_u64(1);
         let (target, _) = m.start_probe(Instant::ZERO, 1000, 500, &mut rng).unwrap();
-        assert!(m.expire(Instant::from_ms(550), 1000).is_empty(), "one lost ping is not a failure");
+        assert!(
+            m.expire(Instant::from_ms(550), 1000).is_empty(),
+            "one lost ping is not a failure"
+        );
         assert!(m.retry_probe(Instant::from_ms(550), 50).is_some());
-        let id = m.members().iter().find(|x| x.update.contact.key == target.key).unwrap().id;
-        assert_eq!(m.expire(Instant::from_ms(600), 1000), vec![(Change::Suspected(id), target.key)]);
+        let id = m
+            .members()
+            .iter()
+            .find(|x| x.update.contact.key == target.key)
+            .unwrap()
+            .id;
+        assert_eq!(
+            m.expire(Instant::from_ms(600), 1000),
+            vec![(Change::Suspected(id), target.key)]
+        );
         assert_eq!(m.get(&id).unwrap().update.state, MemberState::Suspect);
-        assert_eq!(m.expire(Instant::from_ms(4700), 1000), vec![(Change::Left(id), target.key)]);
-        assert_eq!(m.take_urgent().len(), 2, "suspicion and death are pushed at once");
+        assert_eq!(
+            m.expire(Instant::from_ms(4700), 1000),
+            vec![(Change::Left(id), target.key)]
+        );
+        assert_eq!(
+            m.take_urgent().len(),
+            2,
+            "suspicion and death are pushed at once"
+        );
         assert!(m.get(&id).is_none());
     }
 
@@ -649,8 +797,18 @@ mod tests {
         }
         assert!(m.len() <= 64);
         assert!(m.capped);
-        let near_bucket = m.members().iter().filter(|x| id.common_prefix_len(&x.id) == 0).count();
-        assert!(near_bucket <= 8);
+        let far_bucket = m
+            .members()
+            .iter()
+            .filter(|x| id.common_prefix_len(&x.id) == 0)
+            .count();
+        assert!(far_bucket <= 32, "far half holds up to 64 / 2");
+        let third_bucket = m
+            .members()
+            .iter()
+            .filter(|x| id.common_prefix_len(&x.id) == 3)
+            .count();
+        assert!(third_bucket <= 8);
     }
 
     #[test]

@@ -15,7 +15,10 @@ use crate::identity::{CryptoMode, DeviceIdentity};
 use crate::params::Params;
 use crate::supernode::SupernodeState;
 use crate::time::{Instant, Now};
-use peerline_proto::{decode, encode, encode_version_info, Addr, Contact, DecodeError, Frame, Message, PresenceRecord, PublicKey};
+use peerline_proto::{
+    decode, encode, encode_version_info, Addr, Contact, DecodeError, Frame, Message,
+    PresenceRecord, PublicKey,
+};
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg32;
 use std::sync::Arc;
@@ -30,12 +33,19 @@ pub struct Transmit {
 /// Something the application (or the simulator's log) may want to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Attached { supernode: Contact },
-    Detached { supernode: Contact, reason: DetachReason },
-    PresencePublished { sequence: u64 },
+    Attached {
+        supernode: Contact,
+    },
+    Detached {
+        supernode: Contact,
+        reason: DetachReason,
+    },
+    PresencePublished {
+        sequence: u64,
+    },
     LookupDone {
         account: PublicKey,
-        record: Option<PresenceRecord>,
+        record: Option<Box<PresenceRecord>>,
         hops: u8,
         elapsed_ms: u64,
     },
@@ -387,7 +397,11 @@ impl Node {
             Role::Supernode(_) => Vec::new(),
         };
         let seeds = if seeds.is_empty() {
-            self.host_cache.entries().iter().map(|e| e.contact).collect()
+            self.host_cache
+                .entries()
+                .iter()
+                .map(|e| e.contact)
+                .collect()
         } else {
             seeds
         };

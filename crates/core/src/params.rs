@@ -135,7 +135,7 @@ impl Default for Params {
             tombstone_ttl_ms: 120_000,
             membership_view_len_max: 20_000,
             membership_bucket_len_max: 20_000,
-            load_announce_delta_pct: 10,
+            load_announce_delta_pct: 5,
             probe_interval_s: 1_800,
             promote_uptime_s: 600,
             promote_load_pct: 90,

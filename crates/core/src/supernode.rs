@@ -4,16 +4,19 @@
 //! lookups, forwards reachability probes and gossips membership and load.
 
 use crate::client::attach_proof_bytes;
-use crate::identity::{contact_id, presence_key, solve_id_puzzle, verify, verify_device_cert, verify_presence, domain};
+use crate::identity::DeviceIdentity;
+use crate::identity::{
+    contact_id, domain, presence_key, solve_id_puzzle, verify, verify_device_cert, verify_presence,
+};
 use crate::lookup::{CandidateState, Lookup, Purpose};
 use crate::membership::{Change, Membership};
 use crate::node::Io;
 use crate::params::Params;
-use crate::identity::DeviceIdentity;
 use crate::time::{Instant, Now};
 use peerline_proto::{
-    Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId, PresenceRecord,
-    PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
+    Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId,
+    PresenceRecord, PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX,
+    SYNC_PAGE_MEMBERS_MAX,
 };
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -81,11 +84,23 @@ pub struct SupernodeState {
 
 impl SupernodeState {
     /// `secret` is 32 random bytes: the challenge key and the puzzle's start nonce.
-    pub(crate) fn new(params: &Params, identity: &DeviceIdentity, addr: Addr, now: Now, secret: [u8; 32], demotable: bool) -> Self {
+    pub(crate) fn new(
+        params: &Params,
+        identity: &DeviceIdentity,
+        addr: Addr,
+        now: Now,
+        secret: [u8; 32],
+        demotable: bool,
+    ) -> Self {
         let key = identity.keypair.public();
         let start_nonce = u64::from_le_bytes(secret[..8].try_into().unwrap_or_default());
-        let (id_nonce, node_id) = solve_id_puzzle(&key, params.id_puzzle_difficulty_bits, start_nonce);
-        let contact = Contact { key, id_nonce, addr };
+        let (id_nonce, node_id) =
+            solve_id_puzzle(&key, params.id_puzzle_difficulty_bits, start_nonce);
+        let contact = Contact {
+            key,
+            id_nonce,
+            addr,
+        };
         // Restarts get a higher incarnation than anything said before (seconds of wall clock).
         let me = MemberUpdate {
             contact,
@@ -162,7 +177,12 @@ impl SupernodeState {
 
     /// Joins the supernode overlay through any of `seeds`.
     pub(crate) fn join(&mut self, io: &mut Io, seeds: &[Contact]) {
-        let seeds: Vec<Contact> = seeds.iter().filter(|c| c.key != self.contact.key).copied().take(JOIN_TRIES_MAX).collect();
+        let seeds: Vec<Contact> = seeds
+            .iter()
+            .filter(|c| c.key != self.contact.key)
+            .copied()
+            .take(JOIN_TRIES_MAX)
+            .collect();
         if seeds.is_empty() {
             return;
         }
@@ -173,18 +193,34 @@ impl SupernodeState {
             cursor: 0,
             deadline: io.now.instant.add_ms(SYNC_TIMEOUT_MS),
         });
-        io.send(first.addr, &Message::SyncRequest { cursor: 0, sender: self.me() });
+        io.send(
+            first.addr,
+            &Message::SyncRequest {
+                cursor: 0,
+                sender: self.me(),
+            },
+        );
     }
 
     pub(crate) fn shutdown(&mut self, io: &mut Io) {
-        let alternates = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
+        let alternates = BoundedVec::truncating(self.membership.least_loaded(
+            ALTERNATES_PER_ANSWER,
+            &self.node_id,
+            io.rng,
+        ));
         for addr in self.sorted_client_addrs() {
-            io.send(addr, &Message::Detach { alternates: alternates.clone() });
+            io.send(
+                addr,
+                &Message::Detach {
+                    alternates: alternates.clone(),
+                },
+            );
         }
         self.clients.clear();
         // Hand our records to the nearest other members, then say goodbye.
         self.membership.announce_leaving(io.now.instant);
-        let records: Vec<Box<PresenceRecord>> = std::mem::take(&mut self.records).into_values().collect();
+        let records: Vec<Box<PresenceRecord>> =
+            std::mem::take(&mut self.records).into_values().collect();
         for record in records {
             let key = presence_key(&record.body.cert.body.account_key);
             let targets: Vec<Contact> = self
@@ -195,13 +231,29 @@ impl SupernodeState {
                 .map(|m| m.update.contact)
                 .collect();
             for contact in targets {
-                io.send(contact.addr, &Message::Store { record: (*record).clone() });
+                io.send(
+                    contact.addr,
+                    &Message::Store {
+                        record: (*record).clone(),
+                    },
+                );
             }
         }
         for _ in 0..3 {
-            if let Some(member) = self.membership.random_other(io.rng).map(|m| m.update.contact) {
+            if let Some(member) = self
+                .membership
+                .random_other(io.rng)
+                .map(|m| m.update.contact)
+            {
                 let updates = BoundedVec::truncating(self.membership.take_updates());
-                io.send(member.addr, &Message::GossipPing { sequence: 0, sender: self.me(), updates });
+                io.send(
+                    member.addr,
+                    &Message::GossipPing {
+                        sequence: 0,
+                        sender: self.me(),
+                        updates,
+                    },
+                );
             }
         }
     }
@@ -209,12 +261,24 @@ impl SupernodeState {
     pub(crate) fn handle(&mut self, io: &mut Io, from: Addr, message: Message) {
         match message {
             Message::AttachHello { cert } => self.on_attach_hello(io, from, cert),
-            Message::AttachProof { cert, challenge, signature } => self.on_attach_proof(io, from, cert, challenge, signature),
+            Message::AttachProof {
+                cert,
+                challenge,
+                signature,
+            } => self.on_attach_proof(io, from, cert, challenge, signature),
             Message::Ping { sequence } => match self.clients.get_mut(&from) {
                 Some(slot) => {
                     slot.last_seen = io.now.instant;
                     let load_pct = self.load_pct(io.params);
-                    io.send(from, &Message::Pong { sequence, load_pct });
+                    let network_load_pct = self.membership.average_load_with_own(load_pct);
+                    io.send(
+                        from,
+                        &Message::Pong {
+                            sequence,
+                            load_pct,
+                            network_load_pct,
+                        },
+                    );
                 }
                 None => io.send(from, &Message::NotAttached),
             },
@@ -222,26 +286,49 @@ impl SupernodeState {
                 self.clients.remove(&from);
             }
             Message::Publish { record } => self.on_publish(io, from, record),
-            Message::LookupRequest { query_id, account } => self.on_lookup_request(io, from, query_id, account),
+            Message::LookupRequest { query_id, account } => {
+                self.on_lookup_request(io, from, query_id, account)
+            }
             Message::ProbeRequest { token } => {
                 if self.clients.contains_key(&from) {
                     if let Some(member) = self.membership.random_other(io.rng) {
                         let addr = member.update.contact.addr;
-                        io.send(addr, &Message::ProbeForward { target: from, token });
+                        io.send(
+                            addr,
+                            &Message::ProbeForward {
+                                target: from,
+                                token,
+                            },
+                        );
                     }
                 }
             }
             Message::ProbeForward { target, token } => io.send(target, &Message::Probe { token }),
-            Message::GossipPing { sequence, sender, updates } => {
+            Message::GossipPing {
+                sequence,
+                sender,
+                updates,
+            } => {
                 self.apply_update(io, sender);
                 for update in updates.iter() {
                     self.apply_update(io, *update);
                 }
                 self.push_urgent(io);
                 let updates = BoundedVec::truncating(self.membership.take_updates());
-                io.send(from, &Message::GossipAck { sequence, sender: self.me(), updates });
+                io.send(
+                    from,
+                    &Message::GossipAck {
+                        sequence,
+                        sender: self.me(),
+                        updates,
+                    },
+                );
             }
-            Message::GossipAck { sequence, sender, updates } => {
+            Message::GossipAck {
+                sequence,
+                sender,
+                updates,
+            } => {
                 self.membership.ack_received(sequence);
                 self.apply_update(io, sender);
                 for update in updates.iter() {
@@ -260,10 +347,17 @@ impl SupernodeState {
                     },
                 );
             }
-            Message::SyncResponse { members, next_cursor } => self.on_sync_response(io, from, &members, next_cursor),
+            Message::SyncResponse {
+                members,
+                next_cursor,
+            } => self.on_sync_response(io, from, &members, next_cursor),
             Message::Store { record } => self.on_store(io, record),
             Message::FindValue { query_id, key } => self.on_find_value(io, from, query_id, key),
-            Message::FindValueResponse { query_id, record, closer } => self.on_find_value_response(io, query_id, record, &closer),
+            Message::FindValueResponse {
+                query_id,
+                record,
+                closer,
+            } => self.on_find_value_response(io, query_id, record, &closer),
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -280,13 +374,26 @@ impl SupernodeState {
     }
 
     fn busy(&self, io: &mut Io, to: Addr, reason: BusyReason) {
-        let alternates = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
-        let retry_after_ms = (io.params.retry_backoff_base_ms + io.jitter_ms(io.params.retry_backoff_base_ms)) as u32;
-        io.send(to, &Message::Busy { reason, retry_after_ms, alternates });
+        let alternates = BoundedVec::truncating(self.membership.least_loaded(
+            ALTERNATES_PER_ANSWER,
+            &self.node_id,
+            io.rng,
+        ));
+        let retry_after_ms = (io.params.retry_backoff_base_ms
+            + io.jitter_ms(io.params.retry_backoff_base_ms)) as u32;
+        io.send(
+            to,
+            &Message::Busy {
+                reason,
+                retry_after_ms,
+                alternates,
+            },
+        );
     }
 
     fn has_room_for(&self, io: &Io, from: &Addr) -> bool {
-        self.clients.contains_key(from) || self.clients.len() < io.params.supernode_capacity_attachments
+        self.clients.contains_key(from)
+            || self.clients.len() < io.params.supernode_capacity_attachments
     }
 
     fn on_attach_hello(&mut self, io: &mut Io, from: Addr, cert: DeviceCert) {
@@ -297,20 +404,47 @@ impl SupernodeState {
         // Stateless: nothing is kept until the client proves its key.
         let window = io.now.instant.as_s() / io.params.challenge_window_s.max(1);
         let challenge = self.challenge_for(&from, &cert.body.device_key, window);
-        io.send(from, &Message::AttachChallenge { supernode: self.contact, challenge });
+        io.send(
+            from,
+            &Message::AttachChallenge {
+                supernode: self.contact,
+                challenge,
+            },
+        );
     }
 
-    fn on_attach_proof(&mut self, io: &mut Io, from: Addr, cert: DeviceCert, challenge: [u8; 32], signature: Signature) {
+    fn on_attach_proof(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        cert: DeviceCert,
+        challenge: [u8; 32],
+        signature: Signature,
+    ) {
         let window = io.now.instant.as_s() / io.params.challenge_window_s.max(1);
         let fresh = challenge == self.challenge_for(&from, &cert.body.device_key, window)
-            || challenge == self.challenge_for(&from, &cert.body.device_key, window.saturating_sub(1));
+            || challenge
+                == self.challenge_for(&from, &cert.body.device_key, window.saturating_sub(1));
         if !fresh {
             io.stats.messages_unexpected += 1;
             return;
         }
         let proof = attach_proof_bytes(&challenge, &self.contact.key);
-        let valid = verify_device_cert(io.mode, &cert, io.now.unix_s, io.params.clock_skew_tolerance_s).is_ok()
-            && verify(io.mode, &cert.body.device_key, domain::ATTACH, &proof, &signature).is_ok();
+        let valid = verify_device_cert(
+            io.mode,
+            &cert,
+            io.now.unix_s,
+            io.params.clock_skew_tolerance_s,
+        )
+        .is_ok()
+            && verify(
+                io.mode,
+                &cert.body.device_key,
+                domain::ATTACH,
+                &proof,
+                &signature,
+            )
+            .is_ok();
         if !valid {
             io.stats.signatures_rejected += 1;
             return;
@@ -327,7 +461,11 @@ impl SupernodeState {
                 record: None,
             },
         );
-        let peers = BoundedVec::truncating(self.membership.least_loaded(ALTERNATES_PER_ANSWER, &self.node_id, io.rng));
+        let peers = BoundedVec::truncating(self.membership.least_loaded(
+            ALTERNATES_PER_ANSWER,
+            &self.node_id,
+            io.rng,
+        ));
         io.send(
             from,
             &Message::AttachAccepted {
@@ -346,7 +484,13 @@ impl SupernodeState {
             return;
         };
         if record.body.cert.body.device_key != slot.device_key
-            || verify_presence(io.mode, &record, io.now.unix_s, io.params.clock_skew_tolerance_s).is_err()
+            || verify_presence(
+                io.mode,
+                &record,
+                io.now.unix_s,
+                io.params.clock_skew_tolerance_s,
+            )
+            .is_err()
         {
             io.stats.signatures_rejected += 1;
             return;
@@ -363,7 +507,13 @@ impl SupernodeState {
     fn replicate(&mut self, io: &mut Io, record: PresenceRecord) {
         let key = presence_key(&record.body.cert.body.account_key);
         if self.membership.capped {
-            self.start_lookup(io, Purpose::Replicate { record: Box::new(record) }, key);
+            self.start_lookup(
+                io,
+                Purpose::Replicate {
+                    record: Box::new(record),
+                },
+                key,
+            );
             return;
         }
         let targets: Vec<(NodeId, Contact)> = self
@@ -380,7 +530,12 @@ impl SupernodeState {
             if *id == self.node_id {
                 self.keep_record(record.clone());
             } else {
-                io.send(contact.addr, &Message::Store { record: record.clone() });
+                io.send(
+                    contact.addr,
+                    &Message::Store {
+                        record: record.clone(),
+                    },
+                );
             }
         }
     }
@@ -398,7 +553,14 @@ impl SupernodeState {
     }
 
     fn on_store(&mut self, io: &mut Io, record: PresenceRecord) {
-        if verify_presence(io.mode, &record, io.now.unix_s, io.params.clock_skew_tolerance_s).is_err() {
+        if verify_presence(
+            io.mode,
+            &record,
+            io.now.unix_s,
+            io.params.clock_skew_tolerance_s,
+        )
+        .is_err()
+        {
             io.stats.signatures_rejected += 1;
             return;
         }
@@ -434,7 +596,14 @@ impl SupernodeState {
                     .map(|m| m.update.contact),
             )
         };
-        io.send(from, &Message::FindValueResponse { query_id, record, closer });
+        io.send(
+            from,
+            &Message::FindValueResponse {
+                query_id,
+                record,
+                closer,
+            },
+        );
     }
 
     // ---- lookups ----
@@ -446,20 +615,37 @@ impl SupernodeState {
         }
         let key = presence_key(&account);
         if let Some(record) = self.valid_record(io, &key) {
-            io.send(from, &Message::LookupResponse { query_id, record: Some(record), hops: 0 });
+            io.send(
+                from,
+                &Message::LookupResponse {
+                    query_id,
+                    record: Some(record),
+                    hops: 0,
+                },
+            );
             return;
         }
         if self.lookups_live >= io.params.lookups_in_flight_max {
             self.busy(io, from, BusyReason::LookupsFull);
             return;
         }
-        self.start_lookup(io, Purpose::Client { addr: from, query_id }, key);
+        self.start_lookup(
+            io,
+            Purpose::Client {
+                addr: from,
+                query_id,
+            },
+            key,
+        );
     }
 
     fn start_lookup(&mut self, io: &mut Io, purpose: Purpose, key: NodeId) {
         let mut lookup = Lookup::new(purpose, key);
         let k = io.params.replication_k;
-        for member in self.membership.closest(&key, k + io.params.lookup_alpha + 1) {
+        for member in self
+            .membership
+            .closest(&key, k + io.params.lookup_alpha + 1)
+        {
             if member.id != self.node_id && member.update.state != MemberState::Dead {
                 lookup.offer(member.id, member.update.contact);
             }
@@ -514,7 +700,13 @@ impl SupernodeState {
                     sent_at: io.now.instant,
                 },
             );
-            io.send(contact.addr, &Message::FindValue { query_id: self.next_query_id, key });
+            io.send(
+                contact.addr,
+                &Message::FindValue {
+                    query_id: self.next_query_id,
+                    key,
+                },
+            );
         }
     }
 
@@ -527,7 +719,14 @@ impl SupernodeState {
             Purpose::Client { addr, query_id } => {
                 let record = lookup.best.map(|b| *b);
                 let hops = if record.is_some() { lookup.round } else { 0 };
-                io.send(addr, &Message::LookupResponse { query_id, record, hops });
+                io.send(
+                    addr,
+                    &Message::LookupResponse {
+                        query_id,
+                        record,
+                        hops,
+                    },
+                );
             }
             Purpose::Replicate { ref record } => {
                 let k = io.params.replication_k;
@@ -538,7 +737,11 @@ impl SupernodeState {
                     .collect();
                 // We are a replica too if we are closer than the k-th one found.
                 let self_distance = self.node_id.distance(&lookup.key);
-                if targets.len() < k || targets.last().is_some_and(|(id, _)| self_distance < id.distance(&lookup.key)) {
+                if targets.len() < k
+                    || targets
+                        .last()
+                        .is_some_and(|(id, _)| self_distance < id.distance(&lookup.key))
+                {
                     targets.truncate(k.saturating_sub(1));
                     targets.push((self.node_id, self.contact));
                 }
@@ -548,7 +751,13 @@ impl SupernodeState {
         }
     }
 
-    fn on_find_value_response(&mut self, io: &mut Io, query_id: u32, record: Option<PresenceRecord>, closer: &[Contact]) {
+    fn on_find_value_response(
+        &mut self,
+        io: &mut Io,
+        query_id: u32,
+        record: Option<PresenceRecord>,
+        closer: &[Contact],
+    ) {
         let Some(request) = self.requests.remove(&query_id) else {
             return;
         };
@@ -558,7 +767,9 @@ impl SupernodeState {
         let Some(Some((generation, lookup))) = self.lookups.get_mut(slot) else {
             return;
         };
-        if *generation != request.generation || !lookup.mark(&request.target, CandidateState::Answered) {
+        if *generation != request.generation
+            || !lookup.mark(&request.target, CandidateState::Answered)
+        {
             return;
         }
         if let Some(record) = record {
@@ -606,12 +817,18 @@ impl SupernodeState {
         // A member we already hold under this exact contact passed the
         // puzzle when admitted: one hash (the ID) instead of two.
         let id = crate::identity::node_id(&update.contact.key, update.contact.id_nonce);
-        let known = self.membership.get(&id).is_some_and(|m| m.update.contact.key == update.contact.key);
+        let known = self
+            .membership
+            .get(&id)
+            .is_some_and(|m| m.update.contact.key == update.contact.key);
         if !known && contact_id(&update.contact, io.params.id_puzzle_difficulty_bits).is_err() {
             io.stats.signatures_rejected += 1;
             return;
         }
-        match self.membership.apply(id, update, io.now.instant, io.params.tombstone_ttl_ms) {
+        match self
+            .membership
+            .apply(id, update, io.now.instant, io.params.tombstone_ttl_ms)
+        {
             Change::Joined(id) => self.on_member_joined(io, id, update.contact),
             Change::Left(id) => self.on_member_left(io, id, update.contact.key),
             Change::Suspected(_) => self.warn_clients(io, update.contact.key),
@@ -646,9 +863,15 @@ impl SupernodeState {
         let mut pushes = Vec::new();
         for (key, record) in self.records.range(low..=high) {
             let closest = self.membership.closest(key, k);
-            let Some(newest) = closest.last() else { continue };
-            let left_was_replica = closest.len() < k || left.distance(key) < newest.id.distance(key);
-            if left_was_replica && closest.first().map(|m| m.id) == Some(self.node_id) && newest.id != self.node_id {
+            let Some(newest) = closest.last() else {
+                continue;
+            };
+            let left_was_replica =
+                closest.len() < k || left.distance(key) < newest.id.distance(key);
+            if left_was_replica
+                && closest.first().map(|m| m.id) == Some(self.node_id)
+                && newest.id != self.node_id
+            {
                 pushes.push((newest.update.contact, (**record).clone()));
             }
         }
@@ -673,7 +896,12 @@ impl SupernodeState {
             .collect();
         warned.sort_unstable();
         for addr in warned {
-            io.send(addr, &Message::PeerDown { supernode: left_key });
+            io.send(
+                addr,
+                &Message::PeerDown {
+                    supernode: left_key,
+                },
+            );
         }
     }
 
@@ -683,7 +911,13 @@ impl SupernodeState {
         addrs
     }
 
-    fn on_sync_response(&mut self, io: &mut Io, from: Addr, members: &[MemberUpdate], next_cursor: Option<u32>) {
+    fn on_sync_response(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        members: &[MemberUpdate],
+        next_cursor: Option<u32>,
+    ) {
         let Some(join) = self.join.as_ref() else {
             return;
         };
@@ -695,12 +929,20 @@ impl SupernodeState {
             self.apply_update(io, *update);
         }
         match next_cursor {
-            Some(cursor) if cursor as usize > self.join.as_ref().map_or(0, |j| j.cursor as usize) => {
+            Some(cursor)
+                if cursor as usize > self.join.as_ref().map_or(0, |j| j.cursor as usize) =>
+            {
                 if let Some(join) = self.join.as_mut() {
                     join.cursor = cursor;
                     join.deadline = io.now.instant.add_ms(SYNC_TIMEOUT_MS);
                 }
-                io.send(from, &Message::SyncRequest { cursor, sender: self.me() });
+                io.send(
+                    from,
+                    &Message::SyncRequest {
+                        cursor,
+                        sender: self.me(),
+                    },
+                );
             }
             _ => self.join = None,
         }
@@ -734,11 +976,22 @@ impl SupernodeState {
         }
         for chunk in urgent.chunks(GOSSIP_UPDATES_MAX) {
             for _ in 0..URGENT_FANOUT {
-                let Some(member) = self.membership.random_other(io.rng).map(|m| m.update.contact) else {
+                let Some(member) = self
+                    .membership
+                    .random_other(io.rng)
+                    .map(|m| m.update.contact)
+                else {
                     return;
                 };
                 let updates = BoundedVec::truncating(chunk.iter().copied());
-                io.send(member.addr, &Message::GossipPing { sequence: 0, sender: self.me(), updates });
+                io.send(
+                    member.addr,
+                    &Message::GossipPing {
+                        sequence: 0,
+                        sender: self.me(),
+                        updates,
+                    },
+                );
             }
         }
     }
@@ -746,8 +999,18 @@ impl SupernodeState {
     pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
         let now = io.now.instant;
         let params = io.params;
-        if let Some((contact, sequence)) = self.membership.retry_probe(now, params.gossip_ack_timeout_ms) {
-            io.send(contact.addr, &Message::GossipPing { sequence, sender: self.me(), updates: BoundedVec::new() });
+        if let Some((contact, sequence)) = self
+            .membership
+            .retry_probe(now, params.gossip_ack_timeout_ms)
+        {
+            io.send(
+                contact.addr,
+                &Message::GossipPing {
+                    sequence,
+                    sender: self.me(),
+                    updates: BoundedVec::new(),
+                },
+            );
         }
         for (change, key) in self.membership.expire(now, params.tombstone_ttl_ms) {
             match change {
@@ -757,9 +1020,21 @@ impl SupernodeState {
             }
         }
         self.push_urgent(io);
-        if let Some((contact, sequence)) = self.membership.start_probe(now, params.gossip_period_ms, params.gossip_ack_timeout_ms, io.rng) {
+        if let Some((contact, sequence)) = self.membership.start_probe(
+            now,
+            params.gossip_period_ms,
+            params.gossip_ack_timeout_ms,
+            io.rng,
+        ) {
             let updates = BoundedVec::truncating(self.membership.take_updates());
-            io.send(contact.addr, &Message::GossipPing { sequence, sender: self.me(), updates });
+            io.send(
+                contact.addr,
+                &Message::GossipPing {
+                    sequence,
+                    sender: self.me(),
+                    updates,
+                },
+            );
         }
         self.retry_join(io);
         self.expire_lookup_rounds(io);

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "peerline", version, about = "A peer-to-peer voice and messaging network with no central server")]
+#[command(
+    name = "peerline",
+    version,
+    about = "A peer-to-peer voice and messaging network with no central server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +108,11 @@ fn main() -> ExitCode {
 fn run_sim(args: SimArgs) -> Result<ExitCode> {
     let names: Vec<&str> = Scenario::ALL.iter().map(|(n, _)| *n).collect();
     let Some(scenario) = Scenario::parse(&args.scenario) else {
-        bail!("unknown scenario '{}'; choose one of: {}", args.scenario, names.join(", "));
+        bail!(
+            "unknown scenario '{}'; choose one of: {}",
+            args.scenario,
+            names.join(", ")
+        );
     };
     let supernodes = args.supernodes.unwrap_or((args.clients / 400).max(8));
     let mut config = SimConfig::new(scenario, args.clients, supernodes, args.seed);
@@ -152,7 +160,8 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         bar.set_message(format!("{} events", p.events));
     });
     bar.finish_and_clear();
-    let written = peerline_sim::write_outputs(&world, &report, &args.out).map_err(anyhow::Error::msg)?;
+    let written =
+        peerline_sim::write_outputs(&world, &report, &args.out).map_err(anyhow::Error::msg)?;
     print!("{}", report.summary());
     println!("wrote {} into {}", written.join(", "), args.out.display());
     if report.passed {
@@ -173,9 +182,11 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
 
 /// Fails early, with one sentence, when the output directory is unusable.
 fn check_writable(dir: &PathBuf) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let probe = dir.join(".peerline-write-test");
-    std::fs::write(&probe, b"ok").with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }

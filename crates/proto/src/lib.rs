@@ -18,7 +18,10 @@ pub mod message;
 pub mod types;
 
 pub use bounded::BoundedVec;
-pub use message::{BusyReason, Message, MessageKind, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX};
+pub use message::{
+    BusyReason, Message, MessageKind, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX,
+    SYNC_PAGE_MEMBERS_MAX,
+};
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,9 @@ impl VersionInfo {
 }
 
 /// A decoded datagram.
+// Returned by value and consumed at once; boxing the message would cost an
+// allocation per datagram for no benefit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Frame {
     Message(Message),

@@ -5,7 +5,9 @@
 //! store and find. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
 
 use crate::bounded::BoundedVec;
-use crate::types::{Addr, Contact, DeviceCert, MemberUpdate, NodeId, PresenceRecord, PublicKey, Signature};
+use crate::types::{
+    Addr, Contact, DeviceCert, MemberUpdate, NodeId, PresenceRecord, PublicKey, Signature,
+};
 use serde::{Deserialize, Serialize};
 
 /// Most alternates or peers a supernode names in one answer.
@@ -30,7 +32,9 @@ pub enum BusyReason {
 pub enum Message {
     // ---- client → supernode: login ----
     /// First step of attaching: "I am this certified device".
-    AttachHello { cert: DeviceCert },
+    AttachHello {
+        cert: DeviceCert,
+    },
     /// The supernode's stateless challenge, bound to the client's address.
     AttachChallenge {
         supernode: Contact,
@@ -61,30 +65,52 @@ pub enum Message {
     },
 
     // ---- client ↔ supernode: session ----
-    Ping { sequence: u32 },
-    Pong { sequence: u32, load_pct: u8 },
+    Ping {
+        sequence: u32,
+    },
+    Pong {
+        sequence: u32,
+        /// This supernode's load, percent of its attachment capacity.
+        load_pct: u8,
+        /// Average load of the supernodes it knows (drives promotion).
+        network_load_pct: u8,
+    },
     /// Answer to a client message from a client the supernode does not hold.
     NotAttached,
     /// One of the supernodes named in the client's presence record was
     /// declared dead by membership gossip: check it now instead of waiting for
     /// the next keepalive.
-    PeerDown { supernode: PublicKey },
+    PeerDown {
+        supernode: PublicKey,
+    },
     /// Store my presence in the directory.
-    Publish { record: PresenceRecord },
-    LookupRequest { query_id: u32, account: PublicKey },
+    Publish {
+        record: PresenceRecord,
+    },
+    LookupRequest {
+        query_id: u32,
+        account: PublicKey,
+    },
     LookupResponse {
         query_id: u32,
         record: Option<PresenceRecord>,
         hops: u8,
     },
     /// "Have someone else try to reach me at the address you see."
-    ProbeRequest { token: u64 },
+    ProbeRequest {
+        token: u64,
+    },
     /// The probe arrived: the sender is reachable from strangers.
-    Probe { token: u64 },
+    Probe {
+        token: u64,
+    },
 
     // ---- supernode ↔ supernode ----
     /// Send a probe to `target` from here (a node it never contacted).
-    ProbeForward { target: Addr, token: u64 },
+    ProbeForward {
+        target: Addr,
+        token: u64,
+    },
     GossipPing {
         sequence: u32,
         sender: MemberUpdate,
@@ -96,14 +122,22 @@ pub enum Message {
         updates: BoundedVec<MemberUpdate, GOSSIP_UPDATES_MAX>,
     },
     /// A joining supernode asks for the membership table page by page.
-    SyncRequest { cursor: u32, sender: MemberUpdate },
+    SyncRequest {
+        cursor: u32,
+        sender: MemberUpdate,
+    },
     SyncResponse {
         members: BoundedVec<MemberUpdate, SYNC_PAGE_MEMBERS_MAX>,
         next_cursor: Option<u32>,
     },
     /// Keep this record (the receiver is, or was told it is, a replica).
-    Store { record: PresenceRecord },
-    FindValue { query_id: u32, key: NodeId },
+    Store {
+        record: PresenceRecord,
+    },
+    FindValue {
+        query_id: u32,
+        key: NodeId,
+    },
     FindValueResponse {
         query_id: u32,
         record: Option<PresenceRecord>,
@@ -212,9 +246,16 @@ mod tests {
         let samples = [
             Message::NotAttached,
             Message::Ping { sequence: 1 },
-            Message::Pong { sequence: 1, load_pct: 3 },
-            Message::Detach { alternates: BoundedVec::new() },
-            Message::PeerDown { supernode: PublicKey([1; 32]) },
+            Message::Pong {
+                sequence: 1,
+                load_pct: 3,
+            },
+            Message::Detach {
+                alternates: BoundedVec::new(),
+            },
+            Message::PeerDown {
+                supernode: PublicKey([1; 32]),
+            },
             Message::SyncRequest {
                 cursor: 3,
                 sender: MemberUpdate {
@@ -228,11 +269,21 @@ mod tests {
                     load_pct: 0,
                 },
             },
-            Message::FindValue { query_id: 1, key: NodeId([0; 32]) },
-            Message::ProbeForward { target: Addr::default(), token: 5 },
+            Message::FindValue {
+                query_id: 1,
+                key: NodeId([0; 32]),
+            },
+            Message::ProbeForward {
+                target: Addr::default(),
+                token: 5,
+            },
         ];
         for message in samples {
-            assert_eq!(peek_kind(&encode(&message).unwrap()), Some(message.kind()), "{message:?}");
+            assert_eq!(
+                peek_kind(&encode(&message).unwrap()),
+                Some(message.kind()),
+                "{message:?}"
+            );
         }
         assert_eq!(peek_kind(&[]), None);
         assert_eq!(peek_kind(&[1, 0xff]), None);

@@ -210,8 +210,11 @@ fn message() -> impl Strategy<Value = Message> {
         bounded::<_, CONTACTS_PER_MESSAGE_MAX>(contact())
             .prop_map(|alternates| Message::Detach { alternates }),
         varint_u32().prop_map(|sequence| Message::Ping { sequence }),
-        (varint_u32(), any::<u8>())
-            .prop_map(|(sequence, load_pct)| Message::Pong { sequence, load_pct }),
+        (varint_u32(), any::<u8>()).prop_map(|(sequence, load_pct)| Message::Pong {
+            sequence,
+            load_pct,
+            network_load_pct: load_pct / 2
+        }),
         Just(Message::NotAttached),
         public_key().prop_map(|supernode| Message::PeerDown { supernode }),
         presence_record().prop_map(|record| Message::Publish { record }),
@@ -604,6 +607,7 @@ fn widest_messages() -> Vec<Message> {
         Message::Pong {
             sequence: u32::MAX,
             load_pct: u8::MAX,
+            network_load_pct: u8::MAX,
         },
         Message::NotAttached,
         Message::PeerDown {
@@ -792,6 +796,7 @@ fn typical_messages() -> Vec<Message> {
         Message::Pong {
             sequence: 1,
             load_pct: 55,
+            network_load_pct: 50,
         },
         Message::NotAttached,
         Message::PeerDown {

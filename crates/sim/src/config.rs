@@ -20,7 +20,10 @@ impl Scenario {
     }
 
     pub fn parse(name: &str) -> Option<Scenario> {
-        Scenario::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+        Scenario::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
     }
 }
 
@@ -68,19 +71,25 @@ pub struct SimConfig {
 impl SimConfig {
     pub fn new(scenario: Scenario, clients: u32, supernodes: u32, seed: u64) -> SimConfig {
         let nodes = clients as u64 + supernodes as u64;
-        let mut params = Params::default();
         // The one cost parameter the simulator lowers: solving the ID puzzle
         // at production difficulty for thousands of supernodes would take
         // hours of CPU and changes no protocol behaviour (verification costs
         // one hash either way). Listed under `sim_overrides` in the report.
-        params.id_puzzle_difficulty_bits = 8;
+        let params = Params {
+            id_puzzle_difficulty_bits: 8,
+            ..Params::default()
+        };
         SimConfig {
             scenario,
             clients,
             supernodes,
             seed,
             duration_s: 1800,
-            crypto: if nodes <= 20_000 { CryptoMode::Full } else { CryptoMode::Modelled },
+            crypto: if nodes <= 20_000 {
+                CryptoMode::Full
+            } else {
+                CryptoMode::Modelled
+            },
             churn_per_hour: 0.10,
             offline_mean_s: 600.0,
             graceful_leave_fraction: 0.5,

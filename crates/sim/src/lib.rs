@@ -33,8 +33,10 @@ pub fn run(config: SimConfig, progress: &mut dyn FnMut(Progress)) -> (World, Rep
 
 /// Writes `report.json` and the charts into `dir` (created if needed).
 pub fn write_outputs(world: &World, report: &Report, dir: &Path) -> Result<Vec<String>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
-    let json = serde_json::to_string_pretty(report).map_err(|e| format!("cannot serialize the report: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| format!("cannot serialize the report: {e}"))?;
     let path = dir.join("report.json");
     std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let mut written = vec!["report.json".to_string()];

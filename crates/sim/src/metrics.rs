@@ -50,6 +50,8 @@ pub struct Metrics {
     pub crashes: u64,
     pub graceful_leaves: u64,
     pub promotions: u64,
+    /// Promotions of nodes behind a NAT (must stay 0: they are unreachable).
+    pub promotions_unreachable: u64,
     pub demotions: u64,
     pub lookups_started: u64,
     pub lookups_ok: u64,
@@ -74,7 +76,8 @@ impl Metrics {
     }
 
     pub fn lookup_done(&mut self, outcome: Result<u8, LookupFailure>, elapsed_ms: u64) {
-        self.lookup_latency_ms.push(elapsed_ms.min(u32::MAX as u64) as u32);
+        self.lookup_latency_ms
+            .push(elapsed_ms.min(u32::MAX as u64) as u32);
         match outcome {
             Ok(hops) => {
                 self.lookups_ok += 1;
@@ -139,7 +142,10 @@ impl Digest {
         let mut state = fold(fold(0x5EED, time_us), ((from as u64) << 32) | to as u64);
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
-            state = fold(state, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            state = fold(
+                state,
+                u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
+            );
         }
         let mut tail = [0u8; 8];
         tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());

@@ -5,12 +5,12 @@ use rand_core::Rng;
 
 /// Regions of the synthetic world: centre (x, y) in km and population share.
 const REGIONS: [(f64, f64, f64); 6] = [
-    (2_000.0, 3_000.0, 0.25),   // "Americas north"
-    (4_000.0, 8_500.0, 0.08),   // "Americas south"
-    (10_000.0, 2_500.0, 0.25),  // "Europe"
-    (11_500.0, 7_500.0, 0.07),  // "Africa"
-    (17_000.0, 3_500.0, 0.28),  // "Asia"
-    (18_500.0, 9_000.0, 0.07),  // "Oceania"
+    (2_000.0, 3_000.0, 0.25),  // "Americas north"
+    (4_000.0, 8_500.0, 0.08),  // "Americas south"
+    (10_000.0, 2_500.0, 0.25), // "Europe"
+    (11_500.0, 7_500.0, 0.07), // "Africa"
+    (17_000.0, 3_500.0, 0.28), // "Asia"
+    (18_500.0, 9_000.0, 0.07), // "Oceania"
 ];
 const REGION_SPREAD_KM: f64 = 900.0;
 /// Propagation over fibre including route stretch: ~100 km per ms.
@@ -73,8 +73,10 @@ pub fn place(rng: &mut impl Rng, clock_offset_max_s: u64, clock_drift_max_ppm: u
         y: (y / 10.0).clamp(-30_000.0, 30_000.0) as i16,
         region: region as u8,
         access_ms: 2 + (rng.next_u32() % 14) as u8,
-        clock_offset_s: ((rng.next_u64() % offset_span as u64) as i64 - clock_offset_max_s as i64) as i32,
-        clock_drift_ppm: ((rng.next_u64() % drift_span as u64) as i64 - clock_drift_max_ppm as i64) as i32,
+        clock_offset_s: ((rng.next_u64() % offset_span as u64) as i64 - clock_offset_max_s as i64)
+            as i32,
+        clock_drift_ppm: ((rng.next_u64() % drift_span as u64) as i64 - clock_drift_max_ppm as i64)
+            as i32,
     }
 }
 

@@ -93,7 +93,9 @@ impl Queue {
         let bucket = time_us / BUCKET_US;
         if bucket <= self.current {
             // Lands in the bucket being drained: keep `ready` sorted.
-            let at = self.ready.partition_point(|e| (e.time_us, e.sequence) > (time_us, entry.sequence));
+            let at = self
+                .ready
+                .partition_point(|e| (e.time_us, e.sequence) > (time_us, entry.sequence));
             self.ready.insert(at, entry);
         } else if bucket < self.current + BUCKETS as u64 {
             self.buckets[(bucket as usize) & (BUCKETS - 1)].push(entry);
@@ -128,7 +130,7 @@ impl Queue {
         let slot = (self.current as usize) & (BUCKETS - 1);
         std::mem::swap(&mut self.ready, &mut self.buckets[slot]);
         self.ready
-            .sort_unstable_by(|a, b| (b.time_us, b.sequence).cmp(&(a.time_us, a.sequence)));
+            .sort_unstable_by_key(|e| std::cmp::Reverse((e.time_us, e.sequence)));
         // Skip quickly over empty stretches when only far events remain.
         if self.ready.is_empty() && self.buckets_empty() {
             if let Some(next) = self.far.peek() {
@@ -161,7 +163,9 @@ mod tests {
         queue.push(5, EventKind::Sample);
         queue.push(1, EventKind::LookupTick);
         queue.push(5, EventKind::LookupTick);
-        let order: Vec<(u64, u64)> = std::iter::from_fn(|| queue.pop()).map(|e| (e.time_us, e.sequence)).collect();
+        let order: Vec<(u64, u64)> = std::iter::from_fn(|| queue.pop())
+            .map(|e| (e.time_us, e.sequence))
+            .collect();
         assert_eq!(order, vec![(1, 2), (5, 1), (5, 3)]);
     }
 
@@ -182,16 +186,26 @@ mod tests {
                 };
                 sequence += 1;
                 queue.push(now + delay, EventKind::Sample);
-                reference.push(Entry { time_us: now + delay, sequence, kind: EventKind::Sample });
+                reference.push(Entry {
+                    time_us: now + delay,
+                    sequence,
+                    kind: EventKind::Sample,
+                });
             } else if let Some(expected) = reference.pop() {
                 let got = queue.pop().expect("same length");
-                assert_eq!((got.time_us, got.sequence), (expected.time_us, expected.sequence));
+                assert_eq!(
+                    (got.time_us, got.sequence),
+                    (expected.time_us, expected.sequence)
+                );
                 now = got.time_us;
             }
         }
         while let Some(expected) = reference.pop() {
             let got = queue.pop().expect("same length");
-            assert_eq!((got.time_us, got.sequence), (expected.time_us, expected.sequence));
+            assert_eq!(
+                (got.time_us, got.sequence),
+                (expected.time_us, expected.sequence)
+            );
         }
         assert!(queue.pop().is_none());
     }

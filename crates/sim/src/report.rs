@@ -42,11 +42,14 @@ pub struct Report {
     /// Successful lookups that needed more than one round (iterative routing).
     pub lookup_fallback_ratio: f64,
     pub attached_ratio_min: f64,
+    /// Mean over the same window as `attached_ratio_min`.
+    pub attached_ratio_mean: f64,
     pub attached_ratio_final: f64,
     pub supernode_load_max_ratio: f64,
     pub supernodes_final: u64,
     pub live_clients_final: u64,
     pub promotions: u64,
+    pub promotions_unreachable: u64,
     pub demotions: u64,
     pub crashes: u64,
     pub graceful_leaves: u64,
@@ -101,7 +104,9 @@ fn sim_overrides(params: &Params) -> Vec<(String, String)> {
             "membership_view_len_max".to_string(),
             format!(
                 "{} with {} per bucket (production {}): capped view forces iterative routing",
-                params.membership_view_len_max, params.membership_bucket_len_max, production.membership_view_len_max
+                params.membership_view_len_max,
+                params.membership_bucket_len_max,
+                production.membership_view_len_max
             ),
         ));
     }
@@ -120,7 +125,18 @@ impl Report {
             .filter(|s| s.t_s >= settle_from)
             .map(|s| s.attached_ratio())
             .fold(f64::INFINITY, f64::min);
-        let attached_ratio_min = if attached_ratio_min.is_finite() { attached_ratio_min } else { 0.0 };
+        let attached_ratio_min = if attached_ratio_min.is_finite() {
+            attached_ratio_min
+        } else {
+            0.0
+        };
+        let window: Vec<f64> = metrics
+            .samples
+            .iter()
+            .filter(|s| s.t_s >= settle_from)
+            .map(|s| s.attached_ratio())
+            .collect();
+        let attached_ratio_mean = window.iter().sum::<f64>() / window.len().max(1) as f64;
         let last = metrics.samples.last();
         let ok_lookups = metrics.lookups_ok;
         let fallbacks: u64 = metrics.lookup_hops.iter().skip(2).sum();
@@ -143,19 +159,33 @@ impl Report {
             lookups_not_found: metrics.lookups_not_found,
             lookups_stale: metrics.lookups_stale,
             lookups_abandoned: metrics.lookups_abandoned,
-            lookup_success_ratio: if completed == 0 { 0.0 } else { ok_lookups as f64 / completed as f64 },
+            lookup_success_ratio: if completed == 0 {
+                0.0
+            } else {
+                ok_lookups as f64 / completed as f64
+            },
             lookup_hops_median: metrics.hops_quantile(0.5),
             lookup_hops_p99: metrics.hops_quantile(0.99),
             lookup_hops_histogram: metrics.lookup_hops.clone(),
             lookup_latency_ms_median: quantile(&metrics.lookup_latency_ms, 0.5),
             lookup_latency_ms_p99: quantile(&metrics.lookup_latency_ms, 0.99),
-            lookup_fallback_ratio: if ok_lookups == 0 { 0.0 } else { fallbacks as f64 / ok_lookups as f64 },
+            lookup_fallback_ratio: if ok_lookups == 0 {
+                0.0
+            } else {
+                fallbacks as f64 / ok_lookups as f64
+            },
             attached_ratio_min,
+            attached_ratio_mean,
             attached_ratio_final: last.map_or(0.0, |s| s.attached_ratio()),
-            supernode_load_max_ratio: metrics.samples.iter().map(|s| s.load_max_ratio).fold(0.0, f64::max),
+            supernode_load_max_ratio: metrics
+                .samples
+                .iter()
+                .map(|s| s.load_max_ratio)
+                .fold(0.0, f64::max),
             supernodes_final: last.map_or(0, |s| s.supernodes),
             live_clients_final: last.map_or(0, |s| s.live_clients),
             promotions: metrics.promotions,
+            promotions_unreachable: metrics.promotions_unreachable,
             demotions: metrics.demotions,
             crashes: metrics.crashes,
             graceful_leaves: metrics.graceful_leaves,
@@ -213,9 +243,16 @@ impl Report {
             },
             Check {
                 name: "attached_ratio_min",
-                ok: self.attached_ratio_min >= 0.999 && self.live_clients_final as f64 >= 0.5 * self.clients as f64,
+                ok: self.attached_ratio_min >= 0.999
+                    && self.live_clients_final as f64 >= 0.5 * self.clients as f64,
                 value: self.attached_ratio_min,
                 bound: ">= 0.999 (with at least half the clients live)".into(),
+            },
+            Check {
+                name: "promotions_unreachable",
+                ok: self.promotions_unreachable == 0,
+                value: self.promotions_unreachable as f64,
+                bound: "= 0".into(),
             },
             Check {
                 name: "supernode_load_max_ratio",
@@ -230,7 +267,12 @@ impl Report {
         let mut out = String::new();
         out += &format!(
             "scenario {} · seed {} · {} clients + {} supernodes · {} s virtual in {:.1} s wall\n",
-            self.scenario, self.seed, self.clients, self.supernodes, self.virtual_duration_s, self.wall_s
+            self.scenario,
+            self.seed,
+            self.clients,
+            self.supernodes,
+            self.virtual_duration_s,
+            self.wall_s
         );
         out += &format!(
             "events {} ({:.0}/s) · peak RSS {:.2} GiB ({} B/node) · crypto {:?}\n",
@@ -251,8 +293,9 @@ impl Report {
             self.lookup_fallback_ratio
         );
         out += &format!(
-            "attached(>=2) min {:.5} final {:.5} · supernodes {} (promoted {}, demoted {}) · max load {:.2} of capacity\n",
+            "attached(>=2) min {:.5} mean {:.5} final {:.5} · supernodes {} (promoted {}, demoted {}) · max load {:.2} of capacity\n",
             self.attached_ratio_min,
+            self.attached_ratio_mean,
             self.attached_ratio_final,
             self.supernodes_final,
             self.promotions,

@@ -6,7 +6,9 @@ use crate::config::SimConfig;
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
 use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
 use crate::queue::{EventKind, Queue};
-use peerline_core::{CryptoMode, DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy};
+use peerline_core::{
+    CryptoMode, DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy,
+};
 use peerline_proto::{peek_kind, Addr, Contact, MessageKind, PublicKey};
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
@@ -79,11 +81,22 @@ impl SimNode {
 
     fn observe_accept(&mut self, supernode: u32, epoch: u32, now_s: u32) {
         let len = self.observed_len as usize;
-        if let Some(entry) = self.observed[..len].iter_mut().find(|o| o.supernode == supernode) {
-            *entry = Observed { supernode, epoch, last_contact_s: now_s };
+        if let Some(entry) = self.observed[..len]
+            .iter_mut()
+            .find(|o| o.supernode == supernode)
+        {
+            *entry = Observed {
+                supernode,
+                epoch,
+                last_contact_s: now_s,
+            };
             return;
         }
-        let entry = Observed { supernode, epoch, last_contact_s: now_s };
+        let entry = Observed {
+            supernode,
+            epoch,
+            last_contact_s: now_s,
+        };
         if len < OBSERVED_ATTACHMENTS_MAX {
             self.observed[len] = entry;
             self.observed_len += 1;
@@ -94,14 +107,20 @@ impl SimNode {
 
     fn observe_contact(&mut self, supernode: u32, now_s: u32) {
         let len = self.observed_len as usize;
-        if let Some(entry) = self.observed[..len].iter_mut().find(|o| o.supernode == supernode) {
+        if let Some(entry) = self.observed[..len]
+            .iter_mut()
+            .find(|o| o.supernode == supernode)
+        {
             entry.last_contact_s = now_s;
         }
     }
 
     fn forget(&mut self, supernode: u32) {
         let len = self.observed_len as usize;
-        if let Some(i) = self.observed[..len].iter().position(|o| o.supernode == supernode) {
+        if let Some(i) = self.observed[..len]
+            .iter()
+            .position(|o| o.supernode == supernode)
+        {
             self.observed[i] = self.observed[len - 1];
             self.observed_len -= 1;
         }
@@ -135,7 +154,8 @@ impl IndexSet {
     }
 
     fn random(&self, rng: &mut impl Rng) -> Option<u32> {
-        (!self.items.is_empty()).then(|| self.items[(rng.next_u64() % self.items.len() as u64) as usize])
+        (!self.items.is_empty())
+            .then(|| self.items[(rng.next_u64() % self.items.len() as u64) as usize])
     }
 
     fn len(&self) -> usize {
@@ -194,7 +214,11 @@ impl World {
             };
             nodes.push(SimNode {
                 node: None,
-                place: place(&mut rng, config.clock_offset_max_s, config.clock_drift_max_ppm),
+                place: place(
+                    &mut rng,
+                    config.clock_offset_max_s,
+                    config.clock_drift_max_ppm,
+                ),
                 nat,
                 alive: false,
                 epoch: 0,
@@ -223,7 +247,9 @@ impl World {
             load_buffer: vec![0; total],
             transmit_buffer: Vec::new(),
             event_buffer: Vec::new(),
-            trace: std::env::var("PEERLINE_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
+            trace: std::env::var("PEERLINE_SIM_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             config,
         };
         world.schedule_script();
@@ -235,16 +261,22 @@ impl World {
         let client_ramp_us = self.config.join_ramp_s * 1_000_000;
         for index in 0..self.config.supernodes {
             // The first supernode starts at zero; the others spread over the ramp.
-            let at = if index == 0 { 0 } else { 1 + self.rng.next_u64() % supernode_ramp_us.max(1) };
+            let at = if index == 0 {
+                0
+            } else {
+                1 + self.rng.next_u64() % supernode_ramp_us.max(1)
+            };
             self.queue.push(at, EventKind::Start { node: index });
         }
         for index in self.config.supernodes..self.nodes.len() as u32 {
             let at = supernode_ramp_us + 1_000_000 + self.rng.next_u64() % client_ramp_us.max(1);
             self.queue.push(at, EventKind::Start { node: index });
         }
-        let first_lookup_us = supernode_ramp_us + client_ramp_us + self.config.lookup_target_uptime_s * 1_000_000;
+        let first_lookup_us =
+            supernode_ramp_us + client_ramp_us + self.config.lookup_target_uptime_s * 1_000_000;
         self.queue.push(first_lookup_us, EventKind::LookupTick);
-        self.queue.push(self.config.sample_interval_s * 1_000_000, EventKind::Sample);
+        self.queue
+            .push(self.config.sample_interval_s * 1_000_000, EventKind::Sample);
     }
 
     fn now_for(&self, index: u32) -> Now {
@@ -313,7 +345,10 @@ impl World {
                 self.nodes[index as usize].node = Some(node);
             }
         }
-        let node = self.nodes[index as usize].node.as_ref().expect("just started");
+        let node = self.nodes[index as usize]
+            .node
+            .as_ref()
+            .expect("just started");
         if node.is_supernode() {
             if is_initial_supernode && self.bootstrap.len() < self.config.supernodes as usize {
                 if let Some(contact) = node.supernode_contact() {
@@ -331,22 +366,30 @@ impl World {
     }
 
     fn create_node(&mut self, index: u32, now: Now, is_supernode: bool) -> Node {
-        let mut seed_rng = Pcg64Mcg::seed_from_u64(self.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let identity = DeviceIdentity::new_account(self.config.crypto, &mut seed_rng, now.unix_s, self.params.device_cert_ttl_s);
+        let mut seed_rng = Pcg64Mcg::seed_from_u64(
+            self.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let identity = DeviceIdentity::new_account(
+            self.config.crypto,
+            &mut seed_rng,
+            now.unix_s,
+            self.params.device_cert_ttl_s,
+        );
         let bootstrap_len = self.config.bootstrap_contacts.min(self.bootstrap.len());
         let mut bootstrap = Vec::with_capacity(bootstrap_len);
         for _ in 0..bootstrap_len {
-            let contact = self.bootstrap[(self.rng.next_u64() % self.bootstrap.len() as u64) as usize];
+            let contact =
+                self.bootstrap[(self.rng.next_u64() % self.bootstrap.len() as u64) as usize];
             if !bootstrap.iter().any(|c: &Contact| c.key == contact.key) {
                 bootstrap.push(contact);
             }
         }
+        // Every client may promote itself; whether it is reachable is for
+        // its own reachability probe to find out (NAT filtering decides).
         let policy = if is_supernode {
             RolePolicy::SupernodeOnly
-        } else if self.nodes[index as usize].nat == Nat::Public {
-            RolePolicy::Auto
         } else {
-            RolePolicy::ClientOnly
+            RolePolicy::Auto
         };
         let config = NodeConfig {
             params: self.params.clone(),
@@ -412,7 +455,11 @@ impl World {
         }
         self.metrics.delivered += 1;
         if self.trace == Some(to) || self.trace == Some(from) {
-            eprintln!("{:.3} {from} -> {to} {:?}", self.now_us as f64 / 1e6, peek_kind(bytes));
+            eprintln!(
+                "{:.3} {from} -> {to} {:?}",
+                self.now_us as f64 / 1e6,
+                peek_kind(bytes)
+            );
         }
         self.digest.delivered(self.now_us, from, to, bytes);
         self.observe(from, to, bytes);
@@ -466,7 +513,10 @@ impl World {
         };
         // The deadline may have moved later since this wake-up was queued
         // (a pong arrived): then there is nothing to do but re-arm.
-        if node.poll_timeout().is_some_and(|deadline| deadline.0 <= time_us) {
+        if node
+            .poll_timeout()
+            .is_some_and(|deadline| deadline.0 <= time_us)
+        {
             self.metrics.timers += 1;
             self.digest.timer(self.now_us, index);
             node.handle_timeout(now);
@@ -482,7 +532,9 @@ impl World {
         let mut events = std::mem::take(&mut self.event_buffer);
         let deadline = {
             let slot = &mut self.nodes[index as usize];
-            let Some(node) = slot.node.as_mut() else { return };
+            let Some(node) = slot.node.as_mut() else {
+                return;
+            };
             transmits.extend(node.drain_transmits());
             events.extend(node.drain_events());
             node.poll_timeout()
@@ -499,7 +551,11 @@ impl World {
                 self.metrics.lost += 1;
                 continue;
             }
-            let latency = latency_us(&self.nodes[index as usize].place, &self.nodes[to as usize].place, &mut self.rng);
+            let latency = latency_us(
+                &self.nodes[index as usize].place,
+                &self.nodes[to as usize].place,
+                &mut self.rng,
+            );
             self.queue.push(
                 now_us + latency,
                 EventKind::Deliver {
@@ -530,7 +586,12 @@ impl World {
 
     fn node_event(&mut self, index: u32, event: Event) {
         match event {
-            Event::LookupDone { account, record, hops, .. } => {
+            Event::LookupDone {
+                account,
+                record,
+                hops,
+                ..
+            } => {
                 let Some(pending) = self.pending_lookups.remove(&(index, account)) else {
                     return;
                 };
@@ -567,6 +628,9 @@ impl World {
                 self.live_clients.remove(index);
                 self.live_supernodes.insert(index);
                 self.metrics.promotions += 1;
+                if self.nodes[index as usize].nat != Nat::Public {
+                    self.metrics.promotions_unreachable += 1;
+                }
             }
             Event::Demoted => {
                 let slot = &mut self.nodes[index as usize];
@@ -586,24 +650,33 @@ impl World {
     fn valid_attachments(&self, client: u32) -> impl Iterator<Item = u32> + '_ {
         let now_s = (self.now_us / 1_000_000) as u32;
         let idle_s = (self.params.client_idle_timeout_ms / 1000) as u32;
-        self.nodes[client as usize].observed().iter().filter_map(move |o| {
-            let supernode = &self.nodes[o.supernode as usize];
-            let valid = supernode.is_supernode() && supernode.epoch == o.epoch && now_s.saturating_sub(o.last_contact_s) <= idle_s;
-            valid.then_some(o.supernode)
-        })
+        self.nodes[client as usize]
+            .observed()
+            .iter()
+            .filter_map(move |o| {
+                let supernode = &self.nodes[o.supernode as usize];
+                let valid = supernode.is_supernode()
+                    && supernode.epoch == o.epoch
+                    && now_s.saturating_sub(o.last_contact_s) <= idle_s;
+                valid.then_some(o.supernode)
+            })
     }
 
     // ---- lookups ----
 
     fn lookup_tick(&mut self) {
-        let next = self.now_us + exponential_us(&mut self.rng, 1e6 / self.config.lookups_per_s.max(1e-3));
+        let next =
+            self.now_us + exponential_us(&mut self.rng, 1e6 / self.config.lookups_per_s.max(1e-3));
         self.queue.push(next, EventKind::LookupTick);
         let uptime_us = self.config.lookup_target_uptime_s * 1_000_000;
         let mut source = None;
         let mut target = None;
         for _ in 0..20 {
             if source.is_none() {
-                source = self.live_clients.random(&mut self.rng).filter(|s| self.valid_attachments(*s).next().is_some());
+                source = self
+                    .live_clients
+                    .random(&mut self.rng)
+                    .filter(|s| self.valid_attachments(*s).next().is_some());
             }
             if target.is_none() {
                 target = self
@@ -618,7 +691,11 @@ impl World {
         if source == target {
             return;
         }
-        let Some(account) = self.nodes[target as usize].node.as_ref().map(|n| n.identity().account()) else {
+        let Some(account) = self.nodes[target as usize]
+            .node
+            .as_ref()
+            .map(|n| n.identity().account())
+        else {
             return;
         };
         if self.pending_lookups.contains_key(&(source, account)) {
@@ -643,7 +720,10 @@ impl World {
     // ---- measurement ----
 
     fn sample(&mut self) {
-        self.queue.push(self.now_us + self.config.sample_interval_s * 1_000_000, EventKind::Sample);
+        self.queue.push(
+            self.now_us + self.config.sample_interval_s * 1_000_000,
+            EventKind::Sample,
+        );
         let mut attached_two = 0u64;
         let mut attached_one = 0u64;
         for &supernode in &self.live_supernodes.items {
@@ -662,10 +742,20 @@ impl World {
                 attached_one += 1;
             }
         }
-        let mut loads: Vec<u32> = self.live_supernodes.items.iter().map(|s| self.load_buffer[*s as usize]).collect();
+        let mut loads: Vec<u32> = self
+            .live_supernodes
+            .items
+            .iter()
+            .map(|s| self.load_buffer[*s as usize])
+            .collect();
         loads.sort_unstable();
         let capacity = self.params.supernode_capacity_attachments as f64;
-        let percentile = |p: f64| loads.get(((loads.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+        let percentile = |p: f64| {
+            loads
+                .get(((loads.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
         let sample = Sample {
             t_s: self.now_us / 1_000_000,
             live_clients: self.live_clients.len() as u64,
@@ -753,7 +843,13 @@ impl World {
                 .iter()
                 .map(|o| {
                     let s = &self.nodes[o.supernode as usize];
-                    (o.supernode, o.epoch, o.last_contact_s, s.is_supernode(), s.epoch)
+                    (
+                        o.supernode,
+                        o.epoch,
+                        o.last_contact_s,
+                        s.is_supernode(),
+                        s.epoch,
+                    )
                 })
                 .collect();
             out.push(format!(
@@ -763,5 +859,24 @@ impl World {
             ));
         }
         out
+    }
+}
+
+impl World {
+    /// (index, membership view size, attached clients) of every live supernode.
+    pub fn supernode_views(&self) -> Vec<(u32, usize, usize)> {
+        let mut views: Vec<(u32, usize, usize)> = self
+            .live_supernodes
+            .items
+            .iter()
+            .filter_map(|s| {
+                self.nodes[*s as usize]
+                    .node
+                    .as_ref()
+                    .map(|n| (*s, n.membership_len(), n.attached_clients()))
+            })
+            .collect();
+        views.sort_unstable();
+        views
     }
 }

@@ -1,0 +1,148 @@
+//! The `peerline` command as a user meets it: clear errors for bad input,
+//! and the same digest from the same seed in separate processes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn peerline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peerline"))
+        .args(args)
+        .output()
+        .expect("the peerline binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peerline-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Bad input gets one sentence on stderr and a non-zero exit, no backtrace.
+fn assert_clear_error(output: &Output, needle: &str) {
+    assert!(!output.status.success());
+    let text = stderr(output);
+    assert!(text.contains(needle), "stderr lacks {needle:?}: {text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(
+        text.trim().lines().count() <= 3,
+        "not one clear sentence: {text}"
+    );
+}
+
+#[test]
+fn unknown_scenario_is_named() {
+    let output = peerline(&[
+        "sim",
+        "nosuch",
+        "--out",
+        scratch("unknown").to_str().unwrap(),
+    ]);
+    assert_clear_error(&output, "unknown scenario 'nosuch'");
+    assert!(stderr(&output).contains("steady"), "the choices are listed");
+}
+
+#[test]
+fn zero_clients_is_refused() {
+    let output = peerline(&[
+        "sim",
+        "steady",
+        "--clients",
+        "0",
+        "--out",
+        scratch("zero").to_str().unwrap(),
+    ]);
+    assert_clear_error(&output, "--clients must be at least 1");
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    let output = peerline(&["sim", "steady", "--duration", "ten minutes"]);
+    assert_clear_error(&output, "not a duration");
+}
+
+#[test]
+fn unwritable_output_directory_is_refused_before_running() {
+    let blocker = scratch("blocker");
+    std::fs::write(&blocker, b"a file, not a directory").unwrap();
+    let out = blocker.join("out");
+    let output = peerline(&[
+        "sim",
+        "steady",
+        "--clients",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&output, "cannot create output directory");
+    let _ = std::fs::remove_file(blocker);
+}
+
+fn digest_of(seed: &str, name: &str) -> String {
+    let out = scratch(name);
+    let output = peerline(&[
+        "sim",
+        "steady",
+        "--clients",
+        "300",
+        "--supernodes",
+        "10",
+        "--duration",
+        "4m",
+        "--seed",
+        seed,
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.code().is_some_and(|c| c == 0 || c == 1),
+        "{}",
+        stderr(&output)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for chart in [
+        "attached_clients.svg",
+        "supernode_load.svg",
+        "lookup_hops.svg",
+        "lookup_latency_cdf.svg",
+    ] {
+        assert!(out.join(chart).exists(), "{chart} missing");
+    }
+    for key in [
+        "scenario",
+        "seed",
+        "clients",
+        "supernodes",
+        "virtual_duration_s",
+        "wall_s",
+        "events",
+        "peak_rss_bytes",
+        "lookup_success_ratio",
+        "lookup_hops_median",
+        "lookup_hops_p99",
+        "lookup_latency_ms_median",
+        "lookup_latency_ms_p99",
+        "lookup_fallback_ratio",
+        "attached_ratio_min",
+        "supernode_load_max_ratio",
+        "digest",
+    ] {
+        assert!(report.get(key).is_some(), "report.json lacks {key}");
+    }
+    let _ = std::fs::remove_dir_all(out);
+    report["digest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn same_seed_same_digest_across_processes() {
+    let first = digest_of("21", "d1");
+    let second = digest_of("21", "d2");
+    let other = digest_of("22", "d3");
+    assert_eq!(first, second);
+    assert_ne!(first, other);
+}
