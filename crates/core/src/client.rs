@@ -228,12 +228,21 @@ impl ClientState {
                 alternates,
                 ..
             } => {
-                let key = self.attachments[index].contact.key;
-                io.host_cache
-                    .defer(&key, io.now.instant, retry_after_ms as u64);
                 for contact in alternates.iter() {
                     io.host_cache.insert(*contact, io.params.host_cache_len_max);
                 }
+                if self.attachments[index].phase == Phase::Attached {
+                    // Our own supernode turned a lookup away: keep the
+                    // attachment, send pending lookups through another one.
+                    let key = self.attachments[index].contact.key;
+                    for lookup in self.lookups.iter_mut().filter(|l| l.via == key) {
+                        lookup.deadline = io.now.instant;
+                    }
+                    return;
+                }
+                let key = self.attachments[index].contact.key;
+                io.host_cache
+                    .defer(&key, io.now.instant, retry_after_ms as u64);
                 self.drop_attachment(io, index, DetachReason::Busy);
                 self.fill_attachments(io);
             }
@@ -441,38 +450,57 @@ impl ClientState {
                     self.drop_attachment(io, index, DetachReason::KeepaliveTimeout);
                     return false;
                 }
-                Self::send_ping(io, attachment);
+                Self::send_ping(io, attachment, true);
                 true
             }
         }
     }
 
-    fn send_ping(io: &mut Io, attachment: &mut Attachment) {
+    /// Pings a supernode. With `timeout`, a missing pong is noticed after
+    /// `pong_timeout_ms` (used once something is already wrong); without,
+    /// at the next keepalive tick — the common case costs no extra wake-up.
+    fn send_ping(io: &mut Io, attachment: &mut Attachment, timeout: bool) {
         attachment.awaiting_pong = true;
         attachment.ping_sequence = attachment.ping_sequence.wrapping_add(1);
-        attachment.deadline = io.now.instant.add_ms(io.params.pong_timeout_ms);
+        attachment.deadline = if timeout {
+            io.now.instant.add_ms(io.params.pong_timeout_ms)
+        } else {
+            Instant::NEVER
+        };
         let (addr, sequence) = (attachment.contact.addr, attachment.ping_sequence);
         io.send(addr, &Message::Ping { sequence });
     }
 
-    /// The shared keepalive tick: pings every idle attachment.
+    /// The shared keepalive tick: pings every attachment. One whose last
+    /// ping went unanswered for a whole interval is retried with short pong
+    /// timeouts and dropped after `keepalive_misses_max` misses.
     fn keepalive_if_due(&mut self, io: &mut Io) {
         let now = io.now.instant;
         if self.keepalive_at.is_none_or(|at| at > now) {
             return;
         }
-        let mut any = false;
-        for attachment in self
-            .attachments
-            .iter_mut()
-            .filter(|a| a.phase == Phase::Attached)
-        {
-            any = true;
-            if !attachment.awaiting_pong {
-                attachment.misses = 0;
-                Self::send_ping(io, attachment);
+        let mut index = 0;
+        while index < self.attachments.len() {
+            let attachment = &mut self.attachments[index];
+            if attachment.phase != Phase::Attached || attachment.deadline != Instant::NEVER {
+                // Handshaking, or already retrying on its own deadline.
+                index += 1;
+                continue;
             }
+            if attachment.awaiting_pong {
+                attachment.misses += 1;
+                if attachment.misses as u32 >= io.params.keepalive_misses_max {
+                    self.drop_attachment(io, index, DetachReason::KeepaliveTimeout);
+                    continue;
+                }
+                Self::send_ping(io, attachment, true);
+            } else {
+                attachment.misses = 0;
+                Self::send_ping(io, attachment, false);
+            }
+            index += 1;
         }
+        let any = self.attachments.iter().any(|a| a.phase == Phase::Attached);
         self.keepalive_at = any.then(|| now.add_ms(io.params.keepalive_interval_ms));
     }
 

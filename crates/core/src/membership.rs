@@ -73,6 +73,9 @@ pub struct Membership {
     load_total: u64,
 }
 
+/// How far ahead of our own incarnation a rumour about us may be and still
+/// be refuted (load announcements and refutations advance it by one each).
+const REFUTE_AHEAD_MAX: u32 = 1 << 20;
 /// Most urgent updates waiting to be pushed.
 const URGENT_LEN_MAX: usize = 64;
 
@@ -358,12 +361,16 @@ impl Membership {
     }
 
     fn apply_about_self(&mut self, update: MemberUpdate, now: Instant) -> Change {
+        // A rumour far ahead of any incarnation we used is forged or corrupt:
+        // following it could exhaust the counter.
+        let plausible = update.incarnation <= self.me.incarnation.saturating_add(REFUTE_AHEAD_MAX);
         if update.state != MemberState::Alive
             && update.incarnation >= self.me.incarnation
+            && plausible
             && self.me.state == MemberState::Alive
         {
             // Refute the rumour with a newer incarnation.
-            self.me.incarnation = update.incarnation.wrapping_add(1);
+            self.me.incarnation = update.incarnation.saturating_add(1);
             self.refresh_self(now);
         }
         Change::None

@@ -21,6 +21,7 @@ use peerline_proto::{
 };
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg32;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A datagram the node wants sent.
@@ -92,8 +93,8 @@ pub(crate) struct Io<'a> {
     pub identity: &'a DeviceIdentity,
     pub mode: CryptoMode,
     pub rng: &'a mut Pcg32,
-    pub transmits: &'a mut Vec<Transmit>,
-    pub events: &'a mut Vec<Event>,
+    pub transmits: &'a mut VecDeque<Transmit>,
+    pub events: &'a mut VecDeque<Event>,
     pub stats: &'a mut NodeStats,
     pub host_cache: &'a mut HostCache,
     pub reachable: &'a mut bool,
@@ -103,13 +104,13 @@ pub(crate) struct Io<'a> {
 impl Io<'_> {
     pub fn send(&mut self, to: Addr, message: &Message) {
         match encode(message) {
-            Ok(bytes) => self.transmits.push(Transmit { to, bytes }),
+            Ok(bytes) => self.transmits.push_back(Transmit { to, bytes }),
             Err(error) => debug_assert!(false, "every message we build fits: {error}"),
         }
     }
 
     pub fn event(&mut self, event: Event) {
-        self.events.push(event);
+        self.events.push_back(event);
     }
 
     pub fn random_u64(&mut self) -> u64 {
@@ -153,9 +154,11 @@ pub struct Node {
     host_cache: HostCache,
     reachable: bool,
     started_at: Instant,
-    transmits: Vec<Transmit>,
-    events: Vec<Event>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
     stats: NodeStats,
+    /// After `shutdown`: the node ignores input and wants no wake-ups until restarted.
+    closed: bool,
 }
 
 impl Node {
@@ -175,9 +178,10 @@ impl Node {
             host_cache,
             reachable: config.policy == RolePolicy::SupernodeOnly,
             started_at: now.instant,
-            transmits: Vec::new(),
-            events: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
             stats: NodeStats::default(),
+            closed: false,
         };
         if config.policy == RolePolicy::SupernodeOnly {
             node.become_supernode(now);
@@ -192,6 +196,7 @@ impl Node {
     pub fn restart(&mut self, now: Now) {
         self.transmits.clear();
         self.events.clear();
+        self.closed = false;
         self.started_at = now.instant;
         self.reachable = self.policy == RolePolicy::SupernodeOnly;
         self.role = Role::Client(Box::default());
@@ -269,6 +274,9 @@ impl Node {
     /// One datagram from the network. Bad input is counted and dropped; it
     /// never panics the node.
     pub fn handle(&mut self, now: Now, from: Addr, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
         match decode(bytes) {
             Ok(Frame::Message(message)) => self.handle_message(now, from, message),
             Ok(Frame::Versions(_)) => {
@@ -277,7 +285,7 @@ impl Node {
             }
             Err(DecodeError::UnsupportedVersion { .. }) => {
                 self.stats.datagrams_unsupported_version += 1;
-                self.transmits.push(Transmit {
+                self.transmits.push_back(Transmit {
                     to: from,
                     bytes: encode_version_info(),
                 });
@@ -300,6 +308,9 @@ impl Node {
     }
 
     pub fn handle_timeout(&mut self, now: Now) {
+        if self.closed {
+            return;
+        }
         let mut promote = false;
         let mut demote = false;
         if self.is_supernode() {
@@ -317,7 +328,7 @@ impl Node {
     pub fn lookup(&mut self, now: Now, account: PublicKey) {
         match self.is_supernode() {
             false => self.with_client(now, |client, io| client.lookup(io, account)),
-            true => self.events.push(Event::LookupDone {
+            true => self.events.push_back(Event::LookupDone {
                 account,
                 record: None,
                 hops: 0,
@@ -327,36 +338,40 @@ impl Node {
     }
 
     /// Leaves gracefully: detaches clients or supernodes and tells peers.
+    /// The node then stays silent until [`Node::restart`].
     pub fn shutdown(&mut self, now: Now) {
+        if self.closed {
+            return;
+        }
         if self.is_supernode() {
             self.with_supernode(now, |supernode, io| supernode.shutdown(io));
         } else {
             self.with_client(now, |client, io| client.shutdown(io));
         }
+        self.closed = true;
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop()
+        self.transmits.pop_front()
     }
 
     /// Takes every pending transmit at once (cheaper for the simulator).
-    pub fn drain_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+    pub fn drain_transmits(&mut self) -> std::collections::vec_deque::Drain<'_, Transmit> {
         self.transmits.drain(..)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
-        }
+        self.events.pop_front()
     }
 
-    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+    pub fn drain_events(&mut self) -> std::collections::vec_deque::Drain<'_, Event> {
         self.events.drain(..)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
         let deadline = match &self.role {
             Role::Client(c) => c.next_deadline(),
             Role::Supernode(s) => s.next_deadline(),
@@ -382,12 +397,12 @@ impl Node {
         if promote {
             self.with_client(now, |client, io| client.shutdown(io));
             self.become_supernode(now);
-            self.events.push(Event::Promoted);
+            self.events.push_back(Event::Promoted);
         } else if demote {
             self.with_supernode(now, |supernode, io| supernode.shutdown(io));
             self.role = Role::Client(Box::default());
             self.with_client(now, |client, io| client.start(io));
-            self.events.push(Event::Demoted);
+            self.events.push_back(Event::Demoted);
         }
     }
 

@@ -580,7 +580,11 @@ impl SupernodeState {
 
     fn valid_record(&self, io: &Io, key: &NodeId) -> Option<PresenceRecord> {
         let record = self.records.get(key)?;
-        let expired = record.body.expires_unix_s + io.params.clock_skew_tolerance_s < io.now.unix_s;
+        let expired = record
+            .body
+            .expires_unix_s
+            .saturating_add(io.params.clock_skew_tolerance_s)
+            < io.now.unix_s;
         (!expired).then(|| (**record).clone())
     }
 
@@ -1054,8 +1058,12 @@ impl SupernodeState {
         let now_unix_s = io.now.unix_s;
         if now >= self.next_record_sweep_at {
             self.next_record_sweep_at = now.add_ms(RECORD_SWEEP_INTERVAL_MS);
-            self.records
-                .retain(|_, r| r.body.expires_unix_s + params.clock_skew_tolerance_s >= now_unix_s);
+            self.records.retain(|_, r| {
+                r.body
+                    .expires_unix_s
+                    .saturating_add(params.clock_skew_tolerance_s)
+                    >= now_unix_s
+            });
         }
         self.requests
             .retain(|_, request| now.since_ms(request.sent_at) < REQUEST_FORGET_MS);

@@ -155,9 +155,24 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    // Without a terminal (logs, CI) the bar is invisible: print a line
+    // every 10% of virtual time instead.
+    let plain = !args.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = std::time::Instant::now();
+    let mut next_report_s = 0;
     let (world, report) = peerline_sim::run(config.clone(), &mut |p| {
         bar.set_position(p.virtual_s);
         bar.set_message(format!("{} events", p.events));
+        if plain && p.virtual_s >= next_report_s {
+            next_report_s = p.virtual_s + (p.duration_s / 10).max(1);
+            eprintln!(
+                "  {:>5} / {} virtual s · {} events · {:.0} s wall",
+                p.virtual_s,
+                p.duration_s,
+                p.events,
+                started.elapsed().as_secs_f64()
+            );
+        }
     });
     bar.finish_and_clear();
     let written =

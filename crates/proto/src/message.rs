@@ -249,6 +249,7 @@ mod tests {
             Message::Pong {
                 sequence: 1,
                 load_pct: 3,
+                network_load_pct: 4,
             },
             Message::Detach {
                 alternates: BoundedVec::new(),

@@ -729,11 +729,12 @@ impl World {
         for &supernode in &self.live_supernodes.items {
             self.load_buffer[supernode as usize] = 0;
         }
+        let mut load_buffer = std::mem::take(&mut self.load_buffer);
         for &client in &self.live_clients.items {
             let mut count = 0;
-            for supernode in self.valid_attachments(client).collect::<Vec<_>>() {
+            for supernode in self.valid_attachments(client) {
                 count += 1;
-                self.load_buffer[supernode as usize] += 1;
+                load_buffer[supernode as usize] += 1;
             }
             if count >= 2 {
                 attached_two += 1;
@@ -742,6 +743,7 @@ impl World {
                 attached_one += 1;
             }
         }
+        self.load_buffer = load_buffer;
         let mut loads: Vec<u32> = self
             .live_supernodes
             .items

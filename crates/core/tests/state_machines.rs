@@ -1,0 +1,2029 @@
+//! The node's state machines driven by hand, in the style of quinn-proto's
+//! tests: build a node, feed it bytes and a time, assert on what it polls
+//! out. Supernodes the client talks to are either scripted here
+//! ([`Script`]) or real nodes with the datagrams shuttled by the test
+//! ([`Net`] and the step-by-step supernode tests).
+//!
+//! Several tests pin defects found by this suite and fixed since (lookup
+//! busy answers detaching clients, expiry overflow, incarnation wrap-around,
+//! LIFO transmits, nodes acting after shutdown).
+
+use peerline_core::identity::{
+    domain, issue_device_cert, presence_key, sign_presence, solve_id_puzzle, verify,
+    verify_id_puzzle, verify_presence,
+};
+use peerline_core::{
+    CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
+    Params, RolePolicy,
+};
+use peerline_proto::{
+    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Frame, MemberState,
+    MemberUpdate, Message, PresenceBody, PresenceRecord, PublicKey, Signature, VersionInfo,
+};
+use rand_core::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// The wall clock at instant zero of every test.
+const UNIX0: u64 = 1_800_000_000;
+/// A cheap ID puzzle, so that building supernodes costs nothing.
+const PUZZLE_BITS: u32 = 4;
+const CERT_TTL_S: u64 = 30 * 24 * 3_600;
+
+fn params() -> Params {
+    Params {
+        id_puzzle_difficulty_bits: PUZZLE_BITS,
+        ..Params::default()
+    }
+}
+
+/// The node's view of time `ms` milliseconds into the test.
+fn at(ms: u64) -> Now {
+    Now {
+        instant: Instant::from_ms(ms),
+        unix_s: UNIX0 + ms / 1_000,
+    }
+}
+
+fn addr(host: u32) -> Addr {
+    Addr::from_ipv4_u32(0x0a00_0000 | host, 7_000)
+}
+
+fn rng(seed: u64) -> Pcg64Mcg {
+    Pcg64Mcg::seed_from_u64(seed)
+}
+
+fn identity(seed: u64) -> DeviceIdentity {
+    DeviceIdentity::new_account(CryptoMode::Full, &mut rng(seed), UNIX0, CERT_TTL_S)
+}
+
+/// The contact of a supernode that exists only in the test's script.
+fn scripted_contact(seed: u64, address: Addr) -> Contact {
+    let key = Keypair::generate(CryptoMode::Full, &mut rng(seed)).public();
+    let (id_nonce, _) = solve_id_puzzle(&key, PUZZLE_BITS, 0);
+    Contact {
+        key,
+        id_nonce,
+        addr: address,
+    }
+}
+
+fn node(
+    params: &Arc<Params>,
+    seed: u64,
+    policy: RolePolicy,
+    address: Addr,
+    bootstrap: Vec<Contact>,
+    now: Now,
+) -> Node {
+    let config = NodeConfig {
+        params: Arc::clone(params),
+        identity: identity(seed),
+        policy,
+        advertised_addr: address,
+        bootstrap,
+    };
+    Node::new(config, now, seed)
+}
+
+fn client(
+    params: &Arc<Params>,
+    seed: u64,
+    address: Addr,
+    bootstrap: Vec<Contact>,
+    now: Now,
+) -> Node {
+    node(
+        params,
+        seed,
+        RolePolicy::ClientOnly,
+        address,
+        bootstrap,
+        now,
+    )
+}
+
+fn supernode(
+    params: &Arc<Params>,
+    seed: u64,
+    address: Addr,
+    bootstrap: Vec<Contact>,
+    now: Now,
+) -> Node {
+    node(
+        params,
+        seed,
+        RolePolicy::SupernodeOnly,
+        address,
+        bootstrap,
+        now,
+    )
+}
+
+fn decode_message(bytes: &[u8]) -> Message {
+    match decode(bytes) {
+        Ok(Frame::Message(message)) => message,
+        other => panic!("the node sent something that is not a message: {other:?}"),
+    }
+}
+
+/// Everything the node queued, in the order it queued it.
+fn sent(node: &mut Node) -> Vec<(Addr, Message)> {
+    node.drain_transmits()
+        .map(|t| (t.to, decode_message(&t.bytes)))
+        .collect()
+}
+
+fn events(node: &mut Node) -> Vec<Event> {
+    node.drain_events().collect()
+}
+
+fn deliver(node: &mut Node, now: Now, from: Addr, message: &Message) {
+    node.handle(now, from, &encode(message).expect("test messages encode"));
+}
+
+/// The one message the node sent, which must go to `to`.
+fn only_reply(node: &mut Node, to: Addr) -> Message {
+    let out = sent(node);
+    assert_eq!(out.len(), 1, "expected exactly one datagram, got {out:?}");
+    assert_eq!(out[0].0, to, "the reply went to the wrong address: {out:?}");
+    out.into_iter().next().map(|(_, m)| m).unwrap()
+}
+
+fn contacts_set(contacts: &[Contact]) -> BTreeSet<[u8; 32]> {
+    contacts.iter().map(|c| c.key.0).collect()
+}
+
+/// What a device signs at attach: the challenge, then the supernode's key.
+fn attach_proof_bytes(challenge: &[u8; 32], supernode: &PublicKey) -> Vec<u8> {
+    let mut bytes = challenge.to_vec();
+    bytes.extend_from_slice(&supernode.0);
+    bytes
+}
+
+// ---------------------------------------------------------------------------
+// Scripted supernodes: the client under test against supernodes played here
+// ---------------------------------------------------------------------------
+
+/// How a scripted supernode treats the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    /// Answers every step like an honest supernode.
+    Honest,
+    /// Answers nothing at all (crashed, or the path is down).
+    Silent,
+    /// Answers every hello with `Busy`.
+    Busy,
+}
+
+/// A scripted answer: (due at ms, tie-break sequence, from, datagram).
+type Reply = (u64, u64, Addr, Vec<u8>);
+
+struct Script {
+    contacts: Vec<Contact>,
+    behaviour: HashMap<Addr, Behaviour>,
+    /// Alternates a busy supernode names.
+    busy_alternates: Vec<Contact>,
+    busy_retry_after_ms: u32,
+    latency_ms: u64,
+    /// Everything the client sent, with the time in ms.
+    log: Vec<(u64, Addr, Message)>,
+    /// Everything the client reported, with the time in ms.
+    events: Vec<(u64, Event)>,
+}
+
+impl Script {
+    fn new(contacts: &[Contact]) -> Script {
+        Script {
+            contacts: contacts.to_vec(),
+            behaviour: contacts
+                .iter()
+                .map(|c| (c.addr, Behaviour::Honest))
+                .collect(),
+            busy_alternates: Vec::new(),
+            busy_retry_after_ms: 60_000,
+            latency_ms: 5,
+            log: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, contact: &Contact, behaviour: Behaviour) {
+        self.behaviour.insert(contact.addr, behaviour);
+    }
+
+    fn answer(&self, to: Addr, message: &Message) -> Option<Message> {
+        let index = self.contacts.iter().position(|c| c.addr == to)?;
+        let behaviour = self
+            .behaviour
+            .get(&to)
+            .copied()
+            .unwrap_or(Behaviour::Honest);
+        match (behaviour, message) {
+            (Behaviour::Silent, _) => None,
+            (Behaviour::Busy, Message::AttachHello { .. }) => Some(Message::Busy {
+                reason: BusyReason::AttachmentsFull,
+                retry_after_ms: self.busy_retry_after_ms,
+                alternates: BoundedVec::truncating(self.busy_alternates.iter().copied()),
+            }),
+            (_, Message::AttachHello { .. }) => Some(Message::AttachChallenge {
+                supernode: self.contacts[index],
+                challenge: [index as u8 + 1; 32],
+            }),
+            (_, Message::AttachProof { .. }) => Some(Message::AttachAccepted {
+                keepalive_interval_s: 25,
+                load_pct: 10,
+                peers: BoundedVec::new(),
+            }),
+            (_, Message::Ping { sequence }) => Some(Message::Pong {
+                sequence: *sequence,
+                load_pct: 10,
+                network_load_pct: 10,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Runs the client from `from_ms` to `until_ms`: answers what it sends
+    /// after `latency_ms`, and wakes it at every deadline it asks for.
+    fn run(&mut self, client: &mut Node, from_ms: u64, until_ms: u64) {
+        let mut now_ms = from_ms;
+        let mut replies: BinaryHeap<Reverse<Reply>> = BinaryHeap::new();
+        let mut sequence = 0u64;
+        loop {
+            for transmit in client.drain_transmits() {
+                let message = decode_message(&transmit.bytes);
+                if let Some(reply) = self.answer(transmit.to, &message) {
+                    sequence += 1;
+                    let bytes = encode(&reply).unwrap();
+                    replies.push(Reverse((
+                        now_ms + self.latency_ms,
+                        sequence,
+                        transmit.to,
+                        bytes,
+                    )));
+                }
+                self.log.push((now_ms, transmit.to, message));
+            }
+            for event in client.drain_events() {
+                self.events.push((now_ms, event));
+            }
+            let next_reply = replies.peek().map(|Reverse((t, ..))| *t);
+            // Deadlines are in µs; wake at the first whole ms at or after one.
+            let next_timer = client
+                .poll_timeout()
+                .map(|t| t.0.div_ceil(1_000).max(now_ms));
+            let next = match (next_reply, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if next > until_ms {
+                break;
+            }
+            now_ms = next;
+            if next_reply == Some(now_ms) {
+                let Reverse((_, _, from, bytes)) = replies.pop().unwrap();
+                client.handle(at(now_ms), from, &bytes);
+            } else {
+                client.handle_timeout(at(now_ms));
+                let deadline = client.poll_timeout();
+                assert!(
+                    deadline.is_none_or(|d| d > at(now_ms).instant),
+                    "client still due at {now_ms} ms after handle_timeout: {deadline:?}"
+                );
+            }
+        }
+    }
+
+    fn sent_to(&self, to: Addr, kind: fn(&Message) -> bool) -> Vec<u64> {
+        self.log
+            .iter()
+            .filter(|(_, a, m)| *a == to && kind(m))
+            .map(|(t, ..)| *t)
+            .collect()
+    }
+}
+
+fn is_hello(m: &Message) -> bool {
+    matches!(m, Message::AttachHello { .. })
+}
+
+fn is_ping(m: &Message) -> bool {
+    matches!(m, Message::Ping { .. })
+}
+
+/// Three scripted supernodes and a client that bootstraps from them.
+fn client_with_three_supernodes(params: &Arc<Params>) -> (Node, Vec<Contact>) {
+    let contacts: Vec<Contact> = (0..3)
+        .map(|i| scripted_contact(100 + i, addr(100 + i as u32)))
+        .collect();
+    let client = client(params, 1, addr(1), contacts.clone(), at(0));
+    (client, contacts)
+}
+
+/// The supernodes the client said hello to, by their contacts.
+fn hellos(out: &[(Addr, Message)], contacts: &[Contact]) -> Vec<Contact> {
+    out.iter()
+        .filter(|(_, m)| is_hello(m))
+        .map(|(to, _)| {
+            *contacts
+                .iter()
+                .find(|c| c.addr == *to)
+                .expect("hello to a known supernode")
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+#[test]
+fn client_logs_in_with_a_signed_proof_and_publishes_presence() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let cert = client.identity().cert;
+
+    // At start: a hello to two of the three supernodes, carrying the cert.
+    let out = sent(&mut client);
+    assert_eq!(out.len(), 2, "{out:?}");
+    for (_, message) in &out {
+        assert_eq!(*message, Message::AttachHello { cert });
+    }
+    let chosen = hellos(&out, &contacts);
+    assert_ne!(chosen[0].key, chosen[1].key, "two different supernodes");
+    let [a, b] = [chosen[0], chosen[1]];
+    let other = *contacts
+        .iter()
+        .find(|c| c.key != a.key && c.key != b.key)
+        .unwrap();
+
+    // A challenge from an address the client never said hello to is ignored.
+    let unexpected_before = client.stats().messages_unexpected;
+    deliver(
+        &mut client,
+        at(5),
+        other.addr,
+        &Message::AttachChallenge {
+            supernode: other,
+            challenge: [7; 32],
+        },
+    );
+    assert!(sent(&mut client).is_empty());
+    assert_eq!(client.stats().messages_unexpected, unexpected_before + 1);
+
+    // A challenge from A's address that names another key is refused: the
+    // key is pinned by the host cache.
+    let rejected_before = client.stats().signatures_rejected;
+    deliver(
+        &mut client,
+        at(5),
+        a.addr,
+        &Message::AttachChallenge {
+            supernode: Contact {
+                addr: a.addr,
+                ..other
+            },
+            challenge: [7; 32],
+        },
+    );
+    assert!(sent(&mut client).is_empty());
+    // So is A's key with a nonce that does not solve A's ID puzzle.
+    let bad_nonce = (0..)
+        .find(|n| verify_id_puzzle(&a.key, *n, PUZZLE_BITS).is_err())
+        .unwrap();
+    deliver(
+        &mut client,
+        at(5),
+        a.addr,
+        &Message::AttachChallenge {
+            supernode: Contact {
+                id_nonce: bad_nonce,
+                ..a
+            },
+            challenge: [7; 32],
+        },
+    );
+    assert!(sent(&mut client).is_empty());
+    assert_eq!(client.stats().signatures_rejected, rejected_before + 2);
+
+    // The right challenge gets a proof: the device key signs challenge || supernode key.
+    for (supernode, challenge, time_ms) in [(a, [7u8; 32], 10), (b, [8u8; 32], 20)] {
+        deliver(
+            &mut client,
+            at(time_ms),
+            supernode.addr,
+            &Message::AttachChallenge {
+                supernode,
+                challenge,
+            },
+        );
+        let Message::AttachProof {
+            cert: proof_cert,
+            challenge: proof_challenge,
+            signature,
+        } = only_reply(&mut client, supernode.addr)
+        else {
+            panic!("expected an attach proof");
+        };
+        assert_eq!(proof_cert, cert);
+        assert_eq!(proof_challenge, challenge);
+        let device = cert.body.device_key;
+        let signed = attach_proof_bytes(&challenge, &supernode.key);
+        verify(
+            CryptoMode::Full,
+            &device,
+            domain::ATTACH,
+            &signed,
+            &signature,
+        )
+        .expect("proof signature verifies");
+        // The proof is bound to this supernode: it is worthless at another.
+        let elsewhere = attach_proof_bytes(&challenge, &other.key);
+        assert!(verify(
+            CryptoMode::Full,
+            &device,
+            domain::ATTACH,
+            &elsewhere,
+            &signature
+        )
+        .is_err());
+    }
+
+    // Acceptance: an Attached event, and the peers it names enter the host cache.
+    let peer = scripted_contact(200, addr(200));
+    deliver(
+        &mut client,
+        at(30),
+        a.addr,
+        &Message::AttachAccepted {
+            keepalive_interval_s: 25,
+            load_pct: 5,
+            peers: BoundedVec::truncating([peer]),
+        },
+    );
+    assert_eq!(events(&mut client), vec![Event::Attached { supernode: a }]);
+    assert!(client.host_cache().contains(&peer.key));
+    deliver(
+        &mut client,
+        at(40),
+        b.addr,
+        &Message::AttachAccepted {
+            keepalive_interval_s: 25,
+            load_pct: 5,
+            peers: BoundedVec::new(),
+        },
+    );
+    assert_eq!(events(&mut client), vec![Event::Attached { supernode: b }]);
+    assert_eq!(
+        contacts_set(&client.attached_supernodes()),
+        contacts_set(&[a, b])
+    );
+    assert!(
+        sent(&mut client).is_empty(),
+        "nothing is published before the debounce"
+    );
+
+    // Presence goes out once the debounce (from the first change) has passed.
+    let publish_at_ms = 30 + params.presence_debounce_ms;
+    let deadline = client.poll_timeout().expect("a publication is pending");
+    assert!(
+        deadline <= at(publish_at_ms).instant,
+        "wake-up {deadline:?} after the debounce"
+    );
+    client.handle_timeout(at(publish_at_ms - 1));
+    assert!(
+        sent(&mut client).is_empty(),
+        "published before the debounce"
+    );
+    client.handle_timeout(at(publish_at_ms));
+    let out = sent(&mut client);
+    assert_eq!(out.len(), 2, "one Publish per attached supernode: {out:?}");
+    assert_eq!(
+        out.iter().map(|(to, _)| *to).collect::<BTreeSet<_>>(),
+        BTreeSet::from([a.addr, b.addr])
+    );
+    let Message::Publish { record } = &out[0].1 else {
+        panic!("expected Publish, got {:?}", out[0].1);
+    };
+    assert_eq!(out[1].1, out[0].1, "both supernodes get the same record");
+    let now = at(publish_at_ms);
+    verify_presence(
+        CryptoMode::Full,
+        record,
+        now.unix_s,
+        params.clock_skew_tolerance_s,
+    )
+    .expect("record verifies");
+    assert_eq!(record.body.cert, cert);
+    assert_eq!(contacts_set(&record.body.supernodes), contacts_set(&[a, b]));
+    assert!(record.body.expires_unix_s > now.unix_s);
+    assert_eq!(
+        events(&mut client),
+        vec![Event::PresencePublished {
+            sequence: record.body.sequence
+        }]
+    );
+}
+
+#[test]
+fn client_replaces_a_supernode_that_stops_answering_pings() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let mut script = Script::new(&contacts);
+    script.run(&mut client, 0, 5_000);
+    let attached = client.attached_supernodes();
+    assert_eq!(attached.len(), 2, "{:?}", script.events);
+    let first_attached_ms = script
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Attached { .. }))
+        .map(|(t, _)| *t)
+        .unwrap();
+    let (alive, dead) = (attached[0], attached[1]);
+    let spare = *contacts
+        .iter()
+        .find(|c| c.key != alive.key && c.key != dead.key)
+        .unwrap();
+
+    // From now on `dead` answers nothing.
+    script.set(&dead, Behaviour::Silent);
+    // A missed keepalive is noticed at the next tick at the latest, then
+    // retried with short pong timeouts: detection within two intervals plus
+    // the retries (one interval plus the retries when each ping has a timeout).
+    let bound_ms = first_attached_ms
+        + 2 * params.keepalive_interval_ms
+        + params.keepalive_misses_max as u64 * params.pong_timeout_ms;
+    script.run(&mut client, 5_000, bound_ms + 5_000);
+
+    let detached: Vec<(u64, Event)> = script
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Detached { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(detached.len(), 1, "{detached:?}");
+    let (detached_ms, event) = &detached[0];
+    assert_eq!(
+        *event,
+        Event::Detached {
+            supernode: dead,
+            reason: DetachReason::KeepaliveTimeout
+        }
+    );
+    assert!(
+        *detached_ms <= bound_ms,
+        "detached at {detached_ms} ms, later than 2 x keepalive + misses x pong timeout ({bound_ms} ms)"
+    );
+    assert!(
+        *detached_ms >= first_attached_ms + params.keepalive_interval_ms,
+        "detached before any keepalive was due"
+    );
+    // It pinged the dead supernode before giving up on it, and never the spare.
+    let pings = script.sent_to(dead.addr, is_ping);
+    assert!(
+        pings.len() >= 2,
+        "one unanswered ping is not a failure: {pings:?}"
+    );
+    assert!(pings.iter().all(|t| t <= detached_ms));
+    // The replacement hello goes out at once, to the third supernode.
+    let spare_hellos = script.sent_to(spare.addr, is_hello);
+    assert_eq!(
+        spare_hellos.first(),
+        Some(detached_ms),
+        "no immediate hello to the spare"
+    );
+    assert!(
+        script
+            .sent_to(dead.addr, is_hello)
+            .iter()
+            .all(|t| t < detached_ms),
+        "retried the dead one at once"
+    );
+    assert_eq!(
+        contacts_set(&client.attached_supernodes()),
+        contacts_set(&[alive, spare])
+    );
+    // And the new attachment set is published.
+    let last_publish = script
+        .log
+        .iter()
+        .rev()
+        .find_map(|(_, _, m)| match m {
+            Message::Publish { record } => Some(record.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        contacts_set(&last_publish.body.supernodes),
+        contacts_set(&[alive, spare])
+    );
+}
+
+#[test]
+fn client_defers_a_busy_supernode_and_attaches_elsewhere() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let out = sent(&mut client);
+    let chosen = hellos(&out, &contacts);
+    let busy = chosen[0];
+    let alternates = [
+        scripted_contact(300, addr(300)),
+        scripted_contact(301, addr(301)),
+    ];
+
+    deliver(
+        &mut client,
+        at(10),
+        busy.addr,
+        &Message::Busy {
+            reason: BusyReason::AttachmentsFull,
+            retry_after_ms: 60_000,
+            alternates: BoundedVec::truncating(alternates),
+        },
+    );
+    // Alternates enter the host cache; the busy one is not tried before its hint.
+    for alternate in &alternates {
+        assert!(
+            client.host_cache().contains(&alternate.key),
+            "alternate missing from the host cache"
+        );
+    }
+    let entry = client
+        .host_cache()
+        .entries()
+        .iter()
+        .find(|e| e.contact.key == busy.key)
+        .copied()
+        .unwrap();
+    assert!(
+        entry.not_before_s as u64 >= at(10 + 60_000).instant.as_s(),
+        "busy supernode deferred only until {} s",
+        entry.not_before_s
+    );
+    // It never attached there, so no Detached event; a new hello goes elsewhere.
+    assert!(events(&mut client).is_empty());
+    let out = sent(&mut client);
+    let replacement: Vec<Contact> = out
+        .iter()
+        .filter(|(_, m)| is_hello(m))
+        .map(|(to, _)| {
+            contacts
+                .iter()
+                .chain(alternates.iter())
+                .find(|c| c.addr == *to)
+                .copied()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(replacement.len(), 1, "{out:?}");
+    assert!(replacement[0].key != busy.key && replacement[0].key != chosen[1].key);
+
+    // Run on with the busy one still busy: the client attaches to two others
+    // and leaves the busy one alone until its retry-after has passed.
+    let mut all = contacts.clone();
+    all.extend(alternates);
+    let mut script = Script::new(&all);
+    script.set(&busy, Behaviour::Busy);
+    script
+        .log
+        .extend(out.into_iter().map(|(to, m)| (10, to, m)));
+    // Replay the outstanding hellos so the script answers them.
+    for (to, cert) in [
+        (chosen[1].addr, client.identity().cert),
+        (replacement[0].addr, client.identity().cert),
+    ] {
+        let reply = script.answer(to, &Message::AttachHello { cert }).unwrap();
+        deliver(&mut client, at(15), to, &reply);
+    }
+    script.run(&mut client, 15, 50_000);
+    let attached = client.attached_supernodes();
+    assert_eq!(attached.len(), 2, "{:?}", script.events);
+    assert!(attached.iter().all(|c| c.key != busy.key));
+    assert!(
+        script.sent_to(busy.addr, is_hello).is_empty(),
+        "busy supernode retried before its hint"
+    );
+}
+
+#[test]
+fn client_keeps_its_attachment_when_a_lookup_is_turned_away() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let mut script = Script::new(&contacts);
+    script.run(&mut client, 0, 5_000);
+    let attached = client.attached_supernodes();
+    assert_eq!(attached.len(), 2);
+    client.drain_events().for_each(drop);
+
+    let account = identity(77).account();
+    client.lookup(at(5_000), account);
+    let (to, request) = sent(&mut client).pop().unwrap();
+    let Message::LookupRequest { .. } = request else {
+        panic!("expected a lookup request, got {request:?}");
+    };
+    // The supernode has too many lookups in flight and says so.
+    deliver(
+        &mut client,
+        at(5_010),
+        to,
+        &Message::Busy {
+            reason: BusyReason::LookupsFull,
+            retry_after_ms: 2_000,
+            alternates: BoundedVec::new(),
+        },
+    );
+    let detached: Vec<Event> = events(&mut client)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Detached { .. }))
+        .collect();
+    assert!(
+        detached.is_empty(),
+        "a busy lookup service dropped a healthy attachment: {detached:?}"
+    );
+    assert_eq!(
+        contacts_set(&client.attached_supernodes()),
+        contacts_set(&attached)
+    );
+}
+
+#[test]
+fn client_moves_on_when_its_supernode_detaches_it() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let mut script = Script::new(&contacts);
+    script.run(&mut client, 0, 5_000);
+    let attached = client.attached_supernodes();
+    client.drain_events().for_each(drop);
+    let leaving = attached[0];
+    let spare = *contacts
+        .iter()
+        .find(|c| !attached.iter().any(|a| a.key == c.key))
+        .unwrap();
+    let alternate = scripted_contact(400, addr(400));
+    deliver(
+        &mut client,
+        at(6_000),
+        leaving.addr,
+        &Message::Detach {
+            alternates: BoundedVec::truncating([alternate]),
+        },
+    );
+    assert_eq!(
+        events(&mut client),
+        vec![Event::Detached {
+            supernode: leaving,
+            reason: DetachReason::DetachedBySupernode
+        }]
+    );
+    assert!(client.host_cache().contains(&alternate.key));
+    let out = sent(&mut client);
+    let hello_to: Vec<Addr> = out
+        .iter()
+        .filter(|(_, m)| is_hello(m))
+        .map(|(a, _)| *a)
+        .collect();
+    assert_eq!(hello_to.len(), 1, "{out:?}");
+    assert!(hello_to[0] == spare.addr || hello_to[0] == alternate.addr);
+}
+
+// ---------------------------------------------------------------------------
+// Supernode, driven step by step
+// ---------------------------------------------------------------------------
+
+/// A supernode alone at `addr(1)`, started at 0 ms.
+fn lone_supernode(params: &Arc<Params>) -> Node {
+    let mut supernode = supernode(params, 50, addr(1), Vec::new(), at(0));
+    assert!(supernode.is_supernode());
+    assert!(
+        sent(&mut supernode).is_empty(),
+        "a supernode without seeds has nobody to talk to"
+    );
+    supernode
+}
+
+/// A client made by hand: sends exactly what the test says.
+struct RawClient {
+    addr: Addr,
+    keypair: Keypair,
+    cert: DeviceCert,
+}
+
+impl RawClient {
+    fn honest(seed: u64, address: Addr) -> RawClient {
+        let identity = identity(seed);
+        RawClient {
+            addr: address,
+            keypair: identity.keypair,
+            cert: identity.cert,
+        }
+    }
+
+    /// A device certified by `signer` while the certificate names `account`.
+    fn with_cert(
+        seed: u64,
+        address: Addr,
+        cert_for: impl FnOnce(PublicKey) -> DeviceCert,
+    ) -> RawClient {
+        let keypair = Keypair::generate(CryptoMode::Full, &mut rng(seed));
+        let cert = cert_for(keypair.public());
+        RawClient {
+            addr: address,
+            keypair,
+            cert,
+        }
+    }
+
+    fn hello(&self, supernode: &mut Node, now: Now) -> Message {
+        deliver(
+            supernode,
+            now,
+            self.addr,
+            &Message::AttachHello { cert: self.cert },
+        );
+        only_reply(supernode, self.addr)
+    }
+
+    /// Says hello and returns the challenge.
+    fn challenge(&self, supernode: &mut Node, now: Now) -> [u8; 32] {
+        match self.hello(supernode, now) {
+            Message::AttachChallenge {
+                supernode: contact,
+                challenge,
+            } => {
+                assert_eq!(Some(contact), supernode.supernode_contact());
+                challenge
+            }
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    fn proof(&self, challenge: [u8; 32], supernode_key: &PublicKey) -> Message {
+        Message::AttachProof {
+            cert: self.cert,
+            challenge,
+            signature: self.keypair.sign(
+                domain::ATTACH,
+                &attach_proof_bytes(&challenge, supernode_key),
+            ),
+        }
+    }
+
+    /// Runs the whole handshake and returns the supernode's last answer (if any).
+    fn attach(&self, supernode: &mut Node, now: Now) -> Option<Message> {
+        let challenge = self.challenge(supernode, now);
+        let key = supernode.supernode_contact().unwrap().key;
+        deliver(supernode, now, self.addr, &self.proof(challenge, &key));
+        sent(supernode).pop().map(|(_, m)| m)
+    }
+}
+
+fn is_accepted(message: &Option<Message>) -> bool {
+    matches!(message, Some(Message::AttachAccepted { .. }))
+}
+
+#[test]
+fn supernode_admits_a_real_client_and_keeps_it_alive() {
+    let params = Arc::new(params());
+    let mut supernode = lone_supernode(&params);
+    let contact = supernode.supernode_contact().unwrap();
+    assert!(verify_id_puzzle(&contact.key, contact.id_nonce, PUZZLE_BITS).is_ok());
+    let client_addr = addr(2);
+    let mut client = client(&params, 2, client_addr, vec![contact], at(0));
+
+    // Hello → challenge naming the supernode's own contact.
+    let hello = only_reply(&mut client, contact.addr);
+    assert!(is_hello(&hello));
+    deliver(&mut supernode, at(10), client_addr, &hello);
+    let challenge = only_reply(&mut supernode, client_addr);
+    let Message::AttachChallenge {
+        supernode: named, ..
+    } = &challenge
+    else {
+        panic!("expected a challenge, got {challenge:?}");
+    };
+    assert_eq!(*named, contact);
+    assert_eq!(
+        supernode.attached_clients(),
+        0,
+        "a hello alone takes no slot"
+    );
+
+    // Challenge → proof → accepted.
+    deliver(&mut client, at(20), contact.addr, &challenge);
+    let proof = only_reply(&mut client, contact.addr);
+    assert!(matches!(proof, Message::AttachProof { .. }));
+    deliver(&mut supernode, at(30), client_addr, &proof);
+    let accepted = only_reply(&mut supernode, client_addr);
+    let Message::AttachAccepted {
+        keepalive_interval_s,
+        ..
+    } = &accepted
+    else {
+        panic!("expected acceptance, got {accepted:?}");
+    };
+    assert_eq!(
+        *keepalive_interval_s as u64,
+        params.keepalive_interval_ms / 1_000
+    );
+    assert_eq!(supernode.attached_clients(), 1);
+    deliver(&mut client, at(40), contact.addr, &accepted);
+    assert_eq!(
+        events(&mut client),
+        vec![Event::Attached { supernode: contact }]
+    );
+
+    // Ping → pong with the same sequence.
+    deliver(
+        &mut supernode,
+        at(50),
+        client_addr,
+        &Message::Ping { sequence: 41 },
+    );
+    let pong = only_reply(&mut supernode, client_addr);
+    assert!(
+        matches!(pong, Message::Pong { sequence: 41, .. }),
+        "{pong:?}"
+    );
+
+    // A stranger's ping, publish or lookup: NotAttached, and nothing else.
+    let stranger = addr(99);
+    deliver(
+        &mut supernode,
+        at(60),
+        stranger,
+        &Message::Ping { sequence: 1 },
+    );
+    assert_eq!(only_reply(&mut supernode, stranger), Message::NotAttached);
+    deliver(
+        &mut supernode,
+        at(60),
+        stranger,
+        &Message::LookupRequest {
+            query_id: 1,
+            account: PublicKey([3; 32]),
+        },
+    );
+    assert_eq!(only_reply(&mut supernode, stranger), Message::NotAttached);
+    assert_eq!(supernode.attached_clients(), 1);
+
+    // The client publishes after the debounce; the supernode stores the
+    // record (it is the only replica) and answers a lookup from it.
+    client.handle_timeout(at(40 + params.presence_debounce_ms));
+    let publish = only_reply(&mut client, contact.addr);
+    let Message::Publish { record } = &publish else {
+        panic!("expected Publish, got {publish:?}");
+    };
+    deliver(&mut supernode, at(2_000), client_addr, &publish);
+    assert!(sent(&mut supernode).is_empty());
+    assert_eq!(supernode.stored_records(), 1);
+    deliver(
+        &mut supernode,
+        at(2_100),
+        client_addr,
+        &Message::LookupRequest {
+            query_id: 9,
+            account: client.identity().account(),
+        },
+    );
+    assert_eq!(
+        only_reply(&mut supernode, client_addr),
+        Message::LookupResponse {
+            query_id: 9,
+            record: Some(record.clone()),
+            hops: 0
+        }
+    );
+
+    // A client that stops pinging loses its slot after the idle timeout.
+    let idle_ms = 2_100 + params.client_idle_timeout_ms + params.sweep_interval_ms;
+    let mut now_ms = 2_100;
+    while now_ms < idle_ms {
+        now_ms = supernode.poll_timeout().unwrap().as_ms().max(now_ms + 1);
+        supernode.handle_timeout(at(now_ms));
+    }
+    assert_eq!(supernode.attached_clients(), 0);
+    deliver(
+        &mut supernode,
+        at(now_ms),
+        client_addr,
+        &Message::Ping { sequence: 42 },
+    );
+    assert_eq!(
+        only_reply(&mut supernode, client_addr),
+        Message::NotAttached
+    );
+}
+
+#[test]
+fn supernode_refuses_forged_and_stale_logins_and_keeps_serving() {
+    let params = Arc::new(params());
+    let mut supernode = lone_supernode(&params);
+    let key = supernode.supernode_contact().unwrap().key;
+    let now = at(1_000);
+
+    // An honest client attaches first.
+    let honest = RawClient::honest(10, addr(10));
+    assert!(is_accepted(&honest.attach(&mut supernode, now)));
+    assert_eq!(supernode.attached_clients(), 1);
+
+    let refused = |supernode: &mut Node, from: Addr, proof: &Message, now: Now| {
+        let rejected =
+            supernode.stats().signatures_rejected + supernode.stats().messages_unexpected;
+        deliver(supernode, now, from, proof);
+        let out = sent(supernode);
+        assert!(
+            !out.iter()
+                .any(|(_, m)| matches!(m, Message::AttachAccepted { .. })),
+            "accepted a bad proof {proof:?}"
+        );
+        assert!(
+            supernode.stats().signatures_rejected + supernode.stats().messages_unexpected
+                > rejected,
+            "a refused proof should be counted"
+        );
+    };
+
+    // 1. Forged signature: right challenge, one bit of the signature flipped.
+    let mallory = RawClient::honest(11, addr(11));
+    let challenge = mallory.challenge(&mut supernode, now);
+    let Message::AttachProof {
+        cert, signature, ..
+    } = mallory.proof(challenge, &key)
+    else {
+        unreachable!()
+    };
+    let mut forged = signature;
+    forged.0[0] ^= 1;
+    refused(
+        &mut supernode,
+        mallory.addr,
+        &Message::AttachProof {
+            cert,
+            challenge,
+            signature: forged,
+        },
+        now,
+    );
+    refused(
+        &mut supernode,
+        mallory.addr,
+        &Message::AttachProof {
+            cert,
+            challenge,
+            signature: Signature([0; 64]),
+        },
+        now,
+    );
+    // 2. A proof made for another supernode's key.
+    refused(
+        &mut supernode,
+        mallory.addr,
+        &mallory.proof(challenge, &PublicKey([9; 32])),
+        now,
+    );
+    // 3. A challenge issued to another address (a replayed or relayed login).
+    let elsewhere = RawClient {
+        addr: addr(12),
+        ..RawClient::honest(11, addr(12))
+    };
+    refused(
+        &mut supernode,
+        elsewhere.addr,
+        &elsewhere.proof(challenge, &key),
+        now,
+    );
+    // 4. A challenge issued for another device.
+    let other_device = RawClient::honest(13, mallory.addr);
+    refused(
+        &mut supernode,
+        mallory.addr,
+        &other_device.proof(challenge, &key),
+        now,
+    );
+    // 5. A certificate signed by an account other than the one it names.
+    let victim_account = identity(14).account();
+    let wrong_signer = RawClient::with_cert(15, addr(15), |device| {
+        let impostor = Keypair::generate(CryptoMode::Full, &mut rng(16));
+        let mut cert = issue_device_cert(&impostor, device, UNIX0 + 3_600);
+        cert.body.account_key = victim_account;
+        cert
+    });
+    let challenge = wrong_signer.challenge(&mut supernode, now);
+    refused(
+        &mut supernode,
+        wrong_signer.addr,
+        &wrong_signer.proof(challenge, &key),
+        now,
+    );
+    // 6. An expired certificate (beyond the clock-skew tolerance).
+    let expired = RawClient::with_cert(17, addr(17), |device| {
+        let account = Keypair::generate(CryptoMode::Full, &mut rng(18));
+        issue_device_cert(
+            &account,
+            device,
+            UNIX0 - params.clock_skew_tolerance_s - 3_600,
+        )
+    });
+    let challenge = expired.challenge(&mut supernode, now);
+    refused(
+        &mut supernode,
+        expired.addr,
+        &expired.proof(challenge, &key),
+        now,
+    );
+    // 7. A stale challenge: valid in its window and the next only.
+    let late = RawClient::honest(19, addr(19));
+    let challenge = late.challenge(&mut supernode, now);
+    let much_later = at(1_000 + 2 * params.challenge_window_s * 1_000 + 1_000);
+    refused(
+        &mut supernode,
+        late.addr,
+        &late.proof(challenge, &key),
+        much_later,
+    );
+    // 8. The honest client's own proof replayed from another address.
+    let replayed_challenge = honest.challenge(&mut supernode, now);
+    let replay = honest.proof(replayed_challenge, &key);
+    refused(&mut supernode, addr(20), &replay, now);
+
+    assert_eq!(supernode.attached_clients(), 1, "a bad proof took a slot");
+    // The honest client is still served, and a new honest one still gets in.
+    deliver(
+        &mut supernode,
+        now,
+        honest.addr,
+        &Message::Ping { sequence: 5 },
+    );
+    assert!(matches!(
+        only_reply(&mut supernode, honest.addr),
+        Message::Pong { sequence: 5, .. }
+    ));
+    let newcomer = RawClient::honest(21, addr(21));
+    assert!(is_accepted(&newcomer.attach(&mut supernode, now)));
+    assert_eq!(supernode.attached_clients(), 2);
+    // A certificate expired by less than the skew tolerance is still accepted.
+    let skewed = RawClient::with_cert(22, addr(22), |device| {
+        let account = Keypair::generate(CryptoMode::Full, &mut rng(23));
+        issue_device_cert(&account, device, UNIX0 - params.clock_skew_tolerance_s / 2)
+    });
+    assert!(is_accepted(&skewed.attach(&mut supernode, now)));
+}
+
+/// Two supernodes, B joined through A, gossip shuttled until both know each other.
+fn two_supernodes(params: &Arc<Params>) -> (Node, Node) {
+    let mut a = supernode(params, 60, addr(1), Vec::new(), at(0));
+    let mut b = supernode(
+        params,
+        61,
+        addr(2),
+        vec![a.supernode_contact().unwrap()],
+        at(0),
+    );
+    let (a_addr, b_addr) = (addr(1), addr(2));
+    for step in 0..10 {
+        let now = at(step);
+        for (to, message) in sent(&mut b) {
+            assert_eq!(to, a_addr);
+            deliver(&mut a, now, b_addr, &message);
+        }
+        for (to, message) in sent(&mut a) {
+            assert_eq!(to, b_addr);
+            deliver(&mut b, now, a_addr, &message);
+        }
+    }
+    assert_eq!((a.membership_len(), b.membership_len()), (2, 2));
+    (a, b)
+}
+
+#[test]
+fn supernode_at_capacity_answers_busy_with_alternates() {
+    let params = Arc::new(Params {
+        supernode_capacity_attachments: 1,
+        ..params()
+    });
+    let (mut supernode, other) = two_supernodes(&params);
+    let other_contact = other.supernode_contact().unwrap();
+    let now = at(100);
+
+    let first = RawClient::honest(30, addr(30));
+    assert!(is_accepted(&first.attach(&mut supernode, now)));
+    let second = RawClient::honest(31, addr(31));
+    let Message::Busy {
+        reason,
+        retry_after_ms,
+        alternates,
+    } = second.hello(&mut supernode, now)
+    else {
+        panic!("expected Busy");
+    };
+    assert_eq!(reason, BusyReason::AttachmentsFull);
+    assert!(retry_after_ms > 0);
+    assert_eq!(
+        alternates.as_slice(),
+        &[other_contact],
+        "the alternate is the supernode with room"
+    );
+    // The attached client may say hello again (its slot is its own).
+    assert!(matches!(
+        first.hello(&mut supernode, now),
+        Message::AttachChallenge { .. }
+    ));
+
+    // Two clients both challenged while a slot is free: only one gets it.
+
+    let mut lone = lone_supernode(&params);
+    let key = lone.supernode_contact().unwrap().key;
+    let (x, y) = (
+        RawClient::honest(32, addr(32)),
+        RawClient::honest(33, addr(33)),
+    );
+    let (cx, cy) = (x.challenge(&mut lone, now), y.challenge(&mut lone, now));
+    deliver(&mut lone, now, x.addr, &x.proof(cx, &key));
+    assert!(matches!(
+        only_reply(&mut lone, x.addr),
+        Message::AttachAccepted { .. }
+    ));
+    deliver(&mut lone, now, y.addr, &y.proof(cy, &key));
+    assert!(matches!(
+        only_reply(&mut lone, y.addr),
+        Message::Busy {
+            reason: BusyReason::AttachmentsFull,
+            ..
+        }
+    ));
+    assert_eq!(lone.attached_clients(), 1);
+    // Once the first leaves, the second gets in.
+    deliver(
+        &mut lone,
+        now,
+        x.addr,
+        &Message::Detach {
+            alternates: BoundedVec::new(),
+        },
+    );
+    assert_eq!(lone.attached_clients(), 0);
+    assert!(is_accepted(&y.attach(&mut lone, now)));
+}
+
+#[test]
+fn supernode_answers_unknown_versions_and_counts_garbage() {
+    let params = Arc::new(params());
+    let mut supernode = lone_supernode(&params);
+    let mut client = client(
+        &params,
+        3,
+        addr(3),
+        vec![supernode.supernode_contact().unwrap()],
+        at(0),
+    );
+    client.drain_transmits().for_each(drop);
+    let peer = addr(40);
+
+    for node in [&mut supernode, &mut client] {
+        for (i, datagram) in [vec![2u8, 0, 1, 2], vec![2], vec![0xff; 40]]
+            .iter()
+            .enumerate()
+        {
+            node.handle(at(10), peer, datagram);
+            let out: Vec<_> = node.drain_transmits().collect();
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!(out[0].to, peer);
+            assert_eq!(
+                decode(&out[0].bytes),
+                Ok(Frame::Versions(VersionInfo::OURS))
+            );
+            assert_eq!(node.stats().datagrams_unsupported_version, i as u64 + 1);
+        }
+
+        // A version frame is taken in silently (no answer, so no loop between two nodes).
+        node.handle(at(10), peer, &[0, 1, 1]);
+        assert_eq!(node.drain_transmits().count(), 0);
+
+        let valid = encode(&Message::Ping { sequence: 300 }).unwrap();
+        let mut trailing = valid.clone();
+        trailing.push(0);
+        let garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![1],
+            vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            vec![1, 200],
+            valid[..valid.len() - 1].to_vec(),
+            trailing,
+            vec![0, 1],
+            vec![1; 20_000],
+        ];
+        let malformed_before = node.stats().datagrams_malformed;
+        for datagram in &garbage {
+            node.handle(at(20), peer, datagram);
+        }
+        assert_eq!(
+            node.stats().datagrams_malformed,
+            malformed_before + garbage.len() as u64
+        );
+        assert_eq!(node.drain_transmits().count(), 0, "garbage got an answer");
+        assert_eq!(node.drain_events().count(), 0, "garbage caused an event");
+    }
+    assert_eq!(supernode.attached_clients(), 0);
+}
+
+#[test]
+fn supernode_turns_lookups_away_when_too_many_are_in_flight() {
+    let params = Arc::new(Params {
+        lookups_in_flight_max: 1,
+        ..params()
+    });
+    let (mut supernode, _other) = two_supernodes(&params);
+    let now = at(100);
+    let (x, y) = (
+        RawClient::honest(34, addr(34)),
+        RawClient::honest(35, addr(35)),
+    );
+    assert!(is_accepted(&x.attach(&mut supernode, now)));
+    assert!(is_accepted(&y.attach(&mut supernode, now)));
+    let account = identity(36).account();
+    // X's lookup goes out to the other supernode (which, here, never answers)...
+    deliver(
+        &mut supernode,
+        now,
+        x.addr,
+        &Message::LookupRequest {
+            query_id: 1,
+            account,
+        },
+    );
+    let out = sent(&mut supernode);
+    assert!(
+        out.iter().any(|(to, m)| *to == addr(2)
+            && matches!(m, Message::FindValue { key, .. } if *key == presence_key(&account))),
+        "{out:?}"
+    );
+    // ...so Y's is turned away with LookupsFull.
+    deliver(
+        &mut supernode,
+        now,
+        y.addr,
+        &Message::LookupRequest {
+            query_id: 2,
+            account,
+        },
+    );
+    assert!(matches!(
+        only_reply(&mut supernode, y.addr),
+        Message::Busy {
+            reason: BusyReason::LookupsFull,
+            ..
+        }
+    ));
+    // When X's lookup round times out, X gets its (empty) answer and room is free again.
+    let later = at(100 + params.find_request_timeout_ms);
+    supernode.handle_timeout(later);
+    let out = sent(&mut supernode);
+    assert!(
+        out.iter().any(|(to, m)| *to == x.addr
+            && *m
+                == Message::LookupResponse {
+                    query_id: 1,
+                    record: None,
+                    hops: 0
+                }),
+        "{out:?}"
+    );
+    deliver(
+        &mut supernode,
+        later,
+        y.addr,
+        &Message::LookupRequest {
+            query_id: 3,
+            account,
+        },
+    );
+    assert!(sent(&mut supernode)
+        .iter()
+        .all(|(_, m)| !matches!(m, Message::Busy { .. })));
+}
+
+/// A record for `device` signed properly, with the given expiry.
+fn signed_record(
+    device: &DeviceIdentity,
+    sequence: u64,
+    issued_unix_s: u64,
+    expires_unix_s: u64,
+) -> PresenceRecord {
+    sign_presence(
+        &device.keypair,
+        PresenceBody {
+            cert: device.cert,
+            sequence,
+            issued_unix_s,
+            expires_unix_s,
+            supernodes: BoundedVec::new(),
+        },
+    )
+}
+
+#[test]
+fn supernode_stores_only_valid_records_and_serves_them() {
+    let params = Arc::new(params());
+    let mut supernode = lone_supernode(&params);
+    let now = at(1_000);
+    let device = identity(37);
+    let record = signed_record(&device, 5, now.unix_s, now.unix_s + 3_600);
+    let key = presence_key(&device.account());
+
+    // A tampered record is refused.
+    let mut tampered = record.clone();
+    tampered.body.sequence = 6;
+    let rejected = supernode.stats().signatures_rejected;
+    deliver(
+        &mut supernode,
+        now,
+        addr(50),
+        &Message::Store { record: tampered },
+    );
+    assert_eq!(supernode.stats().signatures_rejected, rejected + 1);
+    assert_eq!(supernode.stored_records(), 0);
+
+    deliver(
+        &mut supernode,
+        now,
+        addr(50),
+        &Message::Store {
+            record: record.clone(),
+        },
+    );
+    assert_eq!(supernode.stored_records(), 1);
+    // An older sequence does not replace it.
+    let older = signed_record(&device, 4, now.unix_s, now.unix_s + 7_200);
+    deliver(
+        &mut supernode,
+        now,
+        addr(50),
+        &Message::Store { record: older },
+    );
+    deliver(
+        &mut supernode,
+        now,
+        addr(51),
+        &Message::FindValue { query_id: 8, key },
+    );
+    assert_eq!(
+        only_reply(&mut supernode, addr(51)),
+        Message::FindValueResponse {
+            query_id: 8,
+            record: Some(record.clone()),
+            closer: BoundedVec::new()
+        }
+    );
+    // Once expired (beyond the skew tolerance) it is no longer served.
+    let expired_at = at((3_600 + params.clock_skew_tolerance_s + 10) * 1_000);
+    deliver(
+        &mut supernode,
+        expired_at,
+        addr(51),
+        &Message::FindValue { query_id: 9, key },
+    );
+    let Message::FindValueResponse { record: served, .. } = only_reply(&mut supernode, addr(51))
+    else {
+        panic!("expected FindValueResponse");
+    };
+    assert_eq!(served, None);
+}
+
+#[test]
+fn supernode_survives_a_record_that_never_expires() {
+    let params = Arc::new(params());
+    let mut supernode = lone_supernode(&params);
+    let now = at(1_000);
+    // Anyone can make an account and certify a device until the end of time;
+    // the signatures are valid, so the record is stored.
+    let account = Keypair::generate(CryptoMode::Full, &mut rng(38));
+    let device = Keypair::generate(CryptoMode::Full, &mut rng(39));
+    let forever = DeviceIdentity {
+        cert: issue_device_cert(&account, device.public(), u64::MAX),
+        keypair: device,
+    };
+    let record = signed_record(&forever, 1, now.unix_s, u64::MAX);
+    verify_presence(
+        CryptoMode::Full,
+        &record,
+        now.unix_s,
+        params.clock_skew_tolerance_s,
+    )
+    .unwrap();
+    deliver(
+        &mut supernode,
+        now,
+        addr(52),
+        &Message::Store {
+            record: record.clone(),
+        },
+    );
+    assert_eq!(supernode.stored_records(), 1);
+    // Reading it back adds the skew tolerance to the expiry: overflow.
+    let key = presence_key(&account.public());
+    deliver(
+        &mut supernode,
+        now,
+        addr(53),
+        &Message::FindValue { query_id: 1, key },
+    );
+    assert!(matches!(
+        only_reply(&mut supernode, addr(53)),
+        Message::FindValueResponse {
+            record: Some(_),
+            ..
+        }
+    ));
+    // So does the periodic record sweep.
+    let mut now_ms = 1_000;
+    while now_ms < 130_000 {
+        now_ms = supernode.poll_timeout().unwrap().as_ms().max(now_ms + 1);
+        supernode.handle_timeout(at(now_ms));
+    }
+}
+
+#[test]
+fn refuting_a_rumour_never_lowers_the_incarnation() {
+    let params = Arc::new(params());
+    let (mut a, _b) = two_supernodes(&params);
+    let me = a.supernode_contact().unwrap();
+    let rumour = MemberUpdate {
+        contact: me,
+        incarnation: u32::MAX,
+        state: MemberState::Suspect,
+        load_pct: 0,
+    };
+    let gossiper = scripted_contact(500, addr(500));
+    let sender = MemberUpdate {
+        contact: gossiper,
+        incarnation: 1,
+        state: MemberState::Alive,
+        load_pct: 0,
+    };
+    deliver(
+        &mut a,
+        at(100),
+        gossiper.addr,
+        &Message::GossipPing {
+            sequence: 1,
+            sender,
+            updates: BoundedVec::truncating([rumour]),
+        },
+    );
+    let acks: Vec<MemberUpdate> = sent(&mut a)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::GossipAck { sender, .. } if sender.contact.key == me.key => Some(sender),
+            _ => None,
+        })
+        .collect();
+    assert!(!acks.is_empty());
+    // A rumour implausibly far ahead of our incarnation is ignored (it is
+    // forged or corrupt); either way the incarnation must never wrap.
+    for me_now in acks {
+        assert_eq!(me_now.state, MemberState::Alive);
+        assert!(
+            me_now.incarnation >= 1_000_000_000,
+            "the incarnation wrapped to {}",
+            me_now.incarnation
+        );
+    }
+}
+
+#[test]
+fn poll_transmit_yields_datagrams_in_the_order_they_were_queued() {
+    let params = Arc::new(params());
+    let contacts: Vec<Contact> = (0..3)
+        .map(|i| scripted_contact(100 + i, addr(100 + i as u32)))
+        .collect();
+    let mut drained = client(&params, 1, addr(1), contacts.clone(), at(0));
+    let mut polled = client(&params, 1, addr(1), contacts, at(0));
+    let in_order: Vec<Addr> = drained.drain_transmits().map(|t| t.to).collect();
+    let by_poll: Vec<Addr> = std::iter::from_fn(|| polled.poll_transmit())
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(in_order.len(), 2);
+    assert_eq!(by_poll, in_order);
+}
+
+#[test]
+fn client_stays_detached_after_shutdown() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let mut script = Script::new(&contacts);
+    script.run(&mut client, 0, 5_000);
+    assert_eq!(client.attached_supernodes().len(), 2);
+    client.shutdown(at(5_000));
+    let out = sent(&mut client);
+    assert_eq!(out.len(), 2, "one Detach per attached supernode: {out:?}");
+    assert!(out.iter().all(|(_, m)| matches!(m, Message::Detach { .. })));
+    // A driver that keeps the node until its datagrams are flushed keeps
+    // waking it; the node must not log in again.
+    script.log.clear();
+    script.run(&mut client, 5_000, 120_000);
+    let hellos: Vec<&(u64, Addr, Message)> =
+        script.log.iter().filter(|(_, _, m)| is_hello(m)).collect();
+    assert!(
+        hellos.is_empty(),
+        "logged in again after shutdown: {hellos:?}"
+    );
+}
+
+#[test]
+fn supernode_admits_nobody_after_shutdown() {
+    let params = Arc::new(params());
+    let mut supernode = lone_supernode(&params);
+    supernode.shutdown(at(10));
+    supernode.drain_transmits().for_each(drop);
+    let late = RawClient::honest(40, addr(40));
+    deliver(
+        &mut supernode,
+        at(20),
+        late.addr,
+        &Message::AttachHello { cert: late.cert },
+    );
+    let answer = sent(&mut supernode).pop().map(|(_, m)| m);
+    assert!(
+        !matches!(answer, Some(Message::AttachChallenge { .. })),
+        "a supernode that has left still hands out challenges"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A small network: real nodes, a fixed latency, one event loop
+// ---------------------------------------------------------------------------
+
+/// A datagram on the wire: (arrival µs, tie-break sequence, to node, from, bytes).
+type InFlight = (u64, u64, usize, Addr, Vec<u8>);
+
+/// Real nodes exchanging datagrams with a fixed one-way latency. Time is in
+/// µs; every node shares one clock. A crashed node neither sends, receives
+/// nor wakes.
+struct Net {
+    nodes: Vec<Node>,
+    addrs: Vec<Addr>,
+    crashed: Vec<bool>,
+    index_of: HashMap<Addr, usize>,
+    queue: BinaryHeap<Reverse<InFlight>>,
+    sequence: u64,
+    now_us: u64,
+    latency_us: u64,
+    /// Every event, with the node's index and the time in µs.
+    events: Vec<(usize, u64, Event)>,
+    delivered: u64,
+}
+
+impl Net {
+    fn new(latency_ms: u64) -> Net {
+        Net {
+            nodes: Vec::new(),
+            addrs: Vec::new(),
+            crashed: Vec::new(),
+            index_of: HashMap::new(),
+            queue: BinaryHeap::new(),
+            sequence: 0,
+            now_us: 0,
+            latency_us: latency_ms * 1_000,
+            events: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: Instant(self.now_us),
+            unix_s: UNIX0 + self.now_us / 1_000_000,
+        }
+    }
+
+    fn add(&mut self, node: Node, address: Addr) -> usize {
+        let index = self.nodes.len();
+        self.nodes.push(node);
+        self.addrs.push(address);
+        self.crashed.push(false);
+        self.index_of.insert(address, index);
+        self.flush(index);
+        index
+    }
+
+    fn crash(&mut self, index: usize) {
+        self.crashed[index] = true;
+        self.nodes[index].drain_transmits().for_each(drop);
+    }
+
+    fn flush(&mut self, index: usize) {
+        let from = self.addrs[index];
+        let at_us = self.now_us + self.latency_us;
+        let transmits: Vec<_> = self.nodes[index].drain_transmits().collect();
+        for transmit in transmits {
+            if let Some(&to) = self.index_of.get(&transmit.to) {
+                self.sequence += 1;
+                self.queue
+                    .push(Reverse((at_us, self.sequence, to, from, transmit.bytes)));
+            }
+        }
+        let now_us = self.now_us;
+        let events: Vec<_> = self.nodes[index].drain_events().collect();
+        self.events
+            .extend(events.into_iter().map(|e| (index, now_us, e)));
+    }
+
+    fn next_timer_us(&self) -> Option<u64> {
+        (0..self.nodes.len())
+            .filter(|i| !self.crashed[*i])
+            .filter_map(|i| self.nodes[i].poll_timeout())
+            .map(|t| t.0.max(self.now_us))
+            .min()
+    }
+
+    fn run_until_ms(&mut self, end_ms: u64) {
+        let end_us = end_ms * 1_000;
+        loop {
+            let next_message = self.queue.peek().map(|Reverse((t, ..))| *t);
+            let next_timer = self.next_timer_us();
+            let next = match (next_message, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(u64::MAX),
+            };
+            if next > end_us {
+                self.now_us = end_us;
+                return;
+            }
+            self.now_us = next;
+            let now = self.now();
+            if next_message == Some(next) {
+                let Reverse((_, _, to, from, bytes)) = self.queue.pop().unwrap();
+                let from_crashed = self.index_of.get(&from).is_some_and(|i| self.crashed[*i]);
+                if self.crashed[to] || from_crashed {
+                    continue;
+                }
+                self.delivered += 1;
+                self.nodes[to].handle(now, from, &bytes);
+                self.flush(to);
+                continue;
+            }
+            for index in 0..self.nodes.len() {
+                if self.crashed[index] {
+                    continue;
+                }
+                if self.nodes[index]
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now.instant)
+                {
+                    self.nodes[index].handle_timeout(now);
+                    let deadline = self.nodes[index].poll_timeout();
+                    assert!(
+                        deadline.is_none_or(|d| d > now.instant),
+                        "node {index} still due after handle_timeout at {} µs: {deadline:?}",
+                        self.now_us
+                    );
+                    self.flush(index);
+                }
+            }
+        }
+    }
+
+    /// Runs a lookup from `asker` to completion and returns its record.
+    fn lookup(
+        &mut self,
+        params: &Params,
+        asker: usize,
+        account: PublicKey,
+    ) -> Option<PresenceRecord> {
+        let started = self.events.len();
+        let now = self.now();
+        self.nodes[asker].lookup(now, account);
+        self.flush(asker);
+        let end_ms = now.instant.as_ms() + 2 * params.lookup_timeout_ms + 1_000;
+        self.run_until_ms(end_ms);
+        let done: Vec<Option<PresenceRecord>> = self.events[started..]
+            .iter()
+            .filter_map(|(i, _, e)| match e {
+                Event::LookupDone {
+                    account: a, record, ..
+                } if *i == asker && *a == account => Some(record.as_deref().cloned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done.len(), 1, "one LookupDone per lookup: {done:?}");
+        done.into_iter().next().unwrap()
+    }
+}
+
+const NET_SUPERNODES: usize = 6;
+const NET_CLIENTS: usize = 10;
+
+/// Six supernodes (all joined through the first) and ten clients that come
+/// up over the first two seconds, each knowing every supernode.
+fn small_network(params: &Arc<Params>) -> (Net, Vec<Contact>, Vec<usize>) {
+    let mut net = Net::new(10);
+    let first = supernode(params, 1_000, addr(1_000), Vec::new(), net.now());
+    let seed_contact = first.supernode_contact().unwrap();
+    let mut supernode_contacts = vec![seed_contact];
+    net.add(first, addr(1_000));
+    for i in 1..NET_SUPERNODES {
+        let address = addr(1_000 + i as u32);
+        let node = supernode(
+            params,
+            1_000 + i as u64,
+            address,
+            vec![seed_contact],
+            net.now(),
+        );
+        supernode_contacts.push(node.supernode_contact().unwrap());
+        net.add(node, address);
+    }
+    let mut clients = Vec::new();
+    for i in 0..NET_CLIENTS {
+        net.run_until_ms(200 * i as u64);
+        let address = addr(2_000 + i as u32);
+        let node = client(
+            params,
+            2_000 + i as u64,
+            address,
+            supernode_contacts.clone(),
+            net.now(),
+        );
+        clients.push(net.add(node, address));
+    }
+    (net, supernode_contacts, clients)
+}
+
+/// Every live client is attached to the target number of distinct live supernodes.
+fn assert_everyone_attached(
+    net: &Net,
+    params: &Params,
+    live_supernodes: &[Contact],
+    clients: &[usize],
+) {
+    for &index in clients {
+        let attached = net.nodes[index].attached_supernodes();
+        assert_eq!(
+            attached.len(),
+            params.attachments_target,
+            "client {index} is attached to {attached:?}"
+        );
+        assert_eq!(
+            contacts_set(&attached).len(),
+            attached.len(),
+            "client {index} attached twice to one"
+        );
+        assert!(
+            attached.iter().all(|c| live_supernodes.contains(c)),
+            "client {index} is attached to a dead supernode: {attached:?}"
+        );
+    }
+    for (index, node) in net.nodes.iter().enumerate() {
+        assert!(
+            node.attached_clients() <= params.supernode_capacity_attachments,
+            "supernode {index} over capacity"
+        );
+    }
+}
+
+#[test]
+fn small_network_attaches_everyone_and_finds_presence() {
+    let params = Arc::new(params());
+    let (mut net, supernode_contacts, clients) = small_network(&params);
+    net.run_until_ms(60_000);
+
+    for index in 0..NET_SUPERNODES {
+        assert_eq!(
+            net.nodes[index].membership_len(),
+            NET_SUPERNODES,
+            "supernode {index} does not know every supernode"
+        );
+    }
+    assert_everyone_attached(&net, &params, &supernode_contacts, &clients);
+    let attachments: usize = (0..NET_SUPERNODES)
+        .map(|i| net.nodes[i].attached_clients())
+        .sum();
+    assert_eq!(
+        attachments,
+        NET_CLIENTS * params.attachments_target,
+        "supernodes and clients disagree"
+    );
+    let detached = net
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::Detached { .. }))
+        .count();
+    assert_eq!(detached, 0, "a healthy network detached someone");
+    // Gossip ran: at least one probe a second per supernode.
+    assert!(
+        net.delivered > (NET_SUPERNODES * 60) as u64,
+        "only {} datagrams delivered",
+        net.delivered
+    );
+
+    // Client 0 looks up client 7, and an account nobody uses.
+    let (asker, target) = (clients[0], clients[7]);
+    let account = net.nodes[target].identity().account();
+    let record = net
+        .lookup(&params, asker, account)
+        .expect("no record found for an online client");
+    assert_eq!(record.body.cert.body.account_key, account);
+    verify_presence(
+        CryptoMode::Full,
+        &record,
+        net.now().unix_s,
+        params.clock_skew_tolerance_s,
+    )
+    .unwrap();
+    assert_eq!(
+        contacts_set(&record.body.supernodes),
+        contacts_set(&net.nodes[target].attached_supernodes())
+    );
+    let nobody = identity(9_999).account();
+    assert_eq!(
+        net.lookup(&params, asker, nobody),
+        None,
+        "an unknown account must come back empty"
+    );
+}
+
+#[test]
+fn small_network_recovers_from_a_supernode_crash() {
+    let params = Arc::new(params());
+    let (mut net, supernode_contacts, clients) = small_network(&params);
+    net.run_until_ms(60_000);
+    assert_everyone_attached(&net, &params, &supernode_contacts, &clients);
+
+    // Crash the supernode with the most clients.
+    let victim = (0..NET_SUPERNODES)
+        .max_by_key(|i| net.nodes[*i].attached_clients())
+        .unwrap();
+    let orphans: Vec<usize> = clients
+        .iter()
+        .copied()
+        .filter(|c| {
+            net.nodes[*c]
+                .attached_supernodes()
+                .contains(&supernode_contacts[victim])
+        })
+        .collect();
+    assert!(!orphans.is_empty());
+    net.crash(victim);
+    let crashed_at_ms = 60_000;
+    let bound_ms = crashed_at_ms
+        + params.keepalive_interval_ms
+        + params.keepalive_misses_max as u64 * params.pong_timeout_ms
+        + 5_000;
+    net.run_until_ms(bound_ms);
+
+    let live: Vec<Contact> = supernode_contacts
+        .iter()
+        .copied()
+        .filter(|c| *c != supernode_contacts[victim])
+        .collect();
+    assert_everyone_attached(&net, &params, &live, &clients);
+    for index in 0..NET_SUPERNODES {
+        if index != victim {
+            assert_eq!(
+                net.nodes[index].membership_len(),
+                NET_SUPERNODES - 1,
+                "supernode {index} still counts the dead one"
+            );
+        }
+    }
+    // Only the orphans lost an attachment, each exactly one.
+    let detached: Vec<usize> = net
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::Detached { .. }))
+        .map(|(i, _, _)| *i)
+        .collect();
+    let mut expected = orphans.clone();
+    expected.sort_unstable();
+    let mut got = detached.clone();
+    got.sort_unstable();
+    assert_eq!(
+        got, expected,
+        "detached clients differ from the dead supernode's clients"
+    );
+
+    // An orphan's presence names its new supernodes and is still found.
+    let orphan = orphans[0];
+    let asker = *clients
+        .iter()
+        .find(|c| !orphans.contains(c))
+        .unwrap_or(&clients[0]);
+    let account = net.nodes[orphan].identity().account();
+    let record = net
+        .lookup(&params, asker, account)
+        .expect("an orphaned client's record was lost");
+    assert_eq!(
+        contacts_set(&record.body.supernodes),
+        contacts_set(&net.nodes[orphan].attached_supernodes())
+    );
+}
