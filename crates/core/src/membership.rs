@@ -8,7 +8,9 @@ use peerline_proto::{Contact, MemberState, MemberUpdate, NodeId, PublicKey, GOSS
 use rand_core::Rng;
 
 /// Most updates waiting to be piggybacked.
-const BROADCAST_QUEUE_LEN_MAX: usize = 1024;
+const BROADCAST_QUEUE_LEN_MAX: usize = 512;
+/// Newest queued updates searched for one to replace.
+const BROADCAST_DEDUP_WINDOW: usize = 64;
 /// Most tombstones remembered.
 const TOMBSTONES_LEN_MAX: usize = 4096;
 
@@ -180,8 +182,10 @@ impl Membership {
 
     fn enqueue(&mut self, update: MemberUpdate) {
         let count = self.retransmissions();
-        if let Some(slot) = self
-            .broadcasts
+        // Only recent entries are checked for a same-member update to
+        // replace: an older duplicate is harmless (incarnations order them).
+        let recent = self.broadcasts.len().saturating_sub(BROADCAST_DEDUP_WINDOW);
+        if let Some(slot) = self.broadcasts[recent..]
             .iter_mut()
             .find(|(u, _)| u.contact.key == update.contact.key)
         {
@@ -210,8 +214,12 @@ impl Membership {
 
     /// Updates to piggyback on the next gossip message, freshest first.
     pub fn take_updates(&mut self) -> Vec<MemberUpdate> {
-        self.broadcasts.sort_by_key(|b| std::cmp::Reverse(b.1));
         let take = self.broadcasts.len().min(GOSSIP_UPDATES_MAX);
+        if take < self.broadcasts.len() {
+            // Only the front `take` need to be the freshest; no full sort.
+            self.broadcasts
+                .select_nth_unstable_by_key(take, |b| std::cmp::Reverse(b.1));
+        }
         let mut out = Vec::with_capacity(take);
         for slot in self.broadcasts.iter_mut().take(take) {
             out.push(slot.0);
@@ -276,6 +284,68 @@ impl Membership {
             }
             _ => false,
         }
+    }
+
+    /// Applies many updates at once (a sync page): newcomers are merged into
+    /// the sorted view in one pass instead of one shifting insert each —
+    /// a supernode joining a network of thousands learns them all at once.
+    pub fn apply_batch(
+        &mut self,
+        updates: &[(NodeId, MemberUpdate)],
+        now: Instant,
+        tombstone_ttl_ms: u64,
+    ) -> Vec<(Change, MemberUpdate)> {
+        let mut changes = Vec::new();
+        let mut fresh: Vec<Member> = Vec::new();
+        let uncapped = self.bucket_len_max >= self.view_len_max;
+        for (id, update) in updates {
+            if let Some(pending) = fresh.iter_mut().find(|m| m.id == *id) {
+                // The same newcomer twice in one batch: keep the newer word.
+                if update.incarnation > pending.update.incarnation
+                    && update.state != MemberState::Dead
+                {
+                    pending.update = *update;
+                }
+                continue;
+            }
+            let newcomer = *id != self.self_id
+                && update.state != MemberState::Dead
+                && self.position(id).is_err()
+                && !self.is_tombstoned(id, update.incarnation, now);
+            if newcomer && uncapped && self.members.len() + fresh.len() < self.view_len_max {
+                fresh.push(Member {
+                    id: *id,
+                    update: *update,
+                    state_since: now,
+                });
+            } else {
+                changes.push((self.apply(*id, *update, now, tombstone_ttl_ms), *update));
+            }
+        }
+        if fresh.is_empty() {
+            return changes;
+        }
+        fresh.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        for member in &fresh {
+            self.load_total += member.update.load_pct as u64;
+            self.enqueue(member.update);
+            changes.push((Change::Joined(member.id), member.update));
+        }
+        let old = std::mem::take(&mut self.members);
+        let mut merged = Vec::with_capacity(old.len() + fresh.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), fresh.into_iter().peekable());
+        loop {
+            let take_old = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.id < y.id,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            merged.push(if take_old { a.next() } else { b.next() }.expect("peeked"));
+        }
+        self.prefixes = merged.iter().map(|m| prefix(&m.id)).collect();
+        self.members = merged;
+        changes
     }
 
     /// Applies one update (SWIM merge rules). `id` must be the contact's
@@ -465,21 +535,51 @@ impl Membership {
         out
     }
 
+    /// Whether `candidate` is certainly *not* among the `k` members closest
+    /// to `key`: at least `k` members share a longer prefix with `key` than
+    /// it does (each of those is closer). Two binary searches; a `false`
+    /// answer means "maybe" and calls for [`Membership::closest`].
+    pub fn surely_outside_closest(&self, key: &NodeId, candidate: &NodeId, k: usize) -> bool {
+        let shared = key.common_prefix_len(candidate);
+        if shared >= 63 {
+            return false;
+        }
+        let mask = u64::MAX >> (shared + 1);
+        let key_prefix = prefix(key);
+        let (low, high) = (key_prefix & !mask, key_prefix | mask);
+        let closer = self.prefixes.partition_point(|p| *p <= high)
+            - self.prefixes.partition_point(|p| *p < low);
+        closer >= k
+    }
+
     /// Members whose IDs fall in the smallest aligned subtree around `id`
     /// holding at least `count` members: the range of keys whose replica
     /// sets can change when `id` joins or leaves.
     pub fn neighbourhood_range(&self, id: &NodeId, count: usize) -> (NodeId, NodeId) {
-        let mut prefix_len = 256usize;
-        loop {
-            let (low, high) = subtree_bounds(id, prefix_len);
-            let (low_prefix, high_prefix) = (prefix(&low), prefix(&high));
-            let lo = self.prefixes.partition_point(|p| *p < low_prefix);
-            let hi = self.prefixes.partition_point(|p| *p <= high_prefix);
-            if hi - lo >= count || prefix_len == 0 {
-                return (low, high);
+        // Members in the subtree shrink as the prefix grows: binary-search
+        // the longest prefix (up to the 64 bits the dense array resolves)
+        // whose subtree still holds `count` members.
+        let key = prefix(id);
+        let members_within = |prefix_len: usize| {
+            let mask = if prefix_len >= 64 {
+                0
+            } else {
+                u64::MAX >> prefix_len
+            };
+            let (low, high) = (key & !mask, key | mask);
+            self.prefixes.partition_point(|p| *p <= high)
+                - self.prefixes.partition_point(|p| *p < low)
+        };
+        let (mut enough, mut too_few) = (0usize, 65usize);
+        while too_few - enough > 1 {
+            let middle = (enough + too_few) / 2;
+            if members_within(middle) >= count {
+                enough = middle;
+            } else {
+                too_few = middle;
             }
-            prefix_len = prefix_len.saturating_sub(4);
         }
+        subtree_bounds(id, enough)
     }
 
     // ---- probing ----
@@ -832,5 +932,150 @@ mod tests {
         }
         assert!(m.take_updates().is_empty());
         assert!(total >= 300);
+    }
+}
+
+#[cfg(test)]
+mod neighbourhood_tests {
+    use super::*;
+    use peerline_proto::Addr;
+
+    #[test]
+    fn neighbourhood_is_the_smallest_subtree_with_enough_members() {
+        let ids: Vec<NodeId> = (0..300u32)
+            .map(|i| NodeId(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+            .collect();
+        let me = MemberUpdate {
+            contact: Contact {
+                key: PublicKey(ids[0].0),
+                id_nonce: 0,
+                addr: Addr::default(),
+            },
+            incarnation: 1,
+            state: MemberState::Alive,
+            load_pct: 0,
+        };
+        let mut m = Membership::new(ids[0], me, Instant::ZERO, 100_000, 100_000, 1000);
+        for id in &ids[1..] {
+            let update = MemberUpdate {
+                contact: Contact {
+                    key: PublicKey(id.0),
+                    ..me.contact
+                },
+                ..me
+            };
+            m.apply(*id, update, Instant::ZERO, 1000);
+        }
+        for id in ids.iter().take(50) {
+            let (low, high) = m.neighbourhood_range(id, 12);
+            let inside = ids.iter().filter(|x| **x >= low && **x <= high).count();
+            assert!(inside >= 12, "only {inside} members in the range");
+            // One bit longer would hold fewer than 12: the range is minimal.
+            let bits = (0..64).take_while(|b| low.bit(*b) == high.bit(*b)).count();
+            let (low2, high2) = subtree_bounds(id, bits + 1);
+            let inside2 = ids.iter().filter(|x| **x >= low2 && **x <= high2).count();
+            assert!(inside2 < 12, "a narrower range holds {inside2}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod outside_tests {
+    use super::*;
+    use peerline_proto::Addr;
+
+    #[test]
+    fn surely_outside_never_contradicts_closest() {
+        let ids: Vec<NodeId> = (0..500u32)
+            .map(|i| NodeId(*blake3::hash(&i.to_be_bytes()).as_bytes()))
+            .collect();
+        let me = MemberUpdate {
+            contact: Contact {
+                key: PublicKey(ids[0].0),
+                id_nonce: 0,
+                addr: Addr::default(),
+            },
+            incarnation: 1,
+            state: MemberState::Alive,
+            load_pct: 0,
+        };
+        let mut m = Membership::new(ids[0], me, Instant::ZERO, 100_000, 100_000, 1000);
+        for id in &ids[1..] {
+            let update = MemberUpdate {
+                contact: Contact {
+                    key: PublicKey(id.0),
+                    ..me.contact
+                },
+                ..me
+            };
+            m.apply(*id, update, Instant::ZERO, 1000);
+        }
+        let mut filtered = 0;
+        for key_seed in 0..200u32 {
+            let key = NodeId(*blake3::hash(&(key_seed + 10_000).to_le_bytes()).as_bytes());
+            let closest: Vec<NodeId> = m.closest(&key, 8).iter().map(|x| x.id).collect();
+            for id in &ids {
+                if m.surely_outside_closest(&key, id, 8) {
+                    filtered += 1;
+                    assert!(!closest.contains(id));
+                }
+            }
+        }
+        assert!(
+            filtered > 90_000,
+            "the filter should rule out most members ({filtered})"
+        );
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use peerline_proto::Addr;
+
+    fn member(i: u32) -> (NodeId, MemberUpdate) {
+        let id = NodeId(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let update = MemberUpdate {
+            contact: Contact {
+                key: PublicKey(id.0),
+                id_nonce: 0,
+                addr: Addr::from_ipv4_u32(i, 1),
+            },
+            incarnation: 1,
+            state: MemberState::Alive,
+            load_pct: (i % 100) as u8,
+        };
+        (id, update)
+    }
+
+    #[test]
+    fn batch_equals_one_by_one() {
+        let (self_id, me) = member(0);
+        let mut one = Membership::new(self_id, me, Instant::ZERO, 100_000, 100_000, 1000);
+        let mut batch = one.clone();
+        let updates: Vec<(NodeId, MemberUpdate)> = (1..400).chain(100..150).map(member).collect();
+        for (id, update) in &updates {
+            one.apply(*id, *update, Instant::ZERO, 1000);
+        }
+        let changes = batch.apply_batch(&updates, Instant::ZERO, 1000);
+        let ids = |m: &Membership| m.members().iter().map(|x| x.id).collect::<Vec<_>>();
+        assert_eq!(ids(&one), ids(&batch));
+        assert_eq!(one.average_load_pct(), batch.average_load_pct());
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|(c, _)| matches!(c, Change::Joined(_)))
+                .count(),
+            399
+        );
+        for (change, update) in changes {
+            if let Change::Joined(id) = change {
+                assert_eq!(
+                    id,
+                    NodeId(update.contact.key.0),
+                    "change paired with its own update"
+                );
+            }
+        }
     }
 }

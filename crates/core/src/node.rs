@@ -84,6 +84,10 @@ pub struct NodeStats {
     pub datagrams_unsupported_version: u64,
     pub messages_unexpected: u64,
     pub signatures_rejected: u64,
+    /// Membership changes seen by a supernode.
+    pub members_joined: u64,
+    pub members_left: u64,
+    pub members_suspected: u64,
 }
 
 /// Everything a role's handler may use while handling one input.

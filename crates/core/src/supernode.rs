@@ -33,6 +33,8 @@ const SYNC_TIMEOUT_MS: u64 = 2_000;
 const RECORD_SWEEP_INTERVAL_MS: u64 = 60_000;
 /// Members an urgent update is pushed to by each node that learns it.
 const URGENT_FANOUT: usize = 3;
+/// Delay before the one anti-entropy re-sync after joining.
+const RESYNC_DELAY_MS: u64 = 15_000;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
@@ -77,6 +79,10 @@ pub struct SupernodeState {
     next_sweep_at: Instant,
     next_record_sweep_at: Instant,
     join: Option<Join>,
+    /// One more full sync from another member shortly after joining picks
+    /// up the members that joined while we did (anti-entropy).
+    resync_at: Option<Instant>,
+    resynced: bool,
     demotable: bool,
     idle_since: Option<Instant>,
     demotion_due: bool,
@@ -132,6 +138,8 @@ impl SupernodeState {
             next_sweep_at: now.instant.add_ms(params.sweep_interval_ms),
             next_record_sweep_at: now.instant.add_ms(RECORD_SWEEP_INTERVAL_MS),
             join: None,
+            resync_at: None,
+            resynced: false,
             demotable,
             idle_since: None,
             demotion_due: false,
@@ -168,6 +176,7 @@ impl SupernodeState {
 
     pub(crate) fn next_deadline(&self) -> Instant {
         let join = self.join.as_ref().map_or(Instant::NEVER, |j| j.deadline);
+        let join = join.min(self.resync_at.unwrap_or(Instant::NEVER));
         self.membership
             .next_deadline()
             .min(self.next_sweep_at)
@@ -567,12 +576,16 @@ impl SupernodeState {
         let key = presence_key(&record.body.cert.body.account_key);
         // Keep only what we are (nearly) responsible for; a capped view
         // cannot judge that, so it trusts the sender's iterative search.
+        let k = io.params.replication_k * 2;
         let responsible = self.membership.capped
-            || self
+            || (!self
                 .membership
-                .closest(&key, io.params.replication_k * 2)
-                .iter()
-                .any(|m| m.id == self.node_id);
+                .surely_outside_closest(&key, &self.node_id, k)
+                && self
+                    .membership
+                    .closest(&key, k)
+                    .iter()
+                    .any(|m| m.id == self.node_id));
         if responsible {
             self.keep_record(record);
         }
@@ -829,13 +842,26 @@ impl SupernodeState {
             io.stats.signatures_rejected += 1;
             return;
         }
-        match self
+        let change = self
             .membership
-            .apply(id, update, io.now.instant, io.params.tombstone_ttl_ms)
-        {
-            Change::Joined(id) => self.on_member_joined(io, id, update.contact),
-            Change::Left(id) => self.on_member_left(io, id, update.contact.key),
-            Change::Suspected(_) => self.warn_clients(io, update.contact.key),
+            .apply(id, update, io.now.instant, io.params.tombstone_ttl_ms);
+        self.handle_change(io, change, update);
+    }
+
+    fn handle_change(&mut self, io: &mut Io, change: Change, update: MemberUpdate) {
+        match change {
+            Change::Joined(id) => {
+                io.stats.members_joined += 1;
+                self.on_member_joined(io, id, update.contact)
+            }
+            Change::Left(id) => {
+                io.stats.members_left += 1;
+                self.on_member_left(io, id, update.contact.key)
+            }
+            Change::Suspected(_) => {
+                io.stats.members_suspected += 1;
+                self.warn_clients(io, update.contact.key)
+            }
             Change::Updated | Change::None => {}
         }
     }
@@ -843,10 +869,16 @@ impl SupernodeState {
     /// Records the newcomer is now a replica of: the closest other replica
     /// (us, if so) hands them over.
     fn on_member_joined(&mut self, io: &mut Io, joined: NodeId, contact: Contact) {
+        if self.records.is_empty() {
+            return;
+        }
         let k = io.params.replication_k;
         let (low, high) = self.membership.neighbourhood_range(&joined, 3 * k);
         let mut handover = Vec::new();
         for (key, record) in self.records.range(low..=high) {
+            if self.membership.surely_outside_closest(key, &joined, k) {
+                continue;
+            }
             let closest = self.membership.closest(key, k);
             let includes_newcomer = closest.iter().any(|m| m.id == joined);
             let first_other = closest.iter().find(|m| m.id != joined).map(|m| m.id);
@@ -862,6 +894,9 @@ impl SupernodeState {
     /// A member left: re-replicate the records it held to the member that
     /// replaces it, and warn our clients whose records name it.
     fn on_member_left(&mut self, io: &mut Io, left: NodeId, left_key: PublicKey) {
+        if self.records.is_empty() && self.clients.is_empty() {
+            return;
+        }
         let k = io.params.replication_k;
         let (low, high) = self.membership.neighbourhood_range(&left, 3 * k);
         let mut pushes = Vec::new();
@@ -929,8 +964,18 @@ impl SupernodeState {
         if seed.addr != from {
             return;
         }
+        let mut verified = Vec::with_capacity(members.len());
         for update in members {
-            self.apply_update(io, *update);
+            match contact_id(&update.contact, io.params.id_puzzle_difficulty_bits) {
+                Ok(id) => verified.push((id, *update)),
+                Err(_) => io.stats.signatures_rejected += 1,
+            }
+        }
+        for (change, update) in
+            self.membership
+                .apply_batch(&verified, io.now.instant, io.params.tombstone_ttl_ms)
+        {
+            self.handle_change(io, change, update);
         }
         match next_cursor {
             Some(cursor)
@@ -948,7 +993,12 @@ impl SupernodeState {
                     },
                 );
             }
-            _ => self.join = None,
+            _ => {
+                self.join = None;
+                if !self.resynced {
+                    self.resync_at = Some(io.now.instant.add_ms(RESYNC_DELAY_MS));
+                }
+            }
         }
     }
 
@@ -1041,6 +1091,17 @@ impl SupernodeState {
             );
         }
         self.retry_join(io);
+        if self.resync_at.is_some_and(|at| at <= now) {
+            self.resync_at = None;
+            self.resynced = true;
+            if let Some(contact) = self
+                .membership
+                .random_other(io.rng)
+                .map(|m| m.update.contact)
+            {
+                self.join(io, &[contact]);
+            }
+        }
         self.expire_lookup_rounds(io);
         if now >= self.next_sweep_at {
             self.sweep(io);

@@ -63,6 +63,8 @@ pub struct Report {
     pub malformed_seen: u64,
     pub directory_records: u64,
     pub membership_view_avg: f64,
+    /// Membership changes seen, summed over supernodes: (joined, left, suspected).
+    pub membership_changes: (u64, u64, u64),
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -199,6 +201,7 @@ impl Report {
             malformed_seen: world.malformed_seen(),
             directory_records: world.stored_records(),
             membership_view_avg: world.average_view_len(),
+            membership_changes: world.membership_changes(),
             digest: metrics.digest.clone(),
             params: world.params().clone(),
             sim_overrides: sim_overrides(world.params()),

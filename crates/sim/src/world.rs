@@ -22,6 +22,8 @@ const ADDRESS_BASE: u32 = 0x0A00_0000;
 const PORT: u16 = 7000;
 /// Attachments the observer tracks per client (target plus transitions).
 const OBSERVED_ATTACHMENTS_MAX: usize = 3;
+/// Gap between the supernodes' ramp and the clients' ramp.
+const CLIENT_START_DELAY_US: u64 = 30_000_000;
 
 pub fn addr_of(index: u32) -> Addr {
     Addr::from_ipv4_u32(ADDRESS_BASE + index, PORT)
@@ -269,7 +271,10 @@ impl World {
             self.queue.push(at, EventKind::Start { node: index });
         }
         for index in self.config.supernodes..self.nodes.len() as u32 {
-            let at = supernode_ramp_us + 1_000_000 + self.rng.next_u64() % client_ramp_us.max(1);
+            // Clients come once the supernodes had time to learn each other.
+            let at = supernode_ramp_us
+                + CLIENT_START_DELAY_US
+                + self.rng.next_u64() % client_ramp_us.max(1);
             self.queue.push(at, EventKind::Start { node: index });
         }
         let first_lookup_us =
@@ -807,6 +812,21 @@ impl World {
             .map(|n| n.membership_len())
             .collect();
         views.iter().sum::<usize>() as f64 / views.len().max(1) as f64
+    }
+
+    /// Membership changes (joined, left, suspected) summed over all supernodes.
+    pub fn membership_changes(&self) -> (u64, u64, u64) {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .fold((0, 0, 0), |acc, n| {
+                let s = n.stats();
+                (
+                    acc.0 + s.members_joined,
+                    acc.1 + s.members_left,
+                    acc.2 + s.members_suspected,
+                )
+            })
     }
 
     /// Datagrams the nodes rejected as malformed or of an unknown version.
