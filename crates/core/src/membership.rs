@@ -325,7 +325,7 @@ impl Membership {
         if fresh.is_empty() {
             return changes;
         }
-        fresh.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        fresh.sort_unstable_by_key(|m| m.id);
         for member in &fresh {
             self.load_total += member.update.load_pct as u64;
             self.enqueue(member.update);
