@@ -156,8 +156,11 @@ fn scarce_capacity_promotes_reachable_clients() {
     let (world, report) = peerline_sim::run(config, &mut |_| {});
     println!("{}", report.summary());
     assert!(report.promotions >= 1, "no promotion under 97% load");
+    // A few clients decide in the same check period, before the first new
+    // supernode shows in their supernodes' views; without the stop it was
+    // over a hundred.
     assert!(
-        report.promotions <= 4,
+        report.promotions <= 12,
         "{} promotions: it did not stop when load fell",
         report.promotions
     );
