@@ -164,6 +164,7 @@ impl Membership {
         self.me.state = MemberState::Dead;
         self.me.incarnation = self.me.incarnation.wrapping_add(1);
         self.refresh_self(now);
+        self.push_urgent(self.me);
     }
 
     fn refresh_self(&mut self, now: Instant) {
@@ -940,53 +941,9 @@ mod neighbourhood_tests {
     use super::*;
     use peerline_proto::Addr;
 
-    #[test]
-    fn neighbourhood_is_the_smallest_subtree_with_enough_members() {
-        let ids: Vec<NodeId> = (0..300u32)
-            .map(|i| NodeId(*blake3::hash(&i.to_le_bytes()).as_bytes()))
-            .collect();
-        let me = MemberUpdate {
-            contact: Contact {
-                key: PublicKey(ids[0].0),
-                id_nonce: 0,
-                addr: Addr::default(),
-            },
-            incarnation: 1,
-            state: MemberState::Alive,
-            load_pct: 0,
-        };
-        let mut m = Membership::new(ids[0], me, Instant::ZERO, 100_000, 100_000, 1000);
-        for id in &ids[1..] {
-            let update = MemberUpdate {
-                contact: Contact {
-                    key: PublicKey(id.0),
-                    ..me.contact
-                },
-                ..me
-            };
-            m.apply(*id, update, Instant::ZERO, 1000);
-        }
-        for id in ids.iter().take(50) {
-            let (low, high) = m.neighbourhood_range(id, 12);
-            let inside = ids.iter().filter(|x| **x >= low && **x <= high).count();
-            assert!(inside >= 12, "only {inside} members in the range");
-            // One bit longer would hold fewer than 12: the range is minimal.
-            let bits = (0..64).take_while(|b| low.bit(*b) == high.bit(*b)).count();
-            let (low2, high2) = subtree_bounds(id, bits + 1);
-            let inside2 = ids.iter().filter(|x| **x >= low2 && **x <= high2).count();
-            assert!(inside2 < 12, "a narrower range holds {inside2}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod outside_tests {
-    use super::*;
-    use peerline_proto::Addr;
-
-    #[test]
-    fn surely_outside_never_contradicts_closest() {
-        let ids: Vec<NodeId> = (0..500u32)
+    /// A full view of `n` members with pseudo-random IDs.
+    pub(super) fn full_view(n: u32) -> (Membership, Vec<NodeId>) {
+        let ids: Vec<NodeId> = (0..n)
             .map(|i| NodeId(*blake3::hash(&i.to_be_bytes()).as_bytes()))
             .collect();
         let me = MemberUpdate {
@@ -1010,6 +967,32 @@ mod outside_tests {
             };
             m.apply(*id, update, Instant::ZERO, 1000);
         }
+        (m, ids)
+    }
+
+    #[test]
+    fn neighbourhood_is_the_smallest_subtree_with_enough_members() {
+        let (m, ids) = full_view(300);
+        for id in ids.iter().take(50) {
+            let (low, high) = m.neighbourhood_range(id, 12);
+            let inside = ids.iter().filter(|x| **x >= low && **x <= high).count();
+            assert!(inside >= 12, "only {inside} members in the range");
+            // One bit longer would hold fewer than 12: the range is minimal.
+            let bits = (0..64).take_while(|b| low.bit(*b) == high.bit(*b)).count();
+            let (low2, high2) = subtree_bounds(id, bits + 1);
+            let inside2 = ids.iter().filter(|x| **x >= low2 && **x <= high2).count();
+            assert!(inside2 < 12, "a narrower range holds {inside2}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod outside_tests {
+    use super::*;
+
+    #[test]
+    fn surely_outside_never_contradicts_closest() {
+        let (m, ids) = super::neighbourhood_tests::full_view(500);
         let mut filtered = 0;
         for key_seed in 0..200u32 {
             let key = NodeId(*blake3::hash(&(key_seed + 10_000).to_le_bytes()).as_bytes());

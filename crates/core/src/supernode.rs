@@ -248,23 +248,8 @@ impl SupernodeState {
                 );
             }
         }
-        for _ in 0..3 {
-            if let Some(member) = self
-                .membership
-                .random_other(io.rng)
-                .map(|m| m.update.contact)
-            {
-                let updates = BoundedVec::truncating(self.membership.take_updates());
-                io.send(
-                    member.addr,
-                    &Message::GossipPing {
-                        sequence: 0,
-                        sender: self.me(),
-                        updates,
-                    },
-                );
-            }
-        }
+        // Our goodbye is failure news: push it like any other.
+        self.push_urgent(io);
     }
 
     pub(crate) fn handle(&mut self, io: &mut Io, from: Addr, message: Message) {
