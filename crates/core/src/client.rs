@@ -720,14 +720,3 @@ pub(crate) fn attach_proof_bytes(challenge: &[u8; 32], supernode: &PublicKey) ->
     bytes.extend_from_slice(&supernode.0);
     bytes
 }
-
-impl Io<'_> {
-    pub fn rng_index(&mut self, len: usize) -> usize {
-        use rand_core::Rng;
-        if len == 0 {
-            0
-        } else {
-            self.rng.next_u32() as usize % len
-        }
-    }
-}

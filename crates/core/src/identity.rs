@@ -39,8 +39,6 @@ pub enum CryptoError {
     Expired,
     #[error("issued in the future")]
     NotYetValid,
-    #[error("record names a different device than the certificate")]
-    WrongDevice,
     #[error("node ID does not solve the puzzle")]
     PuzzleUnsolved,
 }

@@ -91,8 +91,7 @@ impl Lookup {
         }
     }
 
-    /// The next up to `alpha` unasked candidates among the `k` closest... or
-    /// beyond them while nothing was found.
+    /// Marks and returns the (up to `alpha`) closest candidates not yet asked.
     pub fn next_targets(&mut self, alpha: usize) -> Vec<Contact> {
         let mut targets = Vec::with_capacity(alpha);
         for candidate in self.candidates.iter_mut() {

@@ -121,6 +121,15 @@ impl Io<'_> {
         self.rng.next_u64()
     }
 
+    /// A random index in `[0, len)` (0 when `len` is 0).
+    pub fn rng_index(&mut self, len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            self.rng.next_u32() as usize % len
+        }
+    }
+
     /// A uniformly random duration in `[0, max_ms)`.
     pub fn jitter_ms(&mut self, max_ms: u64) -> u64 {
         if max_ms == 0 {
