@@ -394,7 +394,9 @@ impl Membership {
                         self.members[i].state_since = now;
                         self.enqueue(update);
                         if current.state == MemberState::Suspect {
+                            // A refutation: spread it as fast as the suspicion.
                             self.track_suspect(id, false);
+                            self.push_urgent(update);
                         }
                         Change::Updated
                     }
@@ -440,9 +442,13 @@ impl Membership {
             && plausible
             && self.me.state == MemberState::Alive
         {
-            // Refute the rumour with a newer incarnation.
+            // Refute the rumour with a newer incarnation, as urgently as the
+            // rumour itself spread: a refutation that loses the race against
+            // the suspicion timeout turns one lost probe into a
+            // network-wide death and rejoin.
             self.me.incarnation = update.incarnation.saturating_add(1);
             self.refresh_self(now);
+            self.push_urgent(self.me);
         }
         Change::None
     }
