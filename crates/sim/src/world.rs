@@ -6,9 +6,7 @@ use crate::config::SimConfig;
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
 use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
 use crate::queue::{EventKind, Queue};
-use peerline_core::{
-    CryptoMode, DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy,
-};
+use peerline_core::{DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy};
 use peerline_proto::{peek_kind, Addr, Contact, MessageKind, PublicKey};
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
@@ -786,10 +784,6 @@ impl World {
 
     pub fn params(&self) -> &Params {
         &self.params
-    }
-
-    pub fn crypto(&self) -> CryptoMode {
-        self.config.crypto
     }
 
     /// Directory records held across all live supernodes.
