@@ -15,13 +15,17 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use peerline_core::identity::{issue_device_cert, presence_key, sign_presence, solve_id_puzzle};
+use peerline_core::identity::{
+    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_presence, sign_ticket,
+    solve_id_puzzle,
+};
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
     MemberState, MemberUpdate, Message, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature,
+    Ticket, TicketBody,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -376,17 +380,74 @@ impl IdChoice {
     }
 }
 
+/// A ticket: issued by the real supernode to the client (valid unless the
+/// times say otherwise), or any fields with any signature.
+#[derive(Arbitrary, Debug, Clone)]
+enum TicketChoice {
+    Issued {
+        issued: TimeChoice,
+        expires: TimeChoice,
+    },
+    Raw {
+        device: KeyChoice,
+        account: KeyChoice,
+        times: [TimeChoice; 3],
+        addr: AddrChoice,
+        issuer: ContactChoice,
+        signature: SignatureChoice,
+    },
+}
+
+impl TicketChoice {
+    fn build(&self) -> Ticket {
+        let f = fixtures();
+        match self {
+            TicketChoice::Issued { issued, expires } => sign_ticket(
+                &f.supernode.keypair,
+                TicketBody {
+                    device_key: f.client.keypair.public(),
+                    account_key: f.client.account(),
+                    cert_expires_unix_s: f.client.cert.body.expires_unix_s,
+                    addr: addr(CLIENT_ADDR),
+                    issued_unix_s: issued.build(),
+                    expires_unix_s: expires.build(),
+                    issuer: f.supernodes[0],
+                },
+            ),
+            TicketChoice::Raw {
+                device,
+                account,
+                times,
+                addr,
+                issuer,
+                signature,
+            } => Ticket {
+                body: TicketBody {
+                    device_key: device.build(),
+                    account_key: account.build(),
+                    cert_expires_unix_s: times[0].build(),
+                    addr: addr.build(),
+                    issued_unix_s: times[1].build(),
+                    expires_unix_s: times[2].build(),
+                    issuer: issuer.build(),
+                },
+                signature: signature.build(),
+            },
+        }
+    }
+}
+
 /// One variant per `Message` variant.
 #[derive(Arbitrary, Debug, Clone)]
 enum MessageChoice {
     AttachHello(CertChoice),
     AttachChallenge(ContactChoice, [u8; 32]),
     AttachProof(CertChoice, [u8; 32], SignatureChoice),
-    AttachAccepted(u16, u8, Vec<ContactChoice>),
+    AttachAccepted(u16, u8, Vec<ContactChoice>, Option<TicketChoice>),
     Busy(u8, u32, Vec<ContactChoice>),
     Detach(Vec<ContactChoice>),
     Ping(u32),
-    Pong(u32, u8, u8),
+    Pong(u32, u8, u8, Option<TicketChoice>),
     NotAttached,
     PeerDown(KeyChoice),
     Publish(RecordChoice),
@@ -402,6 +463,8 @@ enum MessageChoice {
     Store(RecordChoice),
     FindValue(u32, IdChoice),
     FindValueResponse(u32, Option<RecordChoice>, Vec<ContactChoice>),
+    /// Signed by the client for the real supernode when `signed`.
+    AttachResume(TicketChoice, u64, Option<SignatureChoice>),
 }
 
 impl MessageChoice {
@@ -417,18 +480,20 @@ impl MessageChoice {
                 challenge: *challenge,
                 signature: signature.build(),
             },
-            MessageChoice::AttachAccepted(keepalive_interval_s, load_pct, peers) => {
+            MessageChoice::AttachAccepted(keepalive_interval_s, load_pct, peers, ticket) => {
                 Message::AttachAccepted {
                     keepalive_interval_s: *keepalive_interval_s,
                     load_pct: *load_pct,
                     peers: contacts(peers),
+                    ticket: ticket.as_ref().map(TicketChoice::build),
                 }
             }
             MessageChoice::Busy(reason, retry_after_ms, alternates) => Message::Busy {
-                reason: match reason % 3 {
+                reason: match reason % 4 {
                     0 => BusyReason::AttachmentsFull,
                     1 => BusyReason::Demoting,
-                    _ => BusyReason::LookupsFull,
+                    2 => BusyReason::LookupsFull,
+                    _ => BusyReason::HandshakesFull,
                 },
                 retry_after_ms: *retry_after_ms,
                 alternates: contacts(alternates),
@@ -439,10 +504,11 @@ impl MessageChoice {
             MessageChoice::Ping(sequence) => Message::Ping {
                 sequence: *sequence,
             },
-            MessageChoice::Pong(sequence, load_pct, network_load_pct) => Message::Pong {
+            MessageChoice::Pong(sequence, load_pct, network_load_pct, ticket) => Message::Pong {
                 sequence: *sequence,
                 load_pct: *load_pct,
                 network_load_pct: *network_load_pct,
+                ticket: ticket.as_ref().map(TicketChoice::build),
             },
             MessageChoice::NotAttached => Message::NotAttached,
             MessageChoice::PeerDown(key) => Message::PeerDown {
@@ -496,6 +562,22 @@ impl MessageChoice {
                     query_id: *query_id,
                     record: record.as_ref().map(|r| r.build()),
                     closer: contacts(closer),
+                }
+            }
+            MessageChoice::AttachResume(ticket, counter, signature) => {
+                let ticket = ticket.build();
+                let signature = match signature {
+                    Some(signature) => signature.build(),
+                    None => {
+                        let f = fixtures();
+                        let proof = resume_proof_bytes(&f.supernodes[0].key, &ticket, *counter);
+                        f.client.keypair.sign(domain::RESUME, &proof)
+                    }
+                };
+                Message::AttachResume {
+                    ticket,
+                    counter: *counter,
+                    signature,
                 }
             }
         }

@@ -3,7 +3,8 @@
 //! signed presence record, run lookups through a supernode, check
 //! reachability and decide on promotion.
 
-use crate::identity::{contact_id, domain, sign_presence};
+use crate::hostcache::backoff_ms;
+use crate::identity::{contact_id, domain, resume_proof_bytes, sign_presence};
 use crate::node::{DetachReason, Event, Io};
 use crate::time::Instant;
 use peerline_proto::{
@@ -18,6 +19,8 @@ enum Phase {
     Proof {
         challenge: [u8; 32],
     },
+    /// Ticket sent, waiting for acceptance (or a challenge: full login).
+    Resume,
     Attached,
 }
 
@@ -52,6 +55,12 @@ struct PendingLookup {
 
 /// Most lookups a client keeps open at once.
 const CLIENT_LOOKUPS_MAX: usize = 16;
+/// Busy answers within one promotion period that make an eligible client
+/// consider promotion even before the average load says so.
+const PROMOTE_BUSY_MIN: u32 = 3;
+/// How soon an eligible client that keeps meeting busy supernodes checks
+/// again (instead of the regular period).
+const PROMOTE_BUSY_RECHECK_MS: u64 = 30_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct ClientState {
@@ -73,6 +82,13 @@ pub struct ClientState {
     /// When short of attachments with every candidate backed off: when the
     /// first becomes eligible again.
     retry_at: Option<Instant>,
+    /// Failed handshakes since the last success: drives the client-wide
+    /// back-off (jittered, exponential, capped).
+    attach_failures: u32,
+    /// No new handshake starts before this.
+    attach_not_before: Instant,
+    /// Busy answers since the last promotion check.
+    busy_seen: u32,
 }
 
 impl ClientState {
@@ -137,10 +153,15 @@ impl ClientState {
         target + self.attachments.iter().any(|a| a.suspected) as usize
     }
 
-    /// Starts attach handshakes until enough are attached or in progress.
+    /// Starts attach handshakes until enough are attached or in progress,
+    /// no sooner than the back-off allows.
     fn fill_attachments(&mut self, io: &mut Io) {
         self.retry_at = None;
         while self.attachments.len() < self.wanted(io.params.attachments_target) {
+            if io.now.instant < self.attach_not_before {
+                self.retry_at = Some(self.attach_not_before);
+                return;
+            }
             let exclude: Vec<PublicKey> = self.attachments.iter().map(|a| a.contact.key).collect();
             let Some(contact) = io.host_cache.choose(
                 io.now.instant,
@@ -153,7 +174,7 @@ impl ClientState {
                 self.retry_at = at.map(|at| at.max(io.now.instant.add_ms(1)));
                 return;
             };
-            self.attachments.push(Attachment {
+            let mut attachment = Attachment {
                 contact,
                 phase: Phase::Hello,
                 tries: 1,
@@ -165,9 +186,40 @@ impl ClientState {
                 load_pct: 0,
                 suspected: false,
                 network_load_pct: 0,
-            });
+            };
+            Self::send_attach_start(io, &mut attachment);
+            self.attachments.push(attachment);
+        }
+    }
+
+    /// First message of a handshake: a resume when we hold a ticket that
+    /// is still good, else a hello (full login).
+    fn send_attach_start(io: &mut Io, attachment: &mut Attachment) {
+        let addr = attachment.contact.addr;
+        let usable = io.resumption.ticket.as_deref().copied().filter(|t| {
+            !io.params.naive
+                && attachment.tries == 1
+                && t.body.expires_unix_s > io.now.unix_s
+                && t.body.cert_expires_unix_s > io.now.unix_s
+        });
+        if let Some(ticket) = usable {
+            io.resumption.counter += 1;
+            let counter = io.resumption.counter;
+            let proof = resume_proof_bytes(&attachment.contact.key, &ticket, counter);
+            let signature = io.identity.keypair.sign(domain::RESUME, &proof);
+            attachment.phase = Phase::Resume;
             io.send(
-                contact.addr,
+                addr,
+                &Message::AttachResume {
+                    ticket,
+                    counter,
+                    signature,
+                },
+            );
+        } else {
+            attachment.phase = Phase::Hello;
+            io.send(
+                addr,
                 &Message::AttachHello {
                     cert: io.identity.cert,
                 },
@@ -175,11 +227,38 @@ impl ClientState {
         }
     }
 
+    /// A handshake failed: wait before the next one. The first failure
+    /// costs nothing (go to an alternate at once); after that the wait grows
+    /// exponentially with jitter up to the cap. The naive baseline retries
+    /// at a fixed interval instead.
+    fn note_attach_failure(&mut self, io: &mut Io) {
+        self.attach_failures = self.attach_failures.saturating_add(1);
+        let params = io.params;
+        let wait_ms = if params.naive {
+            params.retry_backoff_base_ms
+        } else if self.attach_failures <= 1 {
+            0
+        } else {
+            backoff_ms(
+                self.attach_failures - 1,
+                params.retry_backoff_base_ms,
+                params.retry_backoff_max_ms,
+                io.rng,
+            )
+        };
+        self.attach_not_before = self.attach_not_before.max(io.now.instant.add_ms(wait_ms));
+    }
+
     fn drop_attachment(&mut self, io: &mut Io, index: usize, reason: DetachReason) {
         let attachment = self.attachments.swap_remove(index);
         let params = io.params;
         match reason {
             DetachReason::Busy | DetachReason::DetachedBySupernode => {}
+            _ if params.naive => io.host_cache.defer(
+                &attachment.contact.key,
+                io.now.instant,
+                params.retry_backoff_base_ms,
+            ),
             _ => io.host_cache.record_failure(
                 &attachment.contact.key,
                 io.now.instant,
@@ -187,6 +266,9 @@ impl ClientState {
                 params.retry_backoff_base_ms,
                 params.retry_backoff_max_ms,
             ),
+        }
+        if matches!(reason, DetachReason::Busy | DetachReason::AttachFailed) {
+            self.note_attach_failure(io);
         }
         if attachment.phase == Phase::Attached {
             io.event(Event::Detached {
@@ -221,15 +303,27 @@ impl ClientState {
                 challenge,
             } => self.on_challenge(io, index, supernode, challenge),
             Message::AttachAccepted {
-                load_pct, peers, ..
-            } => self.on_accepted(io, index, load_pct, &peers),
+                load_pct,
+                peers,
+                ticket,
+                ..
+            } => self.on_accepted(io, index, load_pct, &peers, ticket),
             Message::Busy {
                 retry_after_ms,
                 alternates,
                 ..
             } => {
-                for contact in alternates.iter() {
-                    io.host_cache.insert(*contact, io.params.host_cache_len_max);
+                self.busy_seen = self.busy_seen.saturating_add(1);
+                if self.busy_seen == PROMOTE_BUSY_MIN {
+                    // Look at promotion soon rather than at the next period.
+                    let soon = io.now.instant.add_ms(io.jitter_ms(PROMOTE_BUSY_RECHECK_MS));
+                    self.promote_check_at = self.promote_check_at.map(|at| at.min(soon));
+                }
+                if !io.params.naive {
+                    for contact in alternates.iter() {
+                        io.host_cache
+                            .insert_hint(*contact, io.params.host_cache_len_max);
+                    }
                 }
                 if self.attachments[index].phase == Phase::Attached {
                     // Our own supernode turned a lookup away: keep the
@@ -241,14 +335,21 @@ impl ClientState {
                     return;
                 }
                 let key = self.attachments[index].contact.key;
-                io.host_cache
-                    .defer(&key, io.now.instant, retry_after_ms as u64);
+                let retry_after_ms = if io.params.naive {
+                    io.params.retry_backoff_base_ms
+                } else {
+                    retry_after_ms as u64
+                };
+                io.host_cache.defer(&key, io.now.instant, retry_after_ms);
                 self.drop_attachment(io, index, DetachReason::Busy);
                 self.fill_attachments(io);
             }
             Message::Detach { alternates } => {
-                for contact in alternates.iter() {
-                    io.host_cache.insert(*contact, io.params.host_cache_len_max);
+                if !io.params.naive {
+                    for contact in alternates.iter() {
+                        io.host_cache
+                            .insert_hint(*contact, io.params.host_cache_len_max);
+                    }
                 }
                 let key = self.attachments[index].contact.key;
                 io.host_cache
@@ -266,8 +367,14 @@ impl ClientState {
                 sequence,
                 load_pct,
                 network_load_pct,
+                ticket,
             } => {
                 let attachment = &mut self.attachments[index];
+                if attachment.phase == Phase::Attached {
+                    if let Some(ticket) = ticket {
+                        Self::keep_ticket(io, ticket);
+                    }
+                }
                 // A late pong to an earlier ping of this round counts too.
                 let in_round =
                     attachment.ping_sequence.wrapping_sub(sequence) <= attachment.misses as u32;
@@ -293,7 +400,9 @@ impl ClientState {
 
     fn on_challenge(&mut self, io: &mut Io, index: usize, supernode: Contact, challenge: [u8; 32]) {
         let attachment = &mut self.attachments[index];
-        if attachment.phase != Phase::Hello {
+        // A challenge answers a hello, or a resume the supernode would not
+        // take as it stands (then this is a full login after all).
+        if !matches!(attachment.phase, Phase::Hello | Phase::Resume) {
             return;
         }
         // The supernode must be the one we meant (key pinned by the host
@@ -320,11 +429,39 @@ impl ClientState {
         );
     }
 
-    fn on_accepted(&mut self, io: &mut Io, index: usize, load_pct: u8, peers: &[Contact]) {
-        let attachment = &mut self.attachments[index];
-        if !matches!(attachment.phase, Phase::Proof { .. }) {
-            return;
+    /// Keeps a ticket that is about us and newer than the one we hold.
+    fn keep_ticket(io: &mut Io, ticket: peerline_proto::Ticket) {
+        let ours = ticket.body.device_key == io.identity.keypair.public();
+        let newer = io
+            .resumption
+            .ticket
+            .as_ref()
+            .is_none_or(|held| held.body.expires_unix_s <= ticket.body.expires_unix_s);
+        if ours && newer {
+            io.resumption.ticket = Some(Box::new(ticket));
         }
+    }
+
+    fn on_accepted(
+        &mut self,
+        io: &mut Io,
+        index: usize,
+        load_pct: u8,
+        peers: &[Contact],
+        ticket: Option<peerline_proto::Ticket>,
+    ) {
+        let attachment = &mut self.attachments[index];
+        let resumed = match attachment.phase {
+            Phase::Proof { .. } => false,
+            Phase::Resume => true,
+            _ => return,
+        };
+        if resumed {
+            io.stats.resumed += 1;
+        } else {
+            io.stats.logged_in += 1;
+        }
+        self.attach_failures = 0;
         let rtt_ms = io.now.instant.since_ms(attachment.step_started);
         attachment.phase = Phase::Attached;
         attachment.load_pct = load_pct;
@@ -339,6 +476,9 @@ impl ClientState {
         io.host_cache.record_success(&contact.key, rtt_ms);
         for peer in peers {
             io.host_cache.insert(*peer, io.params.host_cache_len_max);
+        }
+        if let Some(ticket) = ticket {
+            Self::keep_ticket(io, ticket);
         }
         io.event(Event::Attached { supernode: contact });
         self.mark_presence_dirty(io);
@@ -425,22 +565,16 @@ impl ClientState {
         let params = io.params;
         let attachment = &mut self.attachments[index];
         match attachment.phase {
-            Phase::Hello | Phase::Proof { .. } => {
+            Phase::Hello | Phase::Proof { .. } | Phase::Resume => {
                 if attachment.tries as u32 >= params.attach_tries_max {
                     self.drop_attachment(io, index, DetachReason::AttachFailed);
                     return false;
                 }
+                // The retry is a full login: it works whatever became of the ticket.
                 attachment.tries += 1;
-                attachment.phase = Phase::Hello;
                 attachment.step_started = now;
                 attachment.deadline = now.add_ms(params.attach_step_timeout_ms);
-                let addr = attachment.contact.addr;
-                io.send(
-                    addr,
-                    &Message::AttachHello {
-                        cert: io.identity.cert,
-                    },
-                );
+                Self::send_attach_start(io, attachment);
                 true
             }
             Phase::Attached => {
@@ -670,7 +804,14 @@ impl ClientState {
         if self.promote_check_at.is_none_or(|at| at > now) {
             return;
         }
-        self.promote_check_at = Some(now.add_ms(io.params.promote_check_interval_s * 1000));
+        let busy = self.busy_seen >= PROMOTE_BUSY_MIN;
+        self.busy_seen = 0;
+        let period_ms = if busy {
+            PROMOTE_BUSY_RECHECK_MS
+        } else {
+            io.params.promote_check_interval_s * 1000
+        };
+        self.promote_check_at = Some(now.add_ms(period_ms));
         let attached: Vec<&Attachment> = self
             .attachments
             .iter()
@@ -690,7 +831,9 @@ impl ClientState {
             .map(|a| a.network_load_pct as u32)
             .sum::<u32>()
             / attached.len() as u32;
-        if load >= io.params.promote_load_pct as u32
+        // Supernodes turning clients away is the other sign of need: the
+        // average load lags (gossip), busy answers do not.
+        if (load >= io.params.promote_load_pct as u32 || busy)
             && (io.rng_index(1000) as u32) < io.params.promote_chance_per_mille
         {
             self.promotion_due = true;

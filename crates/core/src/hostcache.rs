@@ -15,6 +15,9 @@ pub struct HostEntry {
     pub failures: u8,
     /// Not to be tried before this monotonic second.
     pub not_before_s: u32,
+    /// A supernode recommended (as having room) by a busy or detach answer
+    /// and not tried since: tried before the others.
+    pub hinted: bool,
 }
 
 impl HostEntry {
@@ -67,6 +70,7 @@ impl HostCache {
             rtt_ms: u16::MAX,
             failures: 0,
             not_before_s: 0,
+            hinted: false,
         };
         if self.entries.len() < len_max {
             self.entries.push(fresh);
@@ -85,9 +89,23 @@ impl HostCache {
         }
     }
 
-    /// Picks a supernode to attach to: the best of a few random eligible
-    /// entries (power of choices spreads clients instead of herding them onto
-    /// the single best supernode).
+    /// Adds a supernode recommended by another one as having room: the next
+    /// choices prefer it.
+    pub fn insert_hint(&mut self, contact: Contact, len_max: usize) {
+        self.insert(contact, len_max);
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.contact.key == contact.key)
+        {
+            entry.hinted = true;
+        }
+    }
+
+    /// Picks a supernode to attach to: a random recommended one if there
+    /// is any, else the best of a few random eligible entries (power of
+    /// choices spreads clients instead of herding them onto the single best
+    /// supernode).
     pub fn choose(
         &self,
         now: Instant,
@@ -99,6 +117,20 @@ impl HostCache {
         let eligible = |e: &HostEntry| e.not_before_s <= now_s && !exclude.contains(&e.contact.key);
         if self.entries.is_empty() {
             return None;
+        }
+        let hinted = self
+            .entries
+            .iter()
+            .filter(|e| e.hinted && eligible(e))
+            .count();
+        if hinted > 0 {
+            let pick = rng.next_u32() as usize % hinted;
+            return self
+                .entries
+                .iter()
+                .filter(|e| e.hinted && eligible(e))
+                .nth(pick)
+                .map(|e| e.contact);
         }
         let mut best: Option<&HostEntry> = None;
         for _ in 0..choices {
@@ -137,6 +169,7 @@ impl HostCache {
             };
             entry.failures = 0;
             entry.not_before_s = 0;
+            entry.hinted = false;
         }
     }
 
@@ -152,6 +185,7 @@ impl HostCache {
     ) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == *key) {
             entry.failures = entry.failures.saturating_add(1);
+            entry.hinted = false;
             let backoff_ms = backoff_ms(entry.failures as u32, base_ms, max_ms, rng);
             entry.not_before_s = mono_s(now.add_ms(backoff_ms)).max(1);
         }
@@ -160,6 +194,7 @@ impl HostCache {
     /// Asks not to be contacted before `retry_after_ms` (a busy answer).
     pub fn defer(&mut self, key: &PublicKey, now: Instant, retry_after_ms: u64) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == *key) {
+            entry.hinted = false;
             entry.not_before_s = entry
                 .not_before_s
                 .max(mono_s(now.add_ms(retry_after_ms)).max(1));

@@ -10,7 +10,7 @@
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use peerline_proto::{
     to_signing_bytes, Contact, DeviceCert, DeviceCertBody, NodeId, PresenceBody, PresenceRecord,
-    PublicKey, Signature,
+    PublicKey, Signature, Ticket, TicketBody,
 };
 use rand_core::Rng;
 use serde::Serialize;
@@ -20,6 +20,8 @@ pub mod domain {
     pub const DEVICE_CERT: &[u8] = b"peerline/v1/device-cert";
     pub const PRESENCE: &[u8] = b"peerline/v1/presence";
     pub const ATTACH: &[u8] = b"peerline/v1/attach";
+    pub const TICKET: &[u8] = b"peerline/v1/ticket";
+    pub const RESUME: &[u8] = b"peerline/v1/resume";
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -203,6 +205,50 @@ pub fn verify_presence(
         &to_signing_bytes(body),
         &record.signature,
     )
+}
+
+/// A supernode signs a resumption ticket with its node key.
+pub fn sign_ticket(issuer: &Keypair, body: TicketBody) -> Ticket {
+    debug_assert_eq!(body.issuer.key, issuer.public());
+    let signature = issuer.sign(domain::TICKET, &to_signing_bytes(&body));
+    Ticket { body, signature }
+}
+
+/// Checks a ticket's times (with skew tolerance: they are in the issuer's
+/// clock) and the issuer's signature. Whether the issuer is a supernode
+/// worth believing is the caller's question.
+pub fn verify_ticket(
+    mode: CryptoMode,
+    ticket: &Ticket,
+    now_unix_s: u64,
+    skew_tolerance_s: u64,
+) -> Result<(), CryptoError> {
+    let body = &ticket.body;
+    let expires = body.expires_unix_s.min(body.cert_expires_unix_s);
+    if expires.saturating_add(skew_tolerance_s) < now_unix_s {
+        return Err(CryptoError::Expired);
+    }
+    if body.issued_unix_s > now_unix_s.saturating_add(skew_tolerance_s) {
+        return Err(CryptoError::NotYetValid);
+    }
+    verify(
+        mode,
+        &body.issuer.key,
+        domain::TICKET,
+        &to_signing_bytes(body),
+        &ticket.signature,
+    )
+}
+
+/// What a device signs to resume at `supernode`: the supernode's key (a
+/// resume for one supernode is useless at another), the ticket and a
+/// counter that grows with every resume of this device.
+pub fn resume_proof_bytes(supernode: &PublicKey, ticket: &Ticket, counter: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(&supernode.0);
+    bytes.extend_from_slice(&counter.to_le_bytes());
+    bytes.extend_from_slice(&to_signing_bytes(ticket));
+    bytes
 }
 
 /// Where an account's presence lives in the directory keyspace.

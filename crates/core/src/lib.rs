@@ -12,6 +12,7 @@ pub mod identity;
 pub mod lookup;
 pub mod membership;
 pub mod node;
+pub mod overload;
 pub mod params;
 pub mod supernode;
 pub mod time;

@@ -152,6 +152,11 @@ impl Membership {
         self.position(id).ok().map(|i| &self.members[i])
     }
 
+    /// Whether `id` is a member or died recently (its tombstone is kept).
+    pub fn knows(&self, id: &NodeId) -> bool {
+        self.get(id).is_some() || self.tombstones.iter().any(|(dead, _, _)| dead == id)
+    }
+
     /// Announces a new load figure under a fresh incarnation.
     pub fn announce_load(&mut self, load_pct: u8, now: Instant) {
         self.me.load_pct = load_pct;

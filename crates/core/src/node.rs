@@ -21,7 +21,7 @@ use peerline_proto::{
 };
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg32;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// A datagram the node wants sent.
@@ -88,6 +88,21 @@ pub struct NodeStats {
     pub members_joined: u64,
     pub members_left: u64,
     pub members_suspected: u64,
+    /// Busy answers this supernode sent.
+    pub busy_sent: u64,
+    /// Logins and resumes refused because the device is revoked.
+    pub revoked_refused: u64,
+    /// Attachments this client made by resuming with a ticket, and by full login.
+    pub resumed: u64,
+    pub logged_in: u64,
+}
+
+/// What a device keeps on disk to re-attach cheaply after a restart: its
+/// latest resumption ticket and the counter its resumes must exceed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Resumption {
+    pub ticket: Option<Box<peerline_proto::Ticket>>,
+    pub counter: u64,
 }
 
 /// Everything a role's handler may use while handling one input.
@@ -103,6 +118,9 @@ pub(crate) struct Io<'a> {
     pub host_cache: &'a mut HostCache,
     pub reachable: &'a mut bool,
     pub started_at: Instant,
+    pub resumption: &'a mut Resumption,
+    /// Device keys this node refuses (revocations it learned).
+    pub revoked: &'a BTreeSet<PublicKey>,
 }
 
 impl Io<'_> {
@@ -172,6 +190,9 @@ pub struct Node {
     stats: NodeStats,
     /// After `shutdown`: the node ignores input and wants no wake-ups until restarted.
     closed: bool,
+    /// Survives restarts (a real node keeps it on disk).
+    resumption: Resumption,
+    revoked: BTreeSet<PublicKey>,
 }
 
 impl Node {
@@ -195,6 +216,8 @@ impl Node {
             events: VecDeque::new(),
             stats: NodeStats::default(),
             closed: false,
+            resumption: Resumption::default(),
+            revoked: BTreeSet::new(),
         };
         if config.policy == RolePolicy::SupernodeOnly {
             node.become_supernode(now);
@@ -218,6 +241,21 @@ impl Node {
         } else {
             self.with_client(now, |client, io| client.start(io));
         }
+    }
+
+    /// Refuses this device from now on (logins and resumes). Revocations
+    /// reach the node from the account's signed device list (issue #5);
+    /// this is the hook they land in.
+    pub fn revoke_device(&mut self, device_key: PublicKey) {
+        self.revoked.insert(device_key);
+        if let Role::Supernode(supernode) = &mut self.role {
+            supernode.drop_device(&device_key);
+        }
+    }
+
+    /// The device's current resumption ticket, if it holds one.
+    pub fn ticket(&self) -> Option<&peerline_proto::Ticket> {
+        self.resumption.ticket.as_deref()
     }
 
     pub fn is_supernode(&self) -> bool {
@@ -447,11 +485,9 @@ impl Node {
         self.with_supernode(now, |supernode, io| supernode.join(io, &seeds));
     }
 
-    fn with_client(&mut self, now: Now, f: impl FnOnce(&mut ClientState, &mut Io)) {
-        let Role::Client(client) = &mut self.role else {
-            return;
-        };
-        let mut io = Io {
+    /// The role and everything its handlers may use, borrowed apart.
+    fn split(&mut self, now: Now) -> (&mut Role, Io<'_>) {
+        let io = Io {
             now,
             params: &self.params,
             identity: &self.identity,
@@ -463,27 +499,21 @@ impl Node {
             host_cache: &mut self.host_cache,
             reachable: &mut self.reachable,
             started_at: self.started_at,
+            resumption: &mut self.resumption,
+            revoked: &self.revoked,
         };
-        f(client, &mut io);
+        (&mut self.role, io)
+    }
+
+    fn with_client(&mut self, now: Now, f: impl FnOnce(&mut ClientState, &mut Io)) {
+        if let (Role::Client(client), mut io) = self.split(now) {
+            f(client, &mut io);
+        }
     }
 
     fn with_supernode(&mut self, now: Now, f: impl FnOnce(&mut SupernodeState, &mut Io)) {
-        let Role::Supernode(supernode) = &mut self.role else {
-            return;
-        };
-        let mut io = Io {
-            now,
-            params: &self.params,
-            identity: &self.identity,
-            mode: self.identity.mode(),
-            rng: &mut self.rng,
-            transmits: &mut self.transmits,
-            events: &mut self.events,
-            stats: &mut self.stats,
-            host_cache: &mut self.host_cache,
-            reachable: &mut self.reachable,
-            started_at: self.started_at,
-        };
-        f(supernode, &mut io);
+        if let (Role::Supernode(supernode), mut io) = self.split(now) {
+            f(supernode, &mut io);
+        }
     }
 }

@@ -62,6 +62,31 @@ pub struct Params {
     /// Challenge validity window (a challenge is valid in its window and the next).
     pub challenge_window_s: u64,
 
+    // ---- overload control (supernode) and resumption ----
+    /// Login budget: handshake tokens per second and the bucket's depth. A
+    /// full login costs `login_cost_tokens`, a resume with a ticket one.
+    pub handshakes_per_s: u64,
+    pub handshake_burst: u64,
+    pub login_cost_tokens: u64,
+    /// Tokens a full login must leave in the bucket: the last of the budget
+    /// goes to resuming clients (cheaper, and they were attached already).
+    pub login_reserve_tokens: u64,
+    /// Lookups a supernode starts per second for its clients, and the depth.
+    pub lookups_per_s: u64,
+    pub lookup_burst: u64,
+    /// Lifetime of a resumption ticket; must stay below the revocation bound
+    /// (how long a revoked device may keep logging in), see ARCHITECTURE.md.
+    pub ticket_ttl_s: u64,
+    /// A client's ticket is renewed (in a pong) once it is this old.
+    pub ticket_refresh_s: u64,
+    /// Devices whose last resume counter a supernode remembers (replay
+    /// guard); when full, resumes fall back to a full login.
+    pub resume_counters_max: usize,
+    /// The simulator's naive baseline: no admission control, fixed-interval
+    /// retries, no redirects, no tickets, disconnect when overloaded. Never
+    /// set outside the simulator.
+    pub naive: bool,
+
     // ---- membership gossip (SWIM-style) ----
     pub gossip_period_ms: u64,
     pub gossip_ack_timeout_ms: u64,
@@ -128,6 +153,16 @@ impl Default for Params {
             replication_k: 4,
             sweep_interval_ms: 10_000,
             challenge_window_s: 30,
+            handshakes_per_s: 20,
+            handshake_burst: 60,
+            login_cost_tokens: 2,
+            login_reserve_tokens: 15,
+            lookups_per_s: 100,
+            lookup_burst: 300,
+            ticket_ttl_s: 900,
+            ticket_refresh_s: 300,
+            resume_counters_max: 8_192,
+            naive: false,
             gossip_period_ms: 1_000,
             gossip_ack_timeout_ms: 800,
             suspect_timeout_ms: 4_000,

@@ -6,17 +6,19 @@
 use crate::client::attach_proof_bytes;
 use crate::identity::DeviceIdentity;
 use crate::identity::{
-    contact_id, domain, presence_key, solve_id_puzzle, verify, verify_device_cert, verify_presence,
+    contact_id, domain, node_id, presence_key, resume_proof_bytes, sign_ticket, solve_id_puzzle,
+    verify, verify_device_cert, verify_presence, verify_ticket,
 };
 use crate::lookup::{CandidateState, Lookup, Purpose};
 use crate::membership::{Change, Membership};
 use crate::node::Io;
+use crate::overload::TokenBucket;
 use crate::params::Params;
 use crate::time::{Instant, Now};
 use peerline_proto::{
     Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId,
-    PresenceRecord, PublicKey, Signature, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX,
-    SYNC_PAGE_MEMBERS_MAX,
+    PresenceRecord, PublicKey, Signature, Ticket, TicketBody, CONTACTS_PER_MESSAGE_MAX,
+    GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -41,8 +43,25 @@ const REQUEST_FORGET_MS: u64 = 10_000;
 #[derive(Clone, Debug)]
 struct ClientSlot {
     device_key: PublicKey,
+    account_key: PublicKey,
+    cert_expires_unix_s: u64,
     last_seen: Instant,
+    /// When this client last got a resumption ticket from us.
+    ticket_issued: Instant,
     record: Option<Box<PresenceRecord>>,
+}
+
+/// Why a resume was not accepted as it stands (the client falls back to a
+/// full login, except when the supernode is busy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResumeRefusal {
+    WrongAddress,
+    UnknownIssuer,
+    BadTicket,
+    Revoked,
+    BadProof,
+    Replayed,
+    GuardFull,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +105,12 @@ pub struct SupernodeState {
     demotable: bool,
     idle_since: Option<Instant>,
     demotion_due: bool,
+    /// Login budget (full logins and resumes).
+    handshakes: TokenBucket,
+    /// Budget of network lookups started for clients.
+    lookup_budget: TokenBucket,
+    /// Highest resume counter seen per device (replay guard), with when.
+    resume_counters: FxHashMap<PublicKey, (u64, Instant)>,
 }
 
 impl SupernodeState {
@@ -143,6 +168,13 @@ impl SupernodeState {
             demotable,
             idle_since: None,
             demotion_due: false,
+            handshakes: TokenBucket::new(
+                params.handshakes_per_s,
+                params.handshake_burst,
+                now.instant,
+            ),
+            lookup_budget: TokenBucket::new(params.lookups_per_s, params.lookup_burst, now.instant),
+            resume_counters: FxHashMap::default(),
         }
     }
 
@@ -160,6 +192,12 @@ impl SupernodeState {
 
     pub(crate) fn membership_len(&self) -> usize {
         self.membership.len()
+    }
+
+    /// Forgets every attachment of a (revoked) device.
+    pub(crate) fn drop_device(&mut self, device_key: &PublicKey) {
+        self.clients
+            .retain(|_, slot| slot.device_key != *device_key);
     }
 
     pub(crate) fn wants_demotion(&self) -> bool {
@@ -260,22 +298,12 @@ impl SupernodeState {
                 challenge,
                 signature,
             } => self.on_attach_proof(io, from, cert, challenge, signature),
-            Message::Ping { sequence } => match self.clients.get_mut(&from) {
-                Some(slot) => {
-                    slot.last_seen = io.now.instant;
-                    let load_pct = self.load_pct(io.params);
-                    let network_load_pct = self.membership.average_load_with_own(load_pct);
-                    io.send(
-                        from,
-                        &Message::Pong {
-                            sequence,
-                            load_pct,
-                            network_load_pct,
-                        },
-                    );
-                }
-                None => io.send(from, &Message::NotAttached),
-            },
+            Message::AttachResume {
+                ticket,
+                counter,
+                signature,
+            } => self.on_attach_resume(io, from, ticket, counter, signature),
+            Message::Ping { sequence } => self.on_ping(io, from, sequence),
             Message::Detach { .. } => {
                 self.clients.remove(&from);
             }
@@ -367,14 +395,20 @@ impl SupernodeState {
         *hasher.finalize().as_bytes()
     }
 
-    fn busy(&self, io: &mut Io, to: Addr, reason: BusyReason) {
+    /// Turns a request away with alternates that have room and a retry
+    /// hint: at least `wait_ms` (when our budget refills), spread by jitter
+    /// so the clients we turn away together do not come back together.
+    fn busy(&self, io: &mut Io, to: Addr, reason: BusyReason, wait_ms: u64) {
         let alternates = BoundedVec::truncating(self.membership.least_loaded(
             ALTERNATES_PER_ANSWER,
             &self.node_id,
             io.rng,
         ));
-        let retry_after_ms = (io.params.retry_backoff_base_ms
-            + io.jitter_ms(io.params.retry_backoff_base_ms)) as u32;
+        let spread_ms = io.params.retry_backoff_base_ms.max(wait_ms);
+        let retry_after_ms =
+            (wait_ms + io.params.retry_backoff_base_ms / 2 + io.jitter_ms(spread_ms))
+                .min(u32::MAX as u64) as u32;
+        io.stats.busy_sent += 1;
         io.send(
             to,
             &Message::Busy {
@@ -386,18 +420,39 @@ impl SupernodeState {
     }
 
     fn has_room_for(&self, io: &Io, from: &Addr) -> bool {
-        self.clients.contains_key(from)
+        io.params.naive
+            || self.clients.contains_key(from)
             || self.clients.len() < io.params.supernode_capacity_attachments
     }
 
-    fn on_attach_hello(&mut self, io: &mut Io, from: Addr, cert: DeviceCert) {
-        if !self.has_room_for(io, &from) {
-            self.busy(io, from, BusyReason::AttachmentsFull);
-            return;
+    /// Admission of a handshake: room for one more client, and budget. A
+    /// full login must leave the reserve for resuming clients.
+    fn admit_handshake(&mut self, io: &mut Io, from: Addr, resume: bool) -> bool {
+        if io.params.naive {
+            return true;
         }
+        if !self.has_room_for(io, &from) {
+            self.busy(io, from, BusyReason::AttachmentsFull, 0);
+            return false;
+        }
+        let (cost, reserve) = if resume {
+            (1, 0)
+        } else {
+            (io.params.login_cost_tokens, io.params.login_reserve_tokens)
+        };
+        let now = io.now.instant;
+        if self.handshakes.try_take(now, cost, reserve) {
+            return true;
+        }
+        let wait_ms = self.handshakes.wait_ms(now, cost, reserve);
+        self.busy(io, from, BusyReason::HandshakesFull, wait_ms);
+        false
+    }
+
+    fn send_challenge(&self, io: &mut Io, from: Addr, device_key: &PublicKey) {
         // Stateless: nothing is kept until the client proves its key.
         let window = io.now.instant.as_s() / io.params.challenge_window_s.max(1);
-        let challenge = self.challenge_for(&from, &cert.body.device_key, window);
+        let challenge = self.challenge_for(&from, device_key, window);
         io.send(
             from,
             &Message::AttachChallenge {
@@ -405,6 +460,13 @@ impl SupernodeState {
                 challenge,
             },
         );
+    }
+
+    fn on_attach_hello(&mut self, io: &mut Io, from: Addr, cert: DeviceCert) {
+        if !self.admit_handshake(io, from, false) {
+            return;
+        }
+        self.send_challenge(io, from, &cert.body.device_key);
     }
 
     fn on_attach_proof(
@@ -443,18 +505,43 @@ impl SupernodeState {
             io.stats.signatures_rejected += 1;
             return;
         }
-        if !self.has_room_for(io, &from) {
-            self.busy(io, from, BusyReason::AttachmentsFull);
+        if io.revoked.contains(&cert.body.device_key) {
+            io.stats.revoked_refused += 1;
             return;
         }
-        self.clients.insert(
+        if !self.has_room_for(io, &from) {
+            self.busy(io, from, BusyReason::AttachmentsFull, 0);
+            return;
+        }
+        self.accept(
+            io,
             from,
-            ClientSlot {
-                device_key: cert.body.device_key,
-                last_seen: io.now.instant,
-                record: None,
-            },
+            cert.body.device_key,
+            cert.body.account_key,
+            cert.body.expires_unix_s,
         );
+    }
+
+    /// Takes the client in and answers with peers and a fresh ticket.
+    fn accept(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        device_key: PublicKey,
+        account_key: PublicKey,
+        cert_expires_unix_s: u64,
+    ) {
+        let now = io.now.instant;
+        let mut slot = ClientSlot {
+            device_key,
+            account_key,
+            cert_expires_unix_s,
+            last_seen: now,
+            ticket_issued: now,
+            record: None,
+        };
+        let ticket = Self::issue_ticket(io, self.contact, from, &mut slot);
+        self.clients.insert(from, slot);
         let peers = BoundedVec::truncating(self.membership.least_loaded(
             ALTERNATES_PER_ANSWER,
             &self.node_id,
@@ -466,8 +553,148 @@ impl SupernodeState {
                 keepalive_interval_s: (io.params.keepalive_interval_ms / 1000) as u16,
                 load_pct: self.load_pct(io.params),
                 peers,
+                ticket,
             },
         );
+    }
+
+    /// A resumption ticket for the client in `slot`, issued by `issuer`
+    /// (none in naive mode).
+    fn issue_ticket(
+        io: &mut Io,
+        issuer: Contact,
+        addr: Addr,
+        slot: &mut ClientSlot,
+    ) -> Option<Ticket> {
+        if io.params.naive {
+            return None;
+        }
+        slot.ticket_issued = io.now.instant;
+        let body = TicketBody {
+            device_key: slot.device_key,
+            account_key: slot.account_key,
+            cert_expires_unix_s: slot.cert_expires_unix_s,
+            addr,
+            issued_unix_s: io.now.unix_s,
+            expires_unix_s: io.now.unix_s + io.params.ticket_ttl_s,
+            issuer,
+        };
+        Some(sign_ticket(&io.identity.keypair, body))
+    }
+
+    fn on_ping(&mut self, io: &mut Io, from: Addr, sequence: u32) {
+        let load_pct = self.load_pct(io.params);
+        let network_load_pct = self.membership.average_load_with_own(load_pct);
+        let now = io.now.instant;
+        let refresh_ms = io.params.ticket_refresh_s * 1000;
+        let issuer = self.contact;
+        let Some(slot) = self.clients.get_mut(&from) else {
+            io.send(from, &Message::NotAttached);
+            return;
+        };
+        slot.last_seen = now;
+        let ticket = if now.since_ms(slot.ticket_issued) >= refresh_ms {
+            Self::issue_ticket(io, issuer, from, slot)
+        } else {
+            None
+        };
+        io.send(
+            from,
+            &Message::Pong {
+                sequence,
+                load_pct,
+                network_load_pct,
+                ticket,
+            },
+        );
+    }
+
+    /// Re-attach with a ticket: one round trip. Anything wrong with the
+    /// ticket or proof falls back to the full login (a challenge), so a
+    /// stale ticket costs the client one round trip, never the attachment.
+    fn on_attach_resume(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        ticket: Ticket,
+        counter: u64,
+        signature: Signature,
+    ) {
+        if io.params.naive {
+            io.stats.messages_unexpected += 1;
+            return;
+        }
+        if !self.admit_handshake(io, from, true) {
+            return;
+        }
+        match self.check_resume(io, from, &ticket, counter, &signature) {
+            Ok(()) => {
+                let body = ticket.body;
+                self.accept(
+                    io,
+                    from,
+                    body.device_key,
+                    body.account_key,
+                    body.cert_expires_unix_s,
+                );
+            }
+            Err(ResumeRefusal::Revoked) => io.stats.revoked_refused += 1,
+            Err(refusal) => {
+                if matches!(
+                    refusal,
+                    ResumeRefusal::BadTicket | ResumeRefusal::BadProof | ResumeRefusal::Replayed
+                ) {
+                    io.stats.signatures_rejected += 1;
+                }
+                self.send_challenge(io, from, &ticket.body.device_key);
+            }
+        }
+    }
+
+    fn check_resume(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        ticket: &Ticket,
+        counter: u64,
+        signature: &Signature,
+    ) -> Result<(), ResumeRefusal> {
+        let body = &ticket.body;
+        if body.addr != from {
+            return Err(ResumeRefusal::WrongAddress);
+        }
+        // A ticket is worth what its issuer is: a supernode we know (or
+        // knew until recently — it may be the one that just died).
+        let issuer_id = node_id(&body.issuer.key, body.issuer.id_nonce);
+        let known = body.issuer.key == self.contact.key
+            || (contact_id(&body.issuer, io.params.id_puzzle_difficulty_bits).is_ok()
+                && self.membership.knows(&issuer_id));
+        if !known {
+            return Err(ResumeRefusal::UnknownIssuer);
+        }
+        verify_ticket(
+            io.mode,
+            ticket,
+            io.now.unix_s,
+            io.params.clock_skew_tolerance_s,
+        )
+        .map_err(|_| ResumeRefusal::BadTicket)?;
+        if io.revoked.contains(&body.device_key) {
+            return Err(ResumeRefusal::Revoked);
+        }
+        let last = self.resume_counters.get(&body.device_key).map(|(c, _)| *c);
+        if last.is_some_and(|last| counter <= last) {
+            return Err(ResumeRefusal::Replayed);
+        }
+        if last.is_none() && self.resume_counters.len() >= io.params.resume_counters_max {
+            return Err(ResumeRefusal::GuardFull);
+        }
+        let proof = resume_proof_bytes(&self.contact.key, ticket, counter);
+        verify(io.mode, &body.device_key, domain::RESUME, &proof, signature)
+            .map_err(|_| ResumeRefusal::BadProof)?;
+        self.resume_counters
+            .insert(body.device_key, (counter, io.now.instant));
+        Ok(())
     }
 
     // ---- directory ----
@@ -627,8 +854,13 @@ impl SupernodeState {
             );
             return;
         }
-        if self.lookups_live >= io.params.lookups_in_flight_max {
-            self.busy(io, from, BusyReason::LookupsFull);
+        let now = io.now.instant;
+        if !io.params.naive
+            && (self.lookups_live >= io.params.lookups_in_flight_max
+                || !self.lookup_budget.try_take(now, 1, 0))
+        {
+            let wait_ms = self.lookup_budget.wait_ms(now, 1, 0);
+            self.busy(io, from, BusyReason::LookupsFull, wait_ms);
             return;
         }
         self.start_lookup(
@@ -1113,11 +1345,42 @@ impl SupernodeState {
         }
         self.requests
             .retain(|_, request| now.since_ms(request.sent_at) < REQUEST_FORGET_MS);
+        // A counter older than any ticket that could still be valid guards nothing.
+        let guard_ms = (params.ticket_ttl_s + 2 * params.clock_skew_tolerance_s) * 1000;
+        self.resume_counters
+            .retain(|_, (_, seen)| now.since_ms(*seen) < guard_ms);
+        if params.naive {
+            self.shed_naively(io);
+        }
         let load = self.load_pct(params);
         if load.abs_diff(self.membership.me.load_pct) >= params.load_announce_delta_pct {
             self.membership.announce_load(load, now);
         }
         self.check_demotion(io, load);
+    }
+
+    /// The naive baseline protects itself the way classic supernodes did:
+    /// over capacity, it drops clients (without saying where to go) until it
+    /// is well below capacity again. This is the behaviour that cascades.
+    fn shed_naively(&mut self, io: &mut Io) {
+        let capacity = io.params.supernode_capacity_attachments;
+        if self.clients.len() <= capacity {
+            return;
+        }
+        let keep = capacity * 4 / 5;
+        let mut addrs = self.sorted_client_addrs();
+        let drop = addrs.len() - keep;
+        for _ in 0..drop {
+            let at = io.rng_index(addrs.len());
+            let addr = addrs.swap_remove(at);
+            self.clients.remove(&addr);
+            io.send(
+                addr,
+                &Message::Detach {
+                    alternates: BoundedVec::new(),
+                },
+            );
+        }
     }
 
     fn check_demotion(&mut self, io: &mut Io, load: u8) {

@@ -15,14 +15,17 @@
 //! `PROPTEST_CASES=1 cargo test -p peerline-core --test node_fuzz`; set
 //! `PROPTEST_CASES=5000` for a longer run.
 
-use peerline_core::identity::{presence_key, sign_presence, solve_id_puzzle};
+use peerline_core::identity::{
+    domain, presence_key, resume_proof_bytes, sign_presence, sign_ticket, solve_id_puzzle,
+};
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
     MemberState, MemberUpdate, Message, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature,
-    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX, SYNC_PAGE_MEMBERS_MAX,
+    Ticket, TicketBody, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX,
+    SYNC_PAGE_MEMBERS_MAX,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -299,7 +302,69 @@ fn busy_reason() -> impl Strategy<Value = BusyReason> {
     prop_oneof![
         Just(BusyReason::AttachmentsFull),
         Just(BusyReason::Demoting),
-        Just(BusyReason::LookupsFull)
+        Just(BusyReason::LookupsFull),
+        Just(BusyReason::HandshakesFull)
+    ]
+}
+
+/// A ticket: issued by the real supernode to the client at its address
+/// (valid unless the clock says otherwise), or any fields at all.
+fn ticket() -> impl Strategy<Value = Ticket> {
+    let body = (
+        public_key(),
+        account(),
+        expiry(),
+        address(),
+        expiry(),
+        expiry(),
+        contact(),
+    )
+        .prop_map(
+            |(device_key, account_key, cert_expires, addr, issued, expires, issuer)| TicketBody {
+                device_key,
+                account_key,
+                cert_expires_unix_s: cert_expires,
+                addr,
+                issued_unix_s: issued.min(expires),
+                expires_unix_s: expires,
+                issuer,
+            },
+        );
+    prop_oneof![
+        2 => (expiry(), expiry()).prop_map(|(issued, expires)| {
+            let f = fixtures();
+            sign_ticket(
+                &f.supernode.keypair,
+                TicketBody {
+                    device_key: f.client.keypair.public(),
+                    account_key: f.client.account(),
+                    cert_expires_unix_s: f.client.cert.body.expires_unix_s,
+                    addr: addresses()[CLIENT],
+                    issued_unix_s: issued.min(expires),
+                    expires_unix_s: expires,
+                    issuer: f.supernodes[0],
+                },
+            )
+        }),
+        1 => (body, signature()).prop_map(|(body, signature)| Ticket { body, signature }),
+    ]
+}
+
+/// A resume: correctly signed by the client for the real supernode, or noise.
+fn resume() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        2 => (ticket(), small_or_any_u64()).prop_map(|(ticket, counter)| {
+            let f = fixtures();
+            let proof = resume_proof_bytes(&f.supernodes[0].key, &ticket, counter);
+            Message::AttachResume {
+                ticket,
+                counter,
+                signature: f.client.keypair.sign(domain::RESUME, &proof),
+            }
+        }),
+        1 => (ticket(), small_or_any_u64(), signature()).prop_map(|(ticket, counter, signature)| {
+            Message::AttachResume { ticket, counter, signature }
+        }),
     ]
 }
 
@@ -323,13 +388,15 @@ fn message() -> impl Strategy<Value = Message> {
         (
             any::<u16>(),
             any::<u8>(),
-            contacts::<CONTACTS_PER_MESSAGE_MAX>()
+            contacts::<CONTACTS_PER_MESSAGE_MAX>(),
+            proptest::option::of(ticket())
         )
-            .prop_map(|(keepalive_interval_s, load_pct, peers)| {
+            .prop_map(|(keepalive_interval_s, load_pct, peers, ticket)| {
                 Message::AttachAccepted {
                     keepalive_interval_s,
                     load_pct,
                     peers,
+                    ticket,
                 }
             }),
         (
@@ -345,13 +412,20 @@ fn message() -> impl Strategy<Value = Message> {
         contacts::<CONTACTS_PER_MESSAGE_MAX>()
             .prop_map(|alternates| Message::Detach { alternates }),
         small_or_any_u32().prop_map(|sequence| Message::Ping { sequence }),
-        (small_or_any_u32(), any::<u8>(), any::<u8>()).prop_map(
-            |(sequence, load_pct, network_load_pct)| Message::Pong {
-                sequence,
-                load_pct,
-                network_load_pct
-            }
-        ),
+        (
+            small_or_any_u32(),
+            any::<u8>(),
+            any::<u8>(),
+            proptest::option::of(ticket())
+        )
+            .prop_map(
+                |(sequence, load_pct, network_load_pct, ticket)| Message::Pong {
+                    sequence,
+                    load_pct,
+                    network_load_pct,
+                    ticket,
+                }
+            ),
         Just(Message::NotAttached),
         public_key().prop_map(|supernode| Message::PeerDown { supernode }),
         record().prop_map(|record| Message::Publish { record }),
@@ -420,6 +494,7 @@ fn message() -> impl Strategy<Value = Message> {
                 record,
                 closer
             }),
+        resume(),
     ]
 }
 

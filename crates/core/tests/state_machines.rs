@@ -9,8 +9,8 @@
 //! LIFO transmits, nodes acting after shutdown).
 
 use peerline_core::identity::{
-    domain, issue_device_cert, presence_key, sign_presence, solve_id_puzzle, verify,
-    verify_id_puzzle, verify_presence,
+    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_presence, sign_ticket,
+    solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
 };
 use peerline_core::{
     CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
@@ -18,7 +18,8 @@ use peerline_core::{
 };
 use peerline_proto::{
     decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Frame, MemberState,
-    MemberUpdate, Message, PresenceBody, PresenceRecord, PublicKey, Signature, VersionInfo,
+    MemberUpdate, Message, PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
+    VersionInfo,
 };
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -240,11 +241,13 @@ impl Script {
                 keepalive_interval_s: 25,
                 load_pct: 10,
                 peers: BoundedVec::new(),
+                ticket: None,
             }),
             (_, Message::Ping { sequence }) => Some(Message::Pong {
                 sequence: *sequence,
                 load_pct: 10,
                 network_load_pct: 10,
+                ticket: None,
             }),
             _ => None,
         }
@@ -469,6 +472,7 @@ fn client_logs_in_with_a_signed_proof_and_publishes_presence() {
             keepalive_interval_s: 25,
             load_pct: 5,
             peers: BoundedVec::truncating([peer]),
+            ticket: None,
         },
     );
     assert_eq!(events(&mut client), vec![Event::Attached { supernode: a }]);
@@ -481,6 +485,7 @@ fn client_logs_in_with_a_signed_proof_and_publishes_presence() {
             keepalive_interval_s: 25,
             load_pct: 5,
             peers: BoundedVec::new(),
+            ticket: None,
         },
     );
     assert_eq!(events(&mut client), vec![Event::Attached { supernode: b }]);
@@ -2025,5 +2030,298 @@ fn small_network_recovers_from_a_supernode_crash() {
     assert_eq!(
         contacts_set(&record.body.supernodes),
         contacts_set(&net.nodes[orphan].attached_supernodes())
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Overload control, back-off and resumption tickets
+// ---------------------------------------------------------------------------
+
+impl RawClient {
+    /// A resume at the supernode with key `supernode_key`, signed by this device.
+    fn resume(&self, ticket: &Ticket, counter: u64, supernode_key: &PublicKey) -> Message {
+        Message::AttachResume {
+            ticket: *ticket,
+            counter,
+            signature: self.keypair.sign(
+                domain::RESUME,
+                &resume_proof_bytes(supernode_key, ticket, counter),
+            ),
+        }
+    }
+}
+
+/// Full login of `client` at `supernode`; returns the ticket it got.
+fn ticket_from(client: &RawClient, supernode: &mut Node, now: Now) -> Ticket {
+    match client.attach(supernode, now) {
+        Some(Message::AttachAccepted {
+            ticket: Some(ticket),
+            ..
+        }) => ticket,
+        other => panic!("expected acceptance with a ticket, got {other:?}"),
+    }
+}
+
+/// Delivers `message` and says whether the supernode fell back to a full
+/// login (a challenge) without admitting anyone.
+fn falls_back_to_login(supernode: &mut Node, now: Now, from: Addr, message: &Message) -> bool {
+    let attached = supernode.attached_clients();
+    deliver(supernode, now, from, message);
+    let reply = only_reply(supernode, from);
+    matches!(reply, Message::AttachChallenge { .. }) && supernode.attached_clients() == attached
+}
+
+#[test]
+fn a_ticket_from_one_supernode_resumes_at_another_in_one_round_trip() {
+    let params = Arc::new(params());
+    let (mut a, mut b) = two_supernodes(&params);
+    let now = at(100);
+    let client = RawClient::honest(40, addr(40));
+    let ticket = ticket_from(&client, &mut a, now);
+    assert_eq!(ticket.body.issuer, a.supernode_contact().unwrap());
+    assert_eq!(ticket.body.device_key, client.keypair.public());
+    assert_eq!(ticket.body.account_key, client.cert.body.account_key);
+    assert_eq!(ticket.body.addr, client.addr);
+    assert!(ticket.body.expires_unix_s - ticket.body.issued_unix_s <= params.ticket_ttl_s);
+
+    // One datagram each way at b, which never saw this client.
+    let b_contact = b.supernode_contact().unwrap();
+    deliver(
+        &mut b,
+        now,
+        client.addr,
+        &client.resume(&ticket, 1, &b_contact.key),
+    );
+    let Message::AttachAccepted {
+        ticket: Some(renewed),
+        ..
+    } = only_reply(&mut b, client.addr)
+    else {
+        panic!("the resume was not accepted");
+    };
+    assert_eq!(renewed.body.issuer, b_contact);
+    assert_eq!(b.attached_clients(), 1);
+}
+
+#[test]
+fn forged_expired_replayed_misdirected_and_revoked_resumes_are_refused() {
+    let params = Arc::new(params());
+    let (mut a, mut b) = two_supernodes(&params);
+    let now = at(100);
+    let client = RawClient::honest(41, addr(41));
+    let ticket = ticket_from(&client, &mut a, now);
+    let (a_key, b_key) = (
+        a.supernode_contact().unwrap().key,
+        b.supernode_contact().unwrap().key,
+    );
+
+    // Forged: fields changed after the issuer signed (a longer life, another device).
+    let mut longer = ticket;
+    longer.body.expires_unix_s += 1_000_000;
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        client.addr,
+        &client.resume(&longer, 1, &b_key)
+    ));
+    let thief = RawClient::honest(42, client.addr);
+    let mut stolen = ticket;
+    stolen.body.device_key = thief.keypair.public();
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        client.addr,
+        &thief.resume(&stolen, 1, &b_key)
+    ));
+    // A real ticket with somebody else's proof.
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        client.addr,
+        &thief.resume(&ticket, 1, &b_key)
+    ));
+    // Issued by a key that solves the puzzle but is nobody's supernode.
+    let rogue = Keypair::generate(CryptoMode::Full, &mut rng(43));
+    let (id_nonce, _) = solve_id_puzzle(&rogue.public(), PUZZLE_BITS, 0);
+    let minted = sign_ticket(
+        &rogue,
+        TicketBody {
+            issuer: Contact {
+                key: rogue.public(),
+                id_nonce,
+                addr: addr(43),
+            },
+            ..ticket.body
+        },
+    );
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        client.addr,
+        &client.resume(&minted, 1, &b_key)
+    ));
+    // Misdirected: signed for a, shown to b; or shown from another address.
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        client.addr,
+        &client.resume(&ticket, 1, &a_key)
+    ));
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        addr(99),
+        &client.resume(&ticket, 1, &b_key)
+    ));
+    // Expired (beyond the skew tolerance).
+    let late_s = ticket.body.expires_unix_s - UNIX0 + params.clock_skew_tolerance_s + 1;
+    let late = at(late_s * 1_000);
+    assert!(falls_back_to_login(
+        &mut b,
+        late,
+        client.addr,
+        &client.resume(&ticket, 1, &b_key)
+    ));
+    assert_eq!(b.attached_clients(), 0);
+
+    // The genuine resume works once; a replay of it, or an older counter,
+    // does not; a newer counter does.
+    let genuine = client.resume(&ticket, 5, &b_key);
+    deliver(&mut b, now, client.addr, &genuine);
+    assert!(matches!(
+        only_reply(&mut b, client.addr),
+        Message::AttachAccepted { .. }
+    ));
+    assert!(falls_back_to_login(&mut b, now, client.addr, &genuine));
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        client.addr,
+        &client.resume(&ticket, 4, &b_key)
+    ));
+    deliver(&mut b, now, client.addr, &client.resume(&ticket, 6, &b_key));
+    assert!(matches!(
+        only_reply(&mut b, client.addr),
+        Message::AttachAccepted { .. }
+    ));
+
+    // Revoked: the attachment goes, and neither a resume nor a full login
+    // brings the device back.
+    b.revoke_device(client.keypair.public());
+    assert_eq!(b.attached_clients(), 0);
+    deliver(&mut b, now, client.addr, &client.resume(&ticket, 7, &b_key));
+    assert!(sent(&mut b).is_empty(), "a revoked device gets no answer");
+    assert!(!is_accepted(&client.attach(&mut b, now)));
+    assert_eq!(b.attached_clients(), 0);
+    assert!(b.stats().revoked_refused >= 2);
+}
+
+#[test]
+fn login_budget_turns_new_logins_away_first_and_keeps_a_reserve_for_resumes() {
+    let params = Arc::new(Params {
+        handshakes_per_s: 1,
+        handshake_burst: 4,
+        login_cost_tokens: 2,
+        login_reserve_tokens: 2,
+        ..params()
+    });
+    let (mut a, mut b) = two_supernodes(&params);
+    let now = at(100);
+    let resuming = RawClient::honest(50, addr(50));
+    let ticket = ticket_from(&resuming, &mut a, now);
+
+    // The first new login takes two tokens; the second would eat the reserve.
+    let first = RawClient::honest(51, addr(51));
+    assert!(is_accepted(&first.attach(&mut b, now)));
+    let second = RawClient::honest(52, addr(52));
+    let Message::Busy {
+        reason,
+        retry_after_ms,
+        alternates,
+    } = second.hello(&mut b, now)
+    else {
+        panic!("expected Busy");
+    };
+    assert_eq!(reason, BusyReason::HandshakesFull);
+    // Four tokens are needed, two are there, one comes per second.
+    assert!(retry_after_ms >= 1_900, "retry after {retry_after_ms} ms");
+    assert_eq!(alternates.as_slice(), &[a.supernode_contact().unwrap()]);
+    // A resuming client still gets in, on the reserve.
+    let b_key = b.supernode_contact().unwrap().key;
+    deliver(
+        &mut b,
+        now,
+        resuming.addr,
+        &resuming.resume(&ticket, 1, &b_key),
+    );
+    assert!(matches!(
+        only_reply(&mut b, resuming.addr),
+        Message::AttachAccepted { .. }
+    ));
+    // Once the bucket refills, the new login is served.
+    assert!(is_accepted(
+        &second.attach(&mut b, at(100 + retry_after_ms as u64))
+    ));
+    assert_eq!(b.attached_clients(), 3);
+}
+
+/// `count` clients whose three supernodes all answer busy; returns, per
+/// client, the times (ms) at which it said hello.
+fn hello_times_under_busy(params: &Arc<Params>, count: u64, until_ms: u64) -> Vec<Vec<u64>> {
+    let contacts: Vec<Contact> = (0..3)
+        .map(|i| scripted_contact(100 + i, addr(100 + i as u32)))
+        .collect();
+    (0..count)
+        .map(|seed| {
+            let mut client = client(params, 1_000 + seed, addr(1), contacts.clone(), at(0));
+            let mut script = Script::new(&contacts);
+            script.busy_retry_after_ms = 2_000;
+            for contact in &contacts {
+                script.set(contact, Behaviour::Busy);
+            }
+            script.run(&mut client, 0, until_ms);
+            let mut times: Vec<u64> = contacts
+                .iter()
+                .flat_map(|c| script.sent_to(c.addr, is_hello))
+                .collect();
+            times.sort_unstable();
+            times
+        })
+        .collect()
+}
+
+#[test]
+fn clients_turned_away_together_back_off_and_come_back_spread_out() {
+    let params = Arc::new(params());
+    let runs = hello_times_under_busy(&params, 30, 300_000);
+    for times in &runs {
+        // Exponential: far fewer attempts in the last four minutes than in
+        // the first minute, and never more often than the busy hint allows.
+        let early = times.iter().filter(|t| **t < 60_000).count();
+        let late = times.iter().filter(|t| **t >= 60_000).count();
+        assert!(
+            early >= 4 && late < early,
+            "early {early}, late {late}: {times:?}"
+        );
+        assert!(times.len() < 20, "{} hellos in 5 minutes", times.len());
+    }
+    // Jitter: the clients' sixth attempts are spread over seconds, not synchronized.
+    let sixth: BTreeSet<u64> = runs.iter().filter_map(|t| t.get(5).copied()).collect();
+    assert!(sixth.len() >= 25, "only {} distinct times", sixth.len());
+    let spread = sixth.last().unwrap() - sixth.first().unwrap();
+    assert!(spread >= 2_000, "sixth attempts within {spread} ms");
+
+    // The naive baseline retries on a fixed clock: everyone together, for ever.
+    let naive = Arc::new(Params {
+        naive: true,
+        ..params.as_ref().clone()
+    });
+    let runs = hello_times_under_busy(&naive, 30, 300_000);
+    let sixth: BTreeSet<u64> = runs.iter().filter_map(|t| t.get(5).copied()).collect();
+    assert!(sixth.len() <= 2, "naive clients spread: {sixth:?}");
+    assert!(
+        runs[0].len() > 60,
+        "naive retried only {} times",
+        runs[0].len()
     );
 }

@@ -6,7 +6,7 @@
 
 use crate::bounded::BoundedVec;
 use crate::types::{
-    Addr, Contact, DeviceCert, MemberUpdate, NodeId, PresenceRecord, PublicKey, Signature,
+    Addr, Contact, DeviceCert, MemberUpdate, NodeId, PresenceRecord, PublicKey, Signature, Ticket,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +24,10 @@ pub enum BusyReason {
     AttachmentsFull,
     /// The node is leaving the supernode role.
     Demoting,
-    /// Too many lookups in flight.
+    /// Too many lookups in flight or per second.
     LookupsFull,
+    /// The login budget (handshakes per second) is spent for now.
+    HandshakesFull,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -52,6 +54,8 @@ pub enum Message {
         load_pct: u8,
         /// Other supernodes, for the client's host cache.
         peers: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
+        /// A resumption ticket for the next re-attach (anywhere).
+        ticket: Option<Ticket>,
     },
     /// A refusal that says when to come back and where to go instead.
     Busy {
@@ -74,6 +78,8 @@ pub enum Message {
         load_pct: u8,
         /// Average load of the supernodes it knows (drives promotion).
         network_load_pct: u8,
+        /// A fresh resumption ticket when the last one is getting old.
+        ticket: Option<Ticket>,
     },
     /// Answer to a client message from a client the supernode does not hold.
     NotAttached,
@@ -143,6 +149,16 @@ pub enum Message {
         record: Option<PresenceRecord>,
         closer: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
     },
+
+    // ---- client → supernode: cheap re-attach ----
+    /// Re-attach in one round trip with a ticket from any supernode. The
+    /// device signs this supernode's key, the ticket and a counter that
+    /// grows with every resume, proving possession of the device key.
+    AttachResume {
+        ticket: Ticket,
+        counter: u64,
+        signature: Signature,
+    },
 }
 
 impl Message {
@@ -172,6 +188,7 @@ impl Message {
             Message::Store { .. } => MessageKind::Store,
             Message::FindValue { .. } => MessageKind::FindValue,
             Message::FindValueResponse { .. } => MessageKind::FindValueResponse,
+            Message::AttachResume { .. } => MessageKind::AttachResume,
         }
     }
 }
@@ -202,6 +219,7 @@ pub enum MessageKind {
     Store,
     FindValue,
     FindValueResponse,
+    AttachResume,
 }
 
 impl MessageKind {
@@ -231,6 +249,7 @@ impl MessageKind {
             20 => MessageKind::Store,
             21 => MessageKind::FindValue,
             22 => MessageKind::FindValueResponse,
+            23 => MessageKind::AttachResume,
             _ => return None,
         })
     }
@@ -250,6 +269,7 @@ mod tests {
                 sequence: 1,
                 load_pct: 3,
                 network_load_pct: 4,
+                ticket: None,
             },
             Message::Detach {
                 alternates: BoundedVec::new(),

@@ -213,3 +213,29 @@ pub struct MemberUpdate {
     pub state: MemberState,
     pub load_pct: u8,
 }
+
+/// What a supernode attests when it hands a client a resumption ticket:
+/// "this device, certified by this account until `cert_expires_unix_s`,
+/// was attached to me from `addr` at `issued_unix_s`". Any supernode that
+/// knows the issuer can check it, so a client whose supernode died (or
+/// rebooted) re-attaches elsewhere in one round trip.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub struct TicketBody {
+    pub device_key: PublicKey,
+    pub account_key: PublicKey,
+    pub cert_expires_unix_s: u64,
+    /// The client's address as the issuer saw it; a resume from any other
+    /// address is refused, so a replayed resume can only re-attach the
+    /// device where it already is.
+    pub addr: Addr,
+    pub issued_unix_s: u64,
+    pub expires_unix_s: u64,
+    pub issuer: Contact,
+}
+
+/// A resumption ticket, signed by the issuing supernode's node key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub struct Ticket {
+    pub body: TicketBody,
+    pub signature: Signature,
+}

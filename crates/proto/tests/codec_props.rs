@@ -15,9 +15,9 @@ use peerline_proto::message::{
 use peerline_proto::{
     decode, encode, encode_version_info, encode_versioned, peek_kind, Addr, BoundedVec, BusyReason,
     Contact, DecodeError, DeviceCert, DeviceCertBody, Frame, MemberState, MemberUpdate, Message,
-    MessageKind, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature, VersionInfo,
-    MESSAGE_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RECORD_SUPERNODES_MAX,
-    VERSION_INFO_BYTE,
+    MessageKind, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
+    VersionInfo, MESSAGE_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -134,6 +134,30 @@ fn presence_record() -> impl Strategy<Value = PresenceRecord> {
     (presence_body(), signature()).prop_map(|(body, signature)| PresenceRecord { body, signature })
 }
 
+fn ticket() -> impl Strategy<Value = Ticket> {
+    (
+        (public_key(), public_key(), varint_u64(), addr()),
+        (varint_u64(), varint_u64(), contact(), signature()),
+    )
+        .prop_map(
+            |(
+                (device_key, account_key, cert_expires_unix_s, addr),
+                (issued_unix_s, expires_unix_s, issuer, signature),
+            )| Ticket {
+                body: TicketBody {
+                    device_key,
+                    account_key,
+                    cert_expires_unix_s,
+                    addr,
+                    issued_unix_s,
+                    expires_unix_s,
+                    issuer,
+                },
+                signature,
+            },
+        )
+}
+
 fn member_state() -> impl Strategy<Value = MemberState> {
     prop_oneof![
         Just(MemberState::Alive),
@@ -158,6 +182,7 @@ fn busy_reason() -> impl Strategy<Value = BusyReason> {
         Just(BusyReason::AttachmentsFull),
         Just(BusyReason::Demoting),
         Just(BusyReason::LookupsFull),
+        Just(BusyReason::HandshakesFull),
     ]
 }
 
@@ -188,15 +213,17 @@ fn message() -> impl Strategy<Value = Message> {
         (
             varint_u16(),
             any::<u8>(),
-            bounded::<_, CONTACTS_PER_MESSAGE_MAX>(contact())
+            bounded::<_, CONTACTS_PER_MESSAGE_MAX>(contact()),
+            proptest::option::of(ticket())
         )
-            .prop_map(
-                |(keepalive_interval_s, load_pct, peers)| Message::AttachAccepted {
+            .prop_map(|(keepalive_interval_s, load_pct, peers, ticket)| {
+                Message::AttachAccepted {
                     keepalive_interval_s,
                     load_pct,
                     peers,
+                    ticket,
                 }
-            ),
+            }),
         (
             busy_reason(),
             varint_u32(),
@@ -210,11 +237,14 @@ fn message() -> impl Strategy<Value = Message> {
         bounded::<_, CONTACTS_PER_MESSAGE_MAX>(contact())
             .prop_map(|alternates| Message::Detach { alternates }),
         varint_u32().prop_map(|sequence| Message::Ping { sequence }),
-        (varint_u32(), any::<u8>()).prop_map(|(sequence, load_pct)| Message::Pong {
-            sequence,
-            load_pct,
-            network_load_pct: load_pct / 2
-        }),
+        (varint_u32(), any::<u8>(), proptest::option::of(ticket())).prop_map(
+            |(sequence, load_pct, ticket)| Message::Pong {
+                sequence,
+                load_pct,
+                network_load_pct: load_pct / 2,
+                ticket,
+            }
+        ),
         Just(Message::NotAttached),
         public_key().prop_map(|supernode| Message::PeerDown { supernode }),
         presence_record().prop_map(|record| Message::Publish { record }),
@@ -275,6 +305,13 @@ fn message() -> impl Strategy<Value = Message> {
                 record,
                 closer,
             }),
+        (ticket(), varint_u64(), signature()).prop_map(|(ticket, counter, signature)| {
+            Message::AttachResume {
+                ticket,
+                counter,
+                signature,
+            }
+        }),
     ]
 }
 
@@ -305,7 +342,8 @@ fn every_variant_is_covered(m: &Message) {
         | Message::SyncResponse { .. }
         | Message::Store { .. }
         | Message::FindValue { .. }
-        | Message::FindValueResponse { .. } => {}
+        | Message::FindValueResponse { .. }
+        | Message::AttachResume { .. } => {}
     }
 }
 
@@ -568,6 +606,21 @@ fn widest_record() -> PresenceRecord {
     }
 }
 
+fn widest_ticket() -> Ticket {
+    Ticket {
+        body: TicketBody {
+            device_key: PublicKey([0x55; 32]),
+            account_key: PublicKey([0x66; 32]),
+            cert_expires_unix_s: u64::MAX,
+            addr: widest_contact(2).addr,
+            issued_unix_s: u64::MAX,
+            expires_unix_s: u64::MAX,
+            issuer: widest_contact(3),
+        },
+        signature: Signature([0x77; 64]),
+    }
+}
+
 /// Every variant with every collection full and every integer at its widest:
 /// the largest encoding each variant can have.
 fn widest_messages() -> Vec<Message> {
@@ -594,6 +647,7 @@ fn widest_messages() -> Vec<Message> {
             keepalive_interval_s: u16::MAX,
             load_pct: u8::MAX,
             peers: contacts(),
+            ticket: Some(widest_ticket()),
         },
         Message::Busy {
             reason: BusyReason::Demoting,
@@ -608,6 +662,7 @@ fn widest_messages() -> Vec<Message> {
             sequence: u32::MAX,
             load_pct: u8::MAX,
             network_load_pct: u8::MAX,
+            ticket: Some(widest_ticket()),
         },
         Message::NotAttached,
         Message::PeerDown {
@@ -660,6 +715,11 @@ fn widest_messages() -> Vec<Message> {
             query_id: u32::MAX,
             record: Some(widest_record()),
             closer: contacts(),
+        },
+        Message::AttachResume {
+            ticket: widest_ticket(),
+            counter: u64::MAX,
+            signature: Signature([0x88; 64]),
         },
     ];
     assert_one_per_variant(&out);
@@ -783,6 +843,7 @@ fn typical_messages() -> Vec<Message> {
             keepalive_interval_s: 25,
             load_pct: 40,
             peers: BoundedVec::truncating((0..3).map(contact)),
+            ticket: None,
         },
         Message::Busy {
             reason: BusyReason::AttachmentsFull,
@@ -797,6 +858,7 @@ fn typical_messages() -> Vec<Message> {
             sequence: 1,
             load_pct: 55,
             network_load_pct: 50,
+            ticket: None,
         },
         Message::NotAttached,
         Message::PeerDown {
@@ -850,6 +912,22 @@ fn typical_messages() -> Vec<Message> {
             record: None,
             closer: BoundedVec::truncating((0..2).map(contact)),
         },
+        Message::AttachResume {
+            ticket: Ticket {
+                body: TicketBody {
+                    device_key: PublicKey([9; 32]),
+                    account_key: PublicKey([10; 32]),
+                    cert_expires_unix_s: 1_802_592_000,
+                    addr: contact(11).addr,
+                    issued_unix_s: 1_800_000_000,
+                    expires_unix_s: 1_800_000_600,
+                    issuer: contact(12),
+                },
+                signature: Signature([13; 64]),
+            },
+            counter: 3,
+            signature: Signature([14; 64]),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -898,6 +976,7 @@ fn write_seed_corpus() {
                 | K::Pong
                 | K::SyncRequest
                 | K::ProbeForward
+                | K::AttachResume
         );
         let bytes = encode(&m).unwrap();
         if wanted && bytes.len() <= 1024 {
