@@ -60,7 +60,7 @@ const CLIENT_LOOKUPS_MAX: usize = 16;
 const PROMOTE_BUSY_MIN: u32 = 3;
 /// How soon an eligible client that keeps meeting busy supernodes checks
 /// again (instead of the regular period).
-const PROMOTE_BUSY_RECHECK_MS: u64 = 30_000;
+const PROMOTE_BUSY_RECHECK_MS: u64 = 10_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct ClientState {
@@ -89,6 +89,11 @@ pub struct ClientState {
     attach_not_before: Instant,
     /// Busy answers since the last promotion check.
     busy_seen: u32,
+    /// Promotion checks in a row that found the network turning clients
+    /// away: each doubles the chance of promoting (up to 16×), so a deficit
+    /// that outlasts the first round is closed faster, while one round is
+    /// enough in a large network.
+    busy_checks: u32,
 }
 
 impl ClientState {
@@ -320,10 +325,8 @@ impl ClientState {
                     self.promote_check_at = self.promote_check_at.map(|at| at.min(soon));
                 }
                 if !io.params.naive {
-                    for contact in alternates.iter() {
-                        io.host_cache
-                            .insert_hint(*contact, io.params.host_cache_len_max);
-                    }
+                    io.host_cache
+                        .hint(&alternates, io.params.host_cache_len_max);
                 }
                 if self.attachments[index].phase == Phase::Attached {
                     // Our own supernode turned a lookup away: keep the
@@ -346,10 +349,8 @@ impl ClientState {
             }
             Message::Detach { alternates } => {
                 if !io.params.naive {
-                    for contact in alternates.iter() {
-                        io.host_cache
-                            .insert_hint(*contact, io.params.host_cache_len_max);
-                    }
+                    io.host_cache
+                        .hint(&alternates, io.params.host_cache_len_max);
                 }
                 let key = self.attachments[index].contact.key;
                 io.host_cache
@@ -804,8 +805,16 @@ impl ClientState {
         if self.promote_check_at.is_none_or(|at| at > now) {
             return;
         }
-        let busy = self.busy_seen >= PROMOTE_BUSY_MIN;
+        // The first busy round needs a few busy answers; once in one, any
+        // busy answer since the last check keeps it going.
+        let busy_min = if self.busy_checks > 0 {
+            1
+        } else {
+            PROMOTE_BUSY_MIN
+        };
+        let busy = self.busy_seen >= busy_min;
         self.busy_seen = 0;
+        self.busy_checks = if busy { self.busy_checks + 1 } else { 0 };
         let period_ms = if busy {
             PROMOTE_BUSY_RECHECK_MS
         } else {
@@ -833,8 +842,10 @@ impl ClientState {
             / attached.len() as u32;
         // Supernodes turning clients away is the other sign of need: the
         // average load lags (gossip), busy answers do not.
+        let chance =
+            io.params.promote_chance_per_mille << self.busy_checks.saturating_sub(1).min(4);
         if (load >= io.params.promote_load_pct as u32 || busy)
-            && (io.rng_index(1000) as u32) < io.params.promote_chance_per_mille
+            && (io.rng_index(1000) as u32) < chance
         {
             self.promotion_due = true;
         }

@@ -89,16 +89,22 @@ impl HostCache {
         }
     }
 
-    /// Adds a supernode recommended by another one as having room: the next
-    /// choices prefer it.
-    pub fn insert_hint(&mut self, contact: Contact, len_max: usize) {
-        self.insert(contact, len_max);
-        if let Some(entry) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.contact.key == contact.key)
-        {
-            entry.hinted = true;
+    /// Takes the supernodes another one just recommended as having room:
+    /// the next choices prefer them. Only the latest recommendation counts
+    /// (older ones describe loads that have since changed).
+    pub fn hint(&mut self, contacts: &[Contact], len_max: usize) {
+        for entry in &mut self.entries {
+            entry.hinted = false;
+        }
+        for contact in contacts {
+            self.insert(*contact, len_max);
+            if let Some(entry) = self
+                .entries
+                .iter_mut()
+                .find(|e| e.contact.key == contact.key)
+            {
+                entry.hinted = true;
+            }
         }
     }
 

@@ -137,7 +137,7 @@ impl Default for Params {
             host_cache_len_max: 64,
             host_cache_choices: 4,
             retry_backoff_base_ms: 2_000,
-            retry_backoff_max_ms: 120_000,
+            retry_backoff_max_ms: 15_000,
             presence_debounce_ms: 1_500,
             presence_ttl_s: 3_600,
             presence_refresh_s: 1_800,

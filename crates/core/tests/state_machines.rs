@@ -2294,16 +2294,21 @@ fn hello_times_under_busy(params: &Arc<Params>, count: u64, until_ms: u64) -> Ve
 fn clients_turned_away_together_back_off_and_come_back_spread_out() {
     let params = Arc::new(params());
     let runs = hello_times_under_busy(&params, 30, 300_000);
+    let max_ms = params.retry_backoff_max_ms;
     for times in &runs {
-        // Exponential: far fewer attempts in the last four minutes than in
-        // the first minute, and never more often than the busy hint allows.
-        let early = times.iter().filter(|t| **t < 60_000).count();
-        let late = times.iter().filter(|t| **t >= 60_000).count();
+        // Exponential up to the cap: the waits between rounds of attempts
+        // start short and settle around the cap (jittered 0.5–1.5×).
+        let mut rounds = times.clone();
+        rounds.dedup();
+        let gaps: Vec<u64> = rounds.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 8, "{} rounds in 5 minutes", rounds.len());
+        let mean = |g: &[u64]| g.iter().sum::<u64>() / g.len() as u64;
+        let (early, late) = (mean(&gaps[..3]), mean(&gaps[gaps.len() / 2..]));
+        assert!(early < late, "waits do not grow: {gaps:?}");
         assert!(
-            early >= 4 && late < early,
-            "early {early}, late {late}: {times:?}"
+            late >= max_ms / 2 && late <= max_ms * 3 / 2 + 3_000,
+            "late waits average {late} ms against a cap of {max_ms} ms: {gaps:?}"
         );
-        assert!(times.len() < 20, "{} hellos in 5 minutes", times.len());
     }
     // Jitter: the clients' sixth attempts are spread over seconds, not synchronized.
     let sixth: BTreeSet<u64> = runs.iter().filter_map(|t| t.get(5).copied()).collect();

@@ -23,8 +23,11 @@ struct Cli {
 enum Command {
     /// Run a deterministic simulation of the whole network and write a report.
     ///
-    /// Scenarios: steady (joins, churn, lookups). The same seed gives the same
-    /// run, byte for byte; the report's `digest` proves it.
+    /// Scenarios: steady (joins, churn, lookups); restart-storm (the 2007
+    /// login storm: 60% of all nodes reboot within 10 minutes);
+    /// supernode-crash (the 2010 crash wave: 40% of supernodes die at once).
+    /// Add --naive for the baseline without overload control. The same seed
+    /// gives the same run, byte for byte; the report's `digest` proves it.
     Sim(SimArgs),
 }
 
@@ -38,7 +41,7 @@ enum CryptoArg {
 
 #[derive(clap::Args)]
 struct SimArgs {
-    /// Scenario to run: steady.
+    /// Scenario to run: steady, restart-storm or supernode-crash.
     scenario: String,
     /// Number of clients.
     #[arg(long, default_value_t = 100_000)]
@@ -68,6 +71,21 @@ struct SimArgs {
     /// bucket), forcing iterative routing.
     #[arg(long)]
     view_cap: Option<usize>,
+    /// Run the naive baseline: no admission control, fixed-interval
+    /// retries, no redirects or tickets, disconnect when overloaded.
+    #[arg(long)]
+    naive: bool,
+    /// Supernode capacity as a multiple of the steady average load
+    /// (default: 1.25 in the outage scenarios, the production default in steady).
+    #[arg(long)]
+    capacity_factor: Option<f64>,
+    /// Outage size: fraction of all nodes restarted (restart-storm) or of
+    /// supernodes crashed (supernode-crash); default 0.6 and 0.4.
+    #[arg(long)]
+    fraction: Option<f64>,
+    /// When the outage begins, e.g. 10m.
+    #[arg(long, value_parser = parse_duration_s)]
+    storm_at: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -131,14 +149,29 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         config.params.membership_view_len_max = cap;
         config.params.membership_bucket_len_max = 8;
     }
+    config.naive = args.naive;
+    if args.capacity_factor.is_some() {
+        config.capacity_factor = args.capacity_factor;
+    }
+    if let Some(fraction) = args.fraction {
+        config.storm_fraction = fraction;
+    }
+    if let Some(at) = args.storm_at {
+        config.storm_at_s = at;
+    }
     if let Err(problem) = config.validate() {
         bail!("{problem}");
     }
     check_writable(&args.out)?;
 
     println!(
-        "peerline sim {} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?}",
+        "peerline sim {}{} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?}",
         scenario.name(),
+        if config.naive {
+            " (naive baseline)"
+        } else {
+            ""
+        },
         config.seed,
         config.clients,
         config.supernodes,
@@ -182,14 +215,31 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
     if report.passed {
         Ok(ExitCode::SUCCESS)
     } else {
+        let mut extra = String::new();
+        if let Some(cap) = args.view_cap {
+            extra += &format!(" --view-cap {cap}");
+        }
+        if config.naive {
+            extra += " --naive";
+        }
+        if let Some(factor) = args.capacity_factor {
+            extra += &format!(" --capacity-factor {factor}");
+        }
+        if let Some(fraction) = args.fraction {
+            extra += &format!(" --fraction {fraction}");
+        }
+        if let Some(at) = args.storm_at {
+            extra += &format!(" --storm-at {at}s");
+        }
         eprintln!(
-            "some figures were missed; replay this exact run with: peerline sim {} --clients {} --supernodes {} --seed {} --duration {}s{}",
+            "some figures were missed; replay this exact run with: peerline sim {} --clients {} --supernodes {} --seed {} --duration {}s --churn {}{}",
             scenario.name(),
             config.clients,
             config.supernodes,
             config.seed,
             config.duration_s,
-            args.view_cap.map_or(String::new(), |c| format!(" --view-cap {c}"))
+            config.churn_per_hour,
+            extra
         );
         Ok(ExitCode::from(1))
     }

@@ -1,15 +1,15 @@
+//! Runs a scenario and prints the clients below two attachments at the end:
+//! `cargo run --release -p peerline-sim --example debug -- CLIENTS SUPERNODES SEED DURATION_S [SCENARIO]`
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().unwrap())
-        .collect();
-    let mut config = peerline_sim::SimConfig::new(
-        peerline_sim::Scenario::Steady,
-        args[0] as u32,
-        args[1] as u32,
-        args[2],
-    );
-    config.duration_s = args[3];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize| -> u64 { args[i].parse().expect("a number") };
+    let scenario = args
+        .get(4)
+        .map(|name| peerline_sim::Scenario::parse(name).expect("a scenario name"))
+        .unwrap_or(peerline_sim::Scenario::Steady);
+    let mut config =
+        peerline_sim::SimConfig::new(scenario, number(0) as u32, number(1) as u32, number(2));
+    config.duration_s = number(3);
     let (world, report) = peerline_sim::run(config, &mut |_| {});
     println!("{}", report.summary());
     for line in world.underattached().iter().take(12) {

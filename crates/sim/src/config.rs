@@ -8,15 +8,32 @@ use serde::Serialize;
 pub enum Scenario {
     /// Joins, churn and lookups at a steady population.
     Steady,
+    /// The 2007 login storm: a fraction of all nodes, supernodes included,
+    /// reboot within a few minutes of each other.
+    RestartStorm,
+    /// The 2010 crash wave: a fraction of the supernodes die at once and
+    /// stay down; every orphaned client re-attaches.
+    SupernodeCrash,
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 1] = [("steady", Scenario::Steady)];
+    pub const ALL: [(&'static str, Scenario); 3] = [
+        ("steady", Scenario::Steady),
+        ("restart-storm", Scenario::RestartStorm),
+        ("supernode-crash", Scenario::SupernodeCrash),
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Scenario::Steady => "steady",
+            Scenario::RestartStorm => "restart-storm",
+            Scenario::SupernodeCrash => "supernode-crash",
         }
+    }
+
+    /// True for the outage scenarios (a storm at `storm_at_s`).
+    pub fn is_outage(&self) -> bool {
+        !matches!(self, Scenario::Steady)
     }
 
     pub fn parse(name: &str) -> Option<Scenario> {
@@ -63,6 +80,26 @@ pub struct SimConfig {
     pub settle_window_s: u64,
     /// A lookup target must have been online this long.
     pub lookup_target_uptime_s: u64,
+    /// Supernode attachment capacity as a multiple of the steady-state
+    /// average (attachments target × clients / supernodes); `None` keeps the
+    /// production default.
+    pub capacity_factor: Option<f64>,
+    /// Run the naive baseline (no admission control, fixed retries, no
+    /// redirects or tickets, disconnect when overloaded).
+    pub naive: bool,
+    /// When the outage begins.
+    pub storm_at_s: u64,
+    /// Fraction of nodes restarted (restart-storm: of all nodes) or of
+    /// supernodes crashed (supernode-crash).
+    pub storm_fraction: f64,
+    /// Restarts are spread uniformly over this window.
+    pub storm_spread_s: u64,
+    /// A restarted node is back after a uniform delay in this range (s).
+    pub reboot_s: (u64, u64),
+    /// A crashed supernode stays down this long.
+    pub crash_down_s: u64,
+    /// Deadline for a client to be back at two supernodes after its outage.
+    pub reattach_deadline_s: u64,
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
     pub params: Params,
@@ -104,8 +141,35 @@ impl SimConfig {
             sample_interval_s: 5,
             settle_window_s: 600,
             lookup_target_uptime_s: 60,
+            capacity_factor: scenario.is_outage().then_some(1.25),
+            naive: false,
+            storm_at_s: 960,
+            storm_fraction: match scenario {
+                Scenario::RestartStorm => 0.6,
+                _ => 0.4,
+            },
+            storm_spread_s: match scenario {
+                Scenario::RestartStorm => 600,
+                _ => 0,
+            },
+            reboot_s: (20, 120),
+            crash_down_s: 3_600,
+            reattach_deadline_s: 300,
             params,
         }
+    }
+
+    /// The protocol parameters the nodes run with: the configured ones,
+    /// with the capacity the scenario fixes and the naive switch applied.
+    pub fn effective_params(&self) -> Params {
+        let mut params = self.params.clone();
+        if let Some(factor) = self.capacity_factor {
+            let average = params.attachments_target as f64 * self.clients as f64
+                / self.supernodes.max(1) as f64;
+            params.supernode_capacity_attachments = (factor * average).ceil().max(1.0) as usize;
+        }
+        params.naive = self.naive;
+        params
     }
 
     /// Checks the knobs make sense; the error is one sentence for the user.
@@ -124,6 +188,20 @@ impl SimConfig {
         }
         if !(0.0..1.0).contains(&self.loss_rate) {
             return Err("loss rate must be in [0, 1)".into());
+        }
+        if let Some(factor) = self.capacity_factor {
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err("--capacity-factor must be at least 1.0".into());
+            }
+        }
+        if !(self.storm_fraction > 0.0 && self.storm_fraction <= 1.0) {
+            return Err("--fraction must be in (0, 1]".into());
+        }
+        if self.scenario.is_outage() && self.storm_at_s + 60 > self.duration_s {
+            return Err(format!(
+                "--duration must leave at least a minute after the outage at {} s",
+                self.storm_at_s
+            ));
         }
         Ok(())
     }

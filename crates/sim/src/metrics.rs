@@ -16,6 +16,12 @@ pub struct Sample {
     pub load_p99: u32,
     pub load_max: u32,
     pub load_max_ratio: f64,
+    /// Busy answers seen on the wire since the previous sample.
+    pub busy: u64,
+    /// Supernodes holding more attachments than their capacity.
+    pub over_capacity: u64,
+    /// Clients knocked below two attachments by the outage and not back yet.
+    pub reattach_pending: u64,
 }
 
 impl Sample {
@@ -65,6 +71,16 @@ pub struct Metrics {
     pub samples: Vec<Sample>,
     pub final_loads: Vec<u32>,
     pub digest: String,
+    /// Busy answers seen on the wire (total, and since the last sample).
+    pub busy_answers: u64,
+    pub busy_since_sample: u64,
+    /// Sum over samples of supernodes over capacity.
+    pub over_capacity_events: u64,
+    /// Nodes crashed or restarted by the outage.
+    pub outage_crashes: u64,
+    /// Time (ms) each client knocked below two attachments by the outage
+    /// took to be back at two.
+    pub reattach_ms: Vec<u32>,
 }
 
 impl Metrics {

@@ -1,6 +1,6 @@
 //! SVG charts of a run (plotters' SVG backend; no fonts or system libraries).
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Sample};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -11,9 +11,11 @@ const SIZE: (u32, u32) = (800, 480);
 
 /// Writes every chart into `dir`; returns the file names written.
 pub fn write_all(metrics: &Metrics, capacity: u32, dir: &Path) -> Result<Vec<String>, String> {
-    let charts: [(&str, Chart); 4] = [
+    let charts: [(&str, Chart); 6] = [
         ("attached_clients.svg", attached_clients),
         ("supernode_load.svg", supernode_load),
+        ("supernode_load_over_time.svg", load_over_time),
+        ("busy_answers.svg", busy_answers),
         ("lookup_hops.svg", lookup_hops),
         ("lookup_latency_cdf.svg", lookup_latency_cdf),
     ];
@@ -27,20 +29,27 @@ pub fn write_all(metrics: &Metrics, capacity: u32, dir: &Path) -> Result<Vec<Str
     Ok(written)
 }
 
-fn attached_clients(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotResult {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let t_max = metrics.samples.last().map_or(1, |s| s.t_s).max(1) as f64 / 60.0;
-    let y_max = metrics
+/// One line of a time-series chart: label, colour, points (minutes, value).
+type Line = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+/// The samples' values over virtual time, in minutes.
+fn over_time(metrics: &Metrics, f: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> {
+    metrics
         .samples
         .iter()
-        .map(|s| s.live_clients)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        * 1.05;
+        .map(|s| (s.t_s as f64 / 60.0, f(s)))
+        .collect()
+}
+
+/// A line chart over virtual time with a legend.
+fn time_series(path: &Path, title: &str, y_desc: &str, lines: &[Line]) -> PlotResult {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points = || lines.iter().flat_map(|(_, _, p)| p.iter());
+    let t_max = points().map(|p| p.0).fold(1.0 / 60.0, f64::max);
+    let y_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Clients over time", ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -48,30 +57,15 @@ fn attached_clients(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotResul
     chart
         .configure_mesh()
         .x_desc("virtual minutes")
-        .y_desc("clients")
+        .y_desc(y_desc)
         .draw()?;
-    let series = |f: fn(&crate::metrics::Sample) -> u64| {
-        metrics
-            .samples
-            .iter()
-            .map(move |s| (s.t_s as f64 / 60.0, f(s) as f64))
-            .collect::<Vec<_>>()
-    };
-    chart
-        .draw_series(LineSeries::new(series(|s| s.live_clients), &BLACK))?
-        .label("live")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .draw_series(LineSeries::new(series(|s| s.attached_two), &BLUE))?
-        .label("attached to >= 2 supernodes")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(
-            series(|s| s.live_clients - s.attached_one),
-            &RED,
-        ))?
-        .label("attached to none")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    for (label, color, points) in lines {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -79,6 +73,57 @@ fn attached_clients(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotResul
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+fn attached_clients(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotResult {
+    time_series(
+        path,
+        "Clients over time",
+        "clients",
+        &[
+            ("live", BLACK, over_time(metrics, |s| s.live_clients as f64)),
+            (
+                "attached to >= 2 supernodes",
+                BLUE,
+                over_time(metrics, |s| s.attached_two as f64),
+            ),
+            (
+                "attached to none",
+                RED,
+                over_time(metrics, |s| (s.live_clients - s.attached_one) as f64),
+            ),
+        ],
+    )
+}
+
+fn load_over_time(metrics: &Metrics, capacity: u32, path: &Path) -> PlotResult {
+    time_series(
+        path,
+        &format!("Supernode load over time (capacity {capacity})"),
+        "attached clients per supernode",
+        &[
+            ("max", RED, over_time(metrics, |s| s.load_max as f64)),
+            ("p99", MAGENTA, over_time(metrics, |s| s.load_p99 as f64)),
+            ("p50", BLUE, over_time(metrics, |s| s.load_p50 as f64)),
+            ("capacity", BLACK, over_time(metrics, |_| capacity as f64)),
+        ],
+    )
+}
+
+fn busy_answers(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotResult {
+    time_series(
+        path,
+        "Busy answers and clients waiting to re-attach",
+        "per sample interval / clients",
+        &[
+            ("busy answers", RED, over_time(metrics, |s| s.busy as f64)),
+            (
+                "clients below 2 attachments since the outage",
+                BLUE,
+                over_time(metrics, |s| s.reattach_pending as f64),
+            ),
+        ],
+    )
 }
 
 fn supernode_load(metrics: &Metrics, capacity: u32, path: &Path) -> PlotResult {

@@ -25,6 +25,10 @@ pub enum EventKind {
     LookupTick,
     /// Take a metrics sample.
     Sample,
+    /// The scenario's outage begins.
+    Storm,
+    /// A node crashes now and is back after `down_us` (an outage's victim).
+    Crash { node: u32, down_us: u64 },
 }
 
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! The run report: the `report.json` contract, the checks against the
 //! figures the issue demands, and the human summary.
 
+use crate::config::Scenario;
 use crate::metrics::quantile;
 use crate::world::World;
 use peerline_core::{CryptoMode, Params};
@@ -65,6 +66,25 @@ pub struct Report {
     pub membership_view_avg: f64,
     /// Membership changes seen, summed over supernodes: (joined, left, suspected).
     pub membership_changes: (u64, u64, u64),
+    /// Attachment capacity of every supernode in this run.
+    pub capacity_attachments: u64,
+    pub naive: bool,
+    /// Nodes the outage crashed or restarted.
+    pub outage_crashes: u64,
+    /// Clients the outage knocked below two attachments (restarted clients,
+    /// or clients of crashed supernodes).
+    pub reattach_affected: u64,
+    /// Of those whose deadline passed within the run, the fraction back at
+    /// two supernodes within `reattach_deadline_s` (300 s).
+    pub reattach_ratio_within_300s: f64,
+    pub reattach_s_median: f64,
+    /// Clients never back count with their wait so far (a lower bound).
+    pub reattach_s_p99: f64,
+    pub reattach_never: u64,
+    /// Busy answers seen on the wire.
+    pub busy_answers: u64,
+    /// Supernodes over capacity, summed over samples (every `sample_interval_s`).
+    pub supernode_over_capacity_events: u64,
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -73,6 +93,42 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub passed: bool,
     pub samples: Vec<crate::metrics::Sample>,
+}
+
+/// Re-attach times after an outage, from the observer's records.
+struct Reattach {
+    affected: u64,
+    ratio_within_deadline: f64,
+    median_s: f64,
+    p99_s: f64,
+    never: u64,
+}
+
+impl Reattach {
+    fn measure(world: &World, deadline_s: u64) -> Reattach {
+        let deadline_ms = deadline_s * 1000;
+        let done = &world.metrics.reattach_ms;
+        let pending = world.reattach_still_pending_ms();
+        // A client still waiting counts against the ratio once its deadline
+        // has passed, and with its wait so far in the quantiles.
+        let overdue = pending.iter().filter(|w| **w >= deadline_ms).count() as u64;
+        let in_time = done.iter().filter(|ms| **ms as u64 <= deadline_ms).count() as u64;
+        let decided = done.len() as u64 + overdue;
+        let mut all: Vec<u32> = done.clone();
+        all.extend(pending.iter().map(|w| (*w).min(u32::MAX as u64) as u32));
+        all.sort_unstable();
+        Reattach {
+            affected: all.len() as u64,
+            ratio_within_deadline: if decided == 0 {
+                0.0
+            } else {
+                in_time as f64 / decided as f64
+            },
+            median_s: quantile(&all, 0.5) as f64 / 1000.0,
+            p99_s: quantile(&all, 0.99) as f64 / 1000.0,
+            never: pending.len() as u64,
+        }
+    }
 }
 
 pub fn peak_rss_bytes() -> u64 {
@@ -144,6 +200,7 @@ impl Report {
         let fallbacks: u64 = metrics.lookup_hops.iter().skip(2).sum();
         let peak_rss = peak_rss_bytes();
         let nodes = config.clients as u64 + config.supernodes as u64;
+        let reattach = Reattach::measure(world, config.reattach_deadline_s);
         let mut report = Report {
             scenario: config.scenario.name(),
             seed: config.seed,
@@ -202,6 +259,16 @@ impl Report {
             directory_records: world.stored_records(),
             membership_view_avg: world.average_view_len(),
             membership_changes: world.membership_changes(),
+            capacity_attachments: world.params().supernode_capacity_attachments as u64,
+            naive: world.params().naive,
+            outage_crashes: metrics.outage_crashes,
+            reattach_affected: reattach.affected,
+            reattach_ratio_within_300s: reattach.ratio_within_deadline,
+            reattach_s_median: reattach.median_s,
+            reattach_s_p99: reattach.p99_s,
+            reattach_never: reattach.never,
+            busy_answers: metrics.busy_answers,
+            supernode_over_capacity_events: metrics.over_capacity_events,
             digest: metrics.digest.clone(),
             params: world.params().clone(),
             sim_overrides: sim_overrides(world.params()),
@@ -218,6 +285,47 @@ impl Report {
     /// The figures the overlay must reach, each with a minimum of work done
     /// so that an idle network cannot pass.
     fn figure_checks(&self) -> Vec<Check> {
+        if self.config.scenario.is_outage() {
+            return self.outage_checks();
+        }
+        self.steady_checks()
+    }
+
+    /// Issue #3's figures for the outage scenarios.
+    fn outage_checks(&self) -> Vec<Check> {
+        let min_affected = (self.clients as f64 * 0.1).max(1.0);
+        let mut checks = vec![
+            Check {
+                name: "reattach_affected",
+                ok: self.reattach_affected as f64 >= min_affected,
+                value: self.reattach_affected as f64,
+                bound: format!(">= {min_affected:.0} (the outage must hit enough clients)"),
+            },
+            Check {
+                name: "supernode_over_capacity_events",
+                ok: self.supernode_over_capacity_events == 0,
+                value: self.supernode_over_capacity_events as f64,
+                bound: "= 0".into(),
+            },
+        ];
+        match self.config.scenario {
+            Scenario::RestartStorm => checks.push(Check {
+                name: "reattach_ratio_within_300s",
+                ok: self.reattach_ratio_within_300s >= 0.999,
+                value: self.reattach_ratio_within_300s,
+                bound: ">= 0.999".into(),
+            }),
+            _ => checks.push(Check {
+                name: "reattach_s_p99",
+                ok: self.reattach_s_p99 <= 120.0,
+                value: self.reattach_s_p99,
+                bound: "<= 120".into(),
+            }),
+        }
+        checks
+    }
+
+    fn steady_checks(&self) -> Vec<Check> {
         let min_lookups = (self.config.lookups_per_s * 60.0).clamp(10.0, 10_000.0);
         vec![
             Check {
@@ -309,6 +417,21 @@ impl Report {
             "churn: {} crashes, {} graceful leaves · datagrams {} sent, {} lost, {} to dead nodes, {} NAT-filtered\n",
             self.crashes, self.graceful_leaves, self.datagrams_sent, self.datagrams_lost, self.datagrams_dropped_dead, self.datagrams_dropped_nat
         );
+        if self.config.scenario.is_outage() {
+            out += &format!(
+                "outage{}: {} nodes down · {} clients knocked below 2 attachments · back within 300 s {:.5} · median {:.1} s p99 {:.1} s · never {} · busy answers {} · over-capacity events {} · capacity {}\n",
+                if self.naive { " (naive baseline)" } else { "" },
+                self.outage_crashes,
+                self.reattach_affected,
+                self.reattach_ratio_within_300s,
+                self.reattach_s_median,
+                self.reattach_s_p99,
+                self.reattach_never,
+                self.busy_answers,
+                self.supernode_over_capacity_events,
+                self.capacity_attachments
+            );
+        }
         for check in &self.checks {
             out += &format!(
                 "  [{}] {} = {} (want {})\n",

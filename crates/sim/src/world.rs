@@ -2,7 +2,7 @@
 //! them, the scenario's script, and the observers that measure the network
 //! from outside the nodes.
 
-use crate::config::SimConfig;
+use crate::config::{Scenario, SimConfig};
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
 use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
 use crate::queue::{EventKind, Queue};
@@ -56,6 +56,8 @@ struct SimNode {
     nat_next: u8,
     observed: [Observed; OBSERVED_ATTACHMENTS_MAX],
     observed_len: u8,
+    /// Restarted by the outage: its re-attach is timed when it starts.
+    outage_victim: bool,
 }
 
 impl SimNode {
@@ -197,11 +199,14 @@ pub struct World {
     event_buffer: Vec<Event>,
     /// Prints every datagram to or from this node (PEERLINE_SIM_TRACE=index).
     trace: Option<u32>,
+    /// Clients knocked below two attachments by the outage, and since when
+    /// (µs): removed when the observer sees them at two again.
+    reattach_pending: HashMap<u32, u64>,
 }
 
 impl World {
     pub fn new(config: SimConfig) -> World {
-        let params = Arc::new(config.params.clone());
+        let params = Arc::new(config.effective_params());
         let mut rng = Pcg64Mcg::seed_from_u64(config.seed);
         let total = config.clients as usize + config.supernodes as usize;
         let mut nodes = Vec::with_capacity(total);
@@ -228,6 +233,7 @@ impl World {
                 nat_next: 0,
                 observed: [Observed::default(); OBSERVED_ATTACHMENTS_MAX],
                 observed_len: 0,
+                outage_victim: false,
             });
         }
         let end_us = config.duration_s * 1_000_000;
@@ -250,6 +256,7 @@ impl World {
             trace: std::env::var("PEERLINE_SIM_TRACE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            reattach_pending: HashMap::new(),
             config,
         };
         world.schedule_script();
@@ -280,6 +287,10 @@ impl World {
         self.queue.push(first_lookup_us, EventKind::LookupTick);
         self.queue
             .push(self.config.sample_interval_s * 1_000_000, EventKind::Sample);
+        if self.config.scenario.is_outage() {
+            self.queue
+                .push(self.config.storm_at_s * 1_000_000, EventKind::Storm);
+        }
     }
 
     fn now_for(&self, index: u32) -> Now {
@@ -314,6 +325,8 @@ impl World {
                 EventKind::Timer { node, epoch } => self.fire_timer(node, epoch, entry.time_us),
                 EventKind::LookupTick => self.lookup_tick(),
                 EventKind::Sample => self.sample(),
+                EventKind::Storm => self.storm(),
+                EventKind::Crash { node, down_us } => self.crash(node, down_us),
             }
         }
         self.now_us = self.end_us;
@@ -341,6 +354,7 @@ impl World {
         slot.timer_at_us = u64::MAX;
         slot.observed_len = 0;
         slot.nat_recent = [u32::MAX; NAT_MEMORY];
+        let victim = std::mem::take(&mut slot.outage_victim);
         match slot.node.as_mut() {
             Some(node) => node.restart(now),
             None => {
@@ -363,9 +377,106 @@ impl World {
             self.live_supernodes.insert(index);
         } else {
             self.live_clients.insert(index);
+            if victim {
+                self.reattach_pending.insert(index, self.now_us);
+            }
         }
         self.schedule_leave(index);
         self.flush(index);
+    }
+
+    // ---- outages ----
+
+    /// The outage: picks its victims among the live nodes.
+    fn storm(&mut self) {
+        let fraction = self.config.storm_fraction;
+        match self.config.scenario {
+            Scenario::Steady => {}
+            Scenario::RestartStorm => {
+                // Every live node, supernodes included, with the same chance.
+                let spread_us = self.config.storm_spread_s * 1_000_000;
+                let (low_s, high_s) = self.config.reboot_s;
+                let mut live: Vec<u32> = self.live_supernodes.items.clone();
+                live.extend_from_slice(&self.live_clients.items);
+                live.sort_unstable();
+                for node in live {
+                    if uniform(&mut self.rng) >= fraction {
+                        continue;
+                    }
+                    let at = self.now_us + self.rng.next_u64() % spread_us.max(1);
+                    let down_s = low_s + self.rng.next_u64() % (high_s.saturating_sub(low_s) + 1);
+                    let down_us = down_s * 1_000_000;
+                    self.queue.push(at, EventKind::Crash { node, down_us });
+                }
+            }
+            Scenario::SupernodeCrash => {
+                let mut live = self.live_supernodes.items.clone();
+                live.sort_unstable();
+                let count = (live.len() as f64 * fraction).round() as usize;
+                // A uniform sample of `count` supernodes (partial Fisher–Yates).
+                for i in 0..count.min(live.len()) {
+                    let j = i + (self.rng.next_u64() % (live.len() - i) as u64) as usize;
+                    live.swap(i, j);
+                }
+                let victims: std::collections::HashSet<u32> =
+                    live[..count.min(live.len())].iter().copied().collect();
+                // Clients this leaves below two attachments are timed from now.
+                for &client in &self.live_clients.items {
+                    let mut hit = false;
+                    let mut left = 0;
+                    for supernode in self.valid_attachments(client) {
+                        if victims.contains(&supernode) {
+                            hit = true;
+                        } else {
+                            left += 1;
+                        }
+                    }
+                    if hit && left < 2 {
+                        self.reattach_pending.insert(client, self.now_us);
+                    }
+                }
+                let down_us = self.config.crash_down_s * 1_000_000;
+                let mut victims: Vec<u32> = victims.into_iter().collect();
+                victims.sort_unstable();
+                for node in victims {
+                    self.crash(node, down_us);
+                }
+            }
+        }
+    }
+
+    /// Crashes a node (no goodbye) and brings it back after `down_us`.
+    fn crash(&mut self, index: u32, down_us: u64) {
+        let slot = &mut self.nodes[index as usize];
+        if !slot.alive {
+            return;
+        }
+        slot.alive = false;
+        slot.epoch += 1;
+        slot.observed_len = 0;
+        slot.outage_victim = true;
+        self.metrics.outage_crashes += 1;
+        self.live_clients.remove(index);
+        self.live_supernodes.remove(index);
+        self.reattach_pending.remove(&index);
+        let back_at = self.now_us + down_us;
+        if back_at < self.end_us {
+            self.queue.push(back_at, EventKind::Start { node: index });
+        }
+    }
+
+    /// After an attachment was seen made: is a timed client whole again?
+    fn check_reattached(&mut self, client: u32) {
+        let Some(&since_us) = self.reattach_pending.get(&client) else {
+            return;
+        };
+        if self.valid_attachments(client).count() >= 2 {
+            self.reattach_pending.remove(&client);
+            let ms = (self.now_us - since_us) / 1000;
+            self.metrics
+                .reattach_ms
+                .push(ms.min(u32::MAX as u64) as u32);
+        }
     }
 
     fn create_node(&mut self, index: u32, now: Now, is_supernode: bool) -> Node {
@@ -438,6 +549,7 @@ impl World {
         slot.observed_len = 0;
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
+        self.reattach_pending.remove(&index);
         let back_at = self.now_us + exponential_us(&mut self.rng, self.config.offline_mean_s * 1e6);
         if back_at < self.end_us {
             self.queue.push(back_at, EventKind::Start { node: index });
@@ -493,6 +605,11 @@ impl World {
                 }
                 let epoch = self.nodes[from as usize].epoch;
                 self.nodes[to as usize].observe_accept(from, epoch, now_s);
+                self.check_reattached(to);
+            }
+            Some(MessageKind::Busy) => {
+                self.metrics.busy_answers += 1;
+                self.metrics.busy_since_sample += 1;
             }
             Some(MessageKind::Ping) => self.nodes[from as usize].observe_contact(to, now_s),
             Some(MessageKind::NotAttached) => self.nodes[to as usize].forget(from),
@@ -630,6 +747,7 @@ impl World {
                 slot.timer_at_us = u64::MAX;
                 self.live_clients.remove(index);
                 self.live_supernodes.insert(index);
+                self.reattach_pending.remove(&index);
                 self.metrics.promotions += 1;
                 if self.nodes[index as usize].nat != Nat::Public {
                     self.metrics.promotions_unreachable += 1;
@@ -755,6 +873,8 @@ impl World {
             .collect();
         loads.sort_unstable();
         let capacity = self.params.supernode_capacity_attachments as f64;
+        let over_capacity = loads.iter().filter(|l| **l as f64 > capacity).count() as u64;
+        self.metrics.over_capacity_events += over_capacity;
         let percentile = |p: f64| {
             loads
                 .get(((loads.len() as f64 - 1.0) * p).round() as usize)
@@ -771,6 +891,9 @@ impl World {
             load_p99: percentile(0.99),
             load_max: loads.last().copied().unwrap_or(0),
             load_max_ratio: loads.last().copied().unwrap_or(0) as f64 / capacity,
+            busy: std::mem::take(&mut self.metrics.busy_since_sample),
+            over_capacity,
+            reattach_pending: self.reattach_pending.len() as u64,
         };
         if sample.t_s + self.config.settle_window_s >= self.config.duration_s {
             self.metrics.final_loads = loads;
@@ -784,6 +907,18 @@ impl World {
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// Clients still waiting to be back at two supernodes, with how long
+    /// they have waited by the end of the run (ms).
+    pub fn reattach_still_pending_ms(&self) -> Vec<u64> {
+        let mut waits: Vec<u64> = self
+            .reattach_pending
+            .values()
+            .map(|since| (self.end_us.saturating_sub(*since)) / 1000)
+            .collect();
+        waits.sort_unstable();
+        waits
     }
 
     /// Directory records held across all live supernodes.
