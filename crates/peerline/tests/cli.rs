@@ -59,6 +59,25 @@ fn zero_clients_is_refused() {
 }
 
 #[test]
+fn bad_outage_knobs_are_refused() {
+    let out = scratch("outage");
+    let out = out.to_str().unwrap();
+    let output = peerline(&["sim", "supernode-crash", "--fraction", "1.5", "--out", out]);
+    assert_clear_error(&output, "--fraction must be in (0, 1]");
+    let output = peerline(&[
+        "sim",
+        "restart-storm",
+        "--capacity-factor",
+        "0.5",
+        "--out",
+        out,
+    ]);
+    assert_clear_error(&output, "--capacity-factor must be at least 1.0");
+    let output = peerline(&["sim", "restart-storm", "--duration", "10m", "--out", out]);
+    assert_clear_error(&output, "must leave at least a minute after the outage");
+}
+
+#[test]
 fn bad_duration_is_refused() {
     let output = peerline(&["sim", "steady", "--duration", "ten minutes"]);
     assert_clear_error(&output, "not a duration");
