@@ -4,11 +4,16 @@
 //! reachability and decide on promotion.
 
 use crate::hostcache::backoff_ms;
-use crate::identity::{contact_id, domain, resume_proof_bytes, sign_presence};
+use crate::identity::{
+    contact_id, domain, envelope_id, resume_proof_bytes, sign_envelope, sign_presence,
+    verify_envelope,
+};
+use crate::mail::{Arrival, OutboxEntry, SendError, OUTBOX_MAX};
 use crate::node::{DetachReason, Event, Io};
 use crate::time::Instant;
 use peerline_proto::{
-    BoundedVec, Contact, Message, PresenceBody, PresenceRecord, PublicKey, RECORD_SUPERNODES_MAX,
+    BoundedVec, Contact, Envelope, EnvelopeBody, EnvelopeKind, Message, PresenceBody,
+    PresenceRecord, PublicKey, PAYLOAD_LEN_MAX, RECORD_SUPERNODES_MAX,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +63,11 @@ const CLIENT_LOOKUPS_MAX: usize = 16;
 /// Busy answers within one promotion period that make an eligible client
 /// consider promotion even before the average load says so.
 const PROMOTE_BUSY_MIN: u32 = 3;
+/// A duplicate is acknowledged again only this long after the last ack
+/// (copies pushed by several replicas arrive together).
+const ACK_REPEAT_MS: u64 = 5_000;
+/// Outbox messages beyond one tick's share are sent this much later.
+const OUTBOX_PACE_MS: u64 = 1_000;
 /// How soon an eligible client that keeps meeting busy supernodes checks
 /// again (instead of the regular period).
 const PROMOTE_BUSY_RECHECK_MS: u64 = 10_000;
@@ -113,6 +123,10 @@ impl ClientState {
             .filter(|a| a.phase == Phase::Attached)
             .map(|a| a.contact)
             .collect()
+    }
+
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attachments.iter().any(|a| a.phase == Phase::Attached)
     }
 
     pub(crate) fn wants_promotion(&self) -> bool {
@@ -390,6 +404,7 @@ impl ClientState {
                 }
             }
             Message::PeerDown { supernode } => self.on_peer_down(io, supernode),
+            Message::MailDeliver { envelope } => self.on_mail(io, from, envelope),
             Message::LookupResponse {
                 query_id,
                 record,
@@ -482,6 +497,7 @@ impl ClientState {
             Self::keep_ticket(io, ticket);
         }
         io.event(Event::Attached { supernode: contact });
+        self.send_outbox(io);
         self.mark_presence_dirty(io);
         self.trim_surplus(io);
     }
@@ -555,6 +571,7 @@ impl ClientState {
         self.keepalive_if_due(io);
         self.fill_attachments(io);
         self.publish_if_due(io);
+        self.send_outbox(io);
         self.expire_lookups(io);
         self.probe_if_due(io);
         self.check_promotion(io);
@@ -849,6 +866,158 @@ impl ClientState {
         {
             self.promotion_due = true;
         }
+    }
+
+    // ---- messaging ----
+
+    pub(crate) fn send_message(
+        &mut self,
+        io: &mut Io,
+        to_device: PublicKey,
+        to_account: PublicKey,
+        payload: &[u8],
+    ) -> Result<u64, SendError> {
+        if payload.len() > PAYLOAD_LEN_MAX {
+            return Err(SendError::TooLarge);
+        }
+        if io.mail.outbox.len() >= OUTBOX_MAX {
+            return Err(SendError::OutboxFull);
+        }
+        let seq = io.mail.next_seq(to_device);
+        let envelope = self.seal(
+            io,
+            to_device,
+            to_account,
+            seq,
+            EnvelopeKind::Data {
+                payload: BoundedVec::truncating(payload.iter().copied()),
+            },
+        );
+        io.mail.outbox.push(OutboxEntry {
+            envelope,
+            attempts: 0,
+            next_send: io.now.instant,
+        });
+        self.send_outbox(io);
+        Ok(seq)
+    }
+
+    fn seal(
+        &self,
+        io: &Io,
+        to_device: PublicKey,
+        to_account: PublicKey,
+        seq: u64,
+        kind: EnvelopeKind,
+    ) -> Envelope {
+        sign_envelope(
+            &io.identity.keypair,
+            EnvelopeBody {
+                from_device: io.identity.keypair.public(),
+                from_account: io.identity.account(),
+                to_device,
+                to_account,
+                seq,
+                sent_unix_s: io.now.unix_s,
+                kind,
+            },
+        )
+    }
+
+    /// Sends (or re-sends) the outbox messages that are due, a bounded
+    /// number per call, through a random attached supernode; each waits a
+    /// jittered, doubling interval for its acknowledgement before the next try.
+    fn send_outbox(&mut self, io: &mut Io) {
+        let attached = self.attached();
+        if attached.is_empty() {
+            return;
+        }
+        let now = io.now.instant;
+        let params = io.params;
+        let mut due = Vec::new();
+        for (index, entry) in io.mail.outbox.iter().enumerate() {
+            if entry.next_send <= now {
+                due.push(index);
+            }
+        }
+        for (n, index) in due.into_iter().enumerate() {
+            if n >= params.outbox_sends_per_tick {
+                // Paced: the rest go out a little later.
+                io.mail.outbox[index].next_send = now.add_ms(OUTBOX_PACE_MS);
+                continue;
+            }
+            let attempts = io.mail.outbox[index].attempts + 1;
+            let wait_ms = crate::hostcache::backoff_ms(
+                attempts,
+                params.outbox_resend_base_ms,
+                params.outbox_resend_max_ms,
+                io.rng,
+            );
+            let entry = &mut io.mail.outbox[index];
+            entry.attempts = attempts;
+            entry.next_send = now.add_ms(wait_ms);
+            let envelope = entry.envelope.clone();
+            let via = attached[io.rng_index(attached.len())];
+            io.send(via.addr, &Message::MailPut { envelope });
+        }
+    }
+
+    /// An envelope for us from our supernode: deliver, acknowledge, and let
+    /// the mailbox drop it.
+    fn on_mail(&mut self, io: &mut Io, from: peerline_proto::Addr, envelope: Envelope) {
+        let me = io.identity.keypair.public();
+        if envelope.body.to_device != me || verify_envelope(io.mode, &envelope).is_err() {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        let id = envelope_id(&envelope);
+        let (sender, sender_account) = (envelope.body.from_device, envelope.body.from_account);
+        match envelope.body.kind {
+            EnvelopeKind::Ack { up_to_seq } => {
+                if io.mail.acknowledged(&sender, up_to_seq) > 0 {
+                    io.event(Event::MessageAcked {
+                        to_device: sender,
+                        up_to_seq,
+                    });
+                }
+            }
+            EnvelopeKind::Data { .. } => {
+                match io.mail.arrive(envelope) {
+                    Arrival::Deliver(list) => {
+                        for envelope in list {
+                            if let EnvelopeKind::Data { payload } = envelope.body.kind {
+                                io.event(Event::MessageReceived {
+                                    from_device: sender,
+                                    from_account: envelope.body.from_account,
+                                    seq: envelope.body.seq,
+                                    payload: payload.as_slice().to_vec(),
+                                });
+                            }
+                        }
+                    }
+                    Arrival::Duplicate | Arrival::Held => {}
+                    // Not kept: leave it in the mailbox for later.
+                    Arrival::Refused => return,
+                }
+                if let Some(up_to_seq) = io.mail.should_ack(&sender, io.now.instant, ACK_REPEAT_MS)
+                {
+                    let ack = self.seal(
+                        io,
+                        sender,
+                        sender_account,
+                        0,
+                        EnvelopeKind::Ack { up_to_seq },
+                    );
+                    io.send(from, &Message::MailPut { envelope: ack });
+                }
+            }
+        }
+        io.send(
+            from,
+            &Message::MailDone {
+                ids: BoundedVec::truncating([id]),
+            },
+        );
     }
 
     /// Detaches from every supernode (graceful exit or promotion).

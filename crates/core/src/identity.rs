@@ -9,8 +9,8 @@
 
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use peerline_proto::{
-    to_signing_bytes, Contact, DeviceCert, DeviceCertBody, NodeId, PresenceBody, PresenceRecord,
-    PublicKey, Signature, Ticket, TicketBody,
+    to_signing_bytes, Contact, DeviceCert, DeviceCertBody, Envelope, EnvelopeBody, EnvelopeId,
+    NodeId, PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
 };
 use rand_core::Rng;
 use serde::Serialize;
@@ -22,6 +22,7 @@ pub mod domain {
     pub const ATTACH: &[u8] = b"peerline/v1/attach";
     pub const TICKET: &[u8] = b"peerline/v1/ticket";
     pub const RESUME: &[u8] = b"peerline/v1/resume";
+    pub const ENVELOPE: &[u8] = b"peerline/v1/envelope";
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -249,6 +250,33 @@ pub fn resume_proof_bytes(supernode: &PublicKey, ticket: &Ticket, counter: u64) 
     bytes.extend_from_slice(&counter.to_le_bytes());
     bytes.extend_from_slice(&to_signing_bytes(ticket));
     bytes
+}
+
+/// The sending device signs an envelope.
+pub fn sign_envelope(device: &Keypair, body: EnvelopeBody) -> Envelope {
+    debug_assert_eq!(body.from_device, device.public());
+    let signature = device.sign(domain::ENVELOPE, &to_signing_bytes(&body));
+    Envelope { body, signature }
+}
+
+/// Checks that the envelope was signed by the device it names as sender.
+pub fn verify_envelope(mode: CryptoMode, envelope: &Envelope) -> Result<(), CryptoError> {
+    verify(
+        mode,
+        &envelope.body.from_device,
+        domain::ENVELOPE,
+        &to_signing_bytes(&envelope.body),
+        &envelope.signature,
+    )
+}
+
+/// An envelope's identity: a hash of its signed body.
+pub fn envelope_id(envelope: &Envelope) -> EnvelopeId {
+    let mut hasher = blake3::Hasher::new_derive_key("peerline v1 envelope id");
+    hasher.update(&to_signing_bytes(&envelope.body));
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    EnvelopeId(id)
 }
 
 /// Where an account's presence lives in the directory keyspace.

@@ -10,6 +10,7 @@ pub mod client;
 pub mod hostcache;
 pub mod identity;
 pub mod lookup;
+pub mod mail;
 pub mod membership;
 pub mod node;
 pub mod overload;

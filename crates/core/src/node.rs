@@ -12,6 +12,7 @@
 use crate::client::ClientState;
 use crate::hostcache::HostCache;
 use crate::identity::{CryptoMode, DeviceIdentity};
+use crate::mail::{MailState, SendError};
 use crate::params::Params;
 use crate::supernode::SupernodeState;
 use crate::time::{Instant, Now};
@@ -53,6 +54,19 @@ pub enum Event {
     Reachable,
     Promoted,
     Demoted,
+    /// A message for the application, exactly once and in conversation order.
+    MessageReceived {
+        from_device: PublicKey,
+        from_account: PublicKey,
+        seq: u64,
+        payload: Vec<u8>,
+    },
+    /// The recipient device acknowledged every message up to `up_to_seq`
+    /// of the conversation towards it; they left the outbox.
+    MessageAcked {
+        to_device: PublicKey,
+        up_to_seq: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +109,8 @@ pub struct NodeStats {
     /// Attachments this client made by resuming with a ticket, and by full login.
     pub resumed: u64,
     pub logged_in: u64,
+    /// Envelopes a mailbox refused (full, or the sender over its quota).
+    pub mail_refused: u64,
 }
 
 /// What a device keeps on disk to re-attach cheaply after a restart: its
@@ -119,6 +135,7 @@ pub(crate) struct Io<'a> {
     pub reachable: &'a mut bool,
     pub started_at: Instant,
     pub resumption: &'a mut Resumption,
+    pub mail: &'a mut MailState,
     /// Device keys this node refuses (revocations it learned).
     pub revoked: &'a BTreeSet<PublicKey>,
 }
@@ -192,6 +209,7 @@ pub struct Node {
     closed: bool,
     /// Survives restarts (a real node keeps it on disk).
     resumption: Resumption,
+    mail: MailState,
     revoked: BTreeSet<PublicKey>,
 }
 
@@ -217,6 +235,7 @@ impl Node {
             stats: NodeStats::default(),
             closed: false,
             resumption: Resumption::default(),
+            mail: MailState::default(),
             revoked: BTreeSet::new(),
         };
         if config.policy == RolePolicy::SupernodeOnly {
@@ -388,6 +407,55 @@ impl Node {
         }
     }
 
+    /// Queues a message for another device: it is sent through a supernode
+    /// now (or once attached) and re-sent until that device acknowledges
+    /// it. Returns its sequence number in the conversation.
+    pub fn send_message(
+        &mut self,
+        now: Now,
+        to_device: PublicKey,
+        to_account: PublicKey,
+        payload: &[u8],
+    ) -> Result<u64, SendError> {
+        if self.closed || self.is_supernode() {
+            return Err(SendError::NotAClient);
+        }
+        let mut outcome = Err(SendError::NotAClient);
+        self.with_client(now, |client, io| {
+            outcome = client.send_message(io, to_device, to_account, payload)
+        });
+        outcome
+    }
+
+    /// Messages waiting for their recipient's acknowledgement.
+    pub fn outbox_len(&self) -> usize {
+        self.mail.outbox.len()
+    }
+
+    /// Envelopes this supernode holds in mailboxes.
+    pub fn mailbox_len(&self) -> usize {
+        match &self.role {
+            Role::Supernode(s) => s.mailbox_len(),
+            Role::Client(_) => 0,
+        }
+    }
+
+    /// Whether this supernode holds `account`'s presence record (diagnostics).
+    pub fn holds_record(&self, account: &PublicKey) -> bool {
+        match &self.role {
+            Role::Supernode(s) => s.holds_record(account),
+            Role::Client(_) => false,
+        }
+    }
+
+    /// The recipient device of every envelope this supernode holds (diagnostics).
+    pub fn mailbox_recipients(&self) -> Vec<(PublicKey, PublicKey, u64)> {
+        match &self.role {
+            Role::Supernode(s) => s.mailbox_recipients(),
+            Role::Client(_) => Vec::new(),
+        }
+    }
+
     /// Leaves gracefully: detaches clients or supernodes and tells peers.
     /// The node then stays silent until [`Node::restart`].
     pub fn shutdown(&mut self, now: Now) {
@@ -424,6 +492,8 @@ impl Node {
             return None;
         }
         let deadline = match &self.role {
+            // The outbox can only be worked through a supernode.
+            Role::Client(c) if c.is_attached() => c.next_deadline().min(self.mail.next_deadline()),
             Role::Client(c) => c.next_deadline(),
             Role::Supernode(s) => s.next_deadline(),
         };
@@ -500,6 +570,7 @@ impl Node {
             reachable: &mut self.reachable,
             started_at: self.started_at,
             resumption: &mut self.resumption,
+            mail: &mut self.mail,
             revoked: &self.revoked,
         };
         (&mut self.role, io)

@@ -82,6 +82,18 @@ pub struct Params {
     /// Devices whose last resume counter a supernode remembers (replay
     /// guard); when full, resumes fall back to a full login.
     pub resume_counters_max: usize,
+    /// Envelopes one supernode keeps in mailboxes, and per sending device.
+    pub mailbox_len_max: usize,
+    pub mailbox_sender_quota: u32,
+    /// An envelope nobody collected is dropped after this (its sender's
+    /// outbox still has it and sends it again).
+    pub mailbox_ttl_s: u64,
+    /// An unacknowledged message is re-sent after this (doubling, jittered)…
+    pub outbox_resend_base_ms: u64,
+    /// …up to this.
+    pub outbox_resend_max_ms: u64,
+    /// Most outbox messages sent in one go (the rest follow a second later).
+    pub outbox_sends_per_tick: usize,
     /// The simulator's naive baseline: no admission control, fixed-interval
     /// retries, no redirects, no tickets, disconnect when overloaded. Never
     /// set outside the simulator.
@@ -162,6 +174,12 @@ impl Default for Params {
             ticket_ttl_s: 900,
             ticket_refresh_s: 300,
             resume_counters_max: 8_192,
+            mailbox_len_max: 200_000,
+            mailbox_sender_quota: 512,
+            mailbox_ttl_s: 14 * 24 * 3_600,
+            outbox_resend_base_ms: 30_000,
+            outbox_resend_max_ms: 600_000,
+            outbox_sends_per_tick: 16,
             naive: false,
             gossip_period_ms: 1_000,
             gossip_ack_timeout_ms: 800,

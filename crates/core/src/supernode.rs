@@ -7,18 +7,19 @@ use crate::client::attach_proof_bytes;
 use crate::identity::DeviceIdentity;
 use crate::identity::{
     contact_id, domain, node_id, presence_key, resume_proof_bytes, sign_ticket, solve_id_puzzle,
-    verify, verify_device_cert, verify_presence, verify_ticket,
+    verify, verify_device_cert, verify_envelope, verify_presence, verify_ticket,
 };
 use crate::lookup::{CandidateState, Lookup, Purpose};
+use crate::mail::Mailbox;
 use crate::membership::{Change, Membership};
 use crate::node::Io;
 use crate::overload::TokenBucket;
 use crate::params::Params;
 use crate::time::{Instant, Now};
 use peerline_proto::{
-    Addr, BoundedVec, BusyReason, Contact, DeviceCert, MemberState, MemberUpdate, Message, NodeId,
-    PresenceRecord, PublicKey, Signature, Ticket, TicketBody, CONTACTS_PER_MESSAGE_MAX,
-    GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
+    Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeId, MemberState,
+    MemberUpdate, Message, NodeId, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
+    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -37,6 +38,10 @@ const RECORD_SWEEP_INTERVAL_MS: u64 = 60_000;
 const URGENT_FANOUT: usize = 3;
 /// Delay before the one anti-entropy re-sync after joining.
 const RESYNC_DELAY_MS: u64 = 15_000;
+/// Copies of one pushed envelope within this window are forwarded once.
+const FORWARD_DEDUP_MS: u64 = 5_000;
+/// Most envelope IDs remembered for that.
+const RECENT_FORWARDS_MAX: usize = 4_096;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
@@ -49,6 +54,8 @@ struct ClientSlot {
     /// When this client last got a resumption ticket from us.
     ticket_issued: Instant,
     record: Option<Box<PresenceRecord>>,
+    /// Its mailbox said more envelopes wait: fetch again after the next done.
+    mail_more: bool,
 }
 
 /// Why a resume was not accepted as it stands (the client falls back to a
@@ -111,6 +118,11 @@ pub struct SupernodeState {
     lookup_budget: TokenBucket,
     /// Highest resume counter seen per device (replay guard), with when.
     resume_counters: FxHashMap<PublicKey, (u64, Instant)>,
+    /// Envelopes for the devices of the accounts whose presence we hold.
+    mailbox: Mailbox,
+    /// Envelopes recently forwarded to our clients, so the copies the other
+    /// replicas push are not forwarded again (bounded, short-lived).
+    recent_forwards: BTreeMap<EnvelopeId, Instant>,
 }
 
 impl SupernodeState {
@@ -175,7 +187,21 @@ impl SupernodeState {
             ),
             lookup_budget: TokenBucket::new(params.lookups_per_s, params.lookup_burst, now.instant),
             resume_counters: FxHashMap::default(),
+            mailbox: Mailbox::default(),
+            recent_forwards: BTreeMap::new(),
         }
+    }
+
+    pub(crate) fn mailbox_len(&self) -> usize {
+        self.mailbox.len()
+    }
+
+    pub(crate) fn holds_record(&self, account: &PublicKey) -> bool {
+        self.records.contains_key(&presence_key(account))
+    }
+
+    pub(crate) fn mailbox_recipients(&self) -> Vec<(PublicKey, PublicKey, u64)> {
+        self.mailbox.recipients()
     }
 
     pub(crate) fn contact(&self) -> Contact {
@@ -380,6 +406,31 @@ impl SupernodeState {
                 record,
                 closer,
             } => self.on_find_value_response(io, query_id, record, &closer),
+            Message::MailPut { envelope } => self.on_mail_put(io, from, envelope),
+            Message::MailStore { envelope, push } => self.on_mail_store(io, envelope, push),
+            Message::MailDeliver { envelope } => self.deliver_to_client(io, envelope),
+            Message::MailFetch { account, device } => {
+                let (envelopes, more) = self.mailbox.window(&account, &device);
+                io.send(
+                    from,
+                    &Message::MailBatch {
+                        device,
+                        envelopes: BoundedVec::truncating(envelopes),
+                        more,
+                    },
+                );
+            }
+            Message::MailBatch {
+                device,
+                envelopes,
+                more,
+            } => self.on_mail_batch(io, device, envelopes.as_slice(), more),
+            Message::MailDone { ids } => self.on_mail_done(io, from, ids.as_slice()),
+            Message::MailDelete { device, ids } => {
+                for id in ids.iter() {
+                    self.mailbox.delete(&device, id);
+                }
+            }
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -539,6 +590,7 @@ impl SupernodeState {
             last_seen: now,
             ticket_issued: now,
             record: None,
+            mail_more: false,
         };
         let ticket = Self::issue_ticket(io, self.contact, from, &mut slot);
         self.clients.insert(from, slot);
@@ -556,6 +608,8 @@ impl SupernodeState {
                 ticket,
             },
         );
+        // Whatever waited for this device comes now, a window at a time.
+        self.fetch_mail(io, account_key, device_key);
     }
 
     /// A resumption ticket for the client in `slot`, issued by `issuer`
@@ -835,6 +889,206 @@ impl SupernodeState {
         );
     }
 
+    // ---- mailboxes ----
+
+    /// The supernodes that keep `account`'s mailbox: its presence replicas
+    /// (`wide`: twice as many, for fetching and deleting, because views of
+    /// who is closest differ while membership changes).
+    fn mail_replicas(&self, io: &Io, account: &PublicKey, wide: bool) -> Vec<(NodeId, Contact)> {
+        let k = io.params.replication_k * if wide { 2 } else { 1 };
+        self.membership
+            .closest(&presence_key(account), k)
+            .iter()
+            .map(|m| (m.id, m.update.contact))
+            .collect()
+    }
+
+    /// A client hands us an envelope: store it with the recipient's replicas.
+    fn on_mail_put(&mut self, io: &mut Io, from: Addr, envelope: Envelope) {
+        let Some(slot) = self.clients.get(&from) else {
+            io.send(from, &Message::NotAttached);
+            return;
+        };
+        if envelope.body.from_device != slot.device_key
+            || verify_envelope(io.mode, &envelope).is_err()
+        {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        let replicas = self.mail_replicas(io, &envelope.body.to_account, false);
+        for (i, (id, contact)) in replicas.into_iter().enumerate() {
+            // Every replica pushes if it holds the recipient's record: the
+            // closest one may not (it joined since, or a handover was lost),
+            // and the recipient's supernode forwards only the first copy.
+            let _ = i;
+            let push = true;
+            if id == self.node_id {
+                self.keep_mail(io, envelope.clone(), push);
+            } else {
+                io.send(
+                    contact.addr,
+                    &Message::MailStore {
+                        envelope: envelope.clone(),
+                        push,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_mail_store(&mut self, io: &mut Io, envelope: Envelope, push: bool) {
+        if verify_envelope(io.mode, &envelope).is_err() {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        self.keep_mail(io, envelope, push);
+    }
+
+    /// Keeps an envelope; the replica asked to push forwards a new one to
+    /// the supernodes the recipient's presence record names.
+    fn keep_mail(&mut self, io: &mut Io, envelope: Envelope, push: bool) {
+        let params = io.params;
+        match self.mailbox.store(
+            envelope.clone(),
+            params.mailbox_len_max,
+            params.mailbox_sender_quota,
+        ) {
+            Ok(true) => {}
+            // Already here (a re-send): push again, the first push may be lost.
+            Ok(false) => {}
+            Err(_) => {
+                io.stats.mail_refused += 1;
+                return;
+            }
+        }
+        if !push {
+            return;
+        }
+        let key = presence_key(&envelope.body.to_account);
+        let Some(record) = self.valid_record(io, &key) else {
+            return;
+        };
+        if record.body.cert.body.device_key != envelope.body.to_device {
+            return;
+        }
+        for contact in record.body.supernodes.iter() {
+            if contact.key == self.contact.key {
+                self.deliver_to_client(io, envelope.clone());
+            } else {
+                io.send(
+                    contact.addr,
+                    &Message::MailDeliver {
+                        envelope: envelope.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Hands a pushed envelope to the recipient if it is attached here,
+    /// once: copies from the other replicas within a few seconds are dropped
+    /// (a re-send after that goes through, the first may have been lost).
+    fn deliver_to_client(&mut self, io: &mut Io, envelope: Envelope) {
+        let device = envelope.body.to_device;
+        let Some(addr) = self.client_addr(&device) else {
+            return;
+        };
+        let now = io.now.instant;
+        let id = crate::identity::envelope_id(&envelope);
+        if self
+            .recent_forwards
+            .get(&id)
+            .is_some_and(|at| now.since_ms(*at) < FORWARD_DEDUP_MS)
+        {
+            return;
+        }
+        if self.recent_forwards.len() >= RECENT_FORWARDS_MAX {
+            self.recent_forwards
+                .retain(|_, at| now.since_ms(*at) < FORWARD_DEDUP_MS);
+            if self.recent_forwards.len() >= RECENT_FORWARDS_MAX {
+                self.recent_forwards.clear();
+            }
+        }
+        self.recent_forwards.insert(id, now);
+        io.send(addr, &Message::MailDeliver { envelope });
+    }
+
+    /// Where `device` is attached here (the lowest address if several:
+    /// no hash order reaches the wire).
+    fn client_addr(&self, device: &PublicKey) -> Option<Addr> {
+        self.clients
+            .iter()
+            .filter(|(_, slot)| slot.device_key == *device)
+            .map(|(addr, _)| *addr)
+            .min()
+    }
+
+    /// Asks the recipient's mailbox replicas for their first window.
+    fn fetch_mail(&mut self, io: &mut Io, account: PublicKey, device: PublicKey) {
+        for (id, contact) in self.mail_replicas(io, &account, true) {
+            if id == self.node_id {
+                let (envelopes, more) = self.mailbox.window(&account, &device);
+                self.on_mail_batch(io, device, &envelopes, more);
+            } else {
+                io.send(contact.addr, &Message::MailFetch { account, device });
+            }
+        }
+    }
+
+    fn on_mail_batch(
+        &mut self,
+        io: &mut Io,
+        device: PublicKey,
+        envelopes: &[Envelope],
+        more: bool,
+    ) {
+        let Some(addr) = self.client_addr(&device) else {
+            return;
+        };
+        if let Some(slot) = self.clients.get_mut(&addr) {
+            slot.mail_more |= more;
+        }
+        for envelope in envelopes {
+            if envelope.body.to_device == device {
+                io.send(
+                    addr,
+                    &Message::MailDeliver {
+                        envelope: envelope.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The client has these: the replicas may drop them; if its mailbox
+    /// had more, the next window follows (the client's pace, not a flood).
+    fn on_mail_done(&mut self, io: &mut Io, from: Addr, ids: &[EnvelopeId]) {
+        let Some(slot) = self.clients.get_mut(&from) else {
+            return;
+        };
+        let (account, device) = (slot.account_key, slot.device_key);
+        let fetch = std::mem::take(&mut slot.mail_more);
+        let ids = BoundedVec::truncating(ids.iter().copied());
+        for (id, contact) in self.mail_replicas(io, &account, true) {
+            if id == self.node_id {
+                for envelope_id in ids.iter() {
+                    self.mailbox.delete(&device, envelope_id);
+                }
+            } else {
+                io.send(
+                    contact.addr,
+                    &Message::MailDelete {
+                        device,
+                        ids: ids.clone(),
+                    },
+                );
+            }
+        }
+        if fetch {
+            self.fetch_mail(io, account, device);
+        }
+    }
+
     // ---- lookups ----
 
     fn on_lookup_request(&mut self, io: &mut Io, from: Addr, query_id: u32, account: PublicKey) {
@@ -1086,6 +1340,7 @@ impl SupernodeState {
     /// Records the newcomer is now a replica of: the closest other replica
     /// (us, if so) hands them over.
     fn on_member_joined(&mut self, io: &mut Io, joined: NodeId, contact: Contact) {
+        self.hand_over_mail(io, joined, contact);
         if self.records.is_empty() {
             return;
         }
@@ -1108,9 +1363,103 @@ impl SupernodeState {
         }
     }
 
+    /// A member joined: mailboxes it is now a replica of get a copy from
+    /// the nearest old replica, and a replica pushed out of the k closest
+    /// drops its copies (nobody would delete them there).
+    fn hand_over_mail(&mut self, io: &mut Io, joined: NodeId, contact: Contact) {
+        if self.mailbox.is_empty() {
+            return;
+        }
+        let k = io.params.replication_k;
+        let (low, high) = self.membership.neighbourhood_range(&joined, 3 * k);
+        for key in self.mailbox.keys_in(low, high) {
+            if self.membership.surely_outside_closest(&key, &joined, k) {
+                continue;
+            }
+            let closest = self.membership.closest(&key, k);
+            if !closest.iter().any(|m| m.id == joined) {
+                continue;
+            }
+            let first_other = closest.iter().find(|m| m.id != joined).map(|m| m.id);
+            let still_replica = closest.iter().any(|m| m.id == self.node_id);
+            if first_other == Some(self.node_id) {
+                for envelope in self.mailbox.under(&key) {
+                    io.send(
+                        contact.addr,
+                        &Message::MailStore {
+                            envelope,
+                            push: false,
+                        },
+                    );
+                }
+            }
+            if !still_replica {
+                self.mailbox.drop_key(&key);
+            }
+        }
+    }
+
+    /// A member left: the records of our own clients it may have held are
+    /// stored again on the current replica set. The replicas re-replicate
+    /// among themselves, but a crash wave can take every replica of a key at
+    /// once; the supernodes the owner is attached to still hold its record.
+    fn re_store_own_clients(&mut self, io: &mut Io, left: NodeId) {
+        let k = io.params.replication_k;
+        let (low, high) = self.membership.neighbourhood_range(&left, 3 * k);
+        let mut records: Vec<(Addr, PresenceRecord)> = self
+            .clients
+            .iter()
+            .filter_map(|(addr, slot)| slot.record.as_ref().map(|r| (*addr, r)))
+            .filter(|(_, record)| {
+                let key = presence_key(&record.body.cert.body.account_key);
+                low <= key && key <= high
+            })
+            .map(|(addr, record)| (addr, (**record).clone()))
+            .collect();
+        records.sort_unstable_by_key(|(addr, _)| *addr);
+        for (_, record) in records {
+            self.replicate(io, record);
+        }
+    }
+
+    /// A member left: the mailboxes it held get a new replica (the one now
+    /// k-th closest), from the closest remaining one.
+    fn re_replicate_mail(&mut self, io: &mut Io, left: NodeId) {
+        if self.mailbox.is_empty() {
+            return;
+        }
+        let k = io.params.replication_k;
+        let (low, high) = self.membership.neighbourhood_range(&left, 3 * k);
+        for key in self.mailbox.keys_in(low, high) {
+            let closest = self.membership.closest(&key, k);
+            let Some(newest) = closest.last() else {
+                continue;
+            };
+            let left_was_replica =
+                closest.len() < k || left.distance(&key) < newest.id.distance(&key);
+            if left_was_replica
+                && closest.first().map(|m| m.id) == Some(self.node_id)
+                && newest.id != self.node_id
+            {
+                let addr = newest.update.contact.addr;
+                for envelope in self.mailbox.under(&key) {
+                    io.send(
+                        addr,
+                        &Message::MailStore {
+                            envelope,
+                            push: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
     /// A member left: re-replicate the records it held to the member that
     /// replaces it, and warn our clients whose records name it.
     fn on_member_left(&mut self, io: &mut Io, left: NodeId, left_key: PublicKey) {
+        self.re_replicate_mail(io, left);
+        self.re_store_own_clients(io, left);
         if self.records.is_empty() && self.clients.is_empty() {
             return;
         }
@@ -1342,6 +1691,8 @@ impl SupernodeState {
                     .saturating_add(params.clock_skew_tolerance_s)
                     >= now_unix_s
             });
+            self.mailbox
+                .expire(now_unix_s.saturating_sub(params.mailbox_ttl_s));
         }
         self.requests
             .retain(|_, request| now.since_ms(request.sent_at) < REQUEST_FORGET_MS);

@@ -16,16 +16,17 @@
 //! `PROPTEST_CASES=5000` for a longer run.
 
 use peerline_core::identity::{
-    domain, presence_key, resume_proof_bytes, sign_presence, sign_ticket, solve_id_puzzle,
+    domain, envelope_id, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
+    sign_ticket, solve_id_puzzle,
 };
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
-    MemberState, MemberUpdate, Message, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature,
-    Ticket, TicketBody, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX,
-    SYNC_PAGE_MEMBERS_MAX,
+    Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
+    PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
+    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -350,6 +351,75 @@ fn ticket() -> impl Strategy<Value = Ticket> {
     ]
 }
 
+/// An envelope: signed by the stranger to the client (deliverable), by the
+/// client to the stranger, or any fields with any signature.
+fn envelope() -> impl Strategy<Value = Envelope> {
+    let kind = prop_oneof![
+        vec(any::<u8>(), 0..32).prop_map(|p| EnvelopeKind::Data {
+            payload: BoundedVec::truncating(p)
+        }),
+        small_or_any_u64().prop_map(|up_to_seq| EnvelopeKind::Ack { up_to_seq }),
+    ];
+    prop_oneof![
+        3 => (any::<bool>(), small_or_any_u64(), kind.clone()).prop_map(|(to_client, seq, kind)| {
+            let f = fixtures();
+            let (from, to) = if to_client { (&f.stranger, &f.client) } else { (&f.client, &f.stranger) };
+            sign_envelope(
+                &from.keypair,
+                EnvelopeBody {
+                    from_device: from.keypair.public(),
+                    from_account: from.account(),
+                    to_device: to.keypair.public(),
+                    to_account: to.account(),
+                    seq,
+                    sent_unix_s: UNIX0,
+                    kind,
+                },
+            )
+        }),
+        1 => ((public_key(), account(), public_key(), account()), small_or_any_u64(), kind, signature()).prop_map(
+            |((from_device, from_account, to_device, to_account), seq, kind, signature)| Envelope {
+                body: EnvelopeBody { from_device, from_account, to_device, to_account, seq, sent_unix_s: UNIX0, kind },
+                signature,
+            },
+        ),
+    ]
+}
+
+fn envelope_ids() -> impl Strategy<Value = BoundedVec<EnvelopeId, 16>> {
+    vec(
+        prop_oneof![
+            envelope().prop_map(|e| envelope_id(&e)),
+            any::<[u8; 16]>().prop_map(EnvelopeId)
+        ],
+        0..4,
+    )
+    .prop_map(BoundedVec::truncating)
+}
+
+fn mail() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        envelope().prop_map(|envelope| Message::MailPut { envelope }),
+        (envelope(), any::<bool>())
+            .prop_map(|(envelope, push)| Message::MailStore { envelope, push }),
+        envelope().prop_map(|envelope| Message::MailDeliver { envelope }),
+        (account(), public_key())
+            .prop_map(|(account, device)| Message::MailFetch { account, device }),
+        (public_key(), vec(envelope(), 0..4), any::<bool>()).prop_map(
+            |(device, envelopes, more)| {
+                Message::MailBatch {
+                    device,
+                    envelopes: BoundedVec::truncating(envelopes),
+                    more,
+                }
+            }
+        ),
+        envelope_ids().prop_map(|ids| Message::MailDone { ids }),
+        (public_key(), envelope_ids())
+            .prop_map(|(device, ids)| Message::MailDelete { device, ids }),
+    ]
+}
+
 /// A resume: correctly signed by the client for the real supernode, or noise.
 fn resume() -> impl Strategy<Value = Message> {
     prop_oneof![
@@ -495,6 +565,7 @@ fn message() -> impl Strategy<Value = Message> {
                 closer
             }),
         resume(),
+        mail(),
     ]
 }
 
@@ -554,6 +625,11 @@ enum Input {
     Restart {
         to_supernode: bool,
     },
+    /// The application sends a message of `len` bytes to the stranger.
+    Send {
+        to_supernode: bool,
+        len: usize,
+    },
 }
 
 fn datagram() -> impl Strategy<Value = Datagram> {
@@ -581,6 +657,7 @@ fn input() -> impl Strategy<Value = Input> {
         1 => (any::<bool>(), account()).prop_map(|(to_supernode, account)| Input::Lookup { to_supernode, account }),
         1 => any::<bool>().prop_map(|to_supernode| Input::Shutdown { to_supernode }),
         1 => any::<bool>().prop_map(|to_supernode| Input::Restart { to_supernode }),
+        2 => (any::<bool>(), 0usize..1100).prop_map(|(to_supernode, len)| Input::Send { to_supernode, len }),
     ]
 }
 
@@ -741,6 +818,20 @@ impl Pair {
             Input::Shutdown { to_supernode } => {
                 let now = self.now_of(*to_supernode);
                 self.node(*to_supernode).shutdown(now);
+                self.exchange()
+            }
+            Input::Send { to_supernode, len } => {
+                let now = self.now_of(*to_supernode);
+                let stranger = &fixtures().stranger;
+                let outcome = self.node(*to_supernode).send_message(
+                    now,
+                    stranger.keypair.public(),
+                    stranger.account(),
+                    &vec![7u8; *len],
+                );
+                if *len > peerline_proto::PAYLOAD_LEN_MAX || *to_supernode {
+                    prop_assert!(outcome.is_err(), "{outcome:?}");
+                }
                 self.exchange()
             }
             Input::Restart { to_supernode } => {

@@ -9,17 +9,17 @@
 //! LIFO transmits, nodes acting after shutdown).
 
 use peerline_core::identity::{
-    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_presence, sign_ticket,
-    solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
+    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
+    sign_ticket, solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
 };
 use peerline_core::{
     CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
     Params, RolePolicy,
 };
 use peerline_proto::{
-    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Frame, MemberState,
-    MemberUpdate, Message, PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
-    VersionInfo,
+    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, EnvelopeBody, EnvelopeKind,
+    Frame, MemberState, MemberUpdate, Message, PresenceBody, PresenceRecord, PublicKey, Signature,
+    Ticket, TicketBody, VersionInfo,
 };
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -155,6 +155,18 @@ fn only_reply(node: &mut Node, to: Addr) -> Message {
     assert_eq!(out.len(), 1, "expected exactly one datagram, got {out:?}");
     assert_eq!(out[0].0, to, "the reply went to the wrong address: {out:?}");
     out.into_iter().next().map(|(_, m)| m).unwrap()
+}
+
+/// The one message the node sent to `to` (it may also have written to
+/// others, e.g. asked the mailbox replicas for a newly attached client's mail).
+fn answer_to(node: &mut Node, to: Addr) -> Message {
+    let out: Vec<Message> = sent(node)
+        .into_iter()
+        .filter(|(a, _)| *a == to)
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(out.len(), 1, "expected one answer to {to}, got {out:?}");
+    out.into_iter().next().unwrap()
 }
 
 fn contacts_set(contacts: &[Contact]) -> BTreeSet<[u8; 32]> {
@@ -888,7 +900,12 @@ impl RawClient {
         let challenge = self.challenge(supernode, now);
         let key = supernode.supernode_contact().unwrap().key;
         deliver(supernode, now, self.addr, &self.proof(challenge, &key));
-        sent(supernode).pop().map(|(_, m)| m)
+        // The answer to us (the supernode may also ask for our mail).
+        sent(supernode)
+            .into_iter()
+            .filter(|(to, _)| *to == self.addr)
+            .map(|(_, m)| m)
+            .next_back()
     }
 }
 
@@ -1726,6 +1743,14 @@ impl Net {
         self.nodes[index].drain_transmits().for_each(drop);
     }
 
+    /// Brings a crashed node back (what it keeps on disk survives).
+    fn restart(&mut self, index: usize) {
+        self.crashed[index] = false;
+        let now = self.now();
+        self.nodes[index].restart(now);
+        self.flush(index);
+    }
+
     fn flush(&mut self, index: usize) {
         let from = self.addrs[index];
         let at_us = self.now_us + self.latency_us;
@@ -2095,7 +2120,7 @@ fn a_ticket_from_one_supernode_resumes_at_another_in_one_round_trip() {
     let Message::AttachAccepted {
         ticket: Some(renewed),
         ..
-    } = only_reply(&mut b, client.addr)
+    } = answer_to(&mut b, client.addr)
     else {
         panic!("the resume was not accepted");
     };
@@ -2189,7 +2214,7 @@ fn forged_expired_replayed_misdirected_and_revoked_resumes_are_refused() {
     let genuine = client.resume(&ticket, 5, &b_key);
     deliver(&mut b, now, client.addr, &genuine);
     assert!(matches!(
-        only_reply(&mut b, client.addr),
+        answer_to(&mut b, client.addr),
         Message::AttachAccepted { .. }
     ));
     assert!(falls_back_to_login(&mut b, now, client.addr, &genuine));
@@ -2201,7 +2226,7 @@ fn forged_expired_replayed_misdirected_and_revoked_resumes_are_refused() {
     ));
     deliver(&mut b, now, client.addr, &client.resume(&ticket, 6, &b_key));
     assert!(matches!(
-        only_reply(&mut b, client.addr),
+        answer_to(&mut b, client.addr),
         Message::AttachAccepted { .. }
     ));
 
@@ -2255,7 +2280,7 @@ fn login_budget_turns_new_logins_away_first_and_keeps_a_reserve_for_resumes() {
         &resuming.resume(&ticket, 1, &b_key),
     );
     assert!(matches!(
-        only_reply(&mut b, resuming.addr),
+        answer_to(&mut b, resuming.addr),
         Message::AttachAccepted { .. }
     ));
     // Once the bucket refills, the new login is served.
@@ -2329,4 +2354,177 @@ fn clients_turned_away_together_back_off_and_come_back_spread_out() {
         "naive retried only {} times",
         runs[0].len()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Store-and-forward messaging
+// ---------------------------------------------------------------------------
+
+/// Messages node `index` handed to its application, as (sender, seq, payload).
+fn received(net: &Net, index: usize) -> Vec<(PublicKey, u64, Vec<u8>)> {
+    net.events
+        .iter()
+        .filter(|(i, ..)| *i == index)
+        .filter_map(|(_, _, e)| match e {
+            Event::MessageReceived {
+                from_device,
+                seq,
+                payload,
+                ..
+            } => Some((*from_device, *seq, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acked_up_to(net: &Net, index: usize, to: &PublicKey) -> u64 {
+    net.events
+        .iter()
+        .filter(|(i, ..)| *i == index)
+        .filter_map(|(_, _, e)| match e {
+            Event::MessageAcked {
+                to_device,
+                up_to_seq,
+            } if to_device == to => Some(*up_to_seq),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn send(net: &mut Net, from: usize, to: usize, payload: u8) -> u64 {
+    let (device, account) = (
+        net.nodes[to].identity().keypair.public(),
+        net.nodes[to].identity().account(),
+    );
+    let now = net.now();
+    let seq = net.nodes[from]
+        .send_message(now, device, account, &[payload])
+        .expect("queued");
+    net.flush(from);
+    seq
+}
+
+#[test]
+fn messages_reach_online_and_offline_devices_once_in_order_and_are_acked() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    net.run_until_ms(60_000);
+    let (a, b) = (clients[0], clients[5]);
+    let (a_device, b_device) = (
+        net.nodes[a].identity().keypair.public(),
+        net.nodes[b].identity().keypair.public(),
+    );
+
+    // Online: delivered at once, acknowledged end to end, outbox empty.
+    for payload in 1..=3 {
+        assert_eq!(send(&mut net, a, b, payload), payload as u64);
+    }
+    net.run_until_ms(65_000);
+    let expected: Vec<(PublicKey, u64, Vec<u8>)> =
+        (1..=3).map(|i| (a_device, i as u64, vec![i])).collect();
+    assert_eq!(received(&net, b), expected);
+    assert_eq!(acked_up_to(&net, a, &b_device), 3);
+    assert_eq!(net.nodes[a].outbox_len(), 0);
+
+    // Offline: the mailbox holds them, the outbox keeps them until acked.
+    net.crash(b);
+    for payload in 4..=8 {
+        send(&mut net, a, b, payload);
+    }
+    net.run_until_ms(120_000);
+    assert_eq!(received(&net, b).len(), 3, "delivered to a crashed device");
+    assert_eq!(net.nodes[a].outbox_len(), 5);
+    let stored: usize = (0..NET_SUPERNODES)
+        .map(|i| net.nodes[i].mailbox_len())
+        .sum();
+    assert!(stored >= 5, "mailboxes hold {stored} envelopes");
+
+    // Back: everything arrives once, in order, and the sender hears of it.
+    net.restart(b);
+    net.run_until_ms(200_000);
+    let expected: Vec<(PublicKey, u64, Vec<u8>)> =
+        (1..=8).map(|i| (a_device, i as u64, vec![i])).collect();
+    assert_eq!(received(&net, b), expected);
+    assert_eq!(acked_up_to(&net, a, &b_device), 8);
+    assert_eq!(net.nodes[a].outbox_len(), 0);
+    let stored: usize = (0..NET_SUPERNODES)
+        .map(|i| net.nodes[i].mailbox_len())
+        .sum();
+    assert_eq!(stored, 0, "delivered envelopes left in mailboxes");
+
+    // A re-sent old message after another restart: not delivered again,
+    // but acknowledged again (the sender may have missed the first ack).
+    net.crash(b);
+    net.restart(b);
+    net.run_until_ms(230_000);
+    let old = sign_envelope(
+        &net.nodes[a].identity().keypair,
+        EnvelopeBody {
+            from_device: a_device,
+            from_account: net.nodes[a].identity().account(),
+            to_device: b_device,
+            to_account: net.nodes[b].identity().account(),
+            seq: 2,
+            sent_unix_s: UNIX0,
+            kind: EnvelopeKind::Data {
+                payload: BoundedVec::truncating([2u8]),
+            },
+        },
+    );
+    let via = net.nodes[b].attached_supernodes()[0].addr;
+    let now = net.now();
+    deliver(
+        &mut net.nodes[b],
+        now,
+        via,
+        &Message::MailDeliver { envelope: old },
+    );
+    let out = sent(&mut net.nodes[b]);
+    assert!(
+        matches!(
+            &out[..],
+            [
+                (_, Message::MailPut { envelope: ack }),
+                (_, Message::MailDone { .. })
+            ] if ack.body.kind == EnvelopeKind::Ack { up_to_seq: 8 }
+        ),
+        "{out:?}"
+    );
+    net.flush(b);
+    assert_eq!(
+        received(&net, b).len(),
+        8,
+        "a duplicate reached the application"
+    );
+}
+
+#[test]
+fn the_outbox_resends_when_every_mailbox_replica_died() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    net.run_until_ms(60_000);
+    let (a, b) = (clients[1], clients[6]);
+    let b_device = net.nodes[b].identity().keypair.public();
+    net.crash(b);
+    for payload in 1..=4 {
+        send(&mut net, a, b, payload);
+    }
+    net.run_until_ms(63_000);
+    // Every supernode holding a copy dies.
+    let holders: Vec<usize> = (0..NET_SUPERNODES)
+        .filter(|i| net.nodes[*i].mailbox_len() > 0)
+        .collect();
+    assert!(!holders.is_empty());
+    assert!(holders.len() < NET_SUPERNODES, "someone must survive");
+    for holder in &holders {
+        net.crash(*holder);
+    }
+    net.run_until_ms(180_000);
+    net.restart(b);
+    net.run_until_ms(400_000);
+    let got: Vec<u64> = received(&net, b).iter().map(|(_, seq, _)| *seq).collect();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert_eq!(acked_up_to(&net, a, &b_device), 4);
+    assert_eq!(net.nodes[a].outbox_len(), 0);
 }

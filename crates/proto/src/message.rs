@@ -6,7 +6,8 @@
 
 use crate::bounded::BoundedVec;
 use crate::types::{
-    Addr, Contact, DeviceCert, MemberUpdate, NodeId, PresenceRecord, PublicKey, Signature, Ticket,
+    Addr, Contact, DeviceCert, Envelope, EnvelopeId, MemberUpdate, NodeId, PresenceRecord,
+    PublicKey, Signature, Ticket,
 };
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,10 @@ pub const CONTACTS_PER_MESSAGE_MAX: usize = 16;
 pub const GOSSIP_UPDATES_MAX: usize = 12;
 /// Most members in one page of a membership sync.
 pub const SYNC_PAGE_MEMBERS_MAX: usize = 128;
+/// Most envelopes a mailbox hands out at once (the replay window).
+pub const MAIL_BATCH_MAX: usize = 4;
+/// Most envelope IDs in one delete.
+pub const MAIL_IDS_MAX: usize = 16;
 
 /// Why a supernode turned a request away.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
@@ -159,6 +164,42 @@ pub enum Message {
         counter: u64,
         signature: Signature,
     },
+
+    // ---- store-and-forward messaging ----
+    /// Client → its supernode: store this envelope in the recipient's mailbox.
+    MailPut {
+        envelope: Envelope,
+    },
+    /// Supernode → mailbox replica. `push`: this replica forwards it to the
+    /// recipient's supernodes if the recipient is online.
+    MailStore {
+        envelope: Envelope,
+        push: bool,
+    },
+    /// Mailbox replica → the recipient's supernode, or supernode → client.
+    MailDeliver {
+        envelope: Envelope,
+    },
+    /// Supernode → mailbox replica: the oldest envelopes for this device, please.
+    MailFetch {
+        account: PublicKey,
+        device: PublicKey,
+    },
+    /// Mailbox replica → supernode: a window of envelopes for `device`.
+    MailBatch {
+        device: PublicKey,
+        envelopes: BoundedVec<Envelope, MAIL_BATCH_MAX>,
+        more: bool,
+    },
+    /// Client → its supernode: I have these (committed); they may go.
+    MailDone {
+        ids: BoundedVec<EnvelopeId, MAIL_IDS_MAX>,
+    },
+    /// Supernode → mailbox replica: delete these envelopes of `device`.
+    MailDelete {
+        device: PublicKey,
+        ids: BoundedVec<EnvelopeId, MAIL_IDS_MAX>,
+    },
 }
 
 impl Message {
@@ -189,6 +230,13 @@ impl Message {
             Message::FindValue { .. } => MessageKind::FindValue,
             Message::FindValueResponse { .. } => MessageKind::FindValueResponse,
             Message::AttachResume { .. } => MessageKind::AttachResume,
+            Message::MailPut { .. } => MessageKind::MailPut,
+            Message::MailStore { .. } => MessageKind::MailStore,
+            Message::MailDeliver { .. } => MessageKind::MailDeliver,
+            Message::MailFetch { .. } => MessageKind::MailFetch,
+            Message::MailBatch { .. } => MessageKind::MailBatch,
+            Message::MailDone { .. } => MessageKind::MailDone,
+            Message::MailDelete { .. } => MessageKind::MailDelete,
         }
     }
 }
@@ -220,6 +268,13 @@ pub enum MessageKind {
     FindValue,
     FindValueResponse,
     AttachResume,
+    MailPut,
+    MailStore,
+    MailDeliver,
+    MailFetch,
+    MailBatch,
+    MailDone,
+    MailDelete,
 }
 
 impl MessageKind {
@@ -250,6 +305,13 @@ impl MessageKind {
             21 => MessageKind::FindValue,
             22 => MessageKind::FindValueResponse,
             23 => MessageKind::AttachResume,
+            24 => MessageKind::MailPut,
+            25 => MessageKind::MailStore,
+            26 => MessageKind::MailDeliver,
+            27 => MessageKind::MailFetch,
+            28 => MessageKind::MailBatch,
+            29 => MessageKind::MailDone,
+            30 => MessageKind::MailDelete,
             _ => return None,
         })
     }

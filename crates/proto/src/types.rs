@@ -239,3 +239,47 @@ pub struct Ticket {
     pub body: TicketBody,
     pub signature: Signature,
 }
+
+/// Largest opaque payload of one message (sealed end to end by the sender;
+/// the network never looks inside).
+pub const PAYLOAD_LEN_MAX: usize = 1024;
+
+/// What an envelope carries.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub enum EnvelopeKind {
+    /// An application message: opaque bytes.
+    Data {
+        payload: BoundedVec<u8, PAYLOAD_LEN_MAX>,
+    },
+    /// The recipient device's end-to-end acknowledgement: it holds every
+    /// message of this conversation up to `up_to_seq`.
+    Ack { up_to_seq: u64 },
+}
+
+/// The part of an envelope the sending device signs.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub struct EnvelopeBody {
+    pub from_device: PublicKey,
+    pub from_account: PublicKey,
+    pub to_device: PublicKey,
+    pub to_account: PublicKey,
+    /// Position in the conversation `from_device → to_device`, from 1 (0 for acks).
+    pub seq: u64,
+    pub sent_unix_s: u64,
+    pub kind: EnvelopeKind,
+}
+
+/// A message or an acknowledgement from one device to another, signed by
+/// the sender's device key. Stored in the recipient's mailbox (on the
+/// supernodes that hold the recipient account's presence) until the
+/// recipient has it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub struct Envelope {
+    pub body: EnvelopeBody,
+    pub signature: Signature,
+}
+
+/// Identifies an envelope: a hash of its signed body (so a re-sent message
+/// is the same entry everywhere).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct EnvelopeId(pub [u8; 16]);

@@ -10,14 +10,16 @@
 //! ```
 
 use peerline_proto::message::{
-    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
+    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX,
+    SYNC_PAGE_MEMBERS_MAX,
 };
 use peerline_proto::{
     decode, encode, encode_version_info, encode_versioned, peek_kind, Addr, BoundedVec, BusyReason,
-    Contact, DecodeError, DeviceCert, DeviceCertBody, Frame, MemberState, MemberUpdate, Message,
-    MessageKind, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
-    VersionInfo, MESSAGE_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
-    RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
+    Contact, DecodeError, DeviceCert, DeviceCertBody, Envelope, EnvelopeBody, EnvelopeId,
+    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, MessageKind, NodeId, PresenceBody,
+    PresenceRecord, PublicKey, Signature, Ticket, TicketBody, VersionInfo, MESSAGE_LEN_MAX,
+    PAYLOAD_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RECORD_SUPERNODES_MAX,
+    VERSION_INFO_BYTE,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -156,6 +158,42 @@ fn ticket() -> impl Strategy<Value = Ticket> {
                 signature,
             },
         )
+}
+
+fn envelope() -> impl Strategy<Value = Envelope> {
+    let kind = prop_oneof![
+        vec(any::<u8>(), 0..=PAYLOAD_LEN_MAX + 2).prop_map(|p| EnvelopeKind::Data {
+            payload: BoundedVec::truncating(p)
+        }),
+        varint_u64().prop_map(|up_to_seq| EnvelopeKind::Ack { up_to_seq }),
+    ];
+    (
+        (public_key(), public_key(), public_key(), public_key()),
+        (varint_u64(), varint_u64(), kind, signature()),
+    )
+        .prop_map(
+            |(
+                (from_device, from_account, to_device, to_account),
+                (seq, sent_unix_s, kind, signature),
+            )| {
+                Envelope {
+                    body: EnvelopeBody {
+                        from_device,
+                        from_account,
+                        to_device,
+                        to_account,
+                        seq,
+                        sent_unix_s,
+                        kind,
+                    },
+                    signature,
+                }
+            },
+        )
+}
+
+fn envelope_ids() -> impl Strategy<Value = BoundedVec<EnvelopeId, MAIL_IDS_MAX>> {
+    bounded::<_, MAIL_IDS_MAX>(any::<[u8; 16]>().prop_map(EnvelopeId))
 }
 
 fn member_state() -> impl Strategy<Value = MemberState> {
@@ -312,6 +350,25 @@ fn message() -> impl Strategy<Value = Message> {
                 signature,
             }
         }),
+        envelope().prop_map(|envelope| Message::MailPut { envelope }),
+        (envelope(), any::<bool>())
+            .prop_map(|(envelope, push)| Message::MailStore { envelope, push }),
+        envelope().prop_map(|envelope| Message::MailDeliver { envelope }),
+        (public_key(), public_key())
+            .prop_map(|(account, device)| Message::MailFetch { account, device }),
+        (
+            public_key(),
+            bounded::<_, MAIL_BATCH_MAX>(envelope()),
+            any::<bool>()
+        )
+            .prop_map(|(device, envelopes, more)| Message::MailBatch {
+                device,
+                envelopes,
+                more
+            }),
+        envelope_ids().prop_map(|ids| Message::MailDone { ids }),
+        (public_key(), envelope_ids())
+            .prop_map(|(device, ids)| Message::MailDelete { device, ids }),
     ]
 }
 
@@ -343,7 +400,14 @@ fn every_variant_is_covered(m: &Message) {
         | Message::Store { .. }
         | Message::FindValue { .. }
         | Message::FindValueResponse { .. }
-        | Message::AttachResume { .. } => {}
+        | Message::AttachResume { .. }
+        | Message::MailPut { .. }
+        | Message::MailStore { .. }
+        | Message::MailDeliver { .. }
+        | Message::MailFetch { .. }
+        | Message::MailBatch { .. }
+        | Message::MailDone { .. }
+        | Message::MailDelete { .. } => {}
     }
 }
 
@@ -606,6 +670,23 @@ fn widest_record() -> PresenceRecord {
     }
 }
 
+fn widest_envelope() -> Envelope {
+    Envelope {
+        body: EnvelopeBody {
+            from_device: PublicKey([0x21; 32]),
+            from_account: PublicKey([0x22; 32]),
+            to_device: PublicKey([0x23; 32]),
+            to_account: PublicKey([0x24; 32]),
+            seq: u64::MAX,
+            sent_unix_s: u64::MAX,
+            kind: EnvelopeKind::Data {
+                payload: BoundedVec::truncating(std::iter::repeat_n(0xffu8, PAYLOAD_LEN_MAX)),
+            },
+        },
+        signature: Signature([0x25; 64]),
+    }
+}
+
 fn widest_ticket() -> Ticket {
     Ticket {
         body: TicketBody {
@@ -721,9 +802,55 @@ fn widest_messages() -> Vec<Message> {
             counter: u64::MAX,
             signature: Signature([0x88; 64]),
         },
+        Message::MailPut {
+            envelope: widest_envelope(),
+        },
+        Message::MailStore {
+            envelope: widest_envelope(),
+            push: true,
+        },
+        Message::MailDeliver {
+            envelope: widest_envelope(),
+        },
+        Message::MailFetch {
+            account: PublicKey([0x99; 32]),
+            device: PublicKey([0x9a; 32]),
+        },
+        Message::MailBatch {
+            device: PublicKey([0x9b; 32]),
+            envelopes: BoundedVec::truncating(std::iter::repeat_n(
+                widest_envelope(),
+                MAIL_BATCH_MAX,
+            )),
+            more: true,
+        },
+        Message::MailDone {
+            ids: BoundedVec::truncating((0..=255u8).map(|i| EnvelopeId([i; 16]))),
+        },
+        Message::MailDelete {
+            device: PublicKey([0x9c; 32]),
+            ids: BoundedVec::truncating((0..=255u8).map(|i| EnvelopeId([i; 16]))),
+        },
     ];
     assert_one_per_variant(&out);
     out
+}
+
+fn typical_envelope() -> Envelope {
+    Envelope {
+        body: EnvelopeBody {
+            from_device: PublicKey([19; 32]),
+            from_account: PublicKey([20; 32]),
+            to_device: PublicKey([16; 32]),
+            to_account: PublicKey([15; 32]),
+            seq: 7,
+            sent_unix_s: 1_800_000_000,
+            kind: EnvelopeKind::Data {
+                payload: BoundedVec::truncating(*b"hello"),
+            },
+        },
+        signature: Signature([21; 64]),
+    }
 }
 
 /// Every kind, in declaration order (`from_index` is the wire's variant index).
@@ -928,6 +1055,32 @@ fn typical_messages() -> Vec<Message> {
             counter: 3,
             signature: Signature([14; 64]),
         },
+        Message::MailPut {
+            envelope: typical_envelope(),
+        },
+        Message::MailStore {
+            envelope: typical_envelope(),
+            push: true,
+        },
+        Message::MailDeliver {
+            envelope: typical_envelope(),
+        },
+        Message::MailFetch {
+            account: PublicKey([15; 32]),
+            device: PublicKey([16; 32]),
+        },
+        Message::MailBatch {
+            device: PublicKey([16; 32]),
+            envelopes: BoundedVec::truncating([typical_envelope()]),
+            more: false,
+        },
+        Message::MailDone {
+            ids: BoundedVec::truncating([EnvelopeId([17; 16])]),
+        },
+        Message::MailDelete {
+            device: PublicKey([16; 32]),
+            ids: BoundedVec::truncating([EnvelopeId([17; 16]), EnvelopeId([18; 16])]),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -977,6 +1130,8 @@ fn write_seed_corpus() {
                 | K::SyncRequest
                 | K::ProbeForward
                 | K::AttachResume
+                | K::MailFetch
+                | K::MailDone
         );
         let bytes = encode(&m).unwrap();
         if wanted && bytes.len() <= 1024 {

@@ -10,8 +10,22 @@ fn main() {
     let mut config =
         peerline_sim::SimConfig::new(scenario, number(0) as u32, number(1) as u32, number(2));
     config.duration_s = number(3);
+    if let Some(crypto) = args.get(5) {
+        config.crypto = if crypto == "full" {
+            peerline_core::CryptoMode::Full
+        } else {
+            peerline_core::CryptoMode::Modelled
+        };
+    }
     let (world, report) = peerline_sim::run(config, &mut |_| {});
     println!("{}", report.summary());
+    println!(
+        "mailbox copies by recipient [live: acks, delivered data, undelivered data; offline; supernode]: {:?}",
+        world.mailbox_census()
+    );
+    for line in world.undelivered().iter().take(20) {
+        println!("{line}");
+    }
     for line in world.underattached().iter().take(12) {
         println!("{line}");
     }

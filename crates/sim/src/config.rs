@@ -100,6 +100,12 @@ pub struct SimConfig {
     pub crash_down_s: u64,
     /// Deadline for a client to be back at two supernodes after its outage.
     pub reattach_deadline_s: u64,
+    /// Messages sent per second across the network (random sender and
+    /// recipient, online or not).
+    pub messages_per_s: f64,
+    /// No new messages in the last this many seconds, so the delivery ratio
+    /// counts only messages that had time to arrive.
+    pub messages_quiet_end_s: u64,
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
     pub params: Params,
@@ -155,6 +161,12 @@ impl SimConfig {
             reboot_s: (20, 120),
             crash_down_s: 3_600,
             reattach_deadline_s: 300,
+            messages_per_s: if scenario.is_outage() {
+                (clients as f64 / 1000.0).max(2.0)
+            } else {
+                0.0
+            },
+            messages_quiet_end_s: 300,
             params,
         }
     }

@@ -22,6 +22,11 @@ pub struct Sample {
     pub over_capacity: u64,
     /// Clients knocked below two attachments by the outage and not back yet.
     pub reattach_pending: u64,
+    /// Envelope copies in mailboxes addressed to devices that are online
+    /// (as clients): the backlog waiting to be delivered or cleaned up.
+    pub mailbox_backlog: u64,
+    /// Every envelope copy held in mailboxes (offline recipients included).
+    pub mailbox_held: u64,
 }
 
 impl Sample {
@@ -81,6 +86,14 @@ pub struct Metrics {
     /// Time (ms) each client knocked below two attachments by the outage
     /// took to be back at two.
     pub reattach_ms: Vec<u32>,
+    pub messages_sent: u64,
+    /// Refused by the sender's node (outbox full): not counted as sent.
+    pub messages_refused: u64,
+    pub messages_delivered: u64,
+    /// Acknowledged to the sender but never delivered: must stay 0.
+    pub messages_lost: u64,
+    pub messages_duplicated: u64,
+    pub messages_out_of_order: u64,
 }
 
 impl Metrics {

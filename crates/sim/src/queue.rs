@@ -27,6 +27,8 @@ pub enum EventKind {
     Sample,
     /// The scenario's outage begins.
     Storm,
+    /// Send the next message.
+    MessageTick,
     /// A node crashes now and is back after `down_us` (an outage's victim).
     Crash { node: u32, down_us: u64 },
 }

@@ -85,6 +85,25 @@ pub struct Report {
     pub busy_answers: u64,
     /// Supernodes over capacity, summed over samples (every `sample_interval_s`).
     pub supernode_over_capacity_events: u64,
+    pub messages_sent: u64,
+    pub messages_refused: u64,
+    pub messages_delivered: u64,
+    /// Acknowledged to their sender yet never delivered (must be 0).
+    pub messages_lost: u64,
+    pub messages_duplicated: u64,
+    pub messages_out_of_order: u64,
+    /// Of the messages sent to devices online (as clients, for 2 minutes or
+    /// more) at the end, the fraction delivered by the end.
+    pub messages_delivered_ratio: f64,
+    /// Most envelope copies waiting in mailboxes for devices that are
+    /// online, at any sample (the replay backlog).
+    pub mailbox_backlog_max: u64,
+    /// Most envelope copies held in mailboxes at any sample, offline
+    /// recipients included.
+    pub mailbox_held_max: u64,
+    /// From the outage until the backlog is back near its level before it
+    /// (within 1.5× or 50 envelopes); the rest of the run if it never is.
+    pub backlog_drain_s: f64,
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -93,6 +112,33 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub passed: bool,
     pub samples: Vec<crate::metrics::Sample>,
+}
+
+/// How long after `storm_at_s` the mailbox backlog took to come back near
+/// its level before the outage.
+fn backlog_drain_s(samples: &[crate::metrics::Sample], storm_at_s: u64) -> f64 {
+    let before = samples
+        .iter()
+        .rev()
+        .find(|s| s.t_s < storm_at_s)
+        .map_or(0, |s| s.mailbox_backlog);
+    let after: Vec<&crate::metrics::Sample> =
+        samples.iter().filter(|s| s.t_s >= storm_at_s).collect();
+    let Some(peak_at) = after
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, s)| (s.mailbox_backlog, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i)
+    else {
+        return 0.0;
+    };
+    let near = (before as f64 * 1.5).max(before as f64 + 50.0);
+    let end = after.last().map_or(storm_at_s, |s| s.t_s);
+    let drained = after[peak_at..]
+        .iter()
+        .find(|s| s.mailbox_backlog as f64 <= near)
+        .map_or(end, |s| s.t_s);
+    drained.saturating_sub(storm_at_s) as f64
 }
 
 /// Re-attach times after an outage, from the observer's records.
@@ -269,6 +315,33 @@ impl Report {
             reattach_never: reattach.never,
             busy_answers: metrics.busy_answers,
             supernode_over_capacity_events: metrics.over_capacity_events,
+            messages_sent: metrics.messages_sent,
+            messages_refused: metrics.messages_refused,
+            messages_delivered: metrics.messages_delivered,
+            messages_lost: metrics.messages_lost,
+            messages_duplicated: metrics.messages_duplicated,
+            messages_out_of_order: metrics.messages_out_of_order,
+            messages_delivered_ratio: {
+                let (sent, delivered) = world.deliverable_messages(120);
+                if sent == 0 {
+                    0.0
+                } else {
+                    delivered as f64 / sent as f64
+                }
+            },
+            mailbox_backlog_max: metrics
+                .samples
+                .iter()
+                .map(|s| s.mailbox_backlog)
+                .max()
+                .unwrap_or(0),
+            mailbox_held_max: metrics
+                .samples
+                .iter()
+                .map(|s| s.mailbox_held)
+                .max()
+                .unwrap_or(0),
+            backlog_drain_s: backlog_drain_s(&metrics.samples, config.storm_at_s),
             digest: metrics.digest.clone(),
             params: world.params().clone(),
             sim_overrides: sim_overrides(world.params()),
@@ -294,7 +367,38 @@ impl Report {
     /// Issue #3's figures for the outage scenarios.
     fn outage_checks(&self) -> Vec<Check> {
         let min_affected = (self.clients as f64 * 0.1).max(1.0);
+        let min_messages = (self.config.messages_per_s * 60.0).max(1.0);
         let mut checks = vec![
+            Check {
+                name: "messages_delivered",
+                ok: self.messages_delivered as f64 >= min_messages,
+                value: self.messages_delivered as f64,
+                bound: format!(">= {min_messages:.0} (messages must flow)"),
+            },
+            Check {
+                name: "messages_lost",
+                ok: self.messages_lost == 0,
+                value: self.messages_lost as f64,
+                bound: "= 0 (acknowledged but never delivered)".into(),
+            },
+            Check {
+                name: "messages_duplicated",
+                ok: self.messages_duplicated == 0,
+                value: self.messages_duplicated as f64,
+                bound: "= 0".into(),
+            },
+            Check {
+                name: "messages_out_of_order",
+                ok: self.messages_out_of_order == 0,
+                value: self.messages_out_of_order as f64,
+                bound: "= 0".into(),
+            },
+            Check {
+                name: "messages_delivered_ratio",
+                ok: self.messages_delivered_ratio >= 0.999,
+                value: self.messages_delivered_ratio,
+                bound: ">= 0.999 (to devices online at the end)".into(),
+            },
             Check {
                 name: "reattach_affected",
                 ok: self.reattach_affected as f64 >= min_affected,
@@ -315,12 +419,20 @@ impl Report {
                 value: self.reattach_ratio_within_300s,
                 bound: ">= 0.999".into(),
             }),
-            _ => checks.push(Check {
-                name: "reattach_s_p99",
-                ok: self.reattach_s_p99 <= 120.0,
-                value: self.reattach_s_p99,
-                bound: "<= 120".into(),
-            }),
+            _ => {
+                checks.push(Check {
+                    name: "reattach_s_p99",
+                    ok: self.reattach_s_p99 <= 120.0,
+                    value: self.reattach_s_p99,
+                    bound: "<= 120".into(),
+                });
+                checks.push(Check {
+                    name: "backlog_drain_s",
+                    ok: self.backlog_drain_s <= 900.0,
+                    value: self.backlog_drain_s,
+                    bound: "<= 900".into(),
+                });
+            }
         }
         checks
     }
@@ -430,6 +542,17 @@ impl Report {
                 self.busy_answers,
                 self.supernode_over_capacity_events,
                 self.capacity_attachments
+            );
+            out += &format!(
+                "messages: {} sent, {} delivered ({:.5} of those to devices online at the end), {} lost, {} duplicated, {} out of order · mailbox backlog max {} · drained {:.0} s after the outage\n",
+                self.messages_sent,
+                self.messages_delivered,
+                self.messages_delivered_ratio,
+                self.messages_lost,
+                self.messages_duplicated,
+                self.messages_out_of_order,
+                self.mailbox_backlog_max,
+                self.backlog_drain_s
             );
         }
         for check in &self.checks {

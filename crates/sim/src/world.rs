@@ -165,6 +165,15 @@ impl IndexSet {
     }
 }
 
+/// The ground truth of one conversation (sender → recipient), as the
+/// simulator saw the applications send and receive.
+#[derive(Clone, Copy, Debug, Default)]
+struct Conversation {
+    sent: u64,
+    delivered_up_to: u64,
+    acked_up_to: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct PendingLookup {
     target: u32,
@@ -202,6 +211,10 @@ pub struct World {
     /// Clients knocked below two attachments by the outage, and since when
     /// (µs): removed when the observer sees them at two again.
     reattach_pending: HashMap<u32, u64>,
+    /// Conversations by (sender, recipient) node index.
+    conversations: HashMap<(u32, u32), Conversation>,
+    /// Which node a device key belongs to.
+    device_index: HashMap<PublicKey, u32>,
 }
 
 impl World {
@@ -257,6 +270,8 @@ impl World {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             reattach_pending: HashMap::new(),
+            conversations: HashMap::new(),
+            device_index: HashMap::new(),
             config,
         };
         world.schedule_script();
@@ -290,6 +305,11 @@ impl World {
         if self.config.scenario.is_outage() {
             self.queue
                 .push(self.config.storm_at_s * 1_000_000, EventKind::Storm);
+        }
+        if self.config.messages_per_s > 0.0 {
+            // Messages start once the clients are up, like lookups.
+            let first_us = supernode_ramp_us + client_ramp_us;
+            self.queue.push(first_us, EventKind::MessageTick);
         }
     }
 
@@ -326,6 +346,7 @@ impl World {
                 EventKind::LookupTick => self.lookup_tick(),
                 EventKind::Sample => self.sample(),
                 EventKind::Storm => self.storm(),
+                EventKind::MessageTick => self.message_tick(),
                 EventKind::Crash { node, down_us } => self.crash(node, down_us),
             }
         }
@@ -505,6 +526,7 @@ impl World {
         } else {
             RolePolicy::Auto
         };
+        self.device_index.insert(identity.keypair.public(), index);
         let config = NodeConfig {
             params: self.params.clone(),
             identity,
@@ -753,6 +775,40 @@ impl World {
                     self.metrics.promotions_unreachable += 1;
                 }
             }
+            Event::MessageReceived {
+                from_device, seq, ..
+            } => {
+                let Some(&sender) = self.device_index.get(&from_device) else {
+                    return;
+                };
+                let conversation = self.conversations.entry((sender, index)).or_default();
+                if seq <= conversation.delivered_up_to {
+                    self.metrics.messages_duplicated += 1;
+                } else {
+                    if seq != conversation.delivered_up_to + 1 {
+                        self.metrics.messages_out_of_order += 1;
+                    }
+                    conversation.delivered_up_to = seq;
+                    self.metrics.messages_delivered += 1;
+                }
+            }
+            Event::MessageAcked {
+                to_device,
+                up_to_seq,
+            } => {
+                let Some(&recipient) = self.device_index.get(&to_device) else {
+                    return;
+                };
+                let conversation = self.conversations.entry((index, recipient)).or_default();
+                // An acknowledgement for a message the recipient's
+                // application never got: the invariant the outbox exists for.
+                if up_to_seq > conversation.delivered_up_to {
+                    let newly =
+                        up_to_seq - conversation.delivered_up_to.max(conversation.acked_up_to);
+                    self.metrics.messages_lost += newly;
+                }
+                conversation.acked_up_to = conversation.acked_up_to.max(up_to_seq);
+            }
             Event::Demoted => {
                 let slot = &mut self.nodes[index as usize];
                 slot.epoch += 1;
@@ -838,6 +894,79 @@ impl World {
         self.flush(source);
     }
 
+    // ---- messages ----
+
+    fn message_tick(&mut self) {
+        let next =
+            self.now_us + exponential_us(&mut self.rng, 1e6 / self.config.messages_per_s.max(1e-3));
+        let quiet_from_us = self
+            .end_us
+            .saturating_sub(self.config.messages_quiet_end_s * 1_000_000);
+        if next < quiet_from_us {
+            self.queue.push(next, EventKind::MessageTick);
+        }
+        // A live, attached sender; any client as the recipient, online or not.
+        let mut sender = None;
+        for _ in 0..20 {
+            sender = self
+                .live_clients
+                .random(&mut self.rng)
+                .filter(|s| self.valid_attachments(*s).next().is_some());
+            if sender.is_some() {
+                break;
+            }
+        }
+        let Some(sender) = sender else {
+            return;
+        };
+        let first_client = self.config.supernodes as u64;
+        let span = self.nodes.len() as u64 - first_client;
+        let recipient = (first_client + self.rng.next_u64() % span.max(1)) as u32;
+        if recipient == sender {
+            return;
+        }
+        let Some((device, account)) = self.nodes[recipient as usize]
+            .node
+            .as_ref()
+            .map(|n| (n.identity().keypair.public(), n.identity().account()))
+        else {
+            return;
+        };
+        let now = self.now_for(sender);
+        let payload = self.metrics.messages_sent.to_le_bytes();
+        let Some(node) = self.nodes[sender as usize].node.as_mut() else {
+            return;
+        };
+        match node.send_message(now, device, account, &payload) {
+            Ok(seq) => {
+                self.metrics.messages_sent += 1;
+                let conversation = self.conversations.entry((sender, recipient)).or_default();
+                conversation.sent = conversation.sent.max(seq);
+            }
+            Err(_) => self.metrics.messages_refused += 1,
+        }
+        self.flush(sender);
+    }
+
+    /// Messages sent to recipients that have been live clients for at least
+    /// `settled_s` at the end, and how many of those were delivered.
+    pub fn deliverable_messages(&self, settled_s: u64) -> (u64, u64) {
+        let settled_us = settled_s * 1_000_000;
+        let mut sent = 0;
+        let mut delivered = 0;
+        for (&(_, recipient), conversation) in &self.conversations {
+            let node = &self.nodes[recipient as usize];
+            let settled = node.alive
+                && !node.is_supernode()
+                && node.online_since_us + settled_us <= self.end_us;
+            if settled {
+                sent += conversation.sent;
+                delivered += conversation.delivered_up_to.min(conversation.sent);
+            }
+        }
+        (sent, delivered)
+    }
+
     // ---- measurement ----
 
     fn sample(&mut self) {
@@ -892,6 +1021,17 @@ impl World {
             load_max: loads.last().copied().unwrap_or(0),
             load_max_ratio: loads.last().copied().unwrap_or(0) as f64 / capacity,
             busy: std::mem::take(&mut self.metrics.busy_since_sample),
+            mailbox_backlog: {
+                let census = self.mailbox_census();
+                census[0] + census[1] + census[2]
+            },
+            mailbox_held: self
+                .live_supernodes
+                .items
+                .iter()
+                .filter_map(|s| self.nodes[*s as usize].node.as_ref())
+                .map(|n| n.mailbox_len() as u64)
+                .sum(),
             over_capacity,
             reattach_pending: self.reattach_pending.len() as u64,
         };
@@ -1014,6 +1154,99 @@ impl World {
 }
 
 impl World {
+    /// Conversations to settled online recipients with messages not yet
+    /// delivered, described for diagnosis.
+    pub fn undelivered(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut keys: Vec<&(u32, u32)> = self.conversations.keys().collect();
+        keys.sort_unstable();
+        for &(sender, recipient) in keys {
+            let c = self.conversations[&(sender, recipient)];
+            let r = &self.nodes[recipient as usize];
+            let settled =
+                r.alive && !r.is_supernode() && r.online_since_us + 120_000_000 <= self.end_us;
+            if !settled || c.delivered_up_to >= c.sent {
+                continue;
+            }
+            let s = &self.nodes[sender as usize];
+            let device = r.node.as_ref().map(|n| n.identity().keypair.public());
+            let copies: usize = self
+                .live_supernodes
+                .items
+                .iter()
+                .filter_map(|x| self.nodes[*x as usize].node.as_ref())
+                .map(|n| {
+                    n.mailbox_recipients()
+                        .iter()
+                        .filter(|(d, _, seq)| Some(*d) == device && *seq > 0)
+                        .count()
+                })
+                .sum();
+            let account = r.node.as_ref().map(|n| n.identity().account());
+            let holders: Vec<(u32, bool, usize)> = self
+                .live_supernodes
+                .items
+                .iter()
+                .filter_map(|x| self.nodes[*x as usize].node.as_ref().map(|n| (*x, n)))
+                .map(|(x, n)| {
+                    let record = account.is_some_and(|a| n.holds_record(&a));
+                    let mail = n
+                        .mailbox_recipients()
+                        .iter()
+                        .filter(|(d, _, seq)| Some(*d) == device && *seq > 0)
+                        .count();
+                    (x, record, mail)
+                })
+                .filter(|(_, record, mail)| *record || *mail > 0)
+                .collect();
+            out.push(format!(
+                "{sender} -> {recipient}: sent {} delivered {} acked {} · sender alive {} supernode {} outbox {} · recipient up since {} s attached {} · data copies in mailboxes {copies} · (supernode, holds record, mail) {holders:?}",
+                c.sent,
+                c.delivered_up_to,
+                c.acked_up_to,
+                s.alive,
+                s.is_supernode(),
+                s.node.as_ref().map_or(0, |n| n.outbox_len()),
+                r.online_since_us / 1_000_000,
+                self.valid_attachments(recipient).count(),
+            ));
+        }
+        out
+    }
+
+    /// Envelope copies held in mailboxes, by what their recipient is at the
+    /// end: [live client: acks, data already delivered, data not delivered;
+    /// offline; supernode].
+    pub fn mailbox_census(&self) -> [u64; 5] {
+        let mut census = [0; 5];
+        for &s in &self.live_supernodes.items {
+            let Some(node) = self.nodes[s as usize].node.as_ref() else {
+                continue;
+            };
+            for (device, from, seq) in node.mailbox_recipients() {
+                let Some(&recipient) = self.device_index.get(&device) else {
+                    continue;
+                };
+                let n = &self.nodes[recipient as usize];
+                if n.is_supernode() {
+                    census[4] += 1;
+                } else if !n.alive {
+                    census[3] += 1;
+                } else if seq == 0 {
+                    census[0] += 1;
+                } else {
+                    let sender = self.device_index.get(&from).copied().unwrap_or(u32::MAX);
+                    let delivered = self
+                        .conversations
+                        .get(&(sender, recipient))
+                        .is_some_and(|c| c.delivered_up_to >= seq);
+                    census[if delivered { 1 } else { 2 }] += 1;
+                }
+            }
+        }
+        census
+    }
+
     /// (index, membership view size, attached clients) of every live supernode.
     pub fn supernode_views(&self) -> Vec<(u32, usize, usize)> {
         let mut views: Vec<(u32, usize, usize)> = self
