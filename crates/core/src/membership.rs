@@ -4,7 +4,7 @@
 //! one hop — and a capped Kademlia-bucket view when the network outgrows it.
 
 use crate::time::Instant;
-use peerline_proto::{Contact, MemberState, MemberUpdate, NodeId, PublicKey, GOSSIP_UPDATES_MAX};
+use peerline_proto::{Contact, MemberState, MemberUpdate, NodeId, GOSSIP_UPDATES_MAX};
 use rand_core::Rng;
 
 /// Most updates waiting to be piggybacked.
@@ -666,7 +666,7 @@ impl Membership {
 
     /// Expires probes (target becomes suspect) and suspicions (member
     /// declared dead). Returns what changed, with the members' keys.
-    pub fn expire(&mut self, now: Instant, tombstone_ttl_ms: u64) -> Vec<(Change, PublicKey)> {
+    pub fn expire(&mut self, now: Instant, tombstone_ttl_ms: u64) -> Vec<(Change, Contact)> {
         let suspect_timeout_ms = self.suspect_timeout_ms;
         let mut changes = Vec::new();
         if let Some(probe) = self.probe.clone() {
@@ -681,7 +681,7 @@ impl Membership {
                         self.enqueue(suspect);
                         self.push_urgent(suspect);
                         self.track_suspect(probe.target, true);
-                        changes.push((Change::Suspected(probe.target), suspect.contact.key));
+                        changes.push((Change::Suspected(probe.target), suspect.contact));
                     }
                 }
             }
@@ -695,7 +695,7 @@ impl Membership {
                 self.remove(i, dead.incarnation, now, tombstone_ttl_ms);
                 self.enqueue(dead);
                 self.push_urgent(dead);
-                changes.push((Change::Left(id), dead.contact.key));
+                changes.push((Change::Left(id), dead.contact));
             }
         }
         changes
@@ -782,6 +782,7 @@ fn collect_closest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peerline_proto::PublicKey;
     use peerline_proto::Addr;
     use rand_core::SeedableRng;
     use rand_pcg::Pcg32;
@@ -891,12 +892,12 @@ mod tests {
             .id;
         assert_eq!(
             m.expire(Instant::from_ms(600), 1000),
-            vec![(Change::Suspected(id), target.key)]
+            vec![(Change::Suspected(id), target)]
         );
         assert_eq!(m.get(&id).unwrap().update.state, MemberState::Suspect);
         assert_eq!(
             m.expire(Instant::from_ms(4700), 1000),
-            vec![(Change::Left(id), target.key)]
+            vec![(Change::Left(id), target)]
         );
         assert_eq!(
             m.take_urgent().len(),
@@ -950,6 +951,7 @@ mod tests {
 #[cfg(test)]
 mod neighbourhood_tests {
     use super::*;
+    use peerline_proto::PublicKey;
     use peerline_proto::Addr;
 
     /// A full view of `n` members with pseudo-random IDs.
@@ -1025,6 +1027,7 @@ mod outside_tests {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
+    use peerline_proto::PublicKey;
     use peerline_proto::Addr;
 
     fn member(i: u32) -> (NodeId, MemberUpdate) {

@@ -38,6 +38,11 @@ const RECORD_SWEEP_INTERVAL_MS: u64 = 60_000;
 const URGENT_FANOUT: usize = 3;
 /// Delay before the one anti-entropy re-sync after joining.
 const RESYNC_DELAY_MS: u64 = 15_000;
+/// Lost members remembered for rediscovery, and for how long.
+const LOST_MAX: usize = 64;
+const LOST_FORGET_MS: u64 = 3_600_000;
+/// Mean period of asking a lost member whether it is back.
+const REDISCOVER_MS: u64 = 30_000;
 /// Copies of one pushed envelope within this window are forwarded once.
 const FORWARD_DEDUP_MS: u64 = 5_000;
 /// Most envelope IDs remembered for that.
@@ -120,6 +125,10 @@ pub struct SupernodeState {
     resume_counters: FxHashMap<PublicKey, (u64, Instant)>,
     /// Envelopes for the devices of the accounts whose presence we hold.
     mailbox: Mailbox,
+    /// Members declared dead in the last hour (bounded), with when: asked
+    /// now and then whether they are back (a healed partition).
+    lost: Vec<(Contact, Instant)>,
+    rediscover_at: Option<Instant>,
     /// Envelopes recently forwarded to our clients, so the copies the other
     /// replicas push are not forwarded again (bounded, short-lived).
     recent_forwards: BTreeMap<EnvelopeId, Instant>,
@@ -189,6 +198,8 @@ impl SupernodeState {
             resume_counters: FxHashMap::default(),
             mailbox: Mailbox::default(),
             recent_forwards: BTreeMap::new(),
+            lost: Vec::new(),
+            rediscover_at: None,
         }
     }
 
@@ -240,7 +251,9 @@ impl SupernodeState {
 
     pub(crate) fn next_deadline(&self) -> Instant {
         let join = self.join.as_ref().map_or(Instant::NEVER, |j| j.deadline);
-        let join = join.min(self.resync_at.unwrap_or(Instant::NEVER));
+        let join = join
+            .min(self.resync_at.unwrap_or(Instant::NEVER))
+            .min(self.rediscover_at.unwrap_or(Instant::NEVER));
         self.membership
             .next_deadline()
             .min(self.next_sweep_at)
@@ -803,7 +816,7 @@ impl SupernodeState {
     fn store_on(&mut self, io: &mut Io, targets: &[(NodeId, Contact)], record: &PresenceRecord) {
         for (id, contact) in targets {
             if *id == self.node_id {
-                self.keep_record(record.clone());
+                self.keep_record(io, record.clone());
             } else {
                 io.send(
                     contact.addr,
@@ -816,13 +829,34 @@ impl SupernodeState {
     }
 
     /// Keeps the record if it is newer than ours.
-    fn keep_record(&mut self, record: PresenceRecord) {
+    /// Keeps the record if it is newer than ours; then any mail waiting
+    /// for that device goes to the supernodes the record names (a device
+    /// that moved, or whose record arrived late, gets what it missed).
+    fn keep_record(&mut self, io: &mut Io, record: PresenceRecord) {
         let key = presence_key(&record.body.cert.body.account_key);
         match self.records.get_mut(&key) {
-            Some(existing) if existing.body.sequence >= record.body.sequence => {}
-            Some(existing) => **existing = record,
+            Some(existing) if existing.body.sequence >= record.body.sequence => return,
+            Some(existing) => **existing = record.clone(),
             None => {
-                self.records.insert(key, Box::new(record));
+                self.records.insert(key, Box::new(record.clone()));
+            }
+        }
+        let body = &record.body;
+        let (waiting, _) = self
+            .mailbox
+            .window(&body.cert.body.account_key, &body.cert.body.device_key);
+        for envelope in waiting {
+            for contact in body.supernodes.iter() {
+                if contact.key == self.contact.key {
+                    self.deliver_to_client(io, envelope.clone());
+                } else {
+                    io.send(
+                        contact.addr,
+                        &Message::MailDeliver {
+                            envelope: envelope.clone(),
+                        },
+                    );
+                }
             }
         }
     }
@@ -853,7 +887,7 @@ impl SupernodeState {
                     .iter()
                     .any(|m| m.id == self.node_id));
         if responsible {
-            self.keep_record(record);
+            self.keep_record(io, record);
         }
     }
 
@@ -1097,7 +1131,15 @@ impl SupernodeState {
             return;
         }
         let key = presence_key(&account);
-        if let Some(record) = self.valid_record(io, &key) {
+        // Answer from our own store only as one of the record's replicas: a
+        // copy kept from before (a healed partition, a shifted replica set)
+        // may be stale, and the replicas hold the newest.
+        let replica = self
+            .membership
+            .closest(&key, io.params.replication_k)
+            .iter()
+            .any(|m| m.id == self.node_id);
+        if let Some(record) = self.valid_record(io, &key).filter(|_| replica) {
             io.send(
                 from,
                 &Message::LookupResponse {
@@ -1327,7 +1369,7 @@ impl SupernodeState {
             }
             Change::Left(id) => {
                 io.stats.members_left += 1;
-                self.on_member_left(io, id, update.contact.key)
+                self.on_member_left(io, id, update.contact)
             }
             Change::Suspected(_) => {
                 io.stats.members_suspected += 1;
@@ -1341,6 +1383,9 @@ impl SupernodeState {
     /// (us, if so) hands them over.
     fn on_member_joined(&mut self, io: &mut Io, joined: NodeId, contact: Contact) {
         self.hand_over_mail(io, joined, contact);
+        // After a partition heals, the far side's replicas hold what our
+        // clients published before the cut: give them the current records.
+        self.re_store_own_clients(io, joined);
         if self.records.is_empty() {
             return;
         }
@@ -1388,7 +1433,7 @@ impl SupernodeState {
                         contact.addr,
                         &Message::MailStore {
                             envelope,
-                            push: false,
+                            push: true,
                         },
                     );
                 }
@@ -1399,13 +1444,54 @@ impl SupernodeState {
         }
     }
 
-    /// A member left: the records of our own clients it may have held are
-    /// stored again on the current replica set. The replicas re-replicate
-    /// among themselves, but a crash wave can take every replica of a key at
-    /// once; the supernodes the owner is attached to still hold its record.
-    fn re_store_own_clients(&mut self, io: &mut Io, left: NodeId) {
+    /// Remembers a member declared dead: it may only be on the far side of
+    /// a partition, and is asked now and then whether it is back.
+    fn remember_lost(&mut self, io: &mut Io, contact: Contact) {
+        let now = io.now.instant;
+        self.lost
+            .retain(|(c, since)| c.key != contact.key && now.since_ms(*since) < LOST_FORGET_MS);
+        if self.lost.len() >= LOST_MAX {
+            self.lost.remove(0);
+        }
+        self.lost.push((contact, now));
+        if self.rediscover_at.is_none() {
+            self.rediscover_at = Some(now.add_ms(REDISCOVER_MS / 2 + io.jitter_ms(REDISCOVER_MS)));
+        }
+    }
+
+    /// Every so often, asks one lost member for its membership table: if
+    /// it answers, a partition has healed and the two views merge (its
+    /// members arrive in pages; it learns us from the request).
+    fn rediscover_if_due(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        if self.rediscover_at.is_none_or(|at| at > now) {
+            return;
+        }
+        self.lost.retain(|(c, since)| {
+            now.since_ms(*since) < LOST_FORGET_MS && {
+                let id = node_id(&c.key, c.id_nonce);
+                self.membership.get(&id).is_none()
+            }
+        });
+        if self.lost.is_empty() {
+            self.rediscover_at = None;
+            return;
+        }
+        self.rediscover_at = Some(now.add_ms(REDISCOVER_MS / 2 + io.jitter_ms(REDISCOVER_MS)));
+        if self.join.is_none() {
+            let (contact, _) = self.lost[io.rng_index(self.lost.len())];
+            self.join(io, &[contact]);
+        }
+    }
+
+    /// A member left or joined near our clients' records: store them again
+    /// on the current replica set. The replicas re-replicate among
+    /// themselves, but a crash wave can take every replica of a key at once,
+    /// and a healed partition leaves the far side with records from before
+    /// the cut; the supernodes the owner is attached to hold the latest.
+    fn re_store_own_clients(&mut self, io: &mut Io, changed: NodeId) {
         let k = io.params.replication_k;
-        let (low, high) = self.membership.neighbourhood_range(&left, 3 * k);
+        let (low, high) = self.membership.neighbourhood_range(&changed, 3 * k);
         let mut records: Vec<(Addr, PresenceRecord)> = self
             .clients
             .iter()
@@ -1447,7 +1533,7 @@ impl SupernodeState {
                         addr,
                         &Message::MailStore {
                             envelope,
-                            push: false,
+                            push: true,
                         },
                     );
                 }
@@ -1457,7 +1543,9 @@ impl SupernodeState {
 
     /// A member left: re-replicate the records it held to the member that
     /// replaces it, and warn our clients whose records name it.
-    fn on_member_left(&mut self, io: &mut Io, left: NodeId, left_key: PublicKey) {
+    fn on_member_left(&mut self, io: &mut Io, left: NodeId, contact: Contact) {
+        let left_key = contact.key;
+        self.remember_lost(io, contact);
         self.re_replicate_mail(io, left);
         self.re_store_own_clients(io, left);
         if self.records.is_empty() && self.clients.is_empty() {
@@ -1632,13 +1720,14 @@ impl SupernodeState {
                 },
             );
         }
-        for (change, key) in self.membership.expire(now, params.tombstone_ttl_ms) {
+        for (change, contact) in self.membership.expire(now, params.tombstone_ttl_ms) {
             match change {
-                Change::Left(id) => self.on_member_left(io, id, key),
-                Change::Suspected(_) => self.warn_clients(io, key),
+                Change::Left(id) => self.on_member_left(io, id, contact),
+                Change::Suspected(_) => self.warn_clients(io, contact.key),
                 _ => {}
             }
         }
+        self.rediscover_if_due(io);
         self.push_urgent(io);
         if let Some((contact, sequence)) = self.membership.start_probe(
             now,

@@ -14,13 +14,17 @@ pub enum Scenario {
     /// The 2010 crash wave: a fraction of the supernodes die at once and
     /// stay down; every orphaned client re-attaches.
     SupernodeCrash,
+    /// The Americas are cut off from the rest of the world for a while,
+    /// then the link heals.
+    Partition,
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 3] = [
+    pub const ALL: [(&'static str, Scenario); 4] = [
         ("steady", Scenario::Steady),
         ("restart-storm", Scenario::RestartStorm),
         ("supernode-crash", Scenario::SupernodeCrash),
+        ("partition", Scenario::Partition),
     ];
 
     pub fn name(&self) -> &'static str {
@@ -28,6 +32,7 @@ impl Scenario {
             Scenario::Steady => "steady",
             Scenario::RestartStorm => "restart-storm",
             Scenario::SupernodeCrash => "supernode-crash",
+            Scenario::Partition => "partition",
         }
     }
 
@@ -98,6 +103,8 @@ pub struct SimConfig {
     pub reboot_s: (u64, u64),
     /// A crashed supernode stays down this long.
     pub crash_down_s: u64,
+    /// How long a partition lasts.
+    pub partition_s: u64,
     /// Deadline for a client to be back at two supernodes after its outage.
     pub reattach_deadline_s: u64,
     /// Messages sent per second across the network (random sender and
@@ -160,6 +167,7 @@ impl SimConfig {
             },
             reboot_s: (20, 120),
             crash_down_s: 3_600,
+            partition_s: 600,
             reattach_deadline_s: 300,
             messages_per_s: if scenario.is_outage() {
                 (clients as f64 / 1000.0).max(2.0)

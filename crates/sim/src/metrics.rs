@@ -94,6 +94,11 @@ pub struct Metrics {
     pub messages_lost: u64,
     pub messages_duplicated: u64,
     pub messages_out_of_order: u64,
+    /// Datagrams dropped because they would cross the partition.
+    pub dropped_partition: u64,
+    /// Lookups started well after a partition healed: completed, and found.
+    pub lookups_after_heal: u64,
+    pub lookups_after_heal_ok: u64,
 }
 
 impl Metrics {

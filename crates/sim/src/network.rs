@@ -41,6 +41,14 @@ pub struct Place {
     pub clock_drift_ppm: i32,
 }
 
+impl Place {
+    /// Which side of the `partition` scenario's cut the node is on: the
+    /// Americas (regions 0 and 1) or the rest of the world.
+    pub fn side(&self) -> bool {
+        self.region <= 1
+    }
+}
+
 pub fn gaussian(rng: &mut impl Rng) -> f64 {
     // Box–Muller on two uniforms.
     let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;

@@ -29,6 +29,8 @@ pub enum EventKind {
     Storm,
     /// Send the next message.
     MessageTick,
+    /// The partition heals.
+    Heal,
     /// A node crashes now and is back after `down_us` (an outage's victim).
     Crash { node: u32, down_us: u64 },
 }

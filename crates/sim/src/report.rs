@@ -104,6 +104,14 @@ pub struct Report {
     /// From the outage until the backlog is back near its level before it
     /// (within 1.5× or 50 envelopes); the rest of the run if it never is.
     pub backlog_drain_s: f64,
+    /// `partition`: the lowest attached ratio from 2 minutes into the split
+    /// until it heals.
+    pub attached_ratio_partition_min: f64,
+    /// `partition`: lookups started 2 minutes or more after the heal, and
+    /// the fraction that found the target's current record.
+    pub lookups_after_heal: u64,
+    pub lookup_success_after_heal: f64,
+    pub datagrams_dropped_partition: u64,
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -342,6 +350,22 @@ impl Report {
                 .max()
                 .unwrap_or(0),
             backlog_drain_s: backlog_drain_s(&metrics.samples, config.storm_at_s),
+            attached_ratio_partition_min: metrics
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.t_s >= config.storm_at_s + 120
+                        && s.t_s < config.storm_at_s + config.partition_s
+                })
+                .map(|s| s.attached_ratio())
+                .fold(1.0, f64::min),
+            lookups_after_heal: metrics.lookups_after_heal,
+            lookup_success_after_heal: if metrics.lookups_after_heal == 0 {
+                0.0
+            } else {
+                metrics.lookups_after_heal_ok as f64 / metrics.lookups_after_heal as f64
+            },
+            datagrams_dropped_partition: metrics.dropped_partition,
             digest: metrics.digest.clone(),
             params: world.params().clone(),
             sim_overrides: sim_overrides(world.params()),
@@ -400,26 +424,54 @@ impl Report {
                 bound: ">= 0.999 (to devices online at the end)".into(),
             },
             Check {
-                name: "reattach_affected",
-                ok: self.reattach_affected as f64 >= min_affected,
-                value: self.reattach_affected as f64,
-                bound: format!(">= {min_affected:.0} (the outage must hit enough clients)"),
-            },
-            Check {
                 name: "supernode_over_capacity_events",
                 ok: self.supernode_over_capacity_events == 0,
                 value: self.supernode_over_capacity_events as f64,
                 bound: "= 0".into(),
             },
         ];
+        let affected = Check {
+            name: "reattach_affected",
+            ok: self.reattach_affected as f64 >= min_affected,
+            value: self.reattach_affected as f64,
+            bound: format!(">= {min_affected:.0} (the outage must hit enough clients)"),
+        };
         match self.config.scenario {
-            Scenario::RestartStorm => checks.push(Check {
-                name: "reattach_ratio_within_300s",
-                ok: self.reattach_ratio_within_300s >= 0.999,
-                value: self.reattach_ratio_within_300s,
-                bound: ">= 0.999".into(),
-            }),
+            Scenario::RestartStorm => checks.extend([
+                affected,
+                Check {
+                    name: "reattach_ratio_within_300s",
+                    ok: self.reattach_ratio_within_300s >= 0.999,
+                    value: self.reattach_ratio_within_300s,
+                    bound: ">= 0.999".into(),
+                },
+            ]),
+            Scenario::Partition => {
+                let min_lookups = (self.config.lookups_per_s * 30.0).max(10.0);
+                checks.extend([
+                    Check {
+                        name: "attached_ratio_partition_min",
+                        ok: self.attached_ratio_partition_min >= 0.99,
+                        value: self.attached_ratio_partition_min,
+                        bound: ">= 0.99 (each side keeps working, from 2 minutes into the split)"
+                            .into(),
+                    },
+                    Check {
+                        name: "lookups_after_heal",
+                        ok: self.lookups_after_heal as f64 >= min_lookups,
+                        value: self.lookups_after_heal as f64,
+                        bound: format!(">= {min_lookups:.0}"),
+                    },
+                    Check {
+                        name: "lookup_success_after_heal",
+                        ok: self.lookup_success_after_heal >= 0.99,
+                        value: self.lookup_success_after_heal,
+                        bound: ">= 0.99 (presence converged across the healed cut)".into(),
+                    },
+                ]);
+            }
             _ => {
+                checks.push(affected);
                 checks.push(Check {
                     name: "reattach_s_p99",
                     ok: self.reattach_s_p99 <= 120.0,

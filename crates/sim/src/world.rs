@@ -215,6 +215,10 @@ pub struct World {
     conversations: HashMap<(u32, u32), Conversation>,
     /// Which node a device key belongs to.
     device_index: HashMap<PublicKey, u32>,
+    /// While true, datagrams between the two sides are dropped.
+    partitioned: bool,
+    /// Lookups started from here on count as "after the heal".
+    heal_settled_us: u64,
 }
 
 impl World {
@@ -272,6 +276,8 @@ impl World {
             reattach_pending: HashMap::new(),
             conversations: HashMap::new(),
             device_index: HashMap::new(),
+            partitioned: false,
+            heal_settled_us: u64::MAX,
             config,
         };
         world.schedule_script();
@@ -347,6 +353,11 @@ impl World {
                 EventKind::Sample => self.sample(),
                 EventKind::Storm => self.storm(),
                 EventKind::MessageTick => self.message_tick(),
+                EventKind::Heal => {
+                    self.partitioned = false;
+                    // Give presence two minutes to converge before judging lookups.
+                    self.heal_settled_us = self.now_us + 120_000_000;
+                }
                 EventKind::Crash { node, down_us } => self.crash(node, down_us),
             }
         }
@@ -428,6 +439,21 @@ impl World {
                     let down_s = low_s + self.rng.next_u64() % (high_s.saturating_sub(low_s) + 1);
                     let down_us = down_s * 1_000_000;
                     self.queue.push(at, EventKind::Crash { node, down_us });
+                }
+            }
+            Scenario::Partition => {
+                self.partitioned = true;
+                let heal_us = self.now_us + self.config.partition_s * 1_000_000;
+                self.queue.push(heal_us, EventKind::Heal);
+                // Clients attached across the cut lose that attachment.
+                for &client in &self.live_clients.items {
+                    let side = self.nodes[client as usize].place.side();
+                    let cut = self
+                        .valid_attachments(client)
+                        .any(|s| self.nodes[s as usize].place.side() != side);
+                    if cut {
+                        self.reattach_pending.insert(client, self.now_us);
+                    }
                 }
             }
             Scenario::SupernodeCrash => {
@@ -581,6 +607,12 @@ impl World {
     // ---- network ----
 
     fn deliver(&mut self, to: u32, from: u32, bytes: &[u8]) {
+        if self.partitioned
+            && self.nodes[to as usize].place.side() != self.nodes[from as usize].place.side()
+        {
+            self.metrics.dropped_partition += 1;
+            return;
+        }
         let target = &self.nodes[to as usize];
         if !target.alive {
             self.metrics.dropped_dead += 1;
@@ -743,6 +775,7 @@ impl World {
                     return;
                 }
                 let elapsed_ms = (self.now_us - pending.started_us) / 1000;
+                let after_heal = pending.started_us >= self.heal_settled_us;
                 let outcome = match record {
                     None => Err(LookupFailure::NotFound),
                     Some(record) => {
@@ -760,6 +793,10 @@ impl World {
                         }
                     }
                 };
+                if after_heal {
+                    self.metrics.lookups_after_heal += 1;
+                    self.metrics.lookups_after_heal_ok += outcome.is_ok() as u64;
+                }
                 self.metrics.lookup_done(outcome, elapsed_ms);
             }
             Event::Promoted => {
