@@ -782,8 +782,8 @@ fn collect_closest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peerline_proto::PublicKey;
     use peerline_proto::Addr;
+    use peerline_proto::PublicKey;
     use rand_core::SeedableRng;
     use rand_pcg::Pcg32;
 
@@ -951,8 +951,8 @@ mod tests {
 #[cfg(test)]
 mod neighbourhood_tests {
     use super::*;
-    use peerline_proto::PublicKey;
     use peerline_proto::Addr;
+    use peerline_proto::PublicKey;
 
     /// A full view of `n` members with pseudo-random IDs.
     pub(super) fn full_view(n: u32) -> (Membership, Vec<NodeId>) {
@@ -1027,8 +1027,8 @@ mod outside_tests {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
-    use peerline_proto::PublicKey;
     use peerline_proto::Addr;
+    use peerline_proto::PublicKey;
 
     fn member(i: u32) -> (NodeId, MemberUpdate) {
         let id = NodeId(*blake3::hash(&i.to_le_bytes()).as_bytes());

@@ -25,8 +25,10 @@ enum Command {
     ///
     /// Scenarios: steady (joins, churn, lookups); restart-storm (the 2007
     /// login storm: 60% of all nodes reboot within 10 minutes);
-    /// supernode-crash (the 2010 crash wave: 40% of supernodes die at once).
-    /// Add --naive for the baseline without overload control. The same seed
+    /// supernode-crash (the 2010 crash wave: 40% of supernodes die at once);
+    /// partition (the Americas cut off for 10 minutes); sweep (peerline and
+    /// the naive baseline across restart fractions 20–100% and crash
+    /// fractions 10–70%). Add --naive for the baseline without overload control. The same seed
     /// gives the same run, byte for byte; the report's `digest` proves it.
     Sim(SimArgs),
 }
@@ -41,20 +43,21 @@ enum CryptoArg {
 
 #[derive(clap::Args)]
 struct SimArgs {
-    /// Scenario to run: steady, restart-storm or supernode-crash.
+    /// Scenario to run: steady, restart-storm, supernode-crash, partition, or
+    /// sweep (both modes across outage sizes, with charts).
     scenario: String,
-    /// Number of clients.
-    #[arg(long, default_value_t = 100_000)]
-    clients: u32,
+    /// Number of clients (default 100,000; 2,000 for the sweep, which runs 18 simulations).
+    #[arg(long)]
+    clients: Option<u32>,
     /// Number of supernodes at the start.
     #[arg(long)]
     supernodes: Option<u32>,
     /// Random seed; the same seed replays the same run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Virtual duration, e.g. 30m, 1h, 900s.
-    #[arg(long, default_value = "30m", value_parser = parse_duration_s)]
-    duration: u64,
+    /// Virtual duration, e.g. 30m, 1h, 900s (default 30m; 40m for partition).
+    #[arg(long, value_parser = parse_duration_s)]
+    duration: Option<u64>,
     /// Directory for report.json and the SVG charts.
     #[arg(long, default_value = "sim-out")]
     out: PathBuf,
@@ -124,17 +127,27 @@ fn main() -> ExitCode {
 }
 
 fn run_sim(args: SimArgs) -> Result<ExitCode> {
-    let names: Vec<&str> = Scenario::ALL.iter().map(|(n, _)| *n).collect();
-    let Some(scenario) = Scenario::parse(&args.scenario) else {
-        bail!(
+    let mut names: Vec<&str> = Scenario::ALL.iter().map(|(n, _)| *n).collect();
+    names.push("sweep");
+    let sweep = args.scenario == "sweep";
+    let scenario = match Scenario::parse(&args.scenario) {
+        Some(scenario) => scenario,
+        // The sweep's runs are built from a supernode-crash config.
+        None if sweep => Scenario::SupernodeCrash,
+        None => bail!(
             "unknown scenario '{}'; choose one of: {}",
             args.scenario,
             names.join(", ")
-        );
+        ),
     };
-    let supernodes = args.supernodes.unwrap_or((args.clients / 400).max(8));
-    let mut config = SimConfig::new(scenario, args.clients, supernodes, args.seed);
-    config.duration_s = args.duration;
+    let clients = args.clients.unwrap_or(if sweep { 2_000 } else { 100_000 });
+    let supernodes = args
+        .supernodes
+        .unwrap_or(if sweep { clients / 100 } else { clients / 400 }.max(8));
+    let mut config = SimConfig::new(scenario, clients, supernodes, args.seed);
+    if let Some(duration) = args.duration {
+        config.duration_s = duration;
+    }
     config.churn_per_hour = args.churn;
     if let Some(rate) = args.lookups_per_s {
         config.lookups_per_s = rate;
@@ -163,6 +176,9 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         bail!("{problem}");
     }
     check_writable(&args.out)?;
+    if sweep {
+        return run_sweep(&config, &args);
+    }
 
     println!(
         "peerline sim {}{} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?}",
@@ -240,6 +256,69 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
             config.duration_s,
             config.churn_per_hour,
             extra
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// Both modes across outage sizes; exits 1 unless peerline breaks later
+/// than the naive baseline in both scenarios.
+fn run_sweep(config: &SimConfig, args: &SimArgs) -> Result<ExitCode> {
+    let runs = peerline_sim::sweep::plan(config).len();
+    println!(
+        "peerline sim sweep · seed {} · {} clients, {} supernodes · {} runs of {} s virtual on two threads",
+        config.seed, config.clients, config.supernodes, runs, config.duration_s
+    );
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(runs as u64)
+    };
+    let plain = !args.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = peerline_sim::sweep::run(config, &|done, total, point| {
+        bar.set_position(done as u64);
+        if plain {
+            eprintln!(
+                "  {done:>2}/{total} {} {} {:.0}%: {}",
+                point.scenario,
+                if point.naive { "naive" } else { "peerline" },
+                point.fraction * 100.0,
+                if point.passed {
+                    "passed"
+                } else {
+                    "missed figures"
+                }
+            );
+        }
+    });
+    bar.finish_and_clear();
+    let written = report.write(&args.out).map_err(anyhow::Error::msg)?;
+    print!("{}", report.summary());
+    println!("wrote {} into {}", written.join(", "), args.out.display());
+    // peerline must hold at least as far as the baseline, and further
+    // somewhere (a point where naive fails and peerline passes).
+    let further = report.points.iter().any(|p| {
+        p.naive
+            && !p.passed
+            && report.points.iter().any(|q| {
+                !q.naive && q.passed && q.scenario == p.scenario && q.fraction == p.fraction
+            })
+    });
+    let never_worse = report
+        .points
+        .iter()
+        .filter(|p| !p.naive && !p.passed)
+        .all(|p| {
+            report.points.iter().any(|q| {
+                q.naive && !q.passed && q.scenario == p.scenario && q.fraction == p.fraction
+            })
+        });
+    if further && never_worse {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "peerline did not outlast the naive baseline; replay with: peerline sim sweep --clients {} --supernodes {} --seed {}",
+            config.clients, config.supernodes, config.seed
         );
         Ok(ExitCode::from(1))
     }

@@ -134,7 +134,12 @@ impl SimConfig {
             clients,
             supernodes,
             seed,
-            duration_s: 1800,
+            // A partition heals at minute 26: give the queued mail time to flow.
+            duration_s: if scenario == Scenario::Partition {
+                2400
+            } else {
+                1800
+            },
             crypto: if nodes <= 20_000 {
                 CryptoMode::Full
             } else {

@@ -14,6 +14,7 @@ pub mod network;
 pub mod plots;
 pub mod queue;
 pub mod report;
+pub mod sweep;
 pub mod world;
 
 pub use config::{Scenario, SimConfig};

@@ -11,11 +11,12 @@ const SIZE: (u32, u32) = (800, 480);
 
 /// Writes every chart into `dir`; returns the file names written.
 pub fn write_all(metrics: &Metrics, capacity: u32, dir: &Path) -> Result<Vec<String>, String> {
-    let charts: [(&str, Chart); 6] = [
+    let charts: [(&str, Chart); 7] = [
         ("attached_clients.svg", attached_clients),
         ("supernode_load.svg", supernode_load),
         ("supernode_load_over_time.svg", load_over_time),
         ("busy_answers.svg", busy_answers),
+        ("mailbox_backlog.svg", mailbox_backlog),
         ("lookup_hops.svg", lookup_hops),
         ("lookup_latency_cdf.svg", lookup_latency_cdf),
     ];
@@ -106,6 +107,26 @@ fn load_over_time(metrics: &Metrics, capacity: u32, path: &Path) -> PlotResult {
             ("p99", MAGENTA, over_time(metrics, |s| s.load_p99 as f64)),
             ("p50", BLUE, over_time(metrics, |s| s.load_p50 as f64)),
             ("capacity", BLACK, over_time(metrics, |_| capacity as f64)),
+        ],
+    )
+}
+
+fn mailbox_backlog(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotResult {
+    time_series(
+        path,
+        "Mailboxes: envelope copies held",
+        "copies (all replicas)",
+        &[
+            (
+                "for devices online now (backlog)",
+                RED,
+                over_time(metrics, |s| s.mailbox_backlog as f64),
+            ),
+            (
+                "all, offline recipients included",
+                BLUE,
+                over_time(metrics, |s| s.mailbox_held as f64),
+            ),
         ],
     )
 }
