@@ -16,16 +16,16 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use peerline_core::identity::{
-    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_presence, sign_ticket,
-    solve_id_puzzle,
+    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
+    sign_ticket, solve_id_puzzle,
 };
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
-    MemberState, MemberUpdate, Message, NodeId, PresenceBody, PresenceRecord, PublicKey, Signature,
-    Ticket, TicketBody,
+    Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
+    PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -465,6 +465,94 @@ enum MessageChoice {
     FindValueResponse(u32, Option<RecordChoice>, Vec<ContactChoice>),
     /// Signed by the client for the real supernode when `signed`.
     AttachResume(TicketChoice, u64, Option<SignatureChoice>),
+    MailPut(EnvelopeChoice),
+    MailStore(EnvelopeChoice, bool),
+    MailDeliver(EnvelopeChoice),
+    MailFetch(KeyChoice, KeyChoice),
+    MailBatch(KeyChoice, Vec<EnvelopeChoice>, bool),
+    MailDone(Vec<[u8; 16]>),
+    MailDelete(KeyChoice, Vec<[u8; 16]>),
+}
+
+/// An envelope: signed by the stranger to the client or the reverse (valid
+/// unless the fields say otherwise), or any fields with any signature.
+#[derive(Arbitrary, Debug, Clone)]
+enum EnvelopeChoice {
+    Signed {
+        to_client: bool,
+        seq: u64,
+        ack: Option<u64>,
+        payload: Vec<u8>,
+    },
+    Raw {
+        keys: [KeyChoice; 4],
+        seq: u64,
+        ack: Option<u64>,
+        payload: Vec<u8>,
+        signature: SignatureChoice,
+    },
+}
+
+impl EnvelopeChoice {
+    fn build(&self) -> Envelope {
+        let kind = |ack: &Option<u64>, payload: &Vec<u8>| match ack {
+            Some(up_to_seq) => EnvelopeKind::Ack {
+                up_to_seq: *up_to_seq,
+            },
+            None => EnvelopeKind::Data {
+                payload: BoundedVec::truncating(payload.iter().copied()),
+            },
+        };
+        let f = fixtures();
+        match self {
+            EnvelopeChoice::Signed {
+                to_client,
+                seq,
+                ack,
+                payload,
+            } => {
+                let (from, to) = if *to_client {
+                    (&f.stranger, &f.client)
+                } else {
+                    (&f.client, &f.stranger)
+                };
+                sign_envelope(
+                    &from.keypair,
+                    EnvelopeBody {
+                        from_device: from.keypair.public(),
+                        from_account: from.account(),
+                        to_device: to.keypair.public(),
+                        to_account: to.account(),
+                        seq: *seq,
+                        sent_unix_s: UNIX0,
+                        kind: kind(ack, payload),
+                    },
+                )
+            }
+            EnvelopeChoice::Raw {
+                keys,
+                seq,
+                ack,
+                payload,
+                signature,
+            } => Envelope {
+                body: EnvelopeBody {
+                    from_device: keys[0].build(),
+                    from_account: keys[1].build(),
+                    to_device: keys[2].build(),
+                    to_account: keys[3].build(),
+                    seq: *seq,
+                    sent_unix_s: UNIX0,
+                    kind: kind(ack, payload),
+                },
+                signature: signature.build(),
+            },
+        }
+    }
+}
+
+fn envelope_ids(ids: &[[u8; 16]]) -> BoundedVec<EnvelopeId, 16> {
+    BoundedVec::truncating(ids.iter().copied().map(EnvelopeId))
 }
 
 impl MessageChoice {
@@ -580,6 +668,32 @@ impl MessageChoice {
                     signature,
                 }
             }
+            MessageChoice::MailPut(envelope) => Message::MailPut {
+                envelope: envelope.build(),
+            },
+            MessageChoice::MailStore(envelope, push) => Message::MailStore {
+                envelope: envelope.build(),
+                push: *push,
+            },
+            MessageChoice::MailDeliver(envelope) => Message::MailDeliver {
+                envelope: envelope.build(),
+            },
+            MessageChoice::MailFetch(account, device) => Message::MailFetch {
+                account: account.build(),
+                device: device.build(),
+            },
+            MessageChoice::MailBatch(device, envelopes, more) => Message::MailBatch {
+                device: device.build(),
+                envelopes: BoundedVec::truncating(envelopes.iter().map(EnvelopeChoice::build)),
+                more: *more,
+            },
+            MessageChoice::MailDone(ids) => Message::MailDone {
+                ids: envelope_ids(ids),
+            },
+            MessageChoice::MailDelete(device, ids) => Message::MailDelete {
+                device: device.build(),
+                ids: envelope_ids(ids),
+            },
         }
     }
 }
