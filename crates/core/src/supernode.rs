@@ -950,12 +950,11 @@ impl SupernodeState {
             return;
         }
         let replicas = self.mail_replicas(io, &envelope.body.to_account, false);
-        for (i, (id, contact)) in replicas.into_iter().enumerate() {
-            // Every replica pushes if it holds the recipient's record: the
-            // closest one may not (it joined since, or a handover was lost),
-            // and the recipient's supernode forwards only the first copy.
-            let _ = i;
-            let push = true;
+        // Every replica pushes if it holds the recipient's record: the
+        // closest one may not (it joined since, or a handover was lost), and
+        // the recipient's supernode forwards only the first copy.
+        let push = true;
+        for (id, contact) in replicas {
             if id == self.node_id {
                 self.keep_mail(io, envelope.clone(), push);
             } else {
