@@ -78,6 +78,11 @@ struct SimArgs {
     /// retries, no redirects or tickets, disconnect when overloaded.
     #[arg(long)]
     naive: bool,
+    /// Also run the naive baseline on the same seed and chart both over
+    /// time (compare_attached.svg, compare_load.svg; its report goes to
+    /// OUT/naive).
+    #[arg(long)]
+    compare: bool,
     /// Supernode capacity as a multiple of the steady average load
     /// (default: 1.25 in the outage scenarios, the production default in steady).
     #[arg(long)]
@@ -228,6 +233,30 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         peerline_sim::write_outputs(&world, &report, &args.out).map_err(anyhow::Error::msg)?;
     print!("{}", report.summary());
     println!("wrote {} into {}", written.join(", "), args.out.display());
+    if args.compare && !config.naive {
+        let mut naive = config.clone();
+        naive.naive = true;
+        println!("running the naive baseline on the same seed for --compare");
+        let (naive_world, naive_report) = peerline_sim::run(naive, &mut |_| {});
+        let dir = args.out.join("naive");
+        peerline_sim::write_outputs(&naive_world, &naive_report, &dir)
+            .map_err(anyhow::Error::msg)?;
+        print!("naive baseline: {}", naive_report.summary());
+        let capacity = world.params().supernode_capacity_attachments as u32;
+        let charts = peerline_sim::plots::write_comparison(
+            &world.metrics,
+            &naive_world.metrics,
+            capacity,
+            &args.out,
+        )
+        .map_err(anyhow::Error::msg)?;
+        println!(
+            "wrote {} into {} (the baseline's report in {})",
+            charts.join(", "),
+            args.out.display(),
+            dir.display()
+        );
+    }
     if report.passed {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -165,3 +165,63 @@ fn same_seed_same_digest_across_processes() {
     assert_eq!(first, second);
     assert_ne!(first, other);
 }
+
+#[test]
+fn compare_runs_the_baseline_on_the_same_seed_and_charts_both() {
+    let out = scratch("compare");
+    let output = peerline(&[
+        "sim",
+        "supernode-crash",
+        "--clients",
+        "600",
+        "--supernodes",
+        "10",
+        "--duration",
+        "18m",
+        "--compare",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.code().is_some_and(|c| c == 0 || c == 1),
+        "{}",
+        stderr(&output)
+    );
+    for chart in [
+        "compare_attached.svg",
+        "compare_load.svg",
+        "busy_answers.svg",
+        "mailbox_backlog.svg",
+        "supernode_load_over_time.svg",
+        "naive/report.json",
+    ] {
+        assert!(out.join(chart).exists(), "{chart} missing");
+    }
+    let read = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (ours, naive) = (
+        read(out.join("report.json")),
+        read(out.join("naive/report.json")),
+    );
+    assert_eq!(ours["seed"], naive["seed"]);
+    assert_eq!(ours["naive"], false);
+    assert_eq!(naive["naive"], true);
+    for key in [
+        "reattach_ratio_within_300s",
+        "reattach_s_p99",
+        "busy_answers",
+        "supernode_over_capacity_events",
+        "promotions",
+        "messages_sent",
+        "messages_delivered",
+        "messages_lost",
+        "messages_duplicated",
+        "messages_out_of_order",
+        "mailbox_backlog_max",
+        "backlog_drain_s",
+    ] {
+        assert!(ours.get(key).is_some(), "report lacks {key}");
+    }
+}

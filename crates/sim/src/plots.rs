@@ -251,3 +251,45 @@ fn lookup_latency_cdf(metrics: &Metrics, _capacity: u32, path: &Path) -> PlotRes
     root.present()?;
     Ok(())
 }
+
+/// peerline and the naive baseline on the same seed, over time: clients at
+/// two supernodes, and the most loaded supernode against capacity.
+pub fn write_comparison(
+    peerline: &Metrics,
+    naive: &Metrics,
+    capacity: u32,
+    dir: &Path,
+) -> Result<Vec<String>, String> {
+    let mut written = Vec::new();
+    let share = |s: &Sample| s.attached_ratio();
+    let name = "compare_attached.svg";
+    time_series(
+        &dir.join(name),
+        "Share of clients at 2 supernodes: peerline vs naive (same seed)",
+        "share of live clients",
+        &[
+            ("peerline", BLUE, over_time(peerline, share)),
+            ("naive baseline", RED, over_time(naive, share)),
+        ],
+    )
+    .map_err(|e| format!("could not draw {name}: {e}"))?;
+    written.push(name.to_string());
+    let name = "compare_load.svg";
+    time_series(
+        &dir.join(name),
+        &format!("Most loaded supernode: peerline vs naive (capacity {capacity})"),
+        "attached clients",
+        &[
+            ("peerline", BLUE, over_time(peerline, |s| s.load_max as f64)),
+            (
+                "naive baseline",
+                RED,
+                over_time(naive, |s| s.load_max as f64),
+            ),
+            ("capacity", BLACK, over_time(peerline, |_| capacity as f64)),
+        ],
+    )
+    .map_err(|e| format!("could not draw {name}: {e}"))?;
+    written.push(name.to_string());
+    Ok(written)
+}
