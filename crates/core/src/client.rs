@@ -995,9 +995,10 @@ impl ClientState {
                             }
                         }
                     }
-                    Arrival::Duplicate | Arrival::Held => {}
-                    // Not kept: leave it in the mailbox for later.
-                    Arrival::Refused => return,
+                    // Refused (far past a gap): not kept, yet let the mailbox drop
+                    // it — left there it would block the window for every
+                    // other sender, and the sender's outbox still holds it.
+                    Arrival::Duplicate | Arrival::Held | Arrival::Refused => {}
                 }
                 if let Some(up_to_seq) = io.mail.should_ack(&sender, io.now.instant, ACK_REPEAT_MS)
                 {

@@ -2497,6 +2497,39 @@ fn messages_reach_online_and_offline_devices_once_in_order_and_are_acked() {
         8,
         "a duplicate reached the application"
     );
+
+    // Far past a gap: not kept, but released from the mailbox (left there
+    // it would block the window for every other sender; the sender's
+    // outbox still holds it).
+    let far = sign_envelope(
+        &net.nodes[a].identity().keypair,
+        EnvelopeBody {
+            from_device: a_device,
+            from_account: net.nodes[a].identity().account(),
+            to_device: b_device,
+            to_account: net.nodes[b].identity().account(),
+            seq: 8 + 65 + 1,
+            sent_unix_s: UNIX0,
+            kind: EnvelopeKind::Data {
+                payload: BoundedVec::truncating([9u8]),
+            },
+        },
+    );
+    let now = net.now();
+    deliver(
+        &mut net.nodes[b],
+        now,
+        via,
+        &Message::MailDeliver { envelope: far },
+    );
+    let out = sent(&mut net.nodes[b]);
+    assert!(
+        out.iter()
+            .any(|(_, m)| matches!(m, Message::MailDone { .. })),
+        "{out:?}"
+    );
+    net.flush(b);
+    assert_eq!(received(&net, b).len(), 8, "delivered past a gap");
 }
 
 #[test]
