@@ -828,7 +828,6 @@ impl SupernodeState {
         }
     }
 
-    /// Keeps the record if it is newer than ours.
     /// Keeps the record if it is newer than ours; then any mail waiting
     /// for that device goes to the supernodes the record names (a device
     /// that moved, or whose record arrived late, gets what it missed).
@@ -836,28 +835,21 @@ impl SupernodeState {
         let key = presence_key(&record.body.cert.body.account_key);
         match self.records.get_mut(&key) {
             Some(existing) if existing.body.sequence >= record.body.sequence => return,
-            Some(existing) => **existing = record.clone(),
+            Some(existing) => **existing = record,
             None => {
-                self.records.insert(key, Box::new(record.clone()));
+                self.records.insert(key, Box::new(record));
             }
         }
-        let body = &record.body;
-        let (waiting, _) = self
-            .mailbox
-            .window(&body.cert.body.account_key, &body.cert.body.device_key);
+        if self.mailbox.is_empty() {
+            return;
+        }
+        let Some(record) = self.records.get(&key).map(|r| (**r).clone()) else {
+            return;
+        };
+        let cert = &record.body.cert.body;
+        let (waiting, _) = self.mailbox.window(&cert.account_key, &cert.device_key);
         for envelope in waiting {
-            for contact in body.supernodes.iter() {
-                if contact.key == self.contact.key {
-                    self.deliver_to_client(io, envelope.clone());
-                } else {
-                    io.send(
-                        contact.addr,
-                        &Message::MailDeliver {
-                            envelope: envelope.clone(),
-                        },
-                    );
-                }
-            }
+            self.push_to(io, &record, envelope);
         }
     }
 
@@ -1001,9 +993,14 @@ impl SupernodeState {
         let Some(record) = self.valid_record(io, &key) else {
             return;
         };
-        if record.body.cert.body.device_key != envelope.body.to_device {
-            return;
+        if record.body.cert.body.device_key == envelope.body.to_device {
+            self.push_to(io, &record, envelope);
         }
+    }
+
+    /// Sends an envelope to every supernode `record` names (ourselves
+    /// included: then straight to our client).
+    fn push_to(&mut self, io: &mut Io, record: &PresenceRecord, envelope: Envelope) {
         for contact in record.body.supernodes.iter() {
             if contact.key == self.contact.key {
                 self.deliver_to_client(io, envelope.clone());

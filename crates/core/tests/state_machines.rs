@@ -17,9 +17,9 @@ use peerline_core::{
     Params, RolePolicy,
 };
 use peerline_proto::{
-    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, EnvelopeBody, EnvelopeKind,
-    Frame, MemberState, MemberUpdate, Message, PresenceBody, PresenceRecord, PublicKey, Signature,
-    Ticket, TicketBody, VersionInfo,
+    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeBody,
+    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, PresenceBody, PresenceRecord,
+    PublicKey, Signature, Ticket, TicketBody, VersionInfo,
 };
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -2392,6 +2392,25 @@ fn acked_up_to(net: &Net, index: usize, to: &PublicKey) -> u64 {
         .unwrap_or(0)
 }
 
+/// A data envelope from node `from` to node `to`, signed as `from` would.
+fn data_envelope(net: &Net, from: usize, to: usize, seq: u64, payload: u8) -> Envelope {
+    let (sender, recipient) = (net.nodes[from].identity(), net.nodes[to].identity());
+    sign_envelope(
+        &sender.keypair,
+        EnvelopeBody {
+            from_device: sender.keypair.public(),
+            from_account: sender.account(),
+            to_device: recipient.keypair.public(),
+            to_account: recipient.account(),
+            seq,
+            sent_unix_s: UNIX0,
+            kind: EnvelopeKind::Data {
+                payload: BoundedVec::truncating([payload]),
+            },
+        },
+    )
+}
+
 fn send(net: &mut Net, from: usize, to: usize, payload: u8) -> u64 {
     let (device, account) = (
         net.nodes[to].identity().keypair.public(),
@@ -2458,20 +2477,7 @@ fn messages_reach_online_and_offline_devices_once_in_order_and_are_acked() {
     net.crash(b);
     net.restart(b);
     net.run_until_ms(230_000);
-    let old = sign_envelope(
-        &net.nodes[a].identity().keypair,
-        EnvelopeBody {
-            from_device: a_device,
-            from_account: net.nodes[a].identity().account(),
-            to_device: b_device,
-            to_account: net.nodes[b].identity().account(),
-            seq: 2,
-            sent_unix_s: UNIX0,
-            kind: EnvelopeKind::Data {
-                payload: BoundedVec::truncating([2u8]),
-            },
-        },
-    );
+    let old = data_envelope(&net, a, b, 2, 2);
     let via = net.nodes[b].attached_supernodes()[0].addr;
     let now = net.now();
     deliver(
@@ -2501,20 +2507,7 @@ fn messages_reach_online_and_offline_devices_once_in_order_and_are_acked() {
     // Far past a gap: not kept, but released from the mailbox (left there
     // it would block the window for every other sender; the sender's
     // outbox still holds it).
-    let far = sign_envelope(
-        &net.nodes[a].identity().keypair,
-        EnvelopeBody {
-            from_device: a_device,
-            from_account: net.nodes[a].identity().account(),
-            to_device: b_device,
-            to_account: net.nodes[b].identity().account(),
-            seq: 8 + 65 + 1,
-            sent_unix_s: UNIX0,
-            kind: EnvelopeKind::Data {
-                payload: BoundedVec::truncating([9u8]),
-            },
-        },
-    );
+    let far = data_envelope(&net, a, b, 8 + 65 + 1, 9);
     let now = net.now();
     deliver(
         &mut net.nodes[b],
@@ -2560,4 +2553,58 @@ fn the_outbox_resends_when_every_mailbox_replica_died() {
     assert_eq!(got, vec![1, 2, 3, 4]);
     assert_eq!(acked_up_to(&net, a, &b_device), 4);
     assert_eq!(net.nodes[a].outbox_len(), 0);
+}
+
+#[test]
+fn a_full_outbox_refuses_new_messages_with_a_clear_error() {
+    let params = Arc::new(params());
+    let (mut client, _) = client_with_three_supernodes(&params);
+    let stranger = identity(77);
+    let (device, account) = (stranger.keypair.public(), stranger.account());
+    // Never attached: everything stays in the outbox.
+    for n in 0..peerline_core::mail::OUTBOX_MAX {
+        assert_eq!(
+            client.send_message(at(10), device, account, b"hi"),
+            Ok(n as u64 + 1)
+        );
+    }
+    assert_eq!(
+        client.send_message(at(10), device, account, b"hi"),
+        Err(peerline_core::mail::SendError::OutboxFull)
+    );
+    assert_eq!(client.outbox_len(), peerline_core::mail::OUTBOX_MAX);
+    let too_large = vec![0u8; peerline_proto::PAYLOAD_LEN_MAX + 1];
+    assert!(client
+        .send_message(at(10), device, account, &too_large)
+        .is_err());
+}
+
+#[test]
+fn a_full_replay_guard_sends_resumes_to_a_full_login() {
+    let params = Arc::new(Params {
+        resume_counters_max: 1,
+        ..params()
+    });
+    let (mut a, mut b) = two_supernodes(&params);
+    let now = at(100);
+    let b_key = b.supernode_contact().unwrap().key;
+    let first = RawClient::honest(60, addr(60));
+    let second = RawClient::honest(61, addr(61));
+    let (t1, t2) = (
+        ticket_from(&first, &mut a, now),
+        ticket_from(&second, &mut a, now),
+    );
+    deliver(&mut b, now, first.addr, &first.resume(&t1, 1, &b_key));
+    assert!(matches!(
+        answer_to(&mut b, first.addr),
+        Message::AttachAccepted { .. }
+    ));
+    // The guard holds one device: a second device cannot be guarded, so
+    // it must log in in full rather than resume unguarded.
+    assert!(falls_back_to_login(
+        &mut b,
+        now,
+        second.addr,
+        &second.resume(&t2, 1, &b_key)
+    ));
 }
