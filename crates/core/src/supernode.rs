@@ -3,6 +3,7 @@
 //! the k closest supernodes, re-replicated on churn), answers and runs
 //! lookups, forwards reachability probes and gossips membership and load.
 
+use crate::attached::{Attached, ClientSlot};
 use crate::client::attach_proof_bytes;
 use crate::identity::DeviceIdentity;
 use crate::identity::{
@@ -50,19 +51,6 @@ const RECENT_FORWARDS_MAX: usize = 4_096;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
-#[derive(Clone, Debug)]
-struct ClientSlot {
-    device_key: PublicKey,
-    account_key: PublicKey,
-    cert_expires_unix_s: u64,
-    last_seen: Instant,
-    /// When this client last got a resumption ticket from us.
-    ticket_issued: Instant,
-    record: Option<Box<PresenceRecord>>,
-    /// Its mailbox said more envelopes wait: fetch again after the next done.
-    mail_more: bool,
-}
-
 /// Why a resume was not accepted as it stands (the client falls back to a
 /// full login, except when the supernode is busy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,9 +84,7 @@ pub struct SupernodeState {
     contact: Contact,
     node_id: NodeId,
     challenge_secret: [u8; 32],
-    /// Attached clients by address. Hash order never reaches the wire:
-    /// every loop that sends walks the addresses sorted.
-    clients: FxHashMap<Addr, ClientSlot>,
+    clients: Attached,
     membership: Membership,
     records: BTreeMap<NodeId, Box<PresenceRecord>>,
     lookups: Vec<Option<(u32, Lookup)>>,
@@ -165,7 +151,7 @@ impl SupernodeState {
             contact,
             node_id,
             challenge_secret,
-            clients: FxHashMap::default(),
+            clients: Attached::default(),
             membership: Membership::new(
                 node_id,
                 me,
@@ -854,18 +840,16 @@ impl SupernodeState {
     }
 
     fn on_store(&mut self, io: &mut Io, record: PresenceRecord) {
-        if verify_presence(
-            io.mode,
-            &record,
-            io.now.unix_s,
-            io.params.clock_skew_tolerance_s,
-        )
-        .is_err()
+        // The cheap refusals first: a record we would not keep is not worth
+        // a signature check (most stores repeat a record we already hold).
+        let key = presence_key(&record.body.cert.body.account_key);
+        if self
+            .records
+            .get(&key)
+            .is_some_and(|existing| existing.body.sequence >= record.body.sequence)
         {
-            io.stats.signatures_rejected += 1;
             return;
         }
-        let key = presence_key(&record.body.cert.body.account_key);
         // Keep only what we are (nearly) responsible for; a capped view
         // cannot judge that, so it trusts the sender's iterative search.
         let k = io.params.replication_k * 2;
@@ -878,9 +862,21 @@ impl SupernodeState {
                     .closest(&key, k)
                     .iter()
                     .any(|m| m.id == self.node_id));
-        if responsible {
-            self.keep_record(io, record);
+        if !responsible {
+            return;
         }
+        if verify_presence(
+            io.mode,
+            &record,
+            io.now.unix_s,
+            io.params.clock_skew_tolerance_s,
+        )
+        .is_err()
+        {
+            io.stats.signatures_rejected += 1;
+            return;
+        }
+        self.keep_record(io, record);
     }
 
     fn valid_record(&self, io: &Io, key: &NodeId) -> Option<PresenceRecord> {
@@ -1046,11 +1042,7 @@ impl SupernodeState {
     /// Where `device` is attached here (the lowest address if several:
     /// no hash order reaches the wire).
     fn client_addr(&self, device: &PublicKey) -> Option<Addr> {
-        self.clients
-            .iter()
-            .filter(|(_, slot)| slot.device_key == *device)
-            .map(|(addr, _)| *addr)
-            .min()
+        self.clients.addr_of(device)
     }
 
     /// Asks the recipient's mailbox replicas for their first window.

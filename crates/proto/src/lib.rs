@@ -96,10 +96,23 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, EncodeError> {
 /// Encodes a message with an explicit version byte (used after negotiation).
 pub fn encode_versioned(version: u8, message: &Message) -> Result<Vec<u8>, EncodeError> {
     debug_assert!(version != VERSION_INFO_BYTE);
-    let mut bytes = Vec::with_capacity(64);
-    bytes.push(version);
-    let bytes = postcard::to_extend(message, bytes).map_err(|_| EncodeError::Serialize)?;
-    check_encoded_len(bytes)
+    // Serialize into a reused per-thread buffer, then copy out exactly: one
+    // right-sized allocation per message instead of a doubling series (a
+    // simulator run encodes a billion of them; queued datagrams keep their
+    // capacity).
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buffer = std::mem::take(scratch);
+        buffer.clear();
+        buffer.push(version);
+        let buffer = postcard::to_extend(message, buffer).map_err(|_| EncodeError::Serialize)?;
+        let result = check_encoded_len(buffer.clone());
+        *scratch = buffer;
+        result
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Encodes our version range, the answer to a version we do not speak.

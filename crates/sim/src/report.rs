@@ -59,6 +59,8 @@ pub struct Report {
     pub datagrams_lost: u64,
     pub datagrams_dropped_dead: u64,
     pub datagrams_dropped_nat: u64,
+    /// Delivered datagrams by message kind: where the traffic goes.
+    pub datagrams_by_kind: std::collections::BTreeMap<String, u64>,
     pub bytes_sent: u64,
     pub timers_fired: u64,
     pub malformed_seen: u64,
@@ -80,6 +82,11 @@ pub struct Report {
     pub reattach_s_median: f64,
     /// Clients never back count with their wait so far (a lower bound).
     pub reattach_s_p99: f64,
+    /// Clients left below two attachments by churn crashes of supernodes
+    /// (outside any scenario outage): how many, and how fast they were whole.
+    pub churn_reattach_count: u64,
+    pub churn_reattach_s_median: f64,
+    pub churn_reattach_s_p99: f64,
     pub reattach_never: u64,
     /// Busy answers seen on the wire.
     pub busy_answers: u64,
@@ -310,6 +317,16 @@ impl Report {
             datagrams_lost: metrics.lost,
             datagrams_dropped_dead: metrics.dropped_dead,
             datagrams_dropped_nat: metrics.dropped_nat,
+            datagrams_by_kind: metrics
+                .delivered_by_kind
+                .iter()
+                .enumerate()
+                .filter(|(_, count)| **count > 0)
+                .filter_map(|(index, count)| {
+                    peerline_proto::MessageKind::from_index(index as u32)
+                        .map(|kind| (format!("{kind:?}"), *count))
+                })
+                .collect(),
             bytes_sent: metrics.bytes_sent,
             timers_fired: metrics.timers,
             malformed_seen: world.malformed_seen(),
@@ -323,6 +340,9 @@ impl Report {
             reattach_ratio_within_300s: reattach.ratio_within_deadline,
             reattach_s_median: reattach.median_s,
             reattach_s_p99: reattach.p99_s,
+            churn_reattach_count: metrics.churn_reattach_ms.len() as u64,
+            churn_reattach_s_median: quantile(&metrics.churn_reattach_ms, 0.5) as f64 / 1000.0,
+            churn_reattach_s_p99: quantile(&metrics.churn_reattach_ms, 0.99) as f64 / 1000.0,
             reattach_never: reattach.never,
             busy_answers: metrics.busy_answers,
             supernode_over_capacity_events: metrics.over_capacity_events,

@@ -211,6 +211,9 @@ pub struct World {
     /// Clients knocked below two attachments by the outage, and since when
     /// (µs): removed when the observer sees them at two again.
     reattach_pending: HashMap<u32, u64>,
+    /// Clients a churn crash (not the scenario's outage) left below two
+    /// attachments, since when: how fast ordinary failures heal.
+    churn_pending: HashMap<u32, u64>,
     /// Conversations by (sender, recipient) node index.
     conversations: HashMap<(u32, u32), Conversation>,
     /// Which node a device key belongs to.
@@ -274,6 +277,7 @@ impl World {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             reattach_pending: HashMap::new(),
+            churn_pending: HashMap::new(),
             conversations: HashMap::new(),
             device_index: HashMap::new(),
             partitioned: false,
@@ -506,6 +510,7 @@ impl World {
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
         self.reattach_pending.remove(&index);
+        self.churn_pending.remove(&index);
         let back_at = self.now_us + down_us;
         if back_at < self.end_us {
             self.queue.push(back_at, EventKind::Start { node: index });
@@ -514,15 +519,20 @@ impl World {
 
     /// After an attachment was seen made: is a timed client whole again?
     fn check_reattached(&mut self, client: u32) {
-        let Some(&since_us) = self.reattach_pending.get(&client) else {
+        let outage = self.reattach_pending.get(&client).copied();
+        let churn = self.churn_pending.get(&client).copied();
+        if (outage.is_none() && churn.is_none()) || self.valid_attachments(client).count() < 2 {
             return;
-        };
-        if self.valid_attachments(client).count() >= 2 {
+        }
+        let elapsed_ms =
+            |since_us: u64| ((self.now_us - since_us) / 1000).min(u32::MAX as u64) as u32;
+        if let Some(since_us) = outage {
             self.reattach_pending.remove(&client);
-            let ms = (self.now_us - since_us) / 1000;
-            self.metrics
-                .reattach_ms
-                .push(ms.min(u32::MAX as u64) as u32);
+            self.metrics.reattach_ms.push(elapsed_ms(since_us));
+        }
+        if let Some(since_us) = churn {
+            self.churn_pending.remove(&client);
+            self.metrics.churn_reattach_ms.push(elapsed_ms(since_us));
         }
     }
 
@@ -590,6 +600,29 @@ impl World {
             self.metrics.graceful_leaves += 1;
         } else {
             self.metrics.crashes += 1;
+            if self.nodes[index as usize].is_supernode() {
+                let orphans: Vec<u32> = self
+                    .live_clients
+                    .items
+                    .iter()
+                    .copied()
+                    .filter(|&client| {
+                        let mut hit = false;
+                        let mut left = 0;
+                        for supernode in self.valid_attachments(client) {
+                            if supernode == index {
+                                hit = true;
+                            } else {
+                                left += 1;
+                            }
+                        }
+                        hit && left < 2
+                    })
+                    .collect();
+                for client in orphans {
+                    self.churn_pending.entry(client).or_insert(self.now_us);
+                }
+            }
         }
         let slot = &mut self.nodes[index as usize];
         slot.alive = false;
@@ -598,6 +631,7 @@ impl World {
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
         self.reattach_pending.remove(&index);
+        self.churn_pending.remove(&index);
         let back_at = self.now_us + exponential_us(&mut self.rng, self.config.offline_mean_s * 1e6);
         if back_at < self.end_us {
             self.queue.push(back_at, EventKind::Start { node: index });
@@ -642,7 +676,16 @@ impl World {
     /// Watches the wire for attachments being made, kept alive and ended.
     fn observe(&mut self, from: u32, to: u32, bytes: &[u8]) {
         let now_s = (self.now_us / 1_000_000) as u32;
-        match peek_kind(bytes) {
+        let kind = peek_kind(bytes);
+        if let Some(kind) = kind {
+            let index = kind as usize;
+            let tally = &mut self.metrics.delivered_by_kind;
+            if tally.len() <= index {
+                tally.resize(index + 1, 0);
+            }
+            tally[index] += 1;
+        }
+        match kind {
             Some(MessageKind::AttachAccepted) => {
                 // Make room by forgetting attachments to supernodes that are gone.
                 let gone: Vec<u32> = self.nodes[to as usize]
@@ -807,6 +850,7 @@ impl World {
                 self.live_clients.remove(index);
                 self.live_supernodes.insert(index);
                 self.reattach_pending.remove(&index);
+                self.churn_pending.remove(&index);
                 self.metrics.promotions += 1;
                 if self.nodes[index as usize].nat != Nat::Public {
                     self.metrics.promotions_unreachable += 1;
@@ -1007,6 +1051,8 @@ impl World {
     // ---- measurement ----
 
     fn sample(&mut self) {
+        /// How long a churn crash's orphans are excused from outage figures.
+        const CHURN_EXCUSE_US: u64 = 60_000_000;
         self.queue.push(
             self.now_us + self.config.sample_interval_s * 1_000_000,
             EventKind::Sample,
@@ -1071,6 +1117,14 @@ impl World {
                 .sum(),
             over_capacity,
             reattach_pending: self.reattach_pending.len() as u64,
+            churn_orphans: self
+                .churn_pending
+                .iter()
+                .filter(|(client, since_us)| {
+                    self.now_us - **since_us < CHURN_EXCUSE_US
+                        && !self.reattach_pending.contains_key(client)
+                })
+                .count() as u64,
         };
         if sample.t_s + self.config.settle_window_s >= self.config.duration_s {
             self.metrics.final_loads = loads;
