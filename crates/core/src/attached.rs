@@ -2,7 +2,7 @@
 //! arrive) and by device key (how mail is routed to a device), kept in step.
 
 use crate::time::Instant;
-use peerline_proto::{Addr, PresenceRecord, PublicKey};
+use peerline_proto::{Addr, NodeId, PresenceRecord, PublicKey};
 use rustc_hash::FxHashMap;
 
 #[derive(Clone, Debug)]
@@ -15,6 +15,9 @@ pub(crate) struct ClientSlot {
     /// When this client last got a resumption ticket from us.
     pub(crate) ticket_issued: Instant,
     pub(crate) record: Option<Box<PresenceRecord>>,
+    /// The directory key of `record` (hashing it again for every membership
+    /// change near our clients was a large share of a crash wave's work).
+    pub(crate) record_key: NodeId,
     /// Its mailbox said more envelopes wait: fetch again after the next done.
     pub(crate) mail_more: bool,
 }
@@ -120,6 +123,7 @@ mod tests {
             last_seen: Instant::ZERO,
             ticket_issued: Instant::ZERO,
             record: None,
+            record_key: NodeId::default(),
             mail_more: false,
         }
     }

@@ -69,8 +69,10 @@ pub struct Membership {
     /// Failure news to push at once to a few members instead of waiting for
     /// piggybacking: spreads in O(log n) message delays, not probe periods.
     urgent: Vec<MemberUpdate>,
-    /// Members currently suspected (few), so deadlines need no full scan.
-    suspects: Vec<NodeId>,
+    /// Members currently suspected and since when (kept in step with their
+    /// `state_since`), so deadlines need neither a scan of the view nor a
+    /// lookup per suspect (a crash wave makes hundreds of them).
+    suspects: Vec<(NodeId, Instant)>,
     /// Sum of every member's announced load, kept in step with `members`.
     load_total: u64,
 }
@@ -609,17 +611,18 @@ impl Membership {
     fn next_suspect_deadline(&self) -> Instant {
         self.suspects
             .iter()
-            .filter_map(|id| self.get(id))
-            .map(|m| m.state_since.add_ms(self.suspect_timeout_ms))
+            .map(|(_, since)| since.add_ms(self.suspect_timeout_ms))
             .min()
             .unwrap_or(Instant::NEVER)
     }
 
     /// Keeps the suspect index in step with a member's state.
     fn track_suspect(&mut self, id: NodeId, suspected: bool) {
-        self.suspects.retain(|s| *s != id);
+        self.suspects.retain(|(s, _)| *s != id);
         if suspected {
-            self.suspects.push(id);
+            if let Ok(i) = self.position(&id) {
+                self.suspects.push((id, self.members[i].state_since));
+            }
         }
     }
 
@@ -686,9 +689,16 @@ impl Membership {
                 }
             }
         }
-        for id in self.suspects.clone() {
+        let expired: Vec<NodeId> = self
+            .suspects
+            .iter()
+            .filter(|(_, since)| since.add_ms(suspect_timeout_ms) <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
             let Ok(i) = self.position(&id) else { continue };
             let member = &self.members[i];
+            debug_assert!(self.suspects.contains(&(id, member.state_since)));
             if member.state_since.add_ms(suspect_timeout_ms) <= now {
                 let mut dead = member.update;
                 dead.state = MemberState::Dead;

@@ -589,6 +589,7 @@ impl SupernodeState {
             last_seen: now,
             ticket_issued: now,
             record: None,
+            record_key: NodeId::default(),
             mail_more: false,
         };
         let ticket = Self::issue_ticket(io, self.contact, from, &mut slot);
@@ -770,6 +771,7 @@ impl SupernodeState {
             return;
         }
         slot.last_seen = io.now.instant;
+        slot.record_key = presence_key(&record.body.cert.body.account_key);
         slot.record = Some(Box::new(record.clone()));
         // Every supernode the record names pushes it to the replicas: a lost
         // Publish at one of them must not leave the record unstored
@@ -1483,12 +1485,8 @@ impl SupernodeState {
         let mut records: Vec<(Addr, PresenceRecord)> = self
             .clients
             .iter()
-            .filter_map(|(addr, slot)| slot.record.as_ref().map(|r| (*addr, r)))
-            .filter(|(_, record)| {
-                let key = presence_key(&record.body.cert.body.account_key);
-                low <= key && key <= high
-            })
-            .map(|(addr, record)| (addr, (**record).clone()))
+            .filter(|(_, slot)| low <= slot.record_key && slot.record_key <= high)
+            .filter_map(|(addr, slot)| slot.record.as_ref().map(|r| (*addr, (**r).clone())))
             .collect();
         records.sort_unstable_by_key(|(addr, _)| *addr);
         for (_, record) in records {
