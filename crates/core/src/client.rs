@@ -246,7 +246,7 @@ impl ClientState {
         }
     }
 
-    /// A handshake failed: wait before the next one. The first failure
+    /// A supernode turned us away: wait before the next try. The first failure
     /// costs nothing (go to an alternate at once); after that the wait grows
     /// exponentially with jitter up to the cap. The naive baseline retries
     /// at a fixed interval instead.
@@ -286,7 +286,12 @@ impl ClientState {
                 params.retry_backoff_max_ms,
             ),
         }
-        if matches!(reason, DetachReason::Busy | DetachReason::AttachFailed) {
+        // Only an overloaded supernode's busy answer slows the client down
+        // as a whole. A handshake nobody answered (the supernode is dead or
+        // out of reach) already cost its step timeouts and backs off that
+        // entry alone; the next candidate is tried at once (after a crash
+        // wave or a partition, many entries of a host cache are dead).
+        if reason == DetachReason::Busy || (params.naive && reason == DetachReason::AttachFailed) {
             self.note_attach_failure(io);
         }
         if attachment.phase == Phase::Attached {
@@ -831,8 +836,15 @@ impl ClientState {
         };
         let busy = self.busy_seen >= busy_min;
         self.busy_seen = 0;
-        self.busy_checks = if busy { self.busy_checks + 1 } else { 0 };
-        let period_ms = if busy {
+        // A quiet round lowers the escalation instead of ending it: a client
+        // backing off between attempts (up to 15 s) meets a busy supernode
+        // only every other round even while the deficit lasts.
+        self.busy_checks = if busy {
+            self.busy_checks + 1
+        } else {
+            self.busy_checks.saturating_sub(1)
+        };
+        let period_ms = if self.busy_checks > 0 {
             PROMOTE_BUSY_RECHECK_MS
         } else {
             io.params.promote_check_interval_s * 1000

@@ -6,6 +6,9 @@ use crate::time::Instant;
 use peerline_proto::{Contact, PublicKey};
 use rand_core::Rng;
 
+/// Recommendations (from the front of the latest list) a choice is made among.
+const HINTED_CHOICES: usize = 3;
+
 #[derive(Clone, Copy, Debug)]
 pub struct HostEntry {
     pub contact: Contact,
@@ -15,9 +18,10 @@ pub struct HostEntry {
     pub failures: u8,
     /// Not to be tried before this monotonic second.
     pub not_before_s: u32,
-    /// A supernode recommended (as having room) by a busy or detach answer
-    /// and not tried since: tried before the others.
-    pub hinted: bool,
+    /// A supernode recommended (as having room) by the latest busy or
+    /// detach answer and not tried since: its place in that answer's list
+    /// (1 = least loaded), 0 when not recommended. Tried before the others.
+    pub hint_rank: u8,
 }
 
 impl HostEntry {
@@ -70,7 +74,7 @@ impl HostCache {
             rtt_ms: u16::MAX,
             failures: 0,
             not_before_s: 0,
-            hinted: false,
+            hint_rank: 0,
         };
         if self.entries.len() < len_max {
             self.entries.push(fresh);
@@ -94,22 +98,22 @@ impl HostCache {
     /// (older ones describe loads that have since changed).
     pub fn hint(&mut self, contacts: &[Contact], len_max: usize) {
         for entry in &mut self.entries {
-            entry.hinted = false;
+            entry.hint_rank = 0;
         }
-        for contact in contacts {
+        for (rank, contact) in contacts.iter().enumerate() {
             self.insert(*contact, len_max);
             if let Some(entry) = self
                 .entries
                 .iter_mut()
                 .find(|e| e.contact.key == contact.key)
             {
-                entry.hinted = true;
+                entry.hint_rank = (rank + 1).min(u8::MAX as usize) as u8;
             }
         }
     }
 
-    /// Picks a supernode to attach to: a random recommended one if there
-    /// is any, else the best of a few random eligible entries (power of
+    /// Picks a supernode to attach to: one of the first recommended ones if
+    /// there are any, else the best of a few random eligible entries (power of
     /// choices spreads clients instead of herding them onto the single best
     /// supernode).
     pub fn choose(
@@ -124,19 +128,18 @@ impl HostCache {
         if self.entries.is_empty() {
             return None;
         }
-        let hinted = self
+        // One of the few least loaded recommendations, at random: the
+        // front of the list has the most room, and a little randomness keeps
+        // everyone turned away by one supernode from landing on one other.
+        let mut hinted: Vec<&HostEntry> = self
             .entries
             .iter()
-            .filter(|e| e.hinted && eligible(e))
-            .count();
-        if hinted > 0 {
-            let pick = rng.next_u32() as usize % hinted;
-            return self
-                .entries
-                .iter()
-                .filter(|e| e.hinted && eligible(e))
-                .nth(pick)
-                .map(|e| e.contact);
+            .filter(|e| e.hint_rank > 0 && eligible(e))
+            .collect();
+        if !hinted.is_empty() {
+            hinted.sort_unstable_by_key(|e| e.hint_rank);
+            let pick = rng.next_u32() as usize % hinted.len().min(HINTED_CHOICES);
+            return Some(hinted[pick].contact);
         }
         let mut best: Option<&HostEntry> = None;
         for _ in 0..choices {
@@ -175,7 +178,7 @@ impl HostCache {
             };
             entry.failures = 0;
             entry.not_before_s = 0;
-            entry.hinted = false;
+            entry.hint_rank = 0;
         }
     }
 
@@ -191,7 +194,7 @@ impl HostCache {
     ) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == *key) {
             entry.failures = entry.failures.saturating_add(1);
-            entry.hinted = false;
+            entry.hint_rank = 0;
             let backoff_ms = backoff_ms(entry.failures as u32, base_ms, max_ms, rng);
             entry.not_before_s = mono_s(now.add_ms(backoff_ms)).max(1);
         }
@@ -200,7 +203,7 @@ impl HostCache {
     /// Asks not to be contacted before `retry_after_ms` (a busy answer).
     pub fn defer(&mut self, key: &PublicKey, now: Instant, retry_after_ms: u64) {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.contact.key == *key) {
-            entry.hinted = false;
+            entry.hint_rank = 0;
             entry.not_before_s = entry
                 .not_before_s
                 .max(mono_s(now.add_ms(retry_after_ms)).max(1));

@@ -80,6 +80,9 @@ pub struct Membership {
 /// How far ahead of our own incarnation a rumour about us may be and still
 /// be refuted (load announcements and refutations advance it by one each).
 const REFUTE_AHEAD_MAX: u32 = 1 << 20;
+/// Announced load at which a member has no room left for another client.
+pub const FULL_LOAD_PCT: u8 = 100;
+
 /// Most urgent updates waiting to be pushed.
 const URGENT_LEN_MAX: usize = 64;
 
@@ -497,7 +500,10 @@ impl Membership {
         let mut sample: Vec<&Member> = Vec::with_capacity(count * 4);
         for _ in 0..count * 4 {
             if let Some(member) = self.random_other(rng) {
+                // A full member is no alternate: naming it sends the client
+                // into one more busy answer and a longer back-off.
                 if member.update.state == MemberState::Alive
+                    && member.update.load_pct < FULL_LOAD_PCT
                     && !sample.iter().any(|m| m.id == member.id)
                 {
                     sample.push(member);

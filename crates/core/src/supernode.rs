@@ -12,7 +12,7 @@ use crate::identity::{
 };
 use crate::lookup::{CandidateState, Lookup, Purpose};
 use crate::mail::Mailbox;
-use crate::membership::{Change, Membership};
+use crate::membership::{Change, Membership, FULL_LOAD_PCT};
 use crate::node::Io;
 use crate::overload::TokenBucket;
 use crate::params::Params;
@@ -410,6 +410,9 @@ impl SupernodeState {
             Message::MailDeliver { envelope } => self.deliver_to_client(io, envelope),
             Message::MailFetch { account, device } => {
                 let (envelopes, more) = self.mailbox.window(&account, &device);
+                if envelopes.is_empty() && !more {
+                    return;
+                }
                 io.send(
                     from,
                     &Message::MailBatch {
@@ -1779,7 +1782,11 @@ impl SupernodeState {
             self.shed_naively(io);
         }
         let load = self.load_pct(params);
-        if load.abs_diff(self.membership.me.load_pct) >= params.load_announce_delta_pct {
+        let announced = self.membership.me.load_pct;
+        // Becoming full (or having room again) is news however small the
+        // step: others name only members with room as alternates.
+        let full_changed = (load >= FULL_LOAD_PCT) != (announced >= FULL_LOAD_PCT);
+        if load.abs_diff(announced) >= params.load_announce_delta_pct || full_changed {
             self.membership.announce_load(load, now);
         }
         self.check_demotion(io, load);

@@ -180,7 +180,10 @@ pub enum Message {
     MailDeliver {
         envelope: Envelope,
     },
-    /// Supernode → mailbox replica: the oldest envelopes for this device, please.
+    /// Supernode → mailbox replica: the oldest envelopes for this device,
+    /// please. A replica holding nothing for the device does not answer (a
+    /// fetch goes out on every attachment, to several replicas, and nearly
+    /// all of them hold nothing).
     MailFetch {
         account: PublicKey,
         device: PublicKey,

@@ -41,6 +41,17 @@ impl Sample {
             self.attached_two as f64 / self.live_clients as f64
         }
     }
+
+    /// The same, not counting clients re-attaching after a supernode of
+    /// theirs crashed in ordinary churn within the last minute: what an
+    /// outage did, net of failures that happen in every run anyway.
+    pub fn attached_ratio_net_of_churn(&self) -> f64 {
+        if self.live_clients == 0 {
+            1.0
+        } else {
+            ((self.attached_two + self.churn_orphans) as f64 / self.live_clients as f64).min(1.0)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -115,8 +115,13 @@ pub struct Report {
     /// outage to the end of the run.
     pub attached_ratio_min_after_outage: f64,
     /// `partition`: the lowest attached ratio from 5 minutes into the split
-    /// until it heals.
+    /// until it heals, net of clients re-attaching after an ordinary churn
+    /// crash of the last minute (a single supernode's crash in a
+    /// few-thousand-node run is a 2–5% dip for ~10 s whatever the partition
+    /// does; `churn_reattach_s_*` times those clients).
     pub attached_ratio_partition_min: f64,
+    /// The same, counting every client.
+    pub attached_ratio_partition_min_raw: f64,
     /// `partition`: lookups started 2 minutes or more after the heal, and
     /// the fraction that found the target's current record.
     pub lookups_after_heal: u64,
@@ -265,6 +270,9 @@ impl Report {
         let peak_rss = peak_rss_bytes();
         let nodes = config.clients as u64 + config.supernodes as u64;
         let reattach = Reattach::measure(world, config.reattach_deadline_s);
+        let in_split = |s: &&crate::metrics::Sample| {
+            s.t_s >= config.storm_at_s + 300 && s.t_s < config.storm_at_s + config.partition_s
+        };
         let mut report = Report {
             scenario: config.scenario.name(),
             seed: config.seed,
@@ -382,10 +390,13 @@ impl Report {
             attached_ratio_partition_min: metrics
                 .samples
                 .iter()
-                .filter(|s| {
-                    s.t_s >= config.storm_at_s + 300
-                        && s.t_s < config.storm_at_s + config.partition_s
-                })
+                .filter(|s| in_split(s))
+                .map(|s| s.attached_ratio_net_of_churn())
+                .fold(1.0, f64::min),
+            attached_ratio_partition_min_raw: metrics
+                .samples
+                .iter()
+                .filter(|s| in_split(s))
                 .map(|s| s.attached_ratio())
                 .fold(1.0, f64::min),
             lookups_after_heal: metrics.lookups_after_heal,
@@ -482,7 +493,7 @@ impl Report {
                         name: "attached_ratio_partition_min",
                         ok: self.attached_ratio_partition_min >= 0.99,
                         value: self.attached_ratio_partition_min,
-                        bound: ">= 0.99 (each side keeps working, from 5 minutes into the split)"
+                        bound: ">= 0.99 (each side keeps working, from 5 minutes into the split; clients whose supernode crashed in ordinary churn in the last minute are not counted: churn_reattach_s_p99 times them)"
                             .into(),
                     },
                     Check {

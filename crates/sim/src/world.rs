@@ -208,6 +208,9 @@ pub struct World {
     event_buffer: Vec<Event>,
     /// Prints every datagram to or from this node (PEERLINE_SIM_TRACE=index).
     trace: Option<u32>,
+    /// Debugging: stop the run at this virtual second (`PEERLINE_SIM_HALT_AT`)
+    /// to look at the world mid-run without changing its course.
+    halt_at_us: u64,
     /// Clients knocked below two attachments by the outage, and since when
     /// (µs): removed when the observer sees them at two again.
     reattach_pending: HashMap<u32, u64>,
@@ -276,6 +279,10 @@ impl World {
             trace: std::env::var("PEERLINE_SIM_TRACE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            halt_at_us: std::env::var("PEERLINE_SIM_HALT_AT")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(u64::MAX, |s| s * 1_000_000),
             reattach_pending: HashMap::new(),
             churn_pending: HashMap::new(),
             conversations: HashMap::new(),
@@ -336,7 +343,7 @@ impl World {
     pub fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
         let mut events: u64 = 0;
         while let Some(entry) = self.queue.pop() {
-            if entry.time_us > self.end_us {
+            if entry.time_us > self.end_us || entry.time_us > self.halt_at_us {
                 break;
             }
             self.now_us = entry.time_us;
@@ -365,7 +372,7 @@ impl World {
                 EventKind::Crash { node, down_us } => self.crash(node, down_us),
             }
         }
-        self.now_us = self.end_us;
+        self.now_us = self.end_us.min(self.halt_at_us);
         self.metrics.events = events;
         self.metrics.digest = self.digest.finish();
         progress(Progress {
@@ -645,6 +652,13 @@ impl World {
             && self.nodes[to as usize].place.side() != self.nodes[from as usize].place.side()
         {
             self.metrics.dropped_partition += 1;
+            if self.trace == Some(to) || self.trace == Some(from) {
+                eprintln!(
+                    "{:.3} {from} -> {to} {:?} (lost in the cut)",
+                    self.now_us as f64 / 1e6,
+                    peek_kind(bytes)
+                );
+            }
             return;
         }
         let target = &self.nodes[to as usize];
