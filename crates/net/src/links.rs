@@ -30,7 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Application error codes on streams and connections.
@@ -147,6 +147,9 @@ struct Shared {
     inbound: mpsc::Sender<Inbound>,
     /// Connections a sender dialed, for the driver to read from.
     dialed: mpsc::Sender<(Addr, quinn::Connection)>,
+    /// Set when the node shuts down: dials in progress give up (their
+    /// frames could only be goodbyes to a peer that does not answer).
+    closing: watch::Sender<bool>,
     counters: Counters,
 }
 
@@ -212,6 +215,7 @@ impl Links {
             connections: Mutex::new(HashMap::new()),
             inbound,
             dialed,
+            closing: watch::Sender::new(false),
             counters: Counters::default(),
         });
         Ok(Links {
@@ -288,6 +292,7 @@ impl Links {
     pub async fn close(mut self, flush: Duration) {
         // Closing the queues lets each sender finish what it holds.
         self.senders.clear();
+        self.shared.closing.send_replace(true);
         let _ = tokio::time::timeout(flush, async {
             while self.sender_tasks.join_next().await.is_some() {}
         })
@@ -377,7 +382,15 @@ async fn dial(shared: &Shared, to: Addr) -> Option<quinn::Connection> {
             return None;
         }
     };
-    match connecting.await {
+    let mut closing = shared.closing.subscribe();
+    let outcome = tokio::select! {
+        outcome = connecting => outcome,
+        _ = closing.wait_for(|closing| *closing) => {
+            bump(&shared.counters.dials_failed);
+            return None;
+        }
+    };
+    match outcome {
         Ok(connection) => {
             shared.connections().insert(to, connection.clone());
             // The driver reads from it (the peer may send on it too). The

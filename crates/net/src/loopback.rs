@@ -278,21 +278,31 @@ impl LoopbackNetwork {
     /// Shuts node `index` down politely (it detaches its clients and hands
     /// its records over), or kills it like a crash.
     pub async fn stop(&mut self, index: usize, graceful: bool) {
-        if let Some(node) = self.peers[index].node.take() {
-            if graceful {
-                let _ = node.shutdown().await;
-            } else {
-                node.kill().await;
-            }
-        }
+        self.stop_all(&[index], graceful).await;
     }
 
-    /// Shuts every node down politely, clients first.
+    /// Stops several nodes at once (all together, as a crash wave would).
+    pub async fn stop_all(&mut self, indices: &[usize], graceful: bool) {
+        let mut stopping = tokio::task::JoinSet::new();
+        for &index in indices {
+            if let Some(node) = self.peers[index].node.take() {
+                stopping.spawn(async move {
+                    if graceful {
+                        let _ = node.shutdown().await;
+                    } else {
+                        node.kill().await;
+                    }
+                });
+            }
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+
+    /// Shuts every node down politely: the clients, then the supernodes.
     pub async fn shutdown(mut self) {
         for role in [Role::Client, Role::Supernode] {
-            for index in self.indices(role) {
-                self.stop(index, true).await;
-            }
+            let indices = self.indices(role);
+            self.stop_all(&indices, true).await;
         }
     }
 }

@@ -244,3 +244,80 @@ async fn scenario() {
     );
     network.shutdown().await;
 }
+
+/// Keepalives every second with short pong timeouts: a crash is noticed in
+/// about two seconds instead of a minute.
+fn fast_keepalive_params() -> Params {
+    Params {
+        keepalive_interval_ms: 1_000,
+        pong_timeout_ms: 300,
+        ..params()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_crashed_supernode_re_attach_from_missed_keepalives() {
+    tokio::time::timeout(TEST_WITHIN, crash_scenario())
+        .await
+        .expect("the scenario finishes within its bound");
+}
+
+async fn crash_scenario() {
+    let mut network = LoopbackNetwork::start(LoopbackPlan {
+        supernodes: SUPERNODES,
+        clients: CLIENTS,
+        params: fast_keepalive_params(),
+        limits: limits(),
+        seed: 5,
+    })
+    .await
+    .expect("ten nodes start on loopback");
+    network
+        .wait_until("every client attached to 2 supernodes", STEP_WITHIN, |s| {
+            client_attached_to_two(&network, s)
+        })
+        .await
+        .unwrap();
+    let statuses = network.statuses().await;
+    let crashed = network.indices(Role::Supernode)[1];
+    let orphans: Vec<usize> = network
+        .indices(Role::Client)
+        .into_iter()
+        .filter(|&c| attached_indices(&network, statuses[c].as_ref().unwrap()).contains(&crashed))
+        .collect();
+    assert!(!orphans.is_empty(), "the crashed supernode serves someone");
+    let crash_at = network.elapsed();
+    // No goodbye from the core: the clients must find out on their own.
+    network.stop(crashed, false).await;
+    network
+        .wait_until(
+            "every client attached to 2 live supernodes after a crash",
+            STEP_WITHIN,
+            |s| client_attached_to_two(&network, s) && served_by_live(&network, s) == 2 * CLIENTS,
+        )
+        .await
+        .unwrap();
+    let reattach = network.elapsed() - crash_at;
+    // They noticed through keepalives (or a supernode's warning), not a Detach.
+    for &orphan in &orphans {
+        let crashed_key = network.peers[crashed].device_key;
+        let detached = network
+            .wait_event(
+                orphan,
+                "detached from the crashed supernode",
+                STEP_WITHIN,
+                |e| matches!(e, Event::Detached { supernode, .. } if supernode.key == crashed_key),
+            )
+            .await
+            .unwrap();
+        let Event::Detached { reason, .. } = detached.event else {
+            unreachable!()
+        };
+        assert_ne!(reason, peerline_core::DetachReason::DetachedBySupernode);
+    }
+    eprintln!(
+        "loopback crash: {} clients re-attached {reattach:?} after the crash",
+        orphans.len()
+    );
+    network.shutdown().await;
+}
