@@ -228,16 +228,16 @@ impl RunningNode {
         let (inbound_sender, inbound) =
             mpsc::channel(config.limits.links.inbound_frames_max.max(1));
         let (dialed_sender, dialed) = mpsc::channel(config.limits.links.peers_max.max(1));
-        let pinned: Vec<(Addr, PublicKey)> = config
+        let pinned = config
             .bootstrap
             .iter()
             .map(|contact| (contact.addr, contact.key))
             .collect();
         let links = Links::new(
             endpoint.clone(),
-            &certificate,
+            certificate,
             config.limits.links,
-            &pinned,
+            pinned,
             inbound_sender,
             dialed_sender,
         )?;
@@ -338,6 +338,20 @@ struct Driver {
     shutdown_flush: Duration,
 }
 
+/// The key the node's host cache gives for `addr`, when it gives exactly
+/// one: a dial to a supernode the node knows then fails unless the peer
+/// proves that key (the core checks supernode keys only through this).
+fn known_key(node: &Node, addr: &Addr) -> Option<PublicKey> {
+    let mut keys = node
+        .host_cache()
+        .entries()
+        .iter()
+        .filter(|entry| entry.contact.addr == *addr)
+        .map(|entry| entry.contact.key);
+    let first = keys.next()?;
+    keys.all(|key| key == first).then_some(first)
+}
+
 impl Driver {
     async fn run(mut self) -> DriverReport {
         loop {
@@ -375,7 +389,9 @@ impl Driver {
     /// waiting), events to the application (waiting for room).
     async fn flush(&mut self) {
         while let Some(transmit) = self.node.poll_transmit() {
-            self.links.send(transmit.to, transmit.bytes);
+            let node = &self.node;
+            let to = transmit.to;
+            self.links.send(to, transmit.bytes, || known_key(node, &to));
         }
         while let Some(event) = self.node.poll_event() {
             // An application that dropped its receiver wants no events.

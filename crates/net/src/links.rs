@@ -138,9 +138,11 @@ pub(crate) type Inbound = (Addr, Vec<u8>);
 struct Shared {
     endpoint: quinn::Endpoint,
     limits: LinkLimits,
-    /// Dial configuration without a pinned key, and per pinned address.
+    certificate: NodeCertificate,
+    /// Dial configuration without a pinned key.
     client_config: quinn::ClientConfig,
-    pinned: HashMap<Addr, quinn::ClientConfig>,
+    /// Keys pinned by address for the node's life (its bootstrap contacts).
+    pinned: HashMap<Addr, PublicKey>,
     /// The live connection frames to an address use (the newest accepted
     /// one, or the one its sender dialed).
     connections: Mutex<HashMap<Addr, quinn::Connection>>,
@@ -197,20 +199,17 @@ pub(crate) struct Links {
 impl Links {
     pub fn new(
         endpoint: quinn::Endpoint,
-        certificate: &NodeCertificate,
+        certificate: NodeCertificate,
         limits: LinkLimits,
-        pinned_keys: &[(Addr, PublicKey)],
+        pinned: HashMap<Addr, PublicKey>,
         inbound: mpsc::Sender<Inbound>,
         dialed: mpsc::Sender<(Addr, quinn::Connection)>,
     ) -> Result<Links, EndpointError> {
-        let mut pinned = HashMap::new();
-        for (addr, key) in pinned_keys {
-            pinned.insert(*addr, client_config(certificate, Some(*key), limits.quic)?);
-        }
         let shared = Arc::new(Shared {
             endpoint,
             limits,
-            client_config: client_config(certificate, None, limits.quic)?,
+            client_config: client_config(&certificate, None, limits.quic)?,
+            certificate,
             pinned,
             connections: Mutex::new(HashMap::new()),
             inbound,
@@ -232,7 +231,9 @@ impl Links {
 
     /// Queues one frame for `to`, starting its sender if it has none.
     /// Never waits: a frame with no room is dropped, like a datagram.
-    pub fn send(&mut self, to: Addr, frame: Vec<u8>) {
+    /// `expected` names the key the node believes `to` has (asked only when
+    /// a sender starts); a bootstrap pin for the address overrides it.
+    pub fn send(&mut self, to: Addr, frame: Vec<u8>, expected: impl FnOnce() -> Option<PublicKey>) {
         let frame = match self.senders.get(&to) {
             None => frame,
             Some(sender) => match sender.try_send(frame) {
@@ -259,8 +260,9 @@ impl Links {
         // A fresh channel has room for one frame.
         let _ = sender.try_send(frame);
         self.senders.insert(to, sender);
+        let expected = self.shared.pinned.get(&to).copied().or_else(expected);
         self.sender_tasks
-            .spawn(send_loop(self.shared.clone(), to, queue));
+            .spawn(send_loop(self.shared.clone(), to, expected, queue));
     }
 
     /// Starts the handshake of an incoming connection and then reads it.
@@ -310,7 +312,12 @@ impl Links {
 /// frame on its own stream, and ends after an idle period or when the
 /// driver closes its queue (then it waits, within the flush bound the
 /// driver sets, for the last frames to be acknowledged).
-async fn send_loop(shared: Arc<Shared>, to: Addr, mut queue: mpsc::Receiver<Vec<u8>>) {
+async fn send_loop(
+    shared: Arc<Shared>,
+    to: Addr,
+    expected: Option<PublicKey>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
     let mut awaiting: VecDeque<quinn::SendStream> = VecDeque::new();
     loop {
         let frame = match tokio::time::timeout(shared.limits.quic.idle_timeout, queue.recv()).await
@@ -323,7 +330,7 @@ async fn send_loop(shared: Arc<Shared>, to: Addr, mut queue: mpsc::Receiver<Vec<
         };
         let connection = match shared.live_connection(&to) {
             Some(connection) => connection,
-            None => match dial(&shared, to).await {
+            None => match dial(&shared, to, expected).await {
                 Some(connection) => connection,
                 None => {
                     // Everything queued behind the failed dial goes too;
@@ -364,13 +371,19 @@ async fn send_loop(shared: Arc<Shared>, to: Addr, mut queue: mpsc::Receiver<Vec<
     }
 }
 
-async fn dial(shared: &Shared, to: Addr) -> Option<quinn::Connection> {
+/// Dials `to`; with `expected`, a peer proving any other key is refused.
+async fn dial(shared: &Shared, to: Addr, expected: Option<PublicKey>) -> Option<quinn::Connection> {
     bump(&shared.counters.dials);
-    let config = shared
-        .pinned
-        .get(&to)
-        .unwrap_or(&shared.client_config)
-        .clone();
+    let config = match expected {
+        None => Ok(shared.client_config.clone()),
+        Some(key) => client_config(&shared.certificate, Some(key), shared.limits.quic),
+    };
+    let Ok(config) = config else {
+        // Cannot happen with a configuration that built once; a frame is
+        // not worth a panic.
+        bump(&shared.counters.dials_failed);
+        return None;
+    };
     let connecting = match shared
         .endpoint
         .connect_with(config, to.to_socket(), SERVER_NAME)
