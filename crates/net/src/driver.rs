@@ -108,6 +108,8 @@ pub struct NodeStatus {
     pub attached_clients: usize,
     pub outbox_len: usize,
     pub membership_len: usize,
+    /// Presence records this supernode holds.
+    pub stored_records: usize,
     pub node: NodeStats,
     pub links: LinkStats,
 }
@@ -427,6 +429,7 @@ impl Driver {
             attached_clients: self.node.attached_clients(),
             outbox_len: self.node.outbox_len(),
             membership_len: self.node.membership_len(),
+            stored_records: self.node.stored_records(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
         }

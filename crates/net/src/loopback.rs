@@ -100,6 +100,8 @@ pub struct Peer {
     pub contact: Option<Contact>,
     pub control: Control,
     pub log: Arc<EventLog>,
+    /// When its driver started, since the network started.
+    pub started_at: Duration,
     node: Option<RunningNode>,
 }
 
@@ -175,15 +177,16 @@ impl LoopbackNetwork {
             rng_seed: Some(rng.next_u64()),
             limits,
         };
+        let started_at = self.started_at.elapsed();
         let (node, mut events) = RunningNode::start(config).await?;
         let log = Arc::new(EventLog::default());
-        let started_at = self.started_at;
+        let network_started_at = self.started_at;
         tokio::spawn({
             let log = log.clone();
             async move {
                 while let Some(event) = events.recv().await {
                     log.push(LoggedEvent {
-                        at: started_at.elapsed(),
+                        at: network_started_at.elapsed(),
                         event,
                     });
                 }
@@ -197,6 +200,7 @@ impl LoopbackNetwork {
             contact: node.contact(),
             control: node.control.clone(),
             log,
+            started_at,
             node: Some(node),
         })
     }
@@ -248,7 +252,7 @@ impl LoopbackNetwork {
     }
 
     /// Waits until node `index` logged an event that `wanted` accepts, and
-    /// returns it.
+    /// returns the first such.
     pub async fn wait_event(
         &self,
         index: usize,
@@ -256,13 +260,26 @@ impl LoopbackNetwork {
         within: Duration,
         mut wanted: impl FnMut(&Event) -> bool,
     ) -> Result<LoggedEvent, WaitTimeout> {
+        self.wait_logged(index, what, within, |logged| wanted(&logged.event))
+            .await
+    }
+
+    /// Like [`LoopbackNetwork::wait_event`], with the time it was logged in
+    /// view (to ask for an event after some moment).
+    pub async fn wait_logged(
+        &self,
+        index: usize,
+        what: &str,
+        within: Duration,
+        mut wanted: impl FnMut(&LoggedEvent) -> bool,
+    ) -> Result<LoggedEvent, WaitTimeout> {
         let log = &self.peers[index].log;
         let started = tokio::time::Instant::now();
         loop {
             // Register before looking, so a push between the look and the
             // wait is not missed.
             let changed = log.changed.notified();
-            if let Some(found) = log.snapshot().into_iter().find(|e| wanted(&e.event)) {
+            if let Some(found) = log.snapshot().into_iter().find(|e| wanted(e)) {
                 return Ok(found);
             }
             let left = within.saturating_sub(started.elapsed());

@@ -110,6 +110,20 @@ async fn scenario() {
         })
         .await
         .unwrap();
+    // A publish is sent, not acknowledged: wait until the supernodes hold
+    // every record (replication_k = 4 copies, capped by the 3 supernodes)
+    // so that the lookup below cannot race the store.
+    network
+        .wait_until("every record stored on every supernode", STEP_WITHIN, |s| {
+            supernodes
+                .iter()
+                .filter_map(|&index| s[index].as_ref())
+                .map(|status| status.stored_records)
+                .sum::<usize>()
+                == CLIENTS * SUPERNODES
+        })
+        .await
+        .unwrap();
     let statuses = network.statuses().await;
     assert_eq!(
         served_by_live(&network, &statuses),
