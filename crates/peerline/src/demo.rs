@@ -246,7 +246,7 @@ async fn steps(network: &mut LoopbackNetwork, report: &mut Report, killed: usize
     let pairs: Vec<(usize, usize)> = (0..clients.len())
         .map(|i| (clients[i], clients[(i + 1) % clients.len()]))
         .collect();
-    if !lookups(network, report, &pairs, "").await {
+    if !lookups(network, report, &pairs, "", true).await {
         return false;
     }
     let mut ledger = Ledger::default();
@@ -294,7 +294,7 @@ async fn steps(network: &mut LoopbackNetwork, report: &mut Report, killed: usize
     ) {
         return false;
     }
-    if !lookups(network, report, &pairs, " after the outage").await {
+    if !lookups(network, report, &pairs, " after the outage", false).await {
         return false;
     }
     let delivered = sent_during
@@ -405,13 +405,18 @@ async fn login(network: &LoopbackNetwork, report: &mut Report) -> bool {
 }
 
 /// Each `(seeker, target)`: the seeker looks the target's account up and
-/// must find the target device's record, naming only live supernodes
-/// among those the target is attached to.
+/// must find the target device's record. With `current_only`, the record
+/// must also name only supernodes the target is attached to now; after an
+/// outage a replica may still answer with the record from before the move
+/// for a moment (records are sent, not acknowledged, and the newest one
+/// wins as it spreads), so there such answers are counted and shown, not
+/// failed.
 async fn lookups(
     network: &LoopbackNetwork,
     report: &mut Report,
     pairs: &[(usize, usize)],
     when: &str,
+    current_only: bool,
 ) -> bool {
     let mut issued = Vec::with_capacity(pairs.len());
     for &(seeker, target) in pairs {
@@ -424,7 +429,7 @@ async fn lookups(
     }
     let statuses = network.statuses().await;
     let mut times = Vec::with_capacity(pairs.len());
-    let (mut right, mut not_found, mut stale) = (0, 0, 0);
+    let (mut found, mut current, mut wrong) = (0, 0, 0);
     for (seeker, target, at) in issued {
         let account = network.peers[target].account;
         let answer = network
@@ -441,10 +446,12 @@ async fn lookups(
             continue;
         };
         times.push(done_at.saturating_sub(at));
-        let Some(record) = record else {
-            not_found += 1;
+        let Some(record) = record else { continue };
+        if record.body.cert.body.device_key != network.peers[target].device_key {
+            wrong += 1;
             continue;
-        };
+        }
+        found += 1;
         let attached: Vec<PublicKey> = statuses[target]
             .as_ref()
             .map(|s| s.attached.iter().map(|c| c.key).collect())
@@ -455,22 +462,27 @@ async fn lookups(
                 .supernodes
                 .iter()
                 .all(|c| attached.contains(&c.key));
-        if record.body.cert.body.device_key == network.peers[target].device_key && names_current {
-            right += 1;
-        } else {
-            stale += 1;
-        }
+        current += usize::from(names_current);
     }
     let mut detail = spread(times);
-    if not_found + stale > 0 {
-        detail.push_str(&format!("; {not_found} not found, {stale} wrong or stale"));
+    detail.push_str(&format!(
+        "; {current} named only the target's current supernodes"
+    ));
+    let not_found = pairs.len() - found - wrong;
+    if not_found + wrong > 0 {
+        detail.push_str(&format!(
+            "; {not_found} not found, {wrong} for another device"
+        ));
     }
+    let holds = found == pairs.len() && (!current_only || current == pairs.len());
+    let what = if current_only {
+        "the target's record, naming its current supernodes"
+    } else {
+        "the target's record"
+    };
     report.claim(
-        right == pairs.len(),
-        &format!(
-            "{right}/{} lookups{when} found the right record (the target's device, its current supernodes)",
-            pairs.len()
-        ),
+        holds,
+        &format!("{found}/{} lookups{when} found {what}", pairs.len()),
         &detail,
     )
 }

@@ -237,7 +237,8 @@ fn demo_holds_every_claim_on_a_small_network() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
     for claim in [
         "12 clients logged in",
-        "lookups found the right record",
+        "lookups found the target's record, naming its current supernodes",
+        "lookups after the outage found the target's record",
         "messages delivered once and acknowledged",
         "killed 2 of 5 supernodes",
         "every client attached to 2 live supernodes again",
