@@ -87,6 +87,15 @@ impl Keypair {
         self.public
     }
 
+    /// The 32 secret bytes of a real Ed25519 key (`None` in modelled mode,
+    /// which has no secret). The real-network driver needs them to make the
+    /// node's TLS certificate from the same key as its peerline identity
+    /// and to sign its TLS handshakes; nothing else should, and they never
+    /// leave the process.
+    pub fn secret_seed(&self) -> Option<[u8; 32]> {
+        self.secret.as_ref().map(|signing| signing.to_bytes())
+    }
+
     pub fn mode(&self) -> CryptoMode {
         if self.secret.is_some() {
             CryptoMode::Full
@@ -430,6 +439,18 @@ mod tests {
         assert_eq!(
             verify_device_cert(CryptoMode::Full, &identity.cert, expiry + SKEW + 1, SKEW),
             Err(CryptoError::Expired)
+        );
+    }
+
+    #[test]
+    fn secret_seed_rebuilds_the_same_key_and_modelled_has_none() {
+        let keypair = Keypair::from_seed(CryptoMode::Full, [5; 32]);
+        assert_eq!(keypair.secret_seed(), Some([5; 32]));
+        let again = Keypair::from_seed(CryptoMode::Full, keypair.secret_seed().unwrap());
+        assert_eq!(again.public(), keypair.public());
+        assert_eq!(
+            Keypair::from_seed(CryptoMode::Modelled, [5; 32]).secret_seed(),
+            None
         );
     }
 

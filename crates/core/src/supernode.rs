@@ -51,6 +51,23 @@ const RECENT_FORWARDS_MAX: usize = 4_096;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
+/// A presence record of `device`, correctly signed and not expired;
+/// anything else is counted as rejected.
+fn presence_valid(io: &mut Io, record: &PresenceRecord, device: PublicKey) -> bool {
+    let valid = record.body.cert.body.device_key == device
+        && verify_presence(
+            io.mode,
+            record,
+            io.now.unix_s,
+            io.params.clock_skew_tolerance_s,
+        )
+        .is_ok();
+    if !valid {
+        io.stats.signatures_rejected += 1;
+    }
+    valid
+}
+
 /// Why a resume was not accepted as it stands (the client falls back to a
 /// full login, except when the supernode is busy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -761,16 +778,7 @@ impl SupernodeState {
             io.send(from, &Message::NotAttached);
             return;
         };
-        if record.body.cert.body.device_key != slot.device_key
-            || verify_presence(
-                io.mode,
-                &record,
-                io.now.unix_s,
-                io.params.clock_skew_tolerance_s,
-            )
-            .is_err()
-        {
-            io.stats.signatures_rejected += 1;
+        if !presence_valid(io, &record, slot.device_key) {
             return;
         }
         slot.last_seen = io.now.instant;
@@ -870,15 +878,7 @@ impl SupernodeState {
         if !responsible {
             return;
         }
-        if verify_presence(
-            io.mode,
-            &record,
-            io.now.unix_s,
-            io.params.clock_skew_tolerance_s,
-        )
-        .is_err()
-        {
-            io.stats.signatures_rejected += 1;
+        if !presence_valid(io, &record, record.body.cert.body.device_key) {
             return;
         }
         self.keep_record(io, record);

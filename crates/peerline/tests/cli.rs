@@ -225,3 +225,33 @@ fn compare_runs_the_baseline_on_the_same_seed_and_charts_both() {
         assert!(ours.get(key).is_some(), "report lacks {key}");
     }
 }
+
+/// The demo runs a real network on loopback and checks its own claims: a
+/// smaller one here (5 supernodes, 2 of them killed; 12 clients) to keep
+/// the suite short; `peerline demo` runs 8 and 40.
+#[test]
+fn demo_holds_every_claim_on_a_small_network() {
+    let output = peerline(&["demo", "--supernodes", "5", "--clients", "12"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    for claim in [
+        "12 clients logged in",
+        "lookups found the target's record, naming its current supernodes",
+        "lookups after the outage found the target's record",
+        "messages delivered once and acknowledged",
+        "killed 2 of 5 supernodes",
+        "every client attached to 2 live supernodes again",
+        "sent during the outage delivered once",
+        "0 lost, 0 duplicated",
+        "claims hold",
+    ] {
+        assert!(stdout.contains(claim), "missing {claim:?}:\n{stdout}");
+    }
+}
+
+#[test]
+fn demo_refuses_a_kill_that_leaves_too_few_supernodes() {
+    let output = peerline(&["demo", "--supernodes", "3", "--kill-fraction", "0.9"]);
+    assert_clear_error(&output, "--kill-fraction must kill at least one supernode");
+}

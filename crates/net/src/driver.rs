@@ -1,0 +1,437 @@
+//! The driver: one [`Node`] on one UDP socket, in one tokio task.
+//!
+//! The task owns the node and loops: hand the node's transmits to the
+//! links, its events to the application, then wait for whichever comes
+//! first — a frame, a command, an incoming connection, or the node's own
+//! deadline. Nothing here decides anything about the protocol; the only
+//! timers are the node's deadline and the transport's bounds (QUIC idle
+//! timeout, frame timeout, shutdown flush).
+
+use crate::clock::Clock;
+use crate::links::{Inbound, LinkLimits, LinkStats, Links};
+use crate::quic::{endpoint, EndpointError};
+use crate::tls::NodeCertificate;
+use peerline_core::mail::SendError;
+use peerline_core::{DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, RolePolicy};
+use peerline_proto::{Addr, Contact, PublicKey};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Everything a node needs to run on the network.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// The UDP address to bind (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at; `None` uses the bound
+    /// address, which must then be a specific IP (not 0.0.0.0 or ::).
+    pub advertised: Option<SocketAddr>,
+    pub params: Arc<Params>,
+    /// Must hold a real Ed25519 key: the same key makes the TLS certificate.
+    pub identity: DeviceIdentity,
+    pub policy: RolePolicy,
+    /// Supernodes to start from. Their keys are pinned: a dial to one of
+    /// these addresses fails unless the peer proves this key.
+    pub bootstrap: Vec<Contact>,
+    /// Seed of the node's RNG; `None` draws it from the operating system
+    /// (what a real node must do: its challenge secrets come from it).
+    pub rng_seed: Option<u64>,
+    pub limits: DriverLimits,
+}
+
+/// Bounds of the driver around one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverLimits {
+    pub links: LinkLimits,
+    /// Events the application has not read yet. When full, the node waits
+    /// for the application (backpressure) rather than drop an event: a
+    /// dropped `MessageReceived` would be a lost message.
+    pub events_len_max: usize,
+    /// Commands waiting for the node.
+    pub commands_len_max: usize,
+    /// At shutdown: how long the node's last frames (its goodbyes) may
+    /// take to be acknowledged, and then the connections to close.
+    pub shutdown_flush: Duration,
+}
+
+impl Default for DriverLimits {
+    fn default() -> Self {
+        DriverLimits {
+            links: LinkLimits::default(),
+            events_len_max: 1_024,
+            commands_len_max: 64,
+            shutdown_flush: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a node could not start. Each says what was wrong in one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the node listens on {0}, which other nodes cannot dial: give an advertised address")]
+    NotAdvertisable(SocketAddr),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("the node could not be built: {0}")]
+    Node(String),
+}
+
+/// The node is gone (shut down, killed, or its task ended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the node is no longer running")]
+pub struct NodeGone;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error(transparent)]
+    Gone(#[from] NodeGone),
+    #[error("the node refused the message: {0}")]
+    Refused(#[from] SendError),
+}
+
+/// A snapshot of what the node believes, for diagnostics and tests.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub is_supernode: bool,
+    /// This node's supernode contact, when it is one.
+    pub contact: Option<Contact>,
+    /// Supernodes this client is attached to, by its own belief.
+    pub attached: Vec<Contact>,
+    /// Clients attached to this supernode.
+    pub attached_clients: usize,
+    pub outbox_len: usize,
+    pub membership_len: usize,
+    /// Presence records this supernode holds.
+    pub stored_records: usize,
+    pub node: NodeStats,
+    pub links: LinkStats,
+}
+
+/// What the driver counted over the node's life.
+#[derive(Clone, Debug)]
+pub struct DriverReport {
+    pub node: NodeStats,
+    pub links: LinkStats,
+}
+
+enum Command {
+    Lookup(PublicKey),
+    SendMessage {
+        to_device: PublicKey,
+        to_account: PublicKey,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, SendError>>,
+    },
+    Status(oneshot::Sender<NodeStatus>),
+    Shutdown,
+}
+
+/// Commands to a running node; cheap to clone and share across tasks.
+#[derive(Clone, Debug)]
+pub struct Control {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Lookup(_) => "Lookup",
+            Command::SendMessage { .. } => "SendMessage",
+            Command::Status(_) => "Status",
+            Command::Shutdown => "Shutdown",
+        })
+    }
+}
+
+impl Control {
+    /// Looks up an account's presence; the answer comes as
+    /// [`Event::LookupDone`].
+    pub async fn lookup(&self, account: PublicKey) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::Lookup(account))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Queues a message for another device (the core re-sends it until that
+    /// device acknowledges it: [`Event::MessageAcked`]). Returns its sequence
+    /// number in the conversation.
+    pub async fn send_message(
+        &self,
+        to_device: PublicKey,
+        to_account: PublicKey,
+        payload: Vec<u8>,
+    ) -> Result<u64, MessageError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::SendMessage {
+                to_device,
+                to_account,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeGone)?;
+        Ok(answer.await.map_err(|_| NodeGone)??)
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeGone> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Status(reply))
+            .await
+            .map_err(|_| NodeGone)?;
+        answer.await.map_err(|_| NodeGone)
+    }
+}
+
+/// What happened at a node, in order. Keep reading it: when it is full
+/// the node waits for room (see [`DriverLimits::events_len_max`]). It ends
+/// when the node stops.
+pub type Events = mpsc::Receiver<Event>;
+
+/// A node running in its own task.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub control: Control,
+    local_addr: SocketAddr,
+    advertised: Addr,
+    device_key: PublicKey,
+    account: PublicKey,
+    contact: Option<Contact>,
+    task: JoinHandle<DriverReport>,
+}
+
+impl RunningNode {
+    /// Binds the socket, builds the node (solving its ID puzzle off the
+    /// async threads when it starts as a supernode) and starts its task.
+    /// Returns the node and its events (usually read in a task of their own).
+    pub async fn start(config: DriverConfig) -> Result<(RunningNode, Events), StartError> {
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = socket.local_addr().map_err(EndpointError::Socket)?;
+        let advertised = config.advertised.unwrap_or(local_addr);
+        if advertised.ip().is_unspecified() || advertised.port() == 0 {
+            return Err(StartError::NotAdvertisable(advertised));
+        }
+        let certificate =
+            NodeCertificate::new(&config.identity.keypair).map_err(EndpointError::from)?;
+        let endpoint = endpoint(socket, &certificate, config.limits.links.quic)?;
+        let (inbound_sender, inbound) =
+            mpsc::channel(config.limits.links.inbound_frames_max.max(1));
+        let (dialed_sender, dialed) = mpsc::channel(config.limits.links.peers_max.max(1));
+        let pinned = config
+            .bootstrap
+            .iter()
+            .map(|contact| (contact.addr, contact.key))
+            .collect();
+        let links = Links::new(
+            endpoint.clone(),
+            certificate,
+            config.limits.links,
+            pinned,
+            inbound_sender,
+            dialed_sender,
+        )?;
+        let rng_seed = match config.rng_seed {
+            Some(seed) => seed,
+            None => getrandom::u64().map_err(|error| StartError::Node(error.to_string()))?,
+        };
+        let clock = Clock::start();
+        let node_config = NodeConfig {
+            params: config.params,
+            identity: config.identity.clone(),
+            policy: config.policy,
+            advertised_addr: Addr::from_socket(advertised),
+            bootstrap: config.bootstrap,
+        };
+        let now = clock.now();
+        let node = tokio::task::spawn_blocking(move || Node::new(node_config, now, rng_seed))
+            .await
+            .map_err(|error| StartError::Node(error.to_string()))?;
+        let contact = node.supernode_contact();
+        let (command_sender, commands) = mpsc::channel(config.limits.commands_len_max.max(1));
+        let (event_sender, events) = mpsc::channel(config.limits.events_len_max.max(1));
+        let driver = Driver {
+            node,
+            clock,
+            endpoint,
+            links,
+            inbound,
+            dialed,
+            commands,
+            events: event_sender,
+            shutdown_flush: config.limits.shutdown_flush,
+        };
+        let running = RunningNode {
+            control: Control {
+                commands: command_sender,
+            },
+            local_addr,
+            advertised: Addr::from_socket(advertised),
+            device_key: config.identity.keypair.public(),
+            account: config.identity.account(),
+            contact,
+            task: tokio::spawn(driver.run()),
+        };
+        Ok((running, events))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn advertised_addr(&self) -> Addr {
+        self.advertised
+    }
+
+    /// The device key: the node's identity on the wire and in TLS.
+    pub fn device_key(&self) -> PublicKey {
+        self.device_key
+    }
+
+    pub fn account(&self) -> PublicKey {
+        self.account
+    }
+
+    /// The supernode contact it started with (a node started as a
+    /// supernode has one; others find each other through it).
+    pub fn contact(&self) -> Option<Contact> {
+        self.contact
+    }
+
+    /// Leaves politely: the node says goodbye to its peers (detaches its
+    /// clients or supernodes), waits a bounded time for those frames to be
+    /// acknowledged, and closes every connection.
+    pub async fn shutdown(self) -> Result<DriverReport, NodeGone> {
+        // If the queue is full the task is busy; it still sees the request.
+        let _ = self.control.commands.send(Command::Shutdown).await;
+        self.task.await.map_err(|_| NodeGone)
+    }
+
+    /// Stops the node at once, as a crash would: no goodbyes from the core
+    /// (its peers find out from missing keepalives). QUIC still closes the
+    /// connections as the endpoint is dropped.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+struct Driver {
+    node: Node,
+    clock: Clock,
+    endpoint: quinn::Endpoint,
+    links: Links,
+    inbound: mpsc::Receiver<Inbound>,
+    dialed: mpsc::Receiver<(Addr, quinn::Connection)>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    shutdown_flush: Duration,
+}
+
+/// The key the node's host cache gives for `addr`, when it gives exactly
+/// one: a dial to a supernode the node knows then fails unless the peer
+/// proves that key (the core checks supernode keys only through this).
+fn known_key(node: &Node, addr: &Addr) -> Option<PublicKey> {
+    let mut keys = node
+        .host_cache()
+        .entries()
+        .iter()
+        .filter(|entry| entry.contact.addr == *addr)
+        .map(|entry| entry.contact.key);
+    let first = keys.next()?;
+    keys.all(|key| key == first).then_some(first)
+}
+
+impl Driver {
+    async fn run(mut self) -> DriverReport {
+        loop {
+            self.flush().await;
+            self.links.reap();
+            let wake_at = self.clock.wake_at(self.node.poll_timeout());
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.command(command),
+                },
+                Some((from, frame)) = self.inbound.recv() => {
+                    self.node.handle(self.clock.now(), from, &frame);
+                }
+                Some((addr, connection)) = self.dialed.recv() => {
+                    self.links.read_dialed(addr, connection);
+                }
+                Some(incoming) = self.endpoint.accept() => self.links.accept(incoming),
+                () = tokio::time::sleep_until(wake_at) => {
+                    self.node.handle_timeout(self.clock.now());
+                }
+            }
+        }
+        self.node.shutdown(self.clock.now());
+        self.flush().await;
+        let report = DriverReport {
+            node: self.node.stats().clone(),
+            links: self.links.stats(),
+        };
+        self.links.close(self.shutdown_flush).await;
+        report
+    }
+
+    /// Hands out what the node produced: frames to the links (never
+    /// waiting), events to the application (waiting for room).
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            let node = &self.node;
+            let to = transmit.to;
+            self.links.send(to, transmit.bytes, || known_key(node, &to));
+        }
+        while let Some(event) = self.node.poll_event() {
+            // An application that dropped its receiver wants no events.
+            let _ = self.events.send(event).await;
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.clock.now();
+        match command {
+            Command::Lookup(account) => self.node.lookup(now, account),
+            Command::SendMessage {
+                to_device,
+                to_account,
+                payload,
+                reply,
+            } => {
+                let outcome = self.node.send_message(now, to_device, to_account, &payload);
+                let _ = reply.send(outcome);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            is_supernode: self.node.is_supernode(),
+            contact: self.node.supernode_contact(),
+            attached: self.node.attached_supernodes(),
+            attached_clients: self.node.attached_clients(),
+            outbox_len: self.node.outbox_len(),
+            membership_len: self.node.membership_len(),
+            stored_records: self.node.stored_records(),
+            node: self.node.stats().clone(),
+            links: self.links.stats(),
+        }
+    }
+}

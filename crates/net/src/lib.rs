@@ -1,0 +1,33 @@
+//! peerline's real-network driver: the sans-IO [`peerline_core::Node`] on a
+//! real UDP socket, over QUIC (tokio + quinn) with TLS 1.3 certificates
+//! bound to node keys.
+//!
+//! The driver is a thin shell: it moves the core's frames between QUIC
+//! connections and the node ([`links`]), maps clocks onto the core's time
+//! ([`clock`]), wakes the node when it asks, and relays application
+//! commands and events ([`driver`]). Every protocol decision (retries,
+//! keepalives, which supernode, when to give up) stays in the core.
+//!
+//! ```no_run
+//! # async fn example(config: peerline_net::DriverConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! let (node, mut events) = peerline_net::RunningNode::start(config).await?;
+//! while let Some(event) = events.recv().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod driver;
+pub mod links;
+pub mod loopback;
+pub mod quic;
+pub mod tls;
+
+pub use driver::{
+    Control, DriverConfig, DriverLimits, DriverReport, Events, MessageError, NodeGone, NodeStatus,
+    RunningNode, StartError,
+};
+pub use links::{LinkLimits, LinkStats};
+pub use quic::QuicLimits;
+pub use tls::{certificate_key, peer_key, CertificateRejected, NodeCertificate, TlsError, ALPN};
