@@ -355,6 +355,39 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// The certificate decoder is total: any bytes give a key or a
+        /// refusal, never a panic.
+        #[test]
+        fn any_bytes_give_a_key_or_a_refusal(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = certificate_key(&bytes);
+        }
+
+        /// A valid certificate with any one byte changed, cut short or
+        /// extended is refused, or still binds the same key (a change in a
+        /// part the signature does not cover cannot move the key).
+        #[test]
+        fn a_mutated_certificate_never_binds_another_key(
+            at in proptest::num::usize::ANY,
+            value in proptest::num::u8::ANY,
+            cut in proptest::num::usize::ANY,
+        ) {
+            let original = certificate(7);
+            let der = original.der().as_ref();
+            let mut mutated = der.to_vec();
+            let at = at % mutated.len();
+            mutated[at] = value;
+            if let Ok(key) = certificate_key(&mutated) {
+                proptest::prop_assert_eq!(key, original.public_key());
+            }
+            let truncated = &der[..cut % der.len()];
+            proptest::prop_assert!(certificate_key(truncated).is_err());
+            let mut extended = der.to_vec();
+            extended.push(value);
+            proptest::prop_assert_eq!(certificate_key(&extended), Err(CertificateRejected::Malformed));
+        }
+    }
+
     #[test]
     fn garbage_and_truncated_certificates_are_malformed() {
         assert_eq!(certificate_key(&[]), Err(CertificateRejected::Malformed));
