@@ -1,5 +1,7 @@
 //! A supernode's table of attached clients: by address (how datagrams
-//! arrive) and by device key (how mail is routed to a device), kept in step.
+//! arrive), by device key (how mail is routed to a device) and by the
+//! supernodes their presence records name (who to warn when one fails),
+//! kept in step.
 
 use crate::time::Instant;
 use peerline_proto::{Addr, NodeId, PresenceRecord, PublicKey};
@@ -14,6 +16,7 @@ pub(crate) struct ClientSlot {
     pub(crate) last_seen: Instant,
     /// When this client last got a resumption ticket from us.
     pub(crate) ticket_issued: Instant,
+    /// Set through [`Attached::set_record`] only (the index follows it).
     pub(crate) record: Option<Box<PresenceRecord>>,
     /// The directory key of `record` (hashing it again for every membership
     /// change near our clients was a large share of a crash wave's work).
@@ -30,36 +33,76 @@ pub(crate) struct Attached {
     by_addr: FxHashMap<Addr, ClientSlot>,
     /// Each device's addresses, sorted (nearly always exactly one).
     by_device: FxHashMap<PublicKey, Vec<Addr>>,
+    /// For each supernode key, the clients whose current record names it
+    /// (sorted). A crash wave makes every survivor handle a thousand
+    /// failures; scanning every client's record for each was quadratic.
+    by_named: FxHashMap<PublicKey, Vec<Addr>>,
 }
 
 impl Attached {
     pub(crate) fn insert(&mut self, addr: Addr, slot: ClientSlot) {
         let device = slot.device_key;
+        let named = named_keys(&slot);
         if let Some(old) = self.by_addr.insert(addr, slot) {
-            unindex(&mut self.by_device, &old.device_key, &addr);
+            self.unindex_slot(&addr, &old);
         }
-        let addrs = self.by_device.entry(device).or_default();
-        let at = addrs.partition_point(|a| *a < addr);
-        addrs.insert(at, addr);
+        index(&mut self.by_device, device, addr);
+        for key in named {
+            index(&mut self.by_named, key, addr);
+        }
+    }
+
+    /// Replaces the client's presence record (and the index of the
+    /// supernodes it names); false when `addr` is not attached.
+    pub(crate) fn set_record(&mut self, addr: &Addr, key: NodeId, record: PresenceRecord) -> bool {
+        let Some(slot) = self.by_addr.get_mut(addr) else {
+            return false;
+        };
+        for named in named_keys(slot) {
+            unindex(&mut self.by_named, &named, addr);
+        }
+        slot.record_key = key;
+        slot.record = Some(Box::new(record));
+        for named in named_keys(slot) {
+            index(&mut self.by_named, named, *addr);
+        }
+        true
+    }
+
+    /// The clients whose current record names the supernode `key`, lowest
+    /// address first.
+    pub(crate) fn naming(&self, key: &PublicKey) -> &[Addr] {
+        self.by_named.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    fn unindex_slot(&mut self, addr: &Addr, slot: &ClientSlot) {
+        unindex(&mut self.by_device, &slot.device_key, addr);
+        for named in named_keys(slot) {
+            unindex(&mut self.by_named, &named, addr);
+        }
     }
 
     pub(crate) fn remove(&mut self, addr: &Addr) -> Option<ClientSlot> {
         let slot = self.by_addr.remove(addr)?;
-        unindex(&mut self.by_device, &slot.device_key, addr);
+        self.unindex_slot(addr, &slot);
         Some(slot)
     }
 
     pub(crate) fn clear(&mut self) {
         self.by_addr.clear();
         self.by_device.clear();
+        self.by_named.clear();
     }
 
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Addr, &ClientSlot) -> bool) {
-        let by_device = &mut self.by_device;
+        let (by_device, by_named) = (&mut self.by_device, &mut self.by_named);
         self.by_addr.retain(|addr, slot| {
             let kept = keep(addr, slot);
             if !kept {
                 unindex(by_device, &slot.device_key, addr);
+                for named in named_keys(slot) {
+                    unindex(by_named, &named, addr);
+                }
             }
             kept
         });
@@ -76,7 +119,7 @@ impl Attached {
         self.by_addr.get(addr)
     }
 
-    /// The slot's device key must not be changed through this.
+    /// The slot's device key and record must not be changed through this.
     pub(crate) fn get_mut(&mut self, addr: &Addr) -> Option<&mut ClientSlot> {
         self.by_addr.get_mut(addr)
     }
@@ -102,11 +145,26 @@ impl Attached {
     }
 }
 
-fn unindex(by_device: &mut FxHashMap<PublicKey, Vec<Addr>>, device: &PublicKey, addr: &Addr) {
-    if let Some(addrs) = by_device.get_mut(device) {
+/// The supernode keys a slot's record names (none without a record).
+fn named_keys(slot: &ClientSlot) -> Vec<PublicKey> {
+    slot.record
+        .as_ref()
+        .map(|r| r.body.supernodes.iter().map(|c| c.key).collect())
+        .unwrap_or_default()
+}
+
+fn index(map: &mut FxHashMap<PublicKey, Vec<Addr>>, key: PublicKey, addr: Addr) {
+    let addrs = map.entry(key).or_default();
+    if let Err(at) = addrs.binary_search(&addr) {
+        addrs.insert(at, addr);
+    }
+}
+
+fn unindex(map: &mut FxHashMap<PublicKey, Vec<Addr>>, key: &PublicKey, addr: &Addr) {
+    if let Some(addrs) = map.get_mut(key) {
         addrs.retain(|a| a != addr);
         if addrs.is_empty() {
-            by_device.remove(device);
+            map.remove(key);
         }
     }
 }
@@ -130,6 +188,55 @@ mod tests {
 
     fn addr(port: u16) -> Addr {
         Addr { ip: [0; 16], port }
+    }
+
+    fn record_naming(supernodes: &[u8]) -> PresenceRecord {
+        use peerline_proto::{
+            BoundedVec, Contact, DeviceCert, DeviceCertBody, PresenceBody, Signature,
+        };
+        let cert = DeviceCert {
+            body: DeviceCertBody {
+                device_key: PublicKey([1; 32]),
+                account_key: PublicKey([1; 32]),
+                expires_unix_s: 0,
+            },
+            signature: Signature([0; 64]),
+        };
+        PresenceRecord {
+            body: PresenceBody {
+                cert,
+                sequence: 1,
+                issued_unix_s: 0,
+                expires_unix_s: 0,
+                supernodes: BoundedVec::truncating(supernodes.iter().map(|s| Contact {
+                    key: PublicKey([*s; 32]),
+                    id_nonce: 0,
+                    addr: addr(*s as u16),
+                })),
+            },
+            signature: Signature([0; 64]),
+        }
+    }
+
+    #[test]
+    fn named_supernode_index_follows_records_and_departures() {
+        let mut table = Attached::default();
+        table.insert(addr(9), slot(1));
+        table.insert(addr(5), slot(2));
+        assert!(table.set_record(&addr(9), NodeId::default(), record_naming(&[40, 41])));
+        assert!(table.set_record(&addr(5), NodeId::default(), record_naming(&[41, 42])));
+        assert!(!table.set_record(&addr(7), NodeId::default(), record_naming(&[40])));
+        assert_eq!(table.naming(&PublicKey([41; 32])), &[addr(5), addr(9)]);
+        assert_eq!(table.naming(&PublicKey([40; 32])), &[addr(9)]);
+        // A newer record no longer names 40.
+        table.set_record(&addr(9), NodeId::default(), record_naming(&[41, 43]));
+        assert!(table.naming(&PublicKey([40; 32])).is_empty());
+        assert_eq!(table.naming(&PublicKey([43; 32])), &[addr(9)]);
+        table.remove(&addr(5));
+        assert_eq!(table.naming(&PublicKey([41; 32])), &[addr(9)]);
+        assert!(table.naming(&PublicKey([42; 32])).is_empty());
+        table.retain(|_, _| false);
+        assert!(table.naming(&PublicKey([41; 32])).is_empty());
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub struct Membership {
     /// piggybacking: spreads in O(log n) message delays, not probe periods.
     urgent: Vec<MemberUpdate>,
     /// Members currently suspected and since when (kept in step with their
-    /// `state_since`), so deadlines need neither a scan of the view nor a
-    /// lookup per suspect (a crash wave makes hundreds of them).
+    /// `state_since`), oldest first (each is appended when suspected, at the
+    /// node's current time), so the next deadline is the first entry's: a
+    /// crash wave makes a thousand suspects per supernode.
     suspects: Vec<(NodeId, Instant)>,
     /// Sum of every member's announced load, kept in step with `members`.
     load_total: u64,
@@ -615,11 +616,10 @@ impl Membership {
     }
 
     fn next_suspect_deadline(&self) -> Instant {
-        self.suspects
-            .iter()
-            .map(|(_, since)| since.add_ms(self.suspect_timeout_ms))
-            .min()
-            .unwrap_or(Instant::NEVER)
+        // Suspects are appended as they are suspected: the first is the oldest.
+        self.suspects.first().map_or(Instant::NEVER, |(_, since)| {
+            since.add_ms(self.suspect_timeout_ms)
+        })
     }
 
     /// Keeps the suspect index in step with a member's state.
@@ -627,7 +627,9 @@ impl Membership {
         self.suspects.retain(|(s, _)| *s != id);
         if suspected {
             if let Ok(i) = self.position(&id) {
-                self.suspects.push((id, self.members[i].state_since));
+                let since = self.members[i].state_since;
+                debug_assert!(self.suspects.last().is_none_or(|(_, last)| *last <= since));
+                self.suspects.push((id, since));
             }
         }
     }
@@ -698,7 +700,7 @@ impl Membership {
         let expired: Vec<NodeId> = self
             .suspects
             .iter()
-            .filter(|(_, since)| since.add_ms(suspect_timeout_ms) <= now)
+            .take_while(|(_, since)| since.add_ms(suspect_timeout_ms) <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {

@@ -782,8 +782,8 @@ impl SupernodeState {
             return;
         }
         slot.last_seen = io.now.instant;
-        slot.record_key = presence_key(&record.body.cert.body.account_key);
-        slot.record = Some(Box::new(record.clone()));
+        let key = presence_key(&record.body.cert.body.account_key);
+        self.clients.set_record(&from, key, record.clone());
         // Every supernode the record names pushes it to the replicas: a lost
         // Publish at one of them must not leave the record unstored
         // (replicas keep one copy; the duplicate Store is idempotent).
@@ -1566,17 +1566,7 @@ impl SupernodeState {
     /// Tells our clients whose records name a failed (or suspected)
     /// supernode to check it now.
     fn warn_clients(&mut self, io: &mut Io, left_key: PublicKey) {
-        let mut warned: Vec<Addr> = self
-            .clients
-            .iter()
-            .filter(|(_, slot)| {
-                slot.record
-                    .as_ref()
-                    .is_some_and(|r| r.body.supernodes.iter().any(|c| c.key == left_key))
-            })
-            .map(|(addr, _)| *addr)
-            .collect();
-        warned.sort_unstable();
+        let warned: Vec<Addr> = self.clients.naming(&left_key).to_vec();
         for addr in warned {
             io.send(
                 addr,
