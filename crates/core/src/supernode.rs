@@ -48,6 +48,13 @@ const REDISCOVER_MS: u64 = 30_000;
 const FORWARD_DEDUP_MS: u64 = 5_000;
 /// Most envelope IDs remembered for that.
 const RECENT_FORWARDS_MAX: usize = 4_096;
+/// Membership changes near our clients' records are gathered until none
+/// came for this long (but no longer than the bound below) before the
+/// records are stored again, once for the whole burst.
+const RESTORE_SETTLE_MS: u64 = 2_000;
+const RESTORE_DELAY_MAX_MS: u64 = 15_000;
+/// Ranges remembered for that; beyond, every record is stored again.
+const RESTORE_RANGES_MAX: usize = 64;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
@@ -132,6 +139,12 @@ pub struct SupernodeState {
     /// now and then whether they are back (a healed partition).
     lost: Vec<(Contact, Instant)>,
     rediscover_at: Option<Instant>,
+    /// Key ranges near members that joined or left, whose own clients'
+    /// records are re-stored together once the burst of changes settles
+    /// (`None` range list overflowed: re-store every record).
+    restore_ranges: Option<Vec<(NodeId, NodeId)>>,
+    /// When the gathered re-store runs, and when the burst began.
+    restore_at: Option<(Instant, Instant)>,
     /// Envelopes recently forwarded to our clients, so the copies the other
     /// replicas push are not forwarded again (bounded, short-lived).
     recent_forwards: BTreeMap<EnvelopeId, Instant>,
@@ -203,6 +216,8 @@ impl SupernodeState {
             recent_forwards: BTreeMap::new(),
             lost: Vec::new(),
             rediscover_at: None,
+            restore_ranges: Some(Vec::new()),
+            restore_at: None,
         }
     }
 
@@ -256,7 +271,8 @@ impl SupernodeState {
         let join = self.join.as_ref().map_or(Instant::NEVER, |j| j.deadline);
         let join = join
             .min(self.resync_at.unwrap_or(Instant::NEVER))
-            .min(self.rediscover_at.unwrap_or(Instant::NEVER));
+            .min(self.rediscover_at.unwrap_or(Instant::NEVER))
+            .min(self.restore_at.map_or(Instant::NEVER, |(at, _)| at));
         self.membership
             .next_deadline()
             .min(self.next_sweep_at)
@@ -1483,12 +1499,42 @@ impl SupernodeState {
     /// and a healed partition leaves the far side with records from before
     /// the cut; the supernodes the owner is attached to hold the latest.
     fn re_store_own_clients(&mut self, io: &mut Io, changed: NodeId) {
+        // Gathered and sent once the changes settle: a crash wave is a
+        // thousand departures within seconds, and re-storing per departure
+        // sent each record ~10 times.
         let k = io.params.replication_k;
-        let (low, high) = self.membership.neighbourhood_range(&changed, 3 * k);
+        let range = self.membership.neighbourhood_range(&changed, 3 * k);
+        if let Some(ranges) = &mut self.restore_ranges {
+            if ranges.len() < RESTORE_RANGES_MAX {
+                ranges.push(range);
+            } else {
+                self.restore_ranges = None;
+            }
+        }
+        // Each change pushes the re-store back, up to a bound from the first.
+        let now = io.now.instant;
+        let first = self.restore_at.map_or(now, |(_, first)| first);
+        let at = now
+            .add_ms(RESTORE_SETTLE_MS)
+            .min(first.add_ms(RESTORE_DELAY_MAX_MS));
+        self.restore_at = Some((at, first));
+    }
+
+    fn re_store_if_due(&mut self, io: &mut Io) {
+        if self.restore_at.is_none_or(|(at, _)| at > io.now.instant) {
+            return;
+        }
+        self.restore_at = None;
+        let ranges = self.restore_ranges.replace(Vec::new());
+        let near = |key: &NodeId| {
+            ranges
+                .as_ref()
+                .is_none_or(|ranges| ranges.iter().any(|(low, high)| low <= key && key <= high))
+        };
         let mut records: Vec<(Addr, PresenceRecord)> = self
             .clients
             .iter()
-            .filter(|(_, slot)| low <= slot.record_key && slot.record_key <= high)
+            .filter(|(_, slot)| near(&slot.record_key))
             .filter_map(|(addr, slot)| slot.record.as_ref().map(|r| (*addr, (**r).clone())))
             .collect();
         records.sort_unstable_by_key(|(addr, _)| *addr);
@@ -1707,6 +1753,7 @@ impl SupernodeState {
             }
         }
         self.rediscover_if_due(io);
+        self.re_store_if_due(io);
         self.push_urgent(io);
         if let Some((contact, sequence)) = self.membership.start_probe(
             now,
