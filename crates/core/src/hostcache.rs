@@ -235,6 +235,30 @@ mod tests {
     }
 
     #[test]
+    fn a_choice_is_among_the_first_recommendations() {
+        let mut cache = HostCache::default();
+        for i in 0..20 {
+            cache.insert(contact(i), 64);
+        }
+        let hints: Vec<Contact> = (10..18).map(contact).collect();
+        cache.hint(&hints, 64);
+        let mut rng = Pcg32::seed_from_u64(5);
+        let mut picked = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let chosen = cache.choose(Instant::ZERO, &mut rng, 3, &[]).unwrap();
+            picked.insert(chosen.key.0[0]);
+        }
+        // The least loaded three, each of them (spread, not herded).
+        assert_eq!(picked.into_iter().collect::<Vec<_>>(), vec![10, 11, 12]);
+        // Recommendations being tried are excluded: the next ones move up.
+        let tried = [contact(10).key, contact(11).key, contact(12).key];
+        for _ in 0..50 {
+            let chosen = cache.choose(Instant::ZERO, &mut rng, 3, &tried).unwrap();
+            assert!((13..=15).contains(&chosen.key.0[0]));
+        }
+    }
+
+    #[test]
     fn bounded_and_evicts_failed_entries_first() {
         let mut cache = HostCache::default();
         for i in 0..10 {

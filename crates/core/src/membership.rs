@@ -834,6 +834,38 @@ mod tests {
     }
 
     #[test]
+    fn full_members_are_never_named_as_alternates() {
+        let (id, me) = update(0);
+        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000);
+        for i in 1..40 {
+            let (id, mut u) = update(i);
+            // Every third member is full; the others have room.
+            u.load_pct = if i % 3 == 0 {
+                FULL_LOAD_PCT
+            } else {
+                (i % 90) as u8
+            };
+            m.apply(id, u, Instant::ZERO, 1000);
+        }
+        let mut rng = Pcg32::seed_from_u64(3);
+        for _ in 0..50 {
+            let named = m.least_loaded(8, &id, &mut rng);
+            assert!(!named.is_empty());
+            for contact in named {
+                let member = m
+                    .members()
+                    .iter()
+                    .find(|x| x.update.contact == contact)
+                    .unwrap();
+                assert!(
+                    member.update.load_pct < FULL_LOAD_PCT,
+                    "a full member named"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn closest_matches_a_full_sort() {
         let m = view(500);
         let mut rng = Pcg32::seed_from_u64(9);
