@@ -647,6 +647,53 @@ fn client_replaces_a_supernode_that_stops_answering_pings() {
 }
 
 #[test]
+fn unanswered_handshakes_do_not_slow_the_next_one() {
+    // After a crash wave or a partition most of a host cache is dead: each
+    // silent supernode costs its step timeouts, then the next is tried at
+    // once (only busy answers back the client off as a whole).
+    let params = Arc::new(params());
+    let contacts: Vec<Contact> = (0..10)
+        .map(|i| scripted_contact(400 + i, addr(400 + i as u32)))
+        .collect();
+    let mut client = client(&params, 1, addr(1), contacts.clone(), at(0));
+    let mut script = Script::new(&contacts);
+    for silent in &contacts[..8] {
+        script.set(silent, Behaviour::Silent);
+    }
+    script.run(&mut client, 0, 60_000);
+    let attached = client.attached_supernodes();
+    assert_eq!(attached.len(), 2, "{:?}", script.events);
+    // Two handshakes at a time, each given up after its tries: even with
+    // all eight silent ones tried first, both are up by four rounds.
+    let round_ms = params.attach_step_timeout_ms * params.attach_tries_max as u64;
+    let attached_by = script
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Attached { .. }))
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap();
+    assert!(
+        attached_by <= 4 * round_ms + 1_000,
+        "attached only at {attached_by} ms"
+    );
+    // Every new handshake starts when one was given up, never later.
+    let starts: Vec<u64> = script
+        .log
+        .iter()
+        .filter(|(_, _, m)| is_hello(m) || matches!(m, Message::AttachResume { .. }))
+        .map(|(t, _, _)| *t)
+        .collect();
+    for t in starts {
+        assert_eq!(
+            t % (params.attach_step_timeout_ms),
+            0,
+            "a handshake began at {t} ms"
+        );
+    }
+}
+
+#[test]
 fn client_defers_a_busy_supernode_and_attaches_elsewhere() {
     let params = Arc::new(params());
     let (mut client, contacts) = client_with_three_supernodes(&params);
