@@ -480,16 +480,7 @@ impl World {
                     live[..count.min(live.len())].iter().copied().collect();
                 // Clients this leaves below two attachments are timed from now.
                 for &client in &self.live_clients.items {
-                    let mut hit = false;
-                    let mut left = 0;
-                    for supernode in self.valid_attachments(client) {
-                        if victims.contains(&supernode) {
-                            hit = true;
-                        } else {
-                            left += 1;
-                        }
-                    }
-                    if hit && left < 2 {
+                    if self.drops_below_two(client, |s| victims.contains(&s)) {
                         self.reattach_pending.insert(client, self.now_us);
                     }
                 }
@@ -522,6 +513,20 @@ impl World {
         if back_at < self.end_us {
             self.queue.push(back_at, EventKind::Start { node: index });
         }
+    }
+
+    /// Whether losing the supernodes `gone` picks out leaves `client` below
+    /// two attachments (it had one of them).
+    fn drops_below_two(&self, client: u32, gone: impl Fn(u32) -> bool) -> bool {
+        let (mut hit, mut left) = (false, 0);
+        for supernode in self.valid_attachments(client) {
+            if gone(supernode) {
+                hit = true;
+            } else {
+                left += 1;
+            }
+        }
+        hit && left < 2
     }
 
     /// After an attachment was seen made: is a timed client whole again?
@@ -613,18 +618,7 @@ impl World {
                     .items
                     .iter()
                     .copied()
-                    .filter(|&client| {
-                        let mut hit = false;
-                        let mut left = 0;
-                        for supernode in self.valid_attachments(client) {
-                            if supernode == index {
-                                hit = true;
-                            } else {
-                                left += 1;
-                            }
-                        }
-                        hit && left < 2
-                    })
+                    .filter(|&client| self.drops_below_two(client, |s| s == index))
                     .collect();
                 for client in orphans {
                     self.churn_pending.entry(client).or_insert(self.now_us);
