@@ -31,6 +31,9 @@ pub struct Sample {
     pub mailbox_backlog: u64,
     /// Every envelope copy held in mailboxes (offline recipients included).
     pub mailbox_held: u64,
+    /// Events waiting in the simulator's queue (datagrams in flight and
+    /// armed timers): where a run's memory goes in a storm.
+    pub queued_events: u64,
 }
 
 impl Sample {

@@ -1125,6 +1125,7 @@ impl World {
                 .sum(),
             over_capacity,
             reattach_pending: self.reattach_pending.len() as u64,
+            queued_events: self.queue.len() as u64,
             churn_orphans: self
                 .churn_pending
                 .iter()
