@@ -58,10 +58,10 @@ const RESTORE_RANGES_MAX: usize = 64;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
-/// A presence record of `device`, correctly signed and not expired;
-/// anything else is counted as rejected.
-fn presence_valid(io: &mut Io, record: &PresenceRecord, device: PublicKey) -> bool {
-    let valid = record.body.cert.body.device_key == device
+/// A presence record correctly signed and not expired (and of `device`,
+/// when one is expected); anything else is counted as rejected.
+fn presence_valid(io: &mut Io, record: &PresenceRecord, device: Option<PublicKey>) -> bool {
+    let valid = device.is_none_or(|device| record.body.cert.body.device_key == device)
         && verify_presence(
             io.mode,
             record,
@@ -794,7 +794,7 @@ impl SupernodeState {
             io.send(from, &Message::NotAttached);
             return;
         };
-        if !presence_valid(io, &record, slot.device_key) {
+        if !presence_valid(io, &record, Some(slot.device_key)) {
             return;
         }
         slot.last_seen = io.now.instant;
@@ -894,7 +894,7 @@ impl SupernodeState {
         if !responsible {
             return;
         }
-        if !presence_valid(io, &record, record.body.cert.body.device_key) {
+        if !presence_valid(io, &record, None) {
             return;
         }
         self.keep_record(io, record);
@@ -1037,7 +1037,7 @@ impl SupernodeState {
     /// (a re-send after that goes through, the first may have been lost).
     fn deliver_to_client(&mut self, io: &mut Io, envelope: Envelope) {
         let device = envelope.body.to_device;
-        let Some(addr) = self.client_addr(&device) else {
+        let Some(addr) = self.clients.addr_of(&device) else {
             return;
         };
         let now = io.now.instant;
@@ -1060,12 +1060,6 @@ impl SupernodeState {
         io.send(addr, &Message::MailDeliver { envelope });
     }
 
-    /// Where `device` is attached here (the lowest address if several:
-    /// no hash order reaches the wire).
-    fn client_addr(&self, device: &PublicKey) -> Option<Addr> {
-        self.clients.addr_of(device)
-    }
-
     /// Asks the recipient's mailbox replicas for their first window.
     fn fetch_mail(&mut self, io: &mut Io, account: PublicKey, device: PublicKey) {
         for (id, contact) in self.mail_replicas(io, &account, true) {
@@ -1085,7 +1079,7 @@ impl SupernodeState {
         envelopes: &[Envelope],
         more: bool,
     ) {
-        let Some(addr) = self.client_addr(&device) else {
+        let Some(addr) = self.clients.addr_of(&device) else {
             return;
         };
         if let Some(slot) = self.clients.get_mut(&addr) {

@@ -100,30 +100,41 @@ fn unwritable_output_directory_is_refused_before_running() {
     let _ = std::fs::remove_file(blocker);
 }
 
-fn digest_of(seed: &str, name: &str) -> String {
-    let out = scratch(name);
-    let output = peerline(&[
-        "sim",
-        "steady",
-        "--clients",
-        "300",
-        "--supernodes",
-        "10",
-        "--duration",
-        "4m",
-        "--seed",
-        seed,
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+/// Runs `peerline sim ARGS --quiet --out OUT`: it must finish with a report
+/// (exit 0, or 1 for a missed figure), never fail to run.
+fn sim_run(args: &[&str], out: &std::path::Path) {
+    let mut all = vec!["sim"];
+    all.extend_from_slice(args);
+    all.extend(["--quiet", "--out", out.to_str().unwrap()]);
+    let output = peerline(&all);
     assert!(
         output.status.code().is_some_and(|c| c == 0 || c == 1),
         "{}",
         stderr(&output)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+}
+
+fn read_report(path: PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn digest_of(seed: &str, name: &str) -> String {
+    let out = scratch(name);
+    sim_run(
+        &[
+            "steady",
+            "--clients",
+            "300",
+            "--supernodes",
+            "10",
+            "--duration",
+            "4m",
+            "--seed",
+            seed,
+        ],
+        &out,
+    );
+    let report = read_report(out.join("report.json"));
     for chart in [
         "attached_clients.svg",
         "supernode_load.svg",
@@ -169,24 +180,18 @@ fn same_seed_same_digest_across_processes() {
 #[test]
 fn compare_runs_the_baseline_on_the_same_seed_and_charts_both() {
     let out = scratch("compare");
-    let output = peerline(&[
-        "sim",
-        "supernode-crash",
-        "--clients",
-        "600",
-        "--supernodes",
-        "10",
-        "--duration",
-        "18m",
-        "--compare",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.code().is_some_and(|c| c == 0 || c == 1),
-        "{}",
-        stderr(&output)
+    sim_run(
+        &[
+            "supernode-crash",
+            "--clients",
+            "600",
+            "--supernodes",
+            "10",
+            "--duration",
+            "18m",
+            "--compare",
+        ],
+        &out,
     );
     for chart in [
         "compare_attached.svg",
@@ -198,12 +203,9 @@ fn compare_runs_the_baseline_on_the_same_seed_and_charts_both() {
     ] {
         assert!(out.join(chart).exists(), "{chart} missing");
     }
-    let read = |path: PathBuf| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
     let (ours, naive) = (
-        read(out.join("report.json")),
-        read(out.join("naive/report.json")),
+        read_report(out.join("report.json")),
+        read_report(out.join("naive/report.json")),
     );
     assert_eq!(ours["seed"], naive["seed"]);
     assert_eq!(ours["naive"], false);
@@ -224,6 +226,7 @@ fn compare_runs_the_baseline_on_the_same_seed_and_charts_both() {
     ] {
         assert!(ours.get(key).is_some(), "report lacks {key}");
     }
+    let _ = std::fs::remove_dir_all(out);
 }
 
 /// The demo runs a real network on loopback and checks its own claims: a

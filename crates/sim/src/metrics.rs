@@ -38,21 +38,22 @@ pub struct Sample {
 
 impl Sample {
     pub fn attached_ratio(&self) -> f64 {
-        if self.live_clients == 0 {
-            1.0
-        } else {
-            self.attached_two as f64 / self.live_clients as f64
-        }
+        self.share_of_live(self.attached_two)
     }
 
     /// The same, not counting clients re-attaching after a supernode of
     /// theirs crashed in ordinary churn within the last minute: what an
     /// outage did, net of failures that happen in every run anyway.
     pub fn attached_ratio_net_of_churn(&self) -> f64 {
+        self.share_of_live(self.attached_two + self.churn_orphans)
+    }
+
+    /// `count` live clients as a share of all of them (1 when none live).
+    fn share_of_live(&self, count: u64) -> f64 {
         if self.live_clients == 0 {
             1.0
         } else {
-            ((self.attached_two + self.churn_orphans) as f64 / self.live_clients as f64).min(1.0)
+            (count as f64 / self.live_clients as f64).min(1.0)
         }
     }
 }

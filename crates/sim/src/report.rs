@@ -2,7 +2,7 @@
 //! figures the issue demands, and the human summary.
 
 use crate::config::Scenario;
-use crate::metrics::quantile;
+use crate::metrics::{quantile, Sample};
 use crate::world::World;
 use peerline_core::{CryptoMode, Params};
 use serde::Serialize;
@@ -139,6 +139,19 @@ pub struct Report {
 
 /// How long after `storm_at_s` the mailbox backlog took to come back near
 /// its level before the outage.
+/// The lowest `ratio` over the samples `keep` selects (1 when none).
+fn min_ratio(
+    samples: &[Sample],
+    keep: impl Fn(&Sample) -> bool,
+    ratio: impl Fn(&Sample) -> f64,
+) -> f64 {
+    samples
+        .iter()
+        .filter(|s| keep(s))
+        .map(ratio)
+        .fold(1.0, f64::min)
+}
+
 fn backlog_drain_s(samples: &[crate::metrics::Sample], storm_at_s: u64) -> f64 {
     let before = samples
         .iter()
@@ -270,7 +283,7 @@ impl Report {
         let peak_rss = peak_rss_bytes();
         let nodes = config.clients as u64 + config.supernodes as u64;
         let reattach = Reattach::measure(world, config.reattach_deadline_s);
-        let in_split = |s: &&crate::metrics::Sample| {
+        let in_split = |s: &Sample| {
             s.t_s >= config.storm_at_s + 300 && s.t_s < config.storm_at_s + config.partition_s
         };
         let mut report = Report {
@@ -381,24 +394,21 @@ impl Report {
                 .max()
                 .unwrap_or(0),
             backlog_drain_s: backlog_drain_s(&metrics.samples, config.storm_at_s),
-            attached_ratio_min_after_outage: metrics
-                .samples
-                .iter()
-                .filter(|s| s.t_s >= config.storm_at_s)
-                .map(|s| s.attached_ratio())
-                .fold(1.0, f64::min),
-            attached_ratio_partition_min: metrics
-                .samples
-                .iter()
-                .filter(|s| in_split(s))
-                .map(|s| s.attached_ratio_net_of_churn())
-                .fold(1.0, f64::min),
-            attached_ratio_partition_min_raw: metrics
-                .samples
-                .iter()
-                .filter(|s| in_split(s))
-                .map(|s| s.attached_ratio())
-                .fold(1.0, f64::min),
+            attached_ratio_min_after_outage: min_ratio(
+                &metrics.samples,
+                |s| s.t_s >= config.storm_at_s,
+                Sample::attached_ratio,
+            ),
+            attached_ratio_partition_min: min_ratio(
+                &metrics.samples,
+                in_split,
+                Sample::attached_ratio_net_of_churn,
+            ),
+            attached_ratio_partition_min_raw: min_ratio(
+                &metrics.samples,
+                in_split,
+                Sample::attached_ratio,
+            ),
             lookups_after_heal: metrics.lookups_after_heal,
             lookup_success_after_heal: if metrics.lookups_after_heal == 0 {
                 0.0

@@ -342,8 +342,9 @@ impl World {
     /// Runs to the end, calling `progress` now and then.
     pub fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
         let mut events: u64 = 0;
+        let stop_us = self.end_us.min(self.halt_at_us);
         while let Some(entry) = self.queue.pop() {
-            if entry.time_us > self.end_us || entry.time_us > self.halt_at_us {
+            if entry.time_us > stop_us {
                 break;
             }
             self.now_us = entry.time_us;
@@ -372,7 +373,7 @@ impl World {
                 EventKind::Crash { node, down_us } => self.crash(node, down_us),
             }
         }
-        self.now_us = self.end_us.min(self.halt_at_us);
+        self.now_us = stop_us;
         self.metrics.events = events;
         self.metrics.digest = self.digest.finish();
         progress(Progress {
