@@ -871,10 +871,12 @@ impl ClientState {
             / attached.len() as u32;
         // Supernodes turning clients away is the other sign of need: the
         // average load lags (gossip), busy answers do not.
-        let chance =
-            io.params.promote_chance_per_mille << self.busy_checks.saturating_sub(1).min(4);
+        // Chance per million; see `Params::promote_share_pct`.
+        let capacity = io.params.supernode_capacity_attachments.max(1) as u64;
+        let chance = (io.params.promote_share_pct as u64 * 10_000 / capacity)
+            << self.busy_checks.saturating_sub(1).min(4);
         if (load >= io.params.promote_load_pct as u32 || busy)
-            && (io.rng_index(1000) as u32) < chance
+            && (io.rng_index(1_000_000) as u64) < chance
         {
             self.promotion_due = true;
         }

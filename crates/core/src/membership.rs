@@ -8,7 +8,7 @@ use peerline_proto::{Contact, MemberState, MemberUpdate, NodeId, GOSSIP_UPDATES_
 use rand_core::Rng;
 
 /// Most updates waiting to be piggybacked.
-const BROADCAST_QUEUE_LEN_MAX: usize = 512;
+const BROADCAST_QUEUE_LEN_MAX: usize = 2048;
 /// Newest queued updates searched for one to replace.
 const BROADCAST_DEDUP_WINDOW: usize = 64;
 /// Most tombstones remembered.

@@ -122,8 +122,19 @@ pub struct Params {
     pub promote_uptime_s: u64,
     /// Average load of its supernodes above which a client considers promotion.
     pub promote_load_pct: u8,
-    /// Chance (per mille) that an eligible client promotes at one check.
-    pub promote_chance_per_mille: u32,
+    /// Promotions expected at one check per supernode's worth of eligible
+    /// clients (`supernode_capacity_attachments` of them), in percent: each
+    /// eligible client promotes with chance `promote_share_pct / 100 /
+    /// capacity`. Scaling by the capacity keeps the answer the same at every
+    /// network size: the clients a crash wave leaves waiting number about
+    /// (missing capacity × capacity per supernode), so about
+    /// `promote_share_pct`% of the missing supernodes (times the fraction of
+    /// waiting clients that are eligible) appear per check, and the check
+    /// escalation closes the rest. In the simulator about 7% of the waiting
+    /// clients are eligible at a check, so 400 makes a quarter of the
+    /// deficit per check: a 20k-client crash wave promotes ~25 where ~20
+    /// are missing (a flat 2% chance promoted 67, and at 200k clients 940).
+    pub promote_share_pct: u32,
     /// Period of the promotion check.
     pub promote_check_interval_s: u64,
     /// A supernode below this load for `demote_idle_s` may step down…
@@ -192,7 +203,7 @@ impl Default for Params {
             probe_interval_s: 1_800,
             promote_uptime_s: 600,
             promote_load_pct: 90,
-            promote_chance_per_mille: 20,
+            promote_share_pct: 400,
             promote_check_interval_s: 300,
             demote_load_pct: 10,
             demote_idle_s: 3_600,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Most alternates or peers a supernode names in one answer.
 pub const CONTACTS_PER_MESSAGE_MAX: usize = 16;
 /// Most membership updates piggybacked on one gossip message.
-pub const GOSSIP_UPDATES_MAX: usize = 12;
+pub const GOSSIP_UPDATES_MAX: usize = 48;
 /// Most members in one page of a membership sync.
 pub const SYNC_PAGE_MEMBERS_MAX: usize = 128;
 /// Most envelopes a mailbox hands out at once (the replay window).

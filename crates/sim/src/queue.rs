@@ -64,6 +64,8 @@ impl Ord for Entry {
 const BUCKET_US: u64 = 1_000;
 /// Buckets in the calendar (a power of two): 65.5 s of look-ahead.
 const BUCKETS: usize = 1 << 16;
+/// Largest allocation (in entries) an emptied bucket keeps for reuse.
+const RECYCLED_CAPACITY_MAX: usize = 64;
 
 pub struct Queue {
     buckets: Vec<Vec<Entry>>,
@@ -136,6 +138,13 @@ impl Queue {
             self.buckets[(bucket as usize) & (BUCKETS - 1)].push(entry);
         }
         let slot = (self.current as usize) & (BUCKETS - 1);
+        // The drained `ready` goes back into the calendar as an empty bucket.
+        // Its allocation is kept only if small: passed round the calendar,
+        // one burst's capacity would otherwise end up in every bucket (65,536
+        // copies of the largest bucket ever seen — gigabytes after a storm).
+        if self.ready.capacity() > RECYCLED_CAPACITY_MAX {
+            self.ready = Vec::new();
+        }
         std::mem::swap(&mut self.ready, &mut self.buckets[slot]);
         self.ready
             .sort_unstable_by_key(|e| std::cmp::Reverse((e.time_us, e.sequence)));
@@ -158,6 +167,17 @@ impl Queue {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Largest allocation (in entries) held by an empty calendar bucket.
+    #[cfg(test)]
+    fn idle_allocation_max(&self) -> usize {
+        self.buckets
+            .iter()
+            .filter(|b| b.is_empty())
+            .map(Vec::capacity)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +195,29 @@ mod tests {
             .map(|e| (e.time_us, e.sequence))
             .collect();
         assert_eq!(order, vec![(1, 2), (5, 1), (5, 3)]);
+    }
+
+    #[test]
+    fn a_burst_does_not_leave_its_allocation_behind() {
+        let mut queue = Queue::default();
+        // One burst of 100k events in one millisecond, then a few events
+        // per millisecond for two turns of the calendar: without a limit,
+        // the burst's allocation travels round the calendar for ever (and
+        // every bucket ends up holding the largest burst it met).
+        for _ in 0..100_000 {
+            queue.push(2_000, EventKind::Sample);
+        }
+        let mut now = 2_000;
+        while now < 2_000 + 2 * BUCKETS as u64 * BUCKET_US {
+            for i in 0..3 {
+                queue.push(now + 1_000 + i, EventKind::Sample);
+            }
+            while queue.len() > 3 {
+                now = queue.pop().expect("queued").time_us;
+            }
+            now += BUCKET_US;
+        }
+        assert!(queue.idle_allocation_max() <= RECYCLED_CAPACITY_MAX);
     }
 
     #[test]
