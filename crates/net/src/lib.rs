@@ -18,16 +18,21 @@
 //! ```
 
 pub mod clock;
+pub mod demux;
 pub mod driver;
 pub mod links;
 pub mod loopback;
 pub mod quic;
+pub mod relay;
+pub mod stun;
 pub mod tls;
 
+pub use demux::{DemuxLimits, DemuxStats};
 pub use driver::{
     Control, DriverConfig, DriverLimits, DriverReport, Events, MessageError, NodeGone, NodeStatus,
     RunningNode, StartError,
 };
 pub use links::{LinkLimits, LinkStats};
 pub use quic::QuicLimits;
+pub use stun::{stun_binding, StunError, StunRetransmit};
 pub use tls::{certificate_key, peer_key, CertificateRejected, NodeCertificate, TlsError, ALPN};
