@@ -124,9 +124,9 @@ pub struct NodeStatus {
 /// What the driver counted over the node's life.
 #[derive(Clone, Debug)]
 pub struct DriverReport {
+    pub demux: DemuxStats,
     pub node: NodeStats,
     pub links: LinkStats,
-    pub demux: DemuxStats,
 }
 
 enum Command {
@@ -421,9 +421,9 @@ impl Driver {
         self.node.shutdown(self.clock.now());
         self.flush().await;
         let report = DriverReport {
+            demux: self.demux.stats(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
-            demux: self.demux.stats(),
         };
         self.links.close(self.shutdown_flush).await;
         report

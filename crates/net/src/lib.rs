@@ -8,6 +8,14 @@
 //! commands and events ([`driver`]). Every protocol decision (retries,
 //! keepalives, which supernode, when to give up) stays in the core.
 //!
+//! One UDP port carries three protocols, told apart by the first byte of
+//! each datagram (RFC 9443, [`demux`]): STUN Binding ([`stun`]: every node
+//! answers, and [`Control::stun_binding`] learns the node's reflexive
+//! address), QUIC, and relay frames ([`relay`]: the header codec and a
+//! queue hook; no relay consumes them yet). Unauthenticated STUN is bounded
+//! in size (answers at most 3× the request) and rate (per source IP and
+//! overall), see [`DemuxLimits`].
+//!
 //! ```no_run
 //! # async fn example(config: peerline_net::DriverConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! let (node, mut events) = peerline_net::RunningNode::start(config).await?;

@@ -44,7 +44,13 @@ pub fn is_stun_first_byte(first_byte: u8) -> bool {
 
 /// A parsed message: exact length, magic cookie, valid FINGERPRINT if any.
 fn parse(datagram: &[u8]) -> Option<Message<'_>> {
-    if datagram.len() < MessageHeader::LENGTH || datagram[4..8] != MAGIC_COOKIE {
+    // The classifier's range (RFC 9443: 0–3), even though a STUN type
+    // could start with up to 63: what the port calls STUN and what this
+    // parser accepts must agree.
+    if datagram.len() < MessageHeader::LENGTH
+        || !is_stun_first_byte(datagram[0])
+        || datagram[4..8] != MAGIC_COOKIE
+    {
         return None;
     }
     let declared = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
@@ -390,6 +396,11 @@ mod tests {
             StunInput::Malformed
         );
         assert_eq!(handle_datagram(&[], v4(), 3), StunInput::Malformed);
+        // A first byte outside 0–3 (found by the fuzzer: 0x10 parses as a
+        // STUN type) is not STUN on this port.
+        let mut type_0x1001 = request.clone();
+        type_0x1001[0] = 0x10;
+        assert_eq!(handle_datagram(&type_0x1001, v4(), 3), StunInput::Malformed);
     }
 
     #[test]
