@@ -8,8 +8,10 @@
 //! timeout, frame timeout, shutdown flush).
 
 use crate::clock::Clock;
+use crate::demux::{DemuxHandle, DemuxLimits, DemuxStats};
 use crate::links::{Inbound, LinkLimits, LinkStats, Links};
-use crate::quic::{endpoint, EndpointError};
+use crate::quic::{demux_endpoint, EndpointError};
+use crate::stun::StunError;
 use crate::tls::NodeCertificate;
 use peerline_core::mail::SendError;
 use peerline_core::{DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, RolePolicy};
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// Everything a node needs to run on the network.
 #[derive(Clone, Debug)]
@@ -54,6 +56,9 @@ pub struct DriverLimits {
     /// At shutdown: how long the node's last frames (its goodbyes) may
     /// take to be acknowledged, and then the connections to close.
     pub shutdown_flush: Duration,
+    /// The shared port's unauthenticated traffic: STUN rates and sizes,
+    /// this node's own STUN transactions, the relay queue.
+    pub demux: DemuxLimits,
 }
 
 impl Default for DriverLimits {
@@ -63,6 +68,7 @@ impl Default for DriverLimits {
             events_len_max: 1_024,
             commands_len_max: 64,
             shutdown_flush: Duration::from_secs(2),
+            demux: DemuxLimits::default(),
         }
     }
 }
@@ -112,11 +118,13 @@ pub struct NodeStatus {
     pub stored_records: usize,
     pub node: NodeStats,
     pub links: LinkStats,
+    pub demux: DemuxStats,
 }
 
 /// What the driver counted over the node's life.
 #[derive(Clone, Debug)]
 pub struct DriverReport {
+    pub demux: DemuxStats,
     pub node: NodeStats,
     pub links: LinkStats,
 }
@@ -130,6 +138,10 @@ enum Command {
         reply: oneshot::Sender<Result<u64, SendError>>,
     },
     Status(oneshot::Sender<NodeStatus>),
+    StunBinding {
+        server: SocketAddr,
+        reply: oneshot::Sender<Result<SocketAddr, StunError>>,
+    },
     Shutdown,
 }
 
@@ -145,6 +157,7 @@ impl std::fmt::Debug for Command {
             Command::Lookup(_) => "Lookup",
             Command::SendMessage { .. } => "SendMessage",
             Command::Status(_) => "Status",
+            Command::StunBinding { .. } => "StunBinding",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -190,6 +203,21 @@ impl Control {
             .map_err(|_| NodeGone)?;
         answer.await.map_err(|_| NodeGone)
     }
+
+    /// Asks a STUN server (any node, typically a supernode) for this
+    /// node's reflexive address: the address and port its datagrams carry
+    /// when they reach `server`, as seen past any NAT. Sent from the
+    /// node's own port, retransmitted per RFC 8489 §6.2.1 within
+    /// [`DemuxLimits::stun_retransmit`]. The answer is an input for hole
+    /// punching; nothing in the core consumes it yet.
+    pub async fn stun_binding(&self, server: SocketAddr) -> Result<SocketAddr, StunError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::StunBinding { server, reply })
+            .await
+            .map_err(|_| StunError::Gone)?;
+        answer.await.map_err(|_| StunError::Gone)?
+    }
 }
 
 /// What happened at a node, in order. Keep reading it: when it is full
@@ -226,7 +254,14 @@ impl RunningNode {
         }
         let certificate =
             NodeCertificate::new(&config.identity.keypair).map_err(EndpointError::from)?;
-        let endpoint = endpoint(socket, &certificate, config.limits.links.quic)?;
+        // No relay consumes relay frames yet: they are counted and dropped.
+        let (endpoint, demux) = demux_endpoint(
+            socket,
+            &certificate,
+            config.limits.links.quic,
+            config.limits.demux,
+            None,
+        )?;
         let (inbound_sender, inbound) =
             mpsc::channel(config.limits.links.inbound_frames_max.max(1));
         let (dialed_sender, dialed) = mpsc::channel(config.limits.links.peers_max.max(1));
@@ -272,6 +307,8 @@ impl RunningNode {
             commands,
             events: event_sender,
             shutdown_flush: config.limits.shutdown_flush,
+            demux,
+            stun_tasks: JoinSet::new(),
         };
         let running = RunningNode {
             control: Control {
@@ -338,6 +375,10 @@ struct Driver {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     shutdown_flush: Duration,
+    demux: DemuxHandle,
+    /// STUN Binding transactions of this node (at most
+    /// `stun_transactions_max`; aborted when the node stops).
+    stun_tasks: JoinSet<()>,
 }
 
 /// The key the node's host cache gives for `addr`, when it gives exactly
@@ -380,6 +421,7 @@ impl Driver {
         self.node.shutdown(self.clock.now());
         self.flush().await;
         let report = DriverReport {
+            demux: self.demux.stats(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
         };
@@ -417,6 +459,13 @@ impl Driver {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::StunBinding { server, reply } => {
+                while self.stun_tasks.try_join_next().is_some() {}
+                let demux = self.demux.clone();
+                self.stun_tasks.spawn(async move {
+                    let _ = reply.send(demux.stun_binding(server).await);
+                });
+            }
             Command::Shutdown => {}
         }
     }
@@ -432,6 +481,7 @@ impl Driver {
             stored_records: self.node.stored_records(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
+            demux: self.demux.stats(),
         }
     }
 }

@@ -1,11 +1,13 @@
 //! QUIC endpoint set-up: one quinn endpoint per node, server and client at
 //! once, on the node's one UDP socket.
 
+use crate::demux::{DemuxHandle, DemuxLimits, DemuxSocket, RelayDatagram};
 use crate::tls::{NodeCertificate, TlsError};
 use peerline_proto::PublicKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Bounds on what one QUIC connection may hold open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,24 +82,57 @@ fn server_config(
     Ok(config)
 }
 
-/// A server-and-client endpoint on `socket` (which must be bound already).
+/// A server-and-client endpoint on `socket` (which must be bound already),
+/// behind the demultiplexer with default limits and no relay attached.
 /// Must be called inside a tokio runtime.
 pub fn endpoint(
     socket: std::net::UdpSocket,
     certificate: &NodeCertificate,
     limits: QuicLimits,
 ) -> Result<quinn::Endpoint, EndpointError> {
+    let (endpoint, _demux) =
+        demux_endpoint(socket, certificate, limits, DemuxLimits::default(), None)?;
+    Ok(endpoint)
+}
+
+/// [`endpoint`] with its demultiplexer's limits and relay queue given, and
+/// the handle to the demultiplexer (counters, STUN Binding transactions).
+pub fn demux_endpoint(
+    socket: std::net::UdpSocket,
+    certificate: &NodeCertificate,
+    limits: QuicLimits,
+    demux_limits: DemuxLimits,
+    relay: Option<mpsc::Sender<RelayDatagram>>,
+) -> Result<(quinn::Endpoint, DemuxHandle), EndpointError> {
+    let runtime = runtime()?;
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let (socket, handle) = DemuxSocket::new(inner, demux_limits, relay);
+    let endpoint = endpoint_on(Arc::new(socket), certificate, limits)?;
+    Ok((endpoint, handle))
+}
+
+fn runtime() -> Result<Arc<dyn quinn::Runtime>, EndpointError> {
+    quinn::default_runtime()
+        .ok_or_else(|| EndpointError::Quic("no async runtime is running".into()))
+}
+
+/// The endpoint on any socket quinn can drive (tests wrap the
+/// demultiplexer to watch what the endpoint sends).
+pub fn endpoint_on(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    certificate: &NodeCertificate,
+    limits: QuicLimits,
+) -> Result<quinn::Endpoint, EndpointError> {
     let mut endpoint_config = quinn::EndpointConfig::default();
     // RFC 9443 demultiplexing (STUN, QUIC and relay frames on one port)
-    // needs QUIC's fixed bit to stay set.
+    // needs QUIC's fixed bit to stay set: we neither grease it nor invite
+    // peers to (quinn greases towards a peer only if that peer asked).
     endpoint_config.grease_quic_bit(false);
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| EndpointError::Quic("no async runtime is running".into()))?;
-    let mut endpoint = quinn::Endpoint::new(
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint_config,
         Some(server_config(certificate, limits)?),
         socket,
-        runtime,
+        runtime()?,
     )?;
     endpoint.set_default_client_config(client_config(certificate, None, limits)?);
     Ok(endpoint)
