@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::links::{Inbound, LinkLimits, LinkStats, Links};
 use crate::quic::{endpoint, EndpointError};
 use crate::tls::NodeCertificate;
+use peerline_core::hostcache::HostEntry;
 use peerline_core::mail::SendError;
 use peerline_core::{DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, RolePolicy};
 use peerline_proto::{Addr, Contact, PublicKey};
@@ -110,6 +111,9 @@ pub struct NodeStatus {
     pub membership_len: usize,
     /// Presence records this supernode holds.
     pub stored_records: usize,
+    /// The supernodes this node would try next (a daemon saves them, to
+    /// bootstrap from after a restart).
+    pub host_cache: Vec<HostEntry>,
     pub node: NodeStats,
     pub links: LinkStats,
 }
@@ -119,6 +123,8 @@ pub struct NodeStatus {
 pub struct DriverReport {
     pub node: NodeStats,
     pub links: LinkStats,
+    /// The host cache as the node left it.
+    pub host_cache: Vec<HostEntry>,
 }
 
 enum Command {
@@ -382,6 +388,7 @@ impl Driver {
         let report = DriverReport {
             node: self.node.stats().clone(),
             links: self.links.stats(),
+            host_cache: self.node.host_cache().entries().to_vec(),
         };
         self.links.close(self.shutdown_flush).await;
         report
@@ -430,6 +437,7 @@ impl Driver {
             outbox_len: self.node.outbox_len(),
             membership_len: self.node.membership_len(),
             stored_records: self.node.stored_records(),
+            host_cache: self.node.host_cache().entries().to_vec(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
         }

@@ -1,0 +1,237 @@
+//! The multi-process chaos test: 32 `peerline node` processes on
+//! 127.0.0.1 — 10 supernodes, 22 clients, each its own process with its
+//! own UDP socket, data directory and identity — come up from one seed;
+//! every client attaches to two supernodes; then 40% of the supernodes get
+//! `kill -9` at once, and every client must be attached to two *live*
+//! supernodes again within a bound, the survivors must agree on who is
+//! left, and no survivor may have died.
+//!
+//! What it reads: each node's status file (rewritten every second by the
+//! daemon) — role, attached supernodes' keys, membership. What it cannot
+//! check yet: messages and lookups, as the daemon offers no application
+//! interface to send or look up (the API crate will); the in-process
+//! `peerline demo` and `crates/net` tests check those over real QUIC.
+//!
+//! Timers are the demo's (`--fast-timers`: 3 s keepalives, 16-bit ID
+//! puzzles). Every process is killed when the test ends, however it ends.
+
+mod common;
+
+use common::{attached, unix_ms, Fleet, NodeProcess};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const SUPERNODES: usize = 10;
+const CLIENTS: usize = 22;
+/// 40% of the supernodes.
+const KILLED: usize = 4;
+/// Each process prints its NODE_KEY@ADDR within this.
+const START_WITHIN: Duration = Duration::from_secs(20);
+/// Every supernode knows every other, every client is at two, within this.
+const SETTLE_WITHIN: Duration = Duration::from_secs(20);
+/// After the kill: every client back at two live supernodes within this.
+/// Warnings from surviving supernodes take ~3 s; a client that lost both
+/// of its supernodes finds out from keepalives (~8 s with fast timers),
+/// and each dead supernode still in its host cache that it tries costs an
+/// unanswered attach (2 tries of 2 s): 8 s + 2 × 4 s = 16 s at worst with
+/// 4 dead, plus room for a loaded machine.
+const REATTACH_WITHIN: Duration = Duration::from_secs(25);
+
+fn client_at_two_of(node: &NodeProcess, live: &BTreeSet<String>, after_unix_ms: u128) -> bool {
+    node.status().is_some_and(|status| {
+        let keys = attached(&status);
+        status["written_unix_ms"].as_u64().unwrap_or(0) as u128 > after_unix_ms
+            && keys.len() >= 2
+            && keys.iter().all(|key| live.contains(key))
+    })
+}
+
+fn supernode_knowing(node: &NodeProcess, members: usize, after_unix_ms: u128) -> bool {
+    node.status().is_some_and(|status| {
+        status["role"] == "supernode"
+            && status["membership_len"].as_u64() == Some(members as u64)
+            && status["written_unix_ms"].as_u64().unwrap_or(0) as u128 > after_unix_ms
+    })
+}
+
+/// Names of the nodes among `indices` for which `ok` fails, for messages.
+fn failing(
+    nodes: &[NodeProcess],
+    indices: &[usize],
+    ok: impl Fn(&NodeProcess) -> bool,
+) -> Vec<String> {
+    indices
+        .iter()
+        .filter(|&&i| !ok(&nodes[i]))
+        .map(|&i| format!("{} {:?}", nodes[i].name, nodes[i].status()))
+        .collect()
+}
+
+#[test]
+fn killing_40_percent_of_supernode_processes_leaves_every_client_attached() {
+    let test_started = Instant::now();
+    let mut fleet = Fleet::new("chaos");
+    let common_args = ["--listen", "127.0.0.1:0", "--fast-timers"];
+
+    // The seed, then the other supernodes from it, then the clients from all.
+    let mut args = vec!["--role", "supernode"];
+    args.extend(common_args);
+    let seed_index = fleet.start("super-0", &args);
+    let seed = fleet.bootstrap_of(seed_index, START_WITHIN);
+    let mut supernodes = vec![seed_index];
+    for i in 1..SUPERNODES {
+        let mut args = vec!["--role", "supernode", "--bootstrap", &seed];
+        args.extend(common_args);
+        supernodes.push(fleet.start(&format!("super-{i}"), &args));
+    }
+    let mut seeds = vec![seed.clone()];
+    for &index in &supernodes[1..] {
+        seeds.push(fleet.bootstrap_of(index, START_WITHIN));
+    }
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut args = vec!["--role", "client"];
+        args.extend(common_args);
+        args.push("--bootstrap");
+        args.extend(seeds.iter().map(String::as_str));
+        clients.push(fleet.start(&format!("client-{i}"), &args));
+    }
+    for &index in &clients {
+        fleet.bootstrap_of(index, START_WITHIN);
+    }
+    let started_at = unix_ms();
+    let all_keys: BTreeSet<String> = supernodes
+        .iter()
+        .map(|&i| fleet.nodes[i].key().to_string())
+        .collect();
+    assert_eq!(
+        all_keys.len(),
+        SUPERNODES,
+        "every supernode has its own key"
+    );
+    println!(
+        "{} processes up in {:.1} s",
+        fleet.nodes.len(),
+        test_started.elapsed().as_secs_f64()
+    );
+
+    let settle_started = Instant::now();
+    let settled = fleet.wait_until(SETTLE_WITHIN, |nodes| {
+        supernodes
+            .iter()
+            .all(|&i| supernode_knowing(&nodes[i], SUPERNODES, started_at))
+            && clients
+                .iter()
+                .all(|&i| client_at_two_of(&nodes[i], &all_keys, started_at))
+    });
+    assert!(
+        settled,
+        "not settled within {SETTLE_WITHIN:?}: supernodes {:?}, clients {:?}",
+        failing(&fleet.nodes, &supernodes, |n| supernode_knowing(
+            n, SUPERNODES, started_at
+        )),
+        failing(&fleet.nodes, &clients, |n| client_at_two_of(
+            n, &all_keys, started_at
+        ))
+    );
+    println!(
+        "every supernode knows all {SUPERNODES}, every client attached to two: {:.1} s",
+        settle_started.elapsed().as_secs_f64()
+    );
+
+    // The crash wave: kill -9, all at once.
+    let victims: Vec<usize> = supernodes[..KILLED].to_vec();
+    let survivors: Vec<usize> = supernodes[KILLED..].to_vec();
+    let victim_keys: BTreeSet<String> = victims
+        .iter()
+        .map(|&i| fleet.nodes[i].key().to_string())
+        .collect();
+    let orphans = clients
+        .iter()
+        .filter(|&&i| {
+            fleet.nodes[i]
+                .status()
+                .is_some_and(|s| attached(&s).iter().any(|k| victim_keys.contains(k)))
+        })
+        .count();
+    let killed_at = unix_ms();
+    let kill_started = Instant::now();
+    for &index in &victims {
+        fleet.nodes[index].kill();
+    }
+    for &index in &victims {
+        assert!(
+            !fleet.nodes[index].is_running(),
+            "a victim survived kill -9"
+        );
+    }
+    let live_keys: BTreeSet<String> = all_keys.difference(&victim_keys).cloned().collect();
+    println!("killed {KILLED} of {SUPERNODES} supernodes; {orphans} of {CLIENTS} clients lost one or both");
+
+    // When each client was first seen back at two (status files are
+    // rewritten every second: each time is late by up to a second).
+    let mut back_after: Vec<Option<Duration>> = vec![None; fleet.nodes.len()];
+    let recovered = fleet.wait_until(REATTACH_WITHIN, |nodes| {
+        for &i in &clients {
+            if back_after[i].is_none() && client_at_two_of(&nodes[i], &live_keys, killed_at) {
+                back_after[i] = Some(kill_started.elapsed());
+            }
+        }
+        clients.iter().all(|&i| back_after[i].is_some())
+    });
+    let reattach_s = kill_started.elapsed().as_secs_f64();
+    let mut times: Vec<(Duration, &str)> = clients
+        .iter()
+        .filter_map(|&i| back_after[i].map(|at| (at, fleet.nodes[i].name.as_str())))
+        .collect();
+    times.sort();
+    if let (Some(first), Some(median), Some(last)) =
+        (times.first(), times.get(times.len() / 2), times.last())
+    {
+        println!(
+            "clients back at two after the kill: first {:.1} s, median {:.1} s, last {:.1} s ({})",
+            first.0.as_secs_f64(),
+            median.0.as_secs_f64(),
+            last.0.as_secs_f64(),
+            last.1
+        );
+    }
+    assert!(
+        recovered,
+        "clients not back at two live supernodes within {REATTACH_WITHIN:?}: {:?}",
+        failing(&fleet.nodes, &clients, |n| client_at_two_of(
+            n, &live_keys, killed_at
+        ))
+    );
+    println!("every client attached to two live supernodes {reattach_s:.1} s after the kill");
+
+    let agreed = fleet.wait_until(REATTACH_WITHIN, |nodes| {
+        survivors
+            .iter()
+            .all(|&i| supernode_knowing(&nodes[i], SUPERNODES - KILLED, killed_at))
+    });
+    assert!(
+        agreed,
+        "surviving supernodes do not agree that {} are left: {:?}",
+        SUPERNODES - KILLED,
+        failing(&fleet.nodes, &survivors, |n| supernode_knowing(
+            n,
+            SUPERNODES - KILLED,
+            killed_at
+        ))
+    );
+    let mut everyone_else: Vec<usize> = survivors.clone();
+    everyone_else.extend(&clients);
+    for &index in &everyone_else {
+        assert!(
+            fleet.nodes[index].is_running(),
+            "{} died; its log:\n{}",
+            fleet.nodes[index].name,
+            fleet.nodes[index].log()
+        );
+    }
+    println!(
+        "chaos test done in {:.1} s",
+        test_started.elapsed().as_secs_f64()
+    );
+}
