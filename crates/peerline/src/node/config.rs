@@ -44,9 +44,10 @@ pub struct NodeArgs {
     /// needed; supernode: always one; client: never one [default: auto].
     #[arg(long, value_enum)]
     pub role: Option<NodeRole>,
-    /// A TOML file with any of these settings (keys as the flags without
-    /// dashes, `-` written `_`: listen, advertise, data_dir, bootstrap,
-    /// role, log_level, status_file, fast_timers). Flags win over it.
+    /// A TOML file with any of these settings, keys named like the flags
+    /// with `_` for `-` (listen, advertise, data_dir, bootstrap = [...],
+    /// role, log_level, status_file, fast_timers). Flags win over it;
+    /// relative paths in it are relative to the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or RUST_LOG-style
@@ -74,7 +75,7 @@ politely: goodbyes to its peers, the host cache saved, exit 0.
 
 Example: a first supernode, then a client that starts from it:
   peerline node --role supernode --listen 192.0.2.10:4433 --data-dir /var/lib/peerline
-  peerline node --data-dir ~/.peerline --listen 0.0.0.0:0 --bootstrap KEY@192.0.2.10:4433";
+  peerline node --data-dir ~/.peerline --listen 0.0.0.0:4434 --bootstrap KEY@192.0.2.10:4433";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -190,7 +190,8 @@ impl DataDir {
         };
         let text = toml::to_string(&file).context("cannot encode the host cache")?;
         let text = format!(
-            "# Supernodes this peerline node knew, best first; rewritten by the node.\n{text}"
+            "# Supernodes this peerline node knew, best first; rewritten by the node.\n{}\n",
+            text.trim_end()
         );
         let path = self.host_cache_path();
         replace_file(&path, text.as_bytes(), 0o644)

@@ -103,10 +103,18 @@ impl NodeProcess {
 
     /// SIGTERM, then waits up to `within` for the exit.
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        self.send_sigterm();
+        self.wait_exit(Instant::now() + within)
+    }
+
+    pub fn send_sigterm(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + within;
+    }
+
+    /// Its exit status, once it exits before `deadline`.
+    pub fn wait_exit(&mut self, deadline: Instant) -> Option<ExitStatus> {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
