@@ -114,6 +114,9 @@ pub struct NodeStatus {
     /// The supernodes this node would try next (a daemon saves them, to
     /// bootstrap from after a restart).
     pub host_cache: Vec<HostEntry>,
+    /// A supernode's sample of live members (`MEMBERS_SAMPLE_LEN_MAX`),
+    /// saved with the host cache; empty for a client.
+    pub members_sample: Vec<Contact>,
     pub node: NodeStats,
     pub links: LinkStats,
 }
@@ -123,9 +126,14 @@ pub struct NodeStatus {
 pub struct DriverReport {
     pub node: NodeStats,
     pub links: LinkStats,
-    /// The host cache as the node left it.
+    /// The host cache and the members sample as the node left them.
     pub host_cache: Vec<HostEntry>,
+    pub members_sample: Vec<Contact>,
 }
+
+/// Live members a supernode's status and report name (for a daemon to
+/// save): enough to rejoin through after many of them died.
+pub const MEMBERS_SAMPLE_LEN_MAX: usize = 32;
 
 enum Command {
     Lookup(PublicKey),
@@ -383,12 +391,15 @@ impl Driver {
                 }
             }
         }
+        // Taken before the goodbyes change what the node believes.
+        let members_sample = self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX);
         self.node.shutdown(self.clock.now());
         self.flush().await;
         let report = DriverReport {
             node: self.node.stats().clone(),
             links: self.links.stats(),
             host_cache: self.node.host_cache().entries().to_vec(),
+            members_sample,
         };
         self.links.close(self.shutdown_flush).await;
         report
@@ -438,6 +449,7 @@ impl Driver {
             membership_len: self.node.membership_len(),
             stored_records: self.node.stored_records(),
             host_cache: self.node.host_cache().entries().to_vec(),
+            members_sample: self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX),
             node: self.node.stats().clone(),
             links: self.links.stats(),
         }

@@ -251,3 +251,60 @@ fn a_client_saves_its_host_cache_and_restarts_from_it_alone() {
     let log = fleet.nodes[third].log();
     assert!(log.contains("ignoring the host cache"), "{log}");
 }
+
+#[test]
+fn a_supernode_rejoins_through_saved_members_when_its_seed_is_gone() {
+    let mut fleet = Fleet::new("rejoin");
+    let fast = [
+        "--role",
+        "supernode",
+        "--listen",
+        "127.0.0.1:0",
+        "--fast-timers",
+    ];
+    let seed_index = fleet.start("seed", &fast);
+    let seed = fleet.bootstrap_of(seed_index, START_WITHIN);
+    let mut args = fast.to_vec();
+    args.extend(["--bootstrap", seed.as_str()]);
+    let other = fleet.start("other", &args);
+    let other_key = {
+        fleet.bootstrap_of(other, START_WITHIN);
+        fleet.nodes[other].key().to_string()
+    };
+    let leaver = fleet.start("leaver", &args);
+    fleet.bootstrap_of(leaver, START_WITHIN);
+    let knows = |fleet: &mut Fleet, index: usize, members: u64| {
+        fleet.wait_until(ATTACH_WITHIN, |nodes| {
+            nodes[index].status().is_some_and(|s| {
+                s["running"] == true && s["membership_len"].as_u64().unwrap_or(0) >= members
+            })
+        })
+    };
+    assert!(
+        knows(&mut fleet, leaver, 3),
+        "{}",
+        fleet.nodes[leaver].log()
+    );
+    assert_eq!(
+        fleet.nodes[leaver]
+            .terminate(STOP_WITHIN)
+            .map(|s| s.success()),
+        Some(true)
+    );
+    let data_dir = fleet.nodes[leaver].data_dir.clone();
+    let saved = std::fs::read_to_string(data_dir.join("hostcache.toml")).unwrap();
+    assert!(
+        saved.contains(&other_key),
+        "a member it was never told of is saved: {saved}"
+    );
+
+    // The only seed dies; the restart has no --bootstrap, only what it saved.
+    fleet.nodes[seed_index].kill();
+    let again = fleet.start_in("leaver-again", &data_dir, &fast);
+    fleet.bootstrap_of(again, START_WITHIN);
+    assert!(
+        knows(&mut fleet, again, 2),
+        "did not rejoin: {}",
+        fleet.nodes[again].log()
+    );
+}

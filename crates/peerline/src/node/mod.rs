@@ -199,12 +199,11 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
                     logged_at = Instant::now();
                     log_status(&status);
                 }
-                if saved_at.elapsed() >= HOST_CACHE_SAVE_INTERVAL
-                    && contacts(&status.host_cache) != saved_cache
-                {
+                let known = known_supernodes(&status.host_cache, &status.members_sample);
+                if saved_at.elapsed() >= HOST_CACHE_SAVE_INTERVAL && contacts(&known) != saved_cache {
                     saved_at = Instant::now();
-                    saved_cache = contacts(&status.host_cache);
-                    save_host_cache(&data, &status.host_cache);
+                    saved_cache = contacts(&known);
+                    save_host_cache(&data, &known);
                 }
             }
         }
@@ -212,7 +211,10 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     tracing::info!("{signal}: saying goodbye to the node's peers");
     let last_status = node.control.status().await.ok();
     match node.shutdown().await {
-        Ok(report) => save_host_cache(&data, &report.host_cache),
+        Ok(report) => save_host_cache(
+            &data,
+            &known_supernodes(&report.host_cache, &report.members_sample),
+        ),
         Err(_) => tracing::warn!("the node was gone before it could say goodbye"),
     }
     if let (Some(path), Some(status)) = (&settings.status_file, &last_status) {
@@ -289,6 +291,24 @@ fn start_error(error: StartError, listen: SocketAddr) -> anyhow::Error {
         }
         other => anyhow::anyhow!("the node could not start: {other}"),
     }
+}
+
+/// What the node saves to start from next time: its host cache, then (a
+/// supernode) the live members it knows that the cache lacks.
+pub fn known_supernodes(host_cache: &[HostEntry], members: &[Contact]) -> Vec<HostEntry> {
+    let mut known = host_cache.to_vec();
+    for member in members {
+        if !known.iter().any(|entry| entry.contact.key == member.key) {
+            known.push(HostEntry {
+                contact: *member,
+                rtt_ms: u16::MAX,
+                failures: 0,
+                not_before_s: 0,
+                hint_rank: 0,
+            });
+        }
+    }
+    known
 }
 
 fn contacts(entries: &[HostEntry]) -> Vec<Contact> {
