@@ -5,12 +5,15 @@
 //! `kill -9` at once, and every client must be attached to two *live*
 //! supernodes again within a bound, the survivors must agree on who is
 //! left, no survivor may have died, and all stop with exit 0 on SIGTERM.
+//! Meanwhile each client sends a message every 500 ms to another
+//! (`--test-traffic-to`): every message sent before and during the outage
+//! must arrive exactly once, in order, and be acknowledged.
 //!
 //! What it reads: each node's status file (rewritten every second by the
-//! daemon) — role, attached supernodes' keys, membership. What it cannot
-//! check yet: messages and lookups, as the daemon offers no application
-//! interface to send or look up (the API crate will); the in-process
-//! `peerline demo` and `crates/net` tests check those over real QUIC.
+//! daemon) — role, attached supernodes' keys, membership, messages sent,
+//! acknowledged and received. What it cannot check yet: lookups, as the
+//! daemon offers no application interface for them (the API crate will);
+//! the in-process `peerline demo` and `crates/net` tests check them.
 //!
 //! Timers are the demo's (`--fast-timers`: 3 s keepalives, 16-bit ID
 //! puzzles). Every process is killed when the test ends, however it ends.
@@ -39,8 +42,37 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(15);
 const REATTACH_WITHIN: Duration = Duration::from_secs(30);
 /// Then the survivors agree on who is left (already done by then, seen).
 const AGREE_WITHIN: Duration = Duration::from_secs(10);
+/// Messages sent until re-attachment arrive within this after it (a message
+/// lost with a killed supernode waits for the outbox's re-send: 3 s, then
+/// doubling, with fast timers).
+const MESSAGES_WITHIN: Duration = Duration::from_secs(25);
 /// SIGTERM to exit for all: goodbyes are flushed within 2 s.
 const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// What a node's status file says about its messages.
+fn messages(node: &NodeProcess, field: &str) -> u64 {
+    node.status()
+        .and_then(|s| s["messages"][field].as_u64())
+        .unwrap_or(0)
+}
+
+/// Messages `recipient` received from `sender`: (count, last sequence number).
+fn received(recipient: &NodeProcess, sender: &NodeProcess) -> (u64, u64) {
+    let Some(status) = recipient.status() else {
+        return (0, 0);
+    };
+    let from = &status["messages"]["received"][sender.key()];
+    (
+        from["count"].as_u64().unwrap_or(0),
+        from["last_seq"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Everything up to `up_to` arrived once each, in order, and was acknowledged.
+fn delivered(nodes: &[NodeProcess], sender: usize, recipient: usize, up_to: u64) -> bool {
+    let (count, last_seq) = received(&nodes[recipient], &nodes[sender]);
+    count == last_seq && last_seq >= up_to && messages(&nodes[sender], "acked_up_to") >= up_to
+}
 
 fn client_at_two_of(node: &NodeProcess, live: &BTreeSet<String>, after_unix_ms: u128) -> bool {
     node.status().is_some_and(|status| {
@@ -93,16 +125,23 @@ fn killing_40_percent_of_supernode_processes_leaves_every_client_attached() {
     for &index in &supernodes[1..] {
         seeds.push(fleet.bootstrap_of(index, START_WITHIN));
     }
-    let mut clients = Vec::with_capacity(CLIENTS);
+    // Client i sends a message to client i-1 every 500 ms throughout.
+    let mut clients: Vec<usize> = Vec::with_capacity(CLIENTS);
     for i in 0..CLIENTS {
         let mut args = vec!["--role", "client"];
         args.extend(common_args);
         args.push("--bootstrap");
         args.extend(seeds.iter().map(String::as_str));
-        clients.push(fleet.start(&format!("client-{i}"), &args));
-    }
-    for &index in &clients {
+        let previous = clients
+            .last()
+            .and_then(|&p| fleet.nodes[p].messaging.clone());
+        if let Some(to) = &previous {
+            args.extend(["--test-traffic-to", to, "--test-traffic-interval-ms", "500"]);
+        }
+        let index = fleet.start(&format!("client-{i}"), &args);
         fleet.bootstrap_of(index, START_WITHIN);
+        assert!(fleet.nodes[index].messaging.is_some(), "no messaging line");
+        clients.push(index);
     }
     let started_at = unix_ms();
     let all_keys: BTreeSet<String> = supernodes
@@ -159,6 +198,12 @@ fn killing_40_percent_of_supernode_processes_leaves_every_client_attached() {
                 .is_some_and(|s| attached(&s).iter().any(|k| victim_keys.contains(k)))
         })
         .count();
+    // Conversations: client i sends to client i-1.
+    let conversations: Vec<(usize, usize)> = clients.windows(2).map(|w| (w[1], w[0])).collect();
+    let sent_before_kill: Vec<u64> = conversations
+        .iter()
+        .map(|&(sender, _)| messages(&fleet.nodes[sender], "sent_last_seq"))
+        .collect();
     let killed_at = unix_ms();
     let kill_started = Instant::now();
     for &index in &victims {
@@ -225,6 +270,56 @@ fn killing_40_percent_of_supernode_processes_leaves_every_client_attached() {
             killed_at
         ))
     );
+    // Nothing lost: every message sent up to now — before the kill and
+    // during the outage — arrives exactly once, in order, and is acknowledged.
+    let sent_until: Vec<u64> = conversations
+        .iter()
+        .map(|&(sender, _)| messages(&fleet.nodes[sender], "sent_last_seq"))
+        .collect();
+    for (i, &(sender, _)) in conversations.iter().enumerate() {
+        assert!(
+            sent_until[i] > sent_before_kill[i] && sent_before_kill[i] > 0,
+            "{} sent {} before the kill and {} until now",
+            fleet.nodes[sender].name,
+            sent_before_kill[i],
+            sent_until[i]
+        );
+    }
+    let messages_started = Instant::now();
+    let all_delivered = fleet.wait_until(MESSAGES_WITHIN, |nodes| {
+        conversations
+            .iter()
+            .zip(&sent_until)
+            .all(|(&(sender, recipient), &up_to)| delivered(nodes, sender, recipient, up_to))
+    });
+    let undelivered: Vec<String> = conversations
+        .iter()
+        .zip(&sent_until)
+        .filter(|&(&(sender, recipient), &up_to)| {
+            !delivered(&fleet.nodes, sender, recipient, up_to)
+        })
+        .map(|(&(sender, recipient), &up_to)| {
+            let (count, last_seq) = received(&fleet.nodes[recipient], &fleet.nodes[sender]);
+            format!(
+                "{} → {}: sent {up_to}, received {count} up to {last_seq}, acked {}",
+                fleet.nodes[sender].name,
+                fleet.nodes[recipient].name,
+                messages(&fleet.nodes[sender], "acked_up_to")
+            )
+        })
+        .collect();
+    assert!(
+        all_delivered,
+        "messages lost, duplicated or unacknowledged after {MESSAGES_WITHIN:?}: {undelivered:?}"
+    );
+    println!(
+        "{} messages in {} conversations ({} sent during the outage) delivered once, in order, acknowledged: {:.1} s after the check began",
+        sent_until.iter().sum::<u64>(),
+        conversations.len(),
+        sent_until.iter().sum::<u64>() - sent_before_kill.iter().sum::<u64>(),
+        messages_started.elapsed().as_secs_f64()
+    );
+
     let mut everyone_else: Vec<usize> = survivors.clone();
     everyone_else.extend(&clients);
     for &index in &everyone_else {

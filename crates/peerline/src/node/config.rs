@@ -46,7 +46,8 @@ pub struct NodeArgs {
     pub role: Option<NodeRole>,
     /// A TOML file with any of these settings, keys named like the flags
     /// with `_` for `-` (listen, advertise, data_dir, bootstrap = [...],
-    /// role, log_level, status_file, fast_timers). Flags win over it;
+    /// role, log_level, status_file, fast_timers, test_traffic_to,
+    /// test_traffic_interval_ms). Flags win over it;
     /// relative paths in it are relative to the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -66,6 +67,60 @@ pub struct NodeArgs {
     /// nodes on the internet.
     #[arg(long)]
     pub fast_timers: bool,
+    /// For tests: send a small message to this device every
+    /// --test-traffic-interval-ms, as DEVICE_KEY:ACCOUNT_KEY (a node prints
+    /// its own in its `messaging` line); the status file counts what was
+    /// sent, acknowledged and received. The daemon has no other way to send
+    /// yet.
+    #[arg(long, value_name = "DEVICE_KEY:ACCOUNT_KEY", value_parser = Recipient::from_str)]
+    pub test_traffic_to: Option<Recipient>,
+    /// Period of the test traffic [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub test_traffic_interval_ms: Option<u64>,
+}
+
+/// Test traffic's period bounds: a message per 100 ms at most.
+pub const TEST_TRAFFIC_INTERVAL_MS_MIN: u64 = 100;
+pub const TEST_TRAFFIC_INTERVAL_MS_DEFAULT: u64 = 1_000;
+
+/// A messaging device: its device key and its account's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    pub device: PublicKey,
+    pub account: PublicKey,
+}
+
+impl fmt::Display for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}:{}", key_hex(&self.device), key_hex(&self.account))
+    }
+}
+
+impl FromStr for Recipient {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Recipient, String> {
+        let text = text.trim();
+        let parsed = text
+            .split_once(':')
+            .and_then(|(device, account)| Some((parse_key_hex(device)?, parse_key_hex(account)?)));
+        match parsed {
+            Some((device, account)) => Ok(Recipient {
+                device: PublicKey(device),
+                account: PublicKey(account),
+            }),
+            None => Err(format!(
+                "'{text}' is not DEVICE_KEY:ACCOUNT_KEY (two keys of 64 hex digits, as a node prints in its messaging line)"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Recipient {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Recipient, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 const AFTER_HELP: &str = "\
@@ -165,6 +220,8 @@ struct FileConfig {
     log_level: Option<String>,
     status_file: Option<PathBuf>,
     fast_timers: Option<bool>,
+    test_traffic_to: Option<Recipient>,
+    test_traffic_interval_ms: Option<u64>,
 }
 
 /// Everything the node runs with, merged and checked.
@@ -178,6 +235,8 @@ pub struct NodeSettings {
     pub log_level: Option<String>,
     pub status_file: Option<PathBuf>,
     pub fast_timers: bool,
+    pub test_traffic_to: Option<Recipient>,
+    pub test_traffic_interval_ms: u64,
 }
 
 /// Reads the config file (if any) and merges it under the flags.
@@ -216,6 +275,13 @@ pub fn settings(args: NodeArgs) -> Result<NodeSettings> {
             .parse()
             .context("the default listen address")?,
     };
+    let test_traffic_interval_ms = args
+        .test_traffic_interval_ms
+        .or(file.test_traffic_interval_ms)
+        .unwrap_or(TEST_TRAFFIC_INTERVAL_MS_DEFAULT);
+    if test_traffic_interval_ms < TEST_TRAFFIC_INTERVAL_MS_MIN {
+        bail!("--test-traffic-interval-ms must be at least {TEST_TRAFFIC_INTERVAL_MS_MIN}");
+    }
     let log_level = args.log_level.or(file.log_level);
     if let Some(level) = &log_level {
         check_log_level(level)?;
@@ -229,6 +295,8 @@ pub fn settings(args: NodeArgs) -> Result<NodeSettings> {
         log_level,
         status_file: args.status_file.or_else(|| from_file(file.status_file)),
         fast_timers: args.fast_timers || file.fast_timers.unwrap_or(false),
+        test_traffic_to: args.test_traffic_to.or(file.test_traffic_to),
+        test_traffic_interval_ms,
     })
 }
 
@@ -306,6 +374,18 @@ mod tests {
         for (text, needle) in cases {
             let error = text.parse::<Seed>().unwrap_err();
             assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn recipients_round_trip_and_bad_ones_are_named() {
+        let text = format!("{KEY}:{}", KEY.replace('3', "4"));
+        let recipient: Recipient = text.parse().unwrap();
+        assert_eq!(recipient.to_string(), text);
+        assert_ne!(recipient.device, recipient.account);
+        for bad in [KEY, &format!("{KEY}:"), &format!("{KEY}@{KEY}")] {
+            let error = bad.parse::<Recipient>().unwrap_err();
+            assert!(error.contains("is not DEVICE_KEY:ACCOUNT_KEY"), "{error}");
         }
     }
 
@@ -399,5 +479,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("log level"), "{error}");
+        let error = settings(NodeArgs {
+            test_traffic_interval_ms: Some(99),
+            ..args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("at least 100"), "{error}");
     }
 }

@@ -171,6 +171,7 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
             IdentityOrigin::Loaded => "saved",
         }
     );
+    println!("messaging {key}:{}", key_hex(&node.account()));
     println!("bootstrap {key}@{addr}");
     let _ = std::io::stdout().flush();
 
@@ -180,20 +181,32 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     let mut saved_cache: Vec<Contact> = cached.contacts;
     let mut saved_at = Instant::now();
     let mut logged_at = Instant::now();
+    let mut traffic = Traffic::default();
+    let mut traffic_tick =
+        tokio::time::interval(Duration::from_millis(settings.test_traffic_interval_ms));
+    traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
             event = events.recv() => match event {
-                Some(event) => log_event(&event),
+                Some(event) => {
+                    traffic.count(&event);
+                    log_event(&event);
+                }
                 None => bail!("the node stopped on its own; see the log above"),
             },
+            _ = traffic_tick.tick(), if settings.test_traffic_to.is_some() => {
+                if let Some(to) = settings.test_traffic_to {
+                    traffic.send(&node.control, to).await;
+                }
+            }
             _ = status_tick.tick() => {
                 let Ok(status) = node.control.status().await else {
                     bail!("the node stopped on its own; see the log above");
                 };
                 if let Some(path) = &settings.status_file {
-                    write_status(path, &key, addr, &status, started.elapsed(), true);
+                    write_status(path, &key, addr, &status, &traffic, started.elapsed(), true);
                 }
                 if logged_at.elapsed() >= STATUS_LOG_INTERVAL {
                     logged_at = Instant::now();
@@ -218,7 +231,7 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
         Err(_) => tracing::warn!("the node was gone before it could say goodbye"),
     }
     if let (Some(path), Some(status)) = (&settings.status_file, &last_status) {
-        write_status(path, &key, addr, status, started.elapsed(), false);
+        write_status(path, &key, addr, status, &traffic, started.elapsed(), false);
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -368,6 +381,66 @@ fn log_status(status: &NodeStatus) {
     }
 }
 
+/// Senders whose messages are counted one by one; more are counted together.
+const TRAFFIC_SENDERS_MAX: usize = 1_024;
+
+/// Test traffic (`--test-traffic-to`) and what arrived, for the status file.
+#[derive(Default, Serialize)]
+struct Traffic {
+    /// The last sequence number the node gave a message it sent.
+    sent_last_seq: u64,
+    /// The recipient acknowledged every message up to this one.
+    acked_up_to: u64,
+    /// Sends the node refused (outbox full).
+    refused: u64,
+    /// Messages handed to this node's application, per sending device.
+    received: std::collections::BTreeMap<String, Received>,
+    /// Messages from senders past `TRAFFIC_SENDERS_MAX`.
+    received_other: u64,
+}
+
+#[derive(Default, Serialize)]
+struct Received {
+    count: u64,
+    last_seq: u64,
+}
+
+impl Traffic {
+    async fn send(&mut self, control: &peerline_net::Control, to: config::Recipient) {
+        let payload = format!("test message {}", self.sent_last_seq + 1).into_bytes();
+        match control.send_message(to.device, to.account, payload).await {
+            Ok(seq) => self.sent_last_seq = seq,
+            Err(error) => {
+                self.refused += 1;
+                tracing::warn!("test traffic: {error}");
+            }
+        }
+    }
+
+    fn count(&mut self, event: &Event) {
+        match event {
+            Event::MessageReceived {
+                from_device, seq, ..
+            } => {
+                let sender = key_hex(from_device);
+                if self.received.len() >= TRAFFIC_SENDERS_MAX
+                    && !self.received.contains_key(&sender)
+                {
+                    self.received_other += 1;
+                    return;
+                }
+                let received = self.received.entry(sender).or_default();
+                received.count += 1;
+                received.last_seq = received.last_seq.max(*seq);
+            }
+            Event::MessageAcked { up_to_seq, .. } => {
+                self.acked_up_to = self.acked_up_to.max(*up_to_seq);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The status file's contents (JSON), for scripts and tests.
 #[derive(Serialize)]
 struct StatusFile<'a> {
@@ -385,6 +458,7 @@ struct StatusFile<'a> {
     outbox_len: usize,
     uptime_ms: u64,
     written_unix_ms: u64,
+    messages: &'a Traffic,
 }
 
 /// Rewrites the status file (side file, then rename: a reader never sees
@@ -394,6 +468,7 @@ fn write_status(
     key: &str,
     addr: SocketAddr,
     status: &NodeStatus,
+    traffic: &Traffic,
     uptime: Duration,
     running: bool,
 ) {
@@ -418,6 +493,7 @@ fn write_status(
             .map_or(0, |elapsed| {
                 elapsed.as_millis().min(u64::MAX as u128) as u64
             }),
+        messages: traffic,
     };
     let outcome = serde_json::to_vec_pretty(&file)
         .map_err(std::io::Error::other)

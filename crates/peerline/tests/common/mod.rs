@@ -60,6 +60,8 @@ pub struct NodeProcess {
     pub log_file: PathBuf,
     /// NODE_KEY@ADDR as the node printed it (once read).
     pub bootstrap: Option<String>,
+    /// DEVICE_KEY:ACCOUNT_KEY as the node printed it (once read).
+    pub messaging: Option<String>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -76,6 +78,9 @@ impl NodeProcess {
         while self.bootstrap.is_none() {
             let left = deadline.checked_duration_since(Instant::now())?;
             let line = self.lines.recv_timeout(left).ok()?;
+            if let Some(recipient) = line.strip_prefix("messaging ") {
+                self.messaging = Some(recipient.trim().to_string());
+            }
             if let Some(seed) = line.strip_prefix("bootstrap ") {
                 self.bootstrap = Some(seed.trim().to_string());
             }
@@ -200,6 +205,7 @@ impl Fleet {
             status_file,
             log_file,
             bootstrap: None,
+            messaging: None,
             lines,
         });
         self.nodes.len() - 1
