@@ -333,6 +333,17 @@ impl Node {
         }
     }
 
+    /// Up to `len_max` supernodes of this supernode's view believed
+    /// alive, spread over the keyspace (empty for a client). A driver saves
+    /// them with the host cache: a supernode's host cache holds only the
+    /// seeds it started from, which may be gone by its next start.
+    pub fn members_sample(&self, len_max: usize) -> Vec<Contact> {
+        match &self.role {
+            Role::Supernode(s) => s.alive_members_sample(len_max),
+            Role::Client(_) => Vec::new(),
+        }
+    }
+
     /// Members in this supernode's view.
     pub fn membership_len(&self) -> usize {
         match &self.role {

@@ -249,6 +249,24 @@ impl SupernodeState {
         self.membership.len()
     }
 
+    /// Up to `len_max` other members believed alive, spread evenly over the
+    /// view (in ID order): what a restarted supernode can rejoin through.
+    pub(crate) fn alive_members_sample(&self, len_max: usize) -> Vec<Contact> {
+        let alive: Vec<Contact> = self
+            .membership
+            .members()
+            .iter()
+            .filter(|m| m.id != self.node_id && m.update.state == MemberState::Alive)
+            .map(|m| m.update.contact)
+            .collect();
+        if alive.len() <= len_max {
+            return alive;
+        }
+        (0..len_max)
+            .map(|i| alive[i * alive.len() / len_max])
+            .collect()
+    }
+
     /// Forgets every attachment of a (revoked) device.
     pub(crate) fn drop_device(&mut self, device_key: &PublicKey) {
         self.clients

@@ -13,6 +13,7 @@ use crate::links::{Inbound, LinkLimits, LinkStats, Links};
 use crate::quic::{demux_endpoint, EndpointError};
 use crate::stun::StunError;
 use crate::tls::NodeCertificate;
+use peerline_core::hostcache::HostEntry;
 use peerline_core::mail::SendError;
 use peerline_core::{DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, RolePolicy};
 use peerline_proto::{Addr, Contact, PublicKey};
@@ -116,6 +117,12 @@ pub struct NodeStatus {
     pub membership_len: usize,
     /// Presence records this supernode holds.
     pub stored_records: usize,
+    /// The supernodes this node would try next (a daemon saves them, to
+    /// bootstrap from after a restart).
+    pub host_cache: Vec<HostEntry>,
+    /// A supernode's sample of live members (`MEMBERS_SAMPLE_LEN_MAX`),
+    /// saved with the host cache; empty for a client.
+    pub members_sample: Vec<Contact>,
     pub node: NodeStats,
     pub links: LinkStats,
     pub demux: DemuxStats,
@@ -127,7 +134,14 @@ pub struct DriverReport {
     pub demux: DemuxStats,
     pub node: NodeStats,
     pub links: LinkStats,
+    /// The host cache and the members sample as the node left them.
+    pub host_cache: Vec<HostEntry>,
+    pub members_sample: Vec<Contact>,
 }
+
+/// Live members a supernode's status and report name (for a daemon to
+/// save): enough to rejoin through after many of them died.
+pub const MEMBERS_SAMPLE_LEN_MAX: usize = 32;
 
 enum Command {
     Lookup(PublicKey),
@@ -418,12 +432,16 @@ impl Driver {
                 }
             }
         }
+        // Taken before the goodbyes change what the node believes.
+        let members_sample = self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX);
         self.node.shutdown(self.clock.now());
         self.flush().await;
         let report = DriverReport {
             demux: self.demux.stats(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
+            host_cache: self.node.host_cache().entries().to_vec(),
+            members_sample,
         };
         self.links.close(self.shutdown_flush).await;
         report
@@ -479,6 +497,8 @@ impl Driver {
             outbox_len: self.node.outbox_len(),
             membership_len: self.node.membership_len(),
             stored_records: self.node.stored_records(),
+            host_cache: self.node.host_cache().entries().to_vec(),
+            members_sample: self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX),
             node: self.node.stats().clone(),
             links: self.links.stats(),
             demux: self.demux.stats(),

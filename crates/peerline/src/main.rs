@@ -1,6 +1,8 @@
 //! The `peerline` command.
 
 mod demo;
+mod node;
+mod timers;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -42,6 +44,15 @@ enum Command {
     /// no message is lost or duplicated. Prints a short report with timings;
     /// exits 1 if a claim fails. Takes well under a minute.
     Demo(demo::DemoArgs),
+    /// Run one node on the network until stopped (SIGINT/SIGTERM).
+    ///
+    /// A long-running daemon: a supernode, a client, or a client that
+    /// promotes itself (--role). Its identity and host cache live in
+    /// --data-dir; it starts from the saved host cache, then from the
+    /// --bootstrap supernodes, and prints the NODE_KEY@ADDR others can
+    /// bootstrap from. Settings may also come from a TOML file (--config);
+    /// flags win over it.
+    Node(node::config::NodeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,6 +161,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Demo(args) => demo::run(args),
+        Command::Node(args) => node::run(args),
     };
     match outcome {
         Ok(code) => code,

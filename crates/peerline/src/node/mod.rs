@@ -1,0 +1,557 @@
+//! `peerline node`: one long-running node on a real UDP socket — the shell
+//! around `peerline-net`'s driver that a person or a service manager runs.
+//!
+//! It only does what a shell must: settings (flags over a TOML file),
+//! the data directory (identity, host cache), logs, a status file, and
+//! signals. Every protocol decision (which supernode, when to retry, when to
+//! promote) is the core's; the bootstrap list it hands the core is the saved
+//! host cache first, then the seeds.
+
+pub mod config;
+pub mod data_dir;
+
+use anyhow::{bail, Context, Result};
+use config::{key_hex, NodeArgs, NodeRole, NodeSettings, Seed};
+use data_dir::{DataDir, IdentityOrigin};
+use peerline_core::hostcache::HostEntry;
+use peerline_core::{Event, Params, RolePolicy};
+use peerline_net::clock::wall_clock_s;
+use peerline_net::{DriverConfig, DriverLimits, NodeStatus, RunningNode, StartError};
+use peerline_proto::{Addr, Contact};
+use serde::Serialize;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How often the status file is rewritten (and the host cache looked at).
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// A changed host cache is saved at most this often (and at shutdown).
+const HOST_CACHE_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a status line goes to the log.
+const STATUS_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+pub fn run(args: NodeArgs) -> Result<ExitCode> {
+    let settings = config::settings(args)?;
+    init_logging(settings.log_level.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(daemon(settings))
+}
+
+fn init_logging(level: Option<&str>) -> Result<()> {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = match level {
+        Some(level) => EnvFilter::builder()
+            .parse(level)
+            .with_context(|| format!("log level '{level}' is not understood"))?,
+        None => EnvFilter::builder()
+            .with_default_directive(LevelFilter::INFO.into())
+            .from_env()
+            .context("RUST_LOG is not understood; use e.g. info or peerline=debug")?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|error| anyhow::anyhow!("could not start logging: {error}"))
+}
+
+/// What the node starts with: the host cache first, then the seeds. A
+/// seed whose key the cache knows replaces that entry's address (the
+/// operator's word is newer), and the cache gives up places so that every
+/// seed fits in the core's host cache (which keeps `len_max` entries and
+/// refuses newcomers when full).
+pub fn bootstrap_order(cached: &[Contact], seeds: &[Seed], len_max: usize) -> Vec<Contact> {
+    let seeds: Vec<Contact> = seeds
+        .iter()
+        .take(len_max)
+        .map(|seed| Contact {
+            key: seed.key,
+            id_nonce: 0,
+            addr: Addr::from_socket(seed.addr),
+        })
+        .collect();
+    let mut order: Vec<Contact> = Vec::with_capacity(len_max);
+    for contact in cached {
+        if order.len() + seeds.len() >= len_max {
+            break;
+        }
+        if order.iter().any(|c| c.key == contact.key) {
+            continue;
+        }
+        let seed = seeds.iter().find(|s| s.key == contact.key);
+        order.push(match seed {
+            Some(seed) => Contact {
+                addr: seed.addr,
+                ..*contact
+            },
+            None => *contact,
+        });
+    }
+    for seed in seeds {
+        if !order.iter().any(|c| c.key == seed.key) {
+            order.push(seed);
+        }
+    }
+    order
+}
+
+async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
+    // Before anything slow: a signal from now on stops the node politely.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let data = DataDir::open(&settings.data_dir)?;
+    let params = node_params(settings.fast_timers);
+    let (identity, origin) = data.identity(wall_clock_s(), params.device_cert_ttl_s)?;
+    let cached = data.load_host_cache();
+    if let Some(warning) = &cached.warning {
+        tracing::warn!("{warning}");
+    }
+    let bootstrap = bootstrap_order(
+        &cached.contacts,
+        &settings.bootstrap,
+        params.host_cache_len_max,
+    );
+    let policy = match settings.role {
+        NodeRole::Auto => RolePolicy::Auto,
+        NodeRole::Supernode => RolePolicy::SupernodeOnly,
+        NodeRole::Client => RolePolicy::ClientOnly,
+    };
+    if bootstrap.is_empty() {
+        if policy != RolePolicy::SupernodeOnly {
+            bail!("no supernode to start from: give --bootstrap NODE_KEY@ADDR (the first node of a new network runs with --role supernode)");
+        }
+        tracing::info!("no bootstrap supernodes: this is the first supernode of a new network");
+    }
+    tracing::info!(
+        "bootstrap: {} from the host cache, {} seeds given, {} in all",
+        cached.contacts.len(),
+        settings.bootstrap.len(),
+        bootstrap.len()
+    );
+    let advertised = advertised_addr(&settings)?;
+    let config = DriverConfig {
+        listen: settings.listen,
+        advertised,
+        params: Arc::new(params),
+        identity,
+        policy,
+        bootstrap,
+        rng_seed: None,
+        limits: DriverLimits::default(),
+    };
+    let (node, mut events) = RunningNode::start(config)
+        .await
+        .map_err(|error| start_error(error, settings.listen))?;
+    let key = key_hex(&node.device_key());
+    let addr = node.advertised_addr().to_socket();
+    let role = match settings.role {
+        NodeRole::Auto => "auto role (client until promoted)",
+        NodeRole::Supernode => "supernode",
+        NodeRole::Client => "client",
+    };
+    println!(
+        "peerline node · {role} · listening on {} · data in {}",
+        node.local_addr(),
+        data.path().display()
+    );
+    println!(
+        "node key  {key} ({} identity)",
+        match origin {
+            IdentityOrigin::Created => "new",
+            IdentityOrigin::Loaded => "saved",
+        }
+    );
+    println!("messaging {key}:{}", key_hex(&node.account()));
+    println!("bootstrap {key}@{addr}");
+    let _ = std::io::stdout().flush();
+
+    let started = Instant::now();
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved_cache: Vec<Contact> = cached.contacts;
+    let mut saved_at = Instant::now();
+    let mut logged_at = Instant::now();
+    let mut traffic = Traffic::default();
+    let mut traffic_tick =
+        tokio::time::interval(Duration::from_millis(settings.test_traffic_interval_ms));
+    traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let signal = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            event = events.recv() => match event {
+                Some(event) => {
+                    traffic.count(&event);
+                    log_event(&event);
+                }
+                None => bail!("the node stopped on its own; see the log above"),
+            },
+            _ = traffic_tick.tick(), if settings.test_traffic_to.is_some() => {
+                if let Some(to) = settings.test_traffic_to {
+                    traffic.send(&node.control, to).await;
+                }
+            }
+            _ = status_tick.tick() => {
+                let Ok(status) = node.control.status().await else {
+                    bail!("the node stopped on its own; see the log above");
+                };
+                if let Some(path) = &settings.status_file {
+                    write_status(path, &key, addr, &status, &traffic, started.elapsed(), true);
+                }
+                if logged_at.elapsed() >= STATUS_LOG_INTERVAL {
+                    logged_at = Instant::now();
+                    log_status(&status);
+                }
+                let known = known_supernodes(&status.host_cache, &status.members_sample);
+                if saved_at.elapsed() >= HOST_CACHE_SAVE_INTERVAL && contacts(&known) != saved_cache {
+                    saved_at = Instant::now();
+                    saved_cache = contacts(&known);
+                    save_host_cache(&data, &known);
+                }
+            }
+        }
+    };
+    tracing::info!("{signal}: saying goodbye to the node's peers");
+    let last_status = node.control.status().await.ok();
+    match node.shutdown().await {
+        Ok(report) => save_host_cache(
+            &data,
+            &known_supernodes(&report.host_cache, &report.members_sample),
+        ),
+        Err(_) => tracing::warn!("the node was gone before it could say goodbye"),
+    }
+    if let (Some(path), Some(status)) = (&settings.status_file, &last_status) {
+        write_status(path, &key, addr, status, &traffic, started.elapsed(), false);
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn node_params(fast_timers: bool) -> Params {
+    if !fast_timers {
+        return Params::default();
+    }
+    let (params, overrides) = crate::timers::fast();
+    tracing::warn!(
+        "--fast-timers: for networks on one machine only; changed from production: {}",
+        overrides.join("; ")
+    );
+    params
+}
+
+/// The advertised address: the one given, else none when the listen
+/// address is dialable as it is, else the listen port on the address of
+/// the interface that routes outwards (logged, so the operator can check).
+fn advertised_addr(settings: &NodeSettings) -> Result<Option<SocketAddr>> {
+    if let Some(addr) = settings.advertise {
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            bail!("--advertise {addr} cannot be dialed: give this node's reachable IP address and port");
+        }
+        return Ok(Some(addr));
+    }
+    let listen = settings.listen;
+    if !listen.ip().is_unspecified() {
+        return Ok(None);
+    }
+    if listen.port() == 0 {
+        bail!("listening on {listen} with no --advertise: give a fixed port, or --advertise ADDR");
+    }
+    let Some(ip) = outgoing_ip(listen.is_ipv6()) else {
+        bail!("listening on {listen}, which other nodes cannot dial, and no outgoing interface was found: give --advertise ADDR");
+    };
+    let addr = SocketAddr::new(ip, listen.port());
+    tracing::info!(
+        "advertising {addr} (the outgoing interface's address; --advertise sets another)"
+    );
+    Ok(Some(addr))
+}
+
+/// The local address the kernel would send from towards the internet. A
+/// UDP `connect` only looks the route up: nothing is sent.
+fn outgoing_ip(v6: bool) -> Option<IpAddr> {
+    let (local, remote) = if v6 {
+        ("[::]:0", "[2001:db8::1]:9")
+    } else {
+        ("0.0.0.0:0", "192.0.2.1:9")
+    };
+    let socket = UdpSocket::bind(local).ok()?;
+    socket.connect(remote).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+fn start_error(error: StartError, listen: SocketAddr) -> anyhow::Error {
+    match error {
+        StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!(
+                "UDP {listen} is already in use (another node running?): choose another --listen port"
+            )
+        }
+        StartError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
+        {
+            anyhow::anyhow!("cannot listen on {listen}: this machine has no such address")
+        }
+        other => anyhow::anyhow!("the node could not start: {other}"),
+    }
+}
+
+/// What the node saves to start from next time: its host cache, then (a
+/// supernode) the live members it knows that the cache lacks.
+pub fn known_supernodes(host_cache: &[HostEntry], members: &[Contact]) -> Vec<HostEntry> {
+    let mut known = host_cache.to_vec();
+    for member in members {
+        if !known.iter().any(|entry| entry.contact.key == member.key) {
+            known.push(HostEntry {
+                contact: *member,
+                rtt_ms: u16::MAX,
+                failures: 0,
+                not_before_s: 0,
+                hint_rank: 0,
+            });
+        }
+    }
+    known
+}
+
+fn contacts(entries: &[HostEntry]) -> Vec<Contact> {
+    entries.iter().map(|entry| entry.contact).collect()
+}
+
+fn save_host_cache(data: &DataDir, entries: &[HostEntry]) {
+    match data.save_host_cache(entries) {
+        Ok(()) => tracing::debug!("saved {} host cache entries", entries.len()),
+        Err(error) => tracing::warn!("{error:#}"),
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Attached { supernode } => tracing::info!(
+            "attached to supernode {}@{}",
+            key_hex(&supernode.key),
+            supernode.addr.to_socket()
+        ),
+        Event::Detached { supernode, reason } => tracing::info!(
+            "detached from supernode {}@{} ({reason:?})",
+            key_hex(&supernode.key),
+            supernode.addr.to_socket()
+        ),
+        Event::Promoted => tracing::info!("promoted to supernode"),
+        Event::Demoted => tracing::info!("demoted to client"),
+        Event::Reachable => tracing::info!("reachable from other nodes"),
+        Event::MessageReceived {
+            from_device,
+            seq,
+            payload,
+            ..
+        } => tracing::info!(
+            "message {seq} from {} ({} bytes; this daemon has no application to hand it to yet)",
+            key_hex(from_device),
+            payload.len()
+        ),
+        other => tracing::debug!("{other:?}"),
+    }
+}
+
+fn log_status(status: &NodeStatus) {
+    if status.is_supernode {
+        tracing::info!(
+            "supernode · {} clients attached · {} members known · {} records held",
+            status.attached_clients,
+            status.membership_len,
+            status.stored_records
+        );
+    } else {
+        tracing::info!(
+            "client · attached to {} supernodes · {} in the host cache",
+            status.attached.len(),
+            status.host_cache.len()
+        );
+    }
+}
+
+/// Senders whose messages are counted one by one; more are counted together.
+const TRAFFIC_SENDERS_MAX: usize = 1_024;
+
+/// Test traffic (`--test-traffic-to`) and what arrived, for the status file.
+#[derive(Default, Serialize)]
+struct Traffic {
+    /// The last sequence number the node gave a message it sent.
+    sent_last_seq: u64,
+    /// The recipient acknowledged every message up to this one.
+    acked_up_to: u64,
+    /// Sends the node refused (outbox full).
+    refused: u64,
+    /// Messages handed to this node's application, per sending device.
+    received: std::collections::BTreeMap<String, Received>,
+    /// Messages from senders past `TRAFFIC_SENDERS_MAX`.
+    received_other: u64,
+}
+
+#[derive(Default, Serialize)]
+struct Received {
+    count: u64,
+    last_seq: u64,
+}
+
+impl Traffic {
+    async fn send(&mut self, control: &peerline_net::Control, to: config::Recipient) {
+        let payload = format!("test message {}", self.sent_last_seq + 1).into_bytes();
+        match control.send_message(to.device, to.account, payload).await {
+            Ok(seq) => self.sent_last_seq = seq,
+            Err(error) => {
+                self.refused += 1;
+                tracing::warn!("test traffic: {error}");
+            }
+        }
+    }
+
+    fn count(&mut self, event: &Event) {
+        match event {
+            Event::MessageReceived {
+                from_device, seq, ..
+            } => {
+                let sender = key_hex(from_device);
+                if self.received.len() >= TRAFFIC_SENDERS_MAX
+                    && !self.received.contains_key(&sender)
+                {
+                    self.received_other += 1;
+                    return;
+                }
+                let received = self.received.entry(sender).or_default();
+                received.count += 1;
+                received.last_seq = received.last_seq.max(*seq);
+            }
+            Event::MessageAcked { up_to_seq, .. } => {
+                self.acked_up_to = self.acked_up_to.max(*up_to_seq);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The status file's contents (JSON), for scripts and tests.
+#[derive(Serialize)]
+struct StatusFile<'a> {
+    node_key: &'a str,
+    addr: SocketAddr,
+    /// false in the last write, at shutdown.
+    running: bool,
+    role: &'static str,
+    /// Keys of the supernodes this client is attached to.
+    attached: Vec<String>,
+    attached_clients: usize,
+    membership_len: usize,
+    stored_records: usize,
+    host_cache_len: usize,
+    outbox_len: usize,
+    uptime_ms: u64,
+    written_unix_ms: u64,
+    messages: &'a Traffic,
+}
+
+/// Rewrites the status file (side file, then rename: a reader never sees
+/// half of one). A failure is logged, not fatal: the file is a convenience.
+fn write_status(
+    path: &Path,
+    key: &str,
+    addr: SocketAddr,
+    status: &NodeStatus,
+    traffic: &Traffic,
+    uptime: Duration,
+    running: bool,
+) {
+    let file = StatusFile {
+        node_key: key,
+        addr,
+        running,
+        role: if status.is_supernode {
+            "supernode"
+        } else {
+            "client"
+        },
+        attached: status.attached.iter().map(|c| key_hex(&c.key)).collect(),
+        attached_clients: status.attached_clients,
+        membership_len: status.membership_len,
+        stored_records: status.stored_records,
+        host_cache_len: status.host_cache.len(),
+        outbox_len: status.outbox_len,
+        uptime_ms: uptime.as_millis().min(u64::MAX as u128) as u64,
+        written_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                elapsed.as_millis().min(u64::MAX as u128) as u64
+            }),
+        messages: traffic,
+    };
+    let outcome = serde_json::to_vec_pretty(&file)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            let mut side = path.as_os_str().to_owned();
+            side.push(".new");
+            std::fs::write(&side, bytes)?;
+            std::fs::rename(&side, path)
+        });
+    if let Err(error) = outcome {
+        tracing::warn!("cannot write the status file {}: {error}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerline_proto::PublicKey;
+
+    fn contact(byte: u8, port: u16) -> Contact {
+        Contact {
+            key: PublicKey([byte; 32]),
+            id_nonce: 7,
+            addr: Addr::from_socket(SocketAddr::from(([127, 0, 0, 1], port))),
+        }
+    }
+
+    fn seed(byte: u8, port: u16) -> Seed {
+        Seed {
+            key: PublicKey([byte; 32]),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn host_cache_first_then_seeds() {
+        let order = bootstrap_order(
+            &[contact(1, 1), contact(2, 2)],
+            &[seed(3, 3), seed(4, 4)],
+            64,
+        );
+        let keys: Vec<u8> = order.iter().map(|c| c.key.0[0]).collect();
+        assert_eq!(keys, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_seed_known_to_the_cache_keeps_its_place_with_the_given_address() {
+        let order = bootstrap_order(&[contact(1, 1), contact(2, 2)], &[seed(2, 99)], 64);
+        assert_eq!(order.len(), 2);
+        assert_eq!(order[1].addr.to_socket().port(), 99);
+        assert_eq!(order[1].id_nonce, 7, "what the cache knew stays");
+    }
+
+    #[test]
+    fn every_seed_fits_when_the_cache_is_full() {
+        let cached: Vec<Contact> = (0..10).map(|i| contact(i, i as u16 + 1)).collect();
+        let order = bootstrap_order(&cached, &[seed(100, 1), seed(101, 2)], 4);
+        let keys: Vec<u8> = order.iter().map(|c| c.key.0[0]).collect();
+        assert_eq!(keys, vec![0, 1, 100, 101]);
+    }
+}
