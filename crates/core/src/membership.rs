@@ -83,6 +83,14 @@ pub struct Membership {
 const REFUTE_AHEAD_MAX: u32 = 1 << 20;
 /// Announced load at which a member has no room left for another client.
 pub const FULL_LOAD_PCT: u8 = 100;
+/// Highest announced load at which a member is still named as an alternate.
+/// A member just below full (a crash wave's survivor, flapping between 99
+/// and 100 as its clients come and go) has room for a handful of clients,
+/// and every busy supernode that names it sends it hundreds: at 100k
+/// clients, such names were most of the busy answers a re-attaching client
+/// met (the client backs off after each, up to 15 s). Announcements lag by
+/// up to `load_announce_delta_pct`, so this leaves real room.
+pub const ALTERNATE_LOAD_MAX_PCT: u8 = 90;
 
 /// Most urgent updates waiting to be pushed.
 const URGENT_LEN_MAX: usize = 64;
@@ -501,10 +509,11 @@ impl Membership {
         let mut sample: Vec<&Member> = Vec::with_capacity(count * 4);
         for _ in 0..count * 4 {
             if let Some(member) = self.random_other(rng) {
-                // A full member is no alternate: naming it sends the client
-                // into one more busy answer and a longer back-off.
+                // A full (or nearly full) member is no alternate: naming it
+                // sends the client into one more busy answer and a longer
+                // back-off.
                 if member.update.state == MemberState::Alive
-                    && member.update.load_pct < FULL_LOAD_PCT
+                    && member.update.load_pct <= ALTERNATE_LOAD_MAX_PCT
                     && !sample.iter().any(|m| m.id == member.id)
                 {
                     sample.push(member);
@@ -839,11 +848,12 @@ mod tests {
         let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000);
         for i in 1..40 {
             let (id, mut u) = update(i);
-            // Every third member is full; the others have room.
-            u.load_pct = if i % 3 == 0 {
-                FULL_LOAD_PCT
-            } else {
-                (i % 90) as u8
+            // Every third member is full, every third nearly full; the
+            // others have room.
+            u.load_pct = match i % 3 {
+                0 => FULL_LOAD_PCT,
+                1 => ALTERNATE_LOAD_MAX_PCT + 1 + (i % 9) as u8,
+                _ => (i % 91) as u8,
             };
             m.apply(id, u, Instant::ZERO, 1000);
         }
@@ -858,8 +868,8 @@ mod tests {
                     .find(|x| x.update.contact == contact)
                     .unwrap();
                 assert!(
-                    member.update.load_pct < FULL_LOAD_PCT,
-                    "a full member named"
+                    member.update.load_pct <= ALTERNATE_LOAD_MAX_PCT,
+                    "a (nearly) full member named"
                 );
             }
         }
