@@ -209,6 +209,19 @@ impl Lab {
             masquerade.push("--random-fully");
         }
         run(&[&exec[..], &masquerade[..]].concat());
+        // A home router's firewall: unsolicited packets to the router
+        // itself are dropped before conntrack confirms them. Without it
+        // the first punch packet from the peer leaves a conntrack entry
+        // (port unreachable) that makes MASQUERADE pick another port for
+        // this side's own punch packets to that peer.
+        run(&[
+            &exec[..],
+            &[
+                "iptables", "-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW",
+                "-j", "DROP",
+            ][..],
+        ]
+        .concat());
         run(&[
             &exec[..],
             &[
@@ -271,6 +284,158 @@ fn start_in(fleet: &mut Fleet, ns: &str, name: &str, args: &[&str]) -> usize {
 
 fn status_of(fleet: &Fleet, index: usize) -> Value {
     fleet.nodes[index].status().unwrap_or(Value::Null)
+}
+
+fn paths(status: &Value) -> Vec<Value> {
+    status["paths"].as_array().cloned().unwrap_or_default()
+}
+
+/// The path `status` reports to `peer` ("direct", "failed", …), if any.
+fn path_to(status: &Value, peer: &str) -> Option<String> {
+    paths(status)
+        .iter()
+        .rev()
+        .find(|path| path["peer"].as_str() == Some(peer))
+        .and_then(|path| path["path"].as_str().map(str::to_string))
+}
+
+/// Four clients behind lossy NATs (a, b: cone; c, d: symmetric) attach to
+/// two public supernodes; a punches to b (cone↔cone), b to c
+/// (cone↔symmetric), c to d (symmetric↔symmetric). Per RFC 4787, a pair
+/// gets a direct path when at least one side's mapping is
+/// endpoint-independent *and* the other side's packets can pass its
+/// filter: with address-and-port-dependent filtering on the cone side
+/// (Linux conntrack), only cone↔cone does; cone↔symmetric and
+/// symmetric↔symmetric need a relay.
+#[test]
+fn hole_punching_gives_cone_pairs_a_direct_path_and_no_other() {
+    if !lab_can_run("nat") {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new("p");
+    let public = lab.public();
+    let kinds = [
+        NatKind::Cone,
+        NatKind::Cone,
+        NatKind::Symmetric,
+        NatKind::Symmetric,
+    ];
+    let sites: Vec<Site> = kinds
+        .iter()
+        .enumerate()
+        .map(|(index, kind)| lab.site(&public, index as u8, *kind))
+        .collect();
+    let mut fleet = Fleet::new("nat");
+    let first = start_in(
+        &mut fleet,
+        &public,
+        "s0",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4433",
+            "--fast-timers",
+        ],
+    );
+    let seed0 = fleet.bootstrap_of(first, Duration::from_secs(60));
+    let second = start_in(
+        &mut fleet,
+        &public,
+        "s1",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4434",
+            "--fast-timers",
+            "--bootstrap",
+            &seed0,
+        ],
+    );
+    let seed1 = fleet.bootstrap_of(second, Duration::from_secs(60));
+    // d first: each client connects to the one started before it.
+    let mut clients = vec![0; sites.len()];
+    let mut messaging: Vec<String> = vec![String::new(); sites.len()];
+    for index in (0..sites.len()).rev() {
+        let site = &sites[index];
+        let listen = format!("{}:4433", site.client_ip);
+        let name = format!("c{index}");
+        let mut args = vec![
+            "--role",
+            "client",
+            "--listen",
+            &listen,
+            "--fast-timers",
+            "--bootstrap",
+            &seed0,
+            &seed1,
+        ];
+        let target = messaging.get(index + 1).cloned().unwrap_or_default();
+        if !target.is_empty() {
+            args.extend(["--connect-to", &target]);
+        }
+        let node = start_in(&mut fleet, &site.client_ns, &name, &args);
+        fleet.bootstrap_of(node, Duration::from_secs(30));
+        messaging[index] = fleet.nodes[node].messaging.clone().expect("messaging line");
+        clients[index] = node;
+    }
+    let device = |index: usize| {
+        messaging[index]
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let pairs = [
+        (0, 1, "cone-cone"),
+        (1, 2, "cone-symmetric"),
+        (2, 3, "symmetric-symmetric"),
+    ];
+    let settled = fleet.wait_until(Duration::from_secs(90), |nodes| {
+        pairs.iter().all(|&(from, to, _)| {
+            let status = nodes[clients[from]].status().unwrap_or(Value::Null);
+            matches!(
+                path_to(&status, &device(to)).as_deref(),
+                Some("direct" | "relayed")
+            ) || paths(&status)
+                .iter()
+                .filter(|path| path["path"] == "failed")
+                .count()
+                >= 1
+        })
+    });
+    let mut outcomes = Vec::new();
+    for &(from, to, name) in &pairs {
+        let status = status_of(&fleet, clients[from]);
+        let seen_by_peer = path_to(&status_of(&fleet, clients[to]), &device(from));
+        let path = path_to(&status, &device(from).replace(&device(from), &device(to)));
+        let detail = paths(&status)
+            .iter()
+            .rev()
+            .find(|p| p["peer"].as_str() == Some(device(to).as_str()))
+            .map(|p| format!("{} after {} ms", p["addr"], p["elapsed_ms"]))
+            .unwrap_or_default();
+        outcomes.push((name, path, seen_by_peer, detail));
+    }
+    eprintln!(
+        "nat: {LOSS_PROBABILITY} loss per router each way, no delay; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (name, path, seen_by_peer, detail) in &outcomes {
+        eprintln!("nat: {name}: {path:?} (the peer says {seen_by_peer:?}) {detail}");
+    }
+    assert!(
+        settled,
+        "not every pair finished punching in 90 s: {outcomes:?}"
+    );
+    let (_, cone_cone, cone_cone_peer, _) = &outcomes[0];
+    assert_eq!(cone_cone.as_deref(), Some("direct"), "{outcomes:?}");
+    assert_eq!(cone_cone_peer.as_deref(), Some("direct"), "{outcomes:?}");
+    for (name, path, _, _) in &outcomes[1..] {
+        assert_ne!(path.as_deref(), Some("direct"), "{name}: {outcomes:?}");
+    }
 }
 
 #[test]
