@@ -217,8 +217,17 @@ impl Lab {
         run(&[
             &exec[..],
             &[
-                "iptables", "-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW",
-                "-j", "DROP",
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
             ][..],
         ]
         .concat());
