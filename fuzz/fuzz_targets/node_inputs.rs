@@ -472,6 +472,9 @@ enum MessageChoice {
     MailBatch(KeyChoice, Vec<EnvelopeChoice>, bool),
     MailDone(Vec<[u8; 16]>),
     MailDelete(KeyChoice, Vec<[u8; 16]>),
+    PunchCandidates(u64, KeyChoice, KeyChoice, AddrChoice, AddrChoice, bool, Vec<AddrChoice>),
+    PathPing(u64),
+    PathPong(u64),
 }
 
 /// An envelope: signed by the stranger to the client or the reverse (valid
@@ -694,6 +697,25 @@ impl MessageChoice {
                 device: device.build(),
                 ids: envelope_ids(ids),
             },
+            MessageChoice::PunchCandidates(
+                session,
+                from_device,
+                to_device,
+                to_supernode,
+                reply_supernode,
+                answer,
+                candidates,
+            ) => Message::PunchCandidates {
+                session: *session,
+                from_device: from_device.build(),
+                to_device: to_device.build(),
+                to_supernode: to_supernode.build(),
+                reply_supernode: reply_supernode.build(),
+                answer: *answer,
+                candidates: BoundedVec::truncating(candidates.iter().map(|c| c.build())),
+            },
+            MessageChoice::PathPing(session) => Message::PathPing { session: *session },
+            MessageChoice::PathPong(session) => Message::PathPong { session: *session },
         }
     }
 }

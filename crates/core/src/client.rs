@@ -104,6 +104,8 @@ pub struct ClientState {
     /// that outlasts the first round is closed faster, while one round is
     /// enough in a large network.
     busy_checks: u32,
+    /// Hole punching towards other devices (`punch.rs`).
+    pub(crate) punch: crate::punch::Punch,
 }
 
 impl ClientState {
@@ -134,7 +136,7 @@ impl ClientState {
     }
 
     pub(crate) fn next_deadline(&self) -> Instant {
-        let mut deadline = Instant::NEVER;
+        let mut deadline = self.punch.next_deadline();
         for attachment in &self.attachments {
             deadline = deadline.min(attachment.deadline);
         }
@@ -310,6 +312,14 @@ impl ClientState {
     }
 
     pub(crate) fn handle(&mut self, io: &mut Io, from: peerline_proto::Addr, message: Message) {
+        if matches!(
+            message,
+            Message::PunchCandidates { .. } | Message::PathPing { .. } | Message::PathPong { .. }
+        ) {
+            let supernodes: Vec<_> = self.attached().iter().map(|c| c.addr).collect();
+            self.punch.handle(io, from, message, &supernodes);
+            return;
+        }
         let Some(index) = self.attachment_index(&from) else {
             match message {
                 Message::Probe { token } if token == self.probe_token && token != 0 => {
@@ -562,6 +572,7 @@ impl ClientState {
     }
 
     pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
+        self.punch.handle_timeout(io);
         let now = io.now.instant;
         let mut index = 0;
         while index < self.attachments.len() {

@@ -16,10 +16,12 @@ pub mod membership;
 pub mod node;
 pub mod overload;
 pub mod params;
+pub mod punch;
 pub mod supernode;
 pub mod time;
 
 pub use identity::{CryptoMode, DeviceIdentity, Keypair};
 pub use node::{DetachReason, Event, Node, NodeConfig, NodeStats, RolePolicy, Transmit};
 pub use params::Params;
+pub use punch::{PathCommand, PathFailure, PathKind, PathReport};
 pub use time::{Instant, Now};

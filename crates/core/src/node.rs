@@ -67,6 +67,18 @@ pub enum Event {
         to_device: PublicKey,
         up_to_seq: u64,
     },
+    /// A connection to `peer` carries traffic both ways (`punch.rs`).
+    PathUp {
+        peer: PublicKey,
+        kind: crate::punch::PathKind,
+        addr: Addr,
+        elapsed_ms: u64,
+    },
+    /// No path to `peer` came up.
+    PathFailed {
+        peer: PublicKey,
+        reason: crate::punch::PathFailure,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,6 +388,9 @@ impl Node {
     }
 
     fn handle_message(&mut self, now: Now, from: Addr, message: Message) {
+        if let Role::Client(client) = &mut self.role {
+            client.punch.local = Some(self.advertised_addr);
+        }
         let mut promote = false;
         let mut demote = false;
         if self.is_supernode() {
@@ -436,6 +451,50 @@ impl Node {
             outcome = client.send_message(io, to_device, to_account, payload)
         });
         outcome
+    }
+
+    /// Starts a direct connection (hole punching) to the device whose
+    /// presence record this is (clients only; the outcome comes as
+    /// [`Event::PathUp`] or [`Event::PathFailed`]).
+    pub fn connect_peer(&mut self, now: Now, record: &PresenceRecord) {
+        let advertised = self.advertised_addr;
+        self.with_client(now, |client, io| {
+            client.punch.local = Some(advertised);
+            let attached = client.attached();
+            client.punch.start(io, record, &attached);
+        });
+    }
+
+    /// The driver's answer to [`crate::PathCommand::Stun`].
+    pub fn reflexive_found(&mut self, now: Now, server: Addr, reflexive: Option<Addr>) {
+        self.with_client(now, |client, io| {
+            client.punch.reflexive_found(io, server, reflexive)
+        });
+    }
+
+    /// What the driver must do for hole punching next.
+    pub fn poll_path_command(&mut self) -> Option<crate::PathCommand> {
+        match &mut self.role {
+            Role::Client(client) => client.punch.poll_command(),
+            Role::Supernode(_) => None,
+        }
+    }
+
+    /// The device key a dial to `addr` must meet, when `addr` is a punching
+    /// peer's candidate.
+    pub fn path_peer_key(&self, addr: &Addr) -> Option<PublicKey> {
+        match &self.role {
+            Role::Client(client) => client.punch.peer_at(addr),
+            Role::Supernode(_) => None,
+        }
+    }
+
+    /// Connections to peers: running, up (and how) or failed.
+    pub fn paths(&self) -> Vec<crate::PathReport> {
+        match &self.role {
+            Role::Client(client) => client.punch.reports(),
+            Role::Supernode(_) => Vec::new(),
+        }
     }
 
     /// Messages waiting for their recipient's acknowledgement.

@@ -484,6 +484,10 @@ impl SupernodeState {
                     self.mailbox.delete(&device, id);
                 }
             }
+            message @ Message::PunchCandidates { .. } => {
+                let own = self.contact().addr;
+                crate::punch::forward(io, &self.clients, own, from, message);
+            }
             _ => io.stats.messages_unexpected += 1,
         }
     }

@@ -435,6 +435,25 @@ impl DemuxHandle {
         self.shared.counters.snapshot()
     }
 
+    /// Sends one datagram from the node's port as it is (hole-punching
+    /// packets: a Binding request, which a peerline node answers and any
+    /// NAT on the way takes for outgoing traffic). A full socket buffer
+    /// loses it, as the network might.
+    pub fn send_punch(&self, to: SocketAddr) -> io::Result<()> {
+        let (_transaction, request) = stun::binding_request();
+        let sent = self.shared.inner.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: &request,
+            segment_size: None,
+            src_ip: None,
+        });
+        match sent {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            other => other,
+        }
+    }
+
     /// Transactions waiting for an answer (at most `stun_transactions_max`).
     pub fn stun_transactions_len(&self) -> usize {
         lock(&self.shared.pending).len()

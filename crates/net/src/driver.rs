@@ -15,8 +15,10 @@ use crate::stun::StunError;
 use crate::tls::NodeCertificate;
 use peerline_core::hostcache::HostEntry;
 use peerline_core::mail::SendError;
-use peerline_core::{DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, RolePolicy};
-use peerline_proto::{Addr, Contact, PublicKey};
+use peerline_core::{
+    DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, PathCommand, PathReport, RolePolicy,
+};
+use peerline_proto::{Addr, Contact, PresenceRecord, PublicKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +128,9 @@ pub struct NodeStatus {
     pub node: NodeStats,
     pub links: LinkStats,
     pub demux: DemuxStats,
+    /// Connections to peers (hole punching): running, up (direct or
+    /// relayed) or failed.
+    pub paths: Vec<PathReport>,
 }
 
 /// What the driver counted over the node's life.
@@ -156,8 +161,13 @@ enum Command {
         server: SocketAddr,
         reply: oneshot::Sender<Result<SocketAddr, StunError>>,
     },
+    ConnectPeer(Box<PresenceRecord>),
     Shutdown,
 }
+
+/// Hole-punching tasks (STUN for the reflexive address, sprays) a node
+/// runs at once; a command beyond it is dropped (the core times out).
+pub const PATH_TASKS_MAX: usize = 16;
 
 /// Commands to a running node; cheap to clone and share across tasks.
 #[derive(Clone, Debug)]
@@ -172,6 +182,7 @@ impl std::fmt::Debug for Command {
             Command::SendMessage { .. } => "SendMessage",
             Command::Status(_) => "Status",
             Command::StunBinding { .. } => "StunBinding",
+            Command::ConnectPeer(_) => "ConnectPeer",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -231,6 +242,19 @@ impl Control {
             .await
             .map_err(|_| StunError::Gone)?;
         answer.await.map_err(|_| StunError::Gone)?
+    }
+}
+
+impl Control {
+    /// Opens a direct connection (hole punching through both devices'
+    /// supernodes) to the device whose presence record this is (from a
+    /// lookup); the outcome comes as [`Event::PathUp`] or
+    /// [`Event::PathFailed`], and in [`NodeStatus::paths`].
+    pub async fn connect_peer(&self, record: PresenceRecord) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::ConnectPeer(Box::new(record)))
+            .await
+            .map_err(|_| NodeGone)
     }
 }
 
@@ -311,6 +335,7 @@ impl RunningNode {
         let contact = node.supernode_contact();
         let (command_sender, commands) = mpsc::channel(config.limits.commands_len_max.max(1));
         let (event_sender, events) = mpsc::channel(config.limits.events_len_max.max(1));
+        let (reflexive_sender, reflexive) = mpsc::channel(PATH_TASKS_MAX);
         let driver = Driver {
             node,
             clock,
@@ -323,6 +348,9 @@ impl RunningNode {
             shutdown_flush: config.limits.shutdown_flush,
             demux,
             stun_tasks: JoinSet::new(),
+            path_tasks: JoinSet::new(),
+            reflexive_sender,
+            reflexive,
         };
         let running = RunningNode {
             control: Control {
@@ -393,12 +421,19 @@ struct Driver {
     /// STUN Binding transactions of this node (at most
     /// `stun_transactions_max`; aborted when the node stops).
     stun_tasks: JoinSet<()>,
+    /// Hole punching's STUN and spray tasks (at most `PATH_TASKS_MAX`).
+    path_tasks: JoinSet<()>,
+    reflexive_sender: mpsc::Sender<(Addr, Option<Addr>)>,
+    reflexive: mpsc::Receiver<(Addr, Option<Addr>)>,
 }
 
 /// The key the node's host cache gives for `addr`, when it gives exactly
 /// one: a dial to a supernode the node knows then fails unless the peer
 /// proves that key (the core checks supernode keys only through this).
 fn known_key(node: &Node, addr: &Addr) -> Option<PublicKey> {
+    if let Some(peer) = node.path_peer_key(addr) {
+        return Some(peer);
+    }
     let mut keys = node
         .host_cache()
         .entries()
@@ -422,6 +457,9 @@ impl Driver {
                 },
                 Some((from, frame)) = self.inbound.recv() => {
                     self.node.handle(self.clock.now(), from, &frame);
+                }
+                Some((server, reflexive)) = self.reflexive.recv() => {
+                    self.node.reflexive_found(self.clock.now(), server, reflexive);
                 }
                 Some((addr, connection)) = self.dialed.recv() => {
                     self.links.read_dialed(addr, connection);
@@ -450,6 +488,9 @@ impl Driver {
     /// Hands out what the node produced: frames to the links (never
     /// waiting), events to the application (waiting for room).
     async fn flush(&mut self) {
+        while let Some(command) = self.node.poll_path_command() {
+            self.path_command(command);
+        }
         while let Some(transmit) = self.node.poll_transmit() {
             let node = &self.node;
             let to = transmit.to;
@@ -458,6 +499,42 @@ impl Driver {
         while let Some(event) = self.node.poll_event() {
             // An application that dropped its receiver wants no events.
             let _ = self.events.send(event).await;
+        }
+    }
+
+    /// Executes what hole punching asks, in tasks of the driver's.
+    fn path_command(&mut self, command: PathCommand) {
+        while self.path_tasks.try_join_next().is_some() {}
+        if self.path_tasks.len() >= PATH_TASKS_MAX {
+            return;
+        }
+        let demux = self.demux.clone();
+        match command {
+            PathCommand::Stun { server } => {
+                let answers = self.reflexive_sender.clone();
+                self.path_tasks.spawn(async move {
+                    let reflexive = demux.stun_binding(server.to_socket()).await.ok();
+                    let _ = answers
+                        .send((server, reflexive.map(Addr::from_socket)))
+                        .await;
+                });
+            }
+            PathCommand::Spray {
+                targets,
+                count,
+                interval_ms,
+            } => {
+                self.path_tasks.spawn(async move {
+                    for round in 0..count {
+                        if round > 0 {
+                            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                        }
+                        for target in &targets {
+                            let _ = demux.send_punch(target.to_socket());
+                        }
+                    }
+                });
+            }
         }
     }
 
@@ -484,6 +561,7 @@ impl Driver {
                     let _ = reply.send(demux.stun_binding(server).await);
                 });
             }
+            Command::ConnectPeer(record) => self.node.connect_peer(now, &record),
             Command::Shutdown => {}
         }
     }
@@ -502,6 +580,7 @@ impl Driver {
             node: self.node.stats().clone(),
             links: self.links.stats(),
             demux: self.demux.stats(),
+            paths: self.node.paths(),
         }
     }
 }

@@ -21,6 +21,8 @@ pub const SYNC_PAGE_MEMBERS_MAX: usize = 128;
 pub const MAIL_BATCH_MAX: usize = 4;
 /// Most envelope IDs in one delete.
 pub const MAIL_IDS_MAX: usize = 16;
+/// Most address candidates a device offers for hole punching.
+pub const PUNCH_CANDIDATES_MAX: usize = 8;
 
 /// Why a supernode turned a request away.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
@@ -203,6 +205,32 @@ pub enum Message {
         device: PublicKey,
         ids: BoundedVec<EnvelopeId, MAIL_IDS_MAX>,
     },
+
+    // ---- hole punching (device ↔ its supernode ↔ the peer's supernode ↔ the peer) ----
+    /// The addresses a device can be reached at (its reflexive address from
+    /// STUN against its supernode, then its local ones), for `to_device`.
+    /// The sender's supernode checks `from_device` is the attached client
+    /// that sent it and forwards it to `to_supernode` (one the recipient's
+    /// presence record names) unless `to_device` is attached to itself;
+    /// that supernode hands it to `to_device`. `reply_supernode` is where
+    /// the answer goes (the sender's supernode). `answer`: this answers an
+    /// offer with the same `session`.
+    PunchCandidates {
+        session: u64,
+        from_device: PublicKey,
+        to_device: PublicKey,
+        to_supernode: Addr,
+        reply_supernode: Addr,
+        answer: bool,
+        candidates: BoundedVec<Addr, PUNCH_CANDIDATES_MAX>,
+    },
+    /// Peer → peer over a punched path: does it carry traffic both ways?
+    PathPing {
+        session: u64,
+    },
+    PathPong {
+        session: u64,
+    },
 }
 
 impl Message {
@@ -240,6 +268,9 @@ impl Message {
             Message::MailBatch { .. } => MessageKind::MailBatch,
             Message::MailDone { .. } => MessageKind::MailDone,
             Message::MailDelete { .. } => MessageKind::MailDelete,
+            Message::PunchCandidates { .. } => MessageKind::PunchCandidates,
+            Message::PathPing { .. } => MessageKind::PathPing,
+            Message::PathPong { .. } => MessageKind::PathPong,
         }
     }
 }
@@ -278,6 +309,9 @@ pub enum MessageKind {
     MailBatch,
     MailDone,
     MailDelete,
+    PunchCandidates,
+    PathPing,
+    PathPong,
 }
 
 impl MessageKind {
@@ -315,6 +349,9 @@ impl MessageKind {
             28 => MessageKind::MailBatch,
             29 => MessageKind::MailDone,
             30 => MessageKind::MailDelete,
+            31 => MessageKind::PunchCandidates,
+            32 => MessageKind::PathPing,
+            33 => MessageKind::PathPong,
             _ => return None,
         })
     }
@@ -363,6 +400,17 @@ mod tests {
                 target: Addr::default(),
                 token: 5,
             },
+            Message::PunchCandidates {
+                session: 7,
+                from_device: PublicKey([3; 32]),
+                to_device: PublicKey([4; 32]),
+                to_supernode: Addr::default(),
+                reply_supernode: Addr::default(),
+                answer: true,
+                candidates: BoundedVec::new(),
+            },
+            Message::PathPing { session: 8 },
+            Message::PathPong { session: 9 },
         ];
         for message in samples {
             assert_eq!(

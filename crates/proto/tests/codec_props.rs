@@ -11,7 +11,7 @@
 
 use peerline_proto::message::{
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX,
-    SYNC_PAGE_MEMBERS_MAX,
+    PUNCH_CANDIDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use peerline_proto::{
     decode, encode, encode_version_info, encode_versioned, peek_kind, Addr, BoundedVec, BusyReason,
@@ -369,6 +369,34 @@ fn message() -> impl Strategy<Value = Message> {
         envelope_ids().prop_map(|ids| Message::MailDone { ids }),
         (public_key(), envelope_ids())
             .prop_map(|(device, ids)| Message::MailDelete { device, ids }),
+        (
+            any::<u64>(),
+            (public_key(), public_key()),
+            (addr(), addr()),
+            any::<bool>(),
+            bounded::<_, PUNCH_CANDIDATES_MAX>(addr())
+        )
+            .prop_map(
+                |(
+                    session,
+                    (from_device, to_device),
+                    (to_supernode, reply_supernode),
+                    answer,
+                    candidates,
+                )| {
+                    Message::PunchCandidates {
+                        session,
+                        from_device,
+                        to_device,
+                        to_supernode,
+                        reply_supernode,
+                        answer,
+                        candidates,
+                    }
+                }
+            ),
+        any::<u64>().prop_map(|session| Message::PathPing { session }),
+        any::<u64>().prop_map(|session| Message::PathPong { session }),
     ]
 }
 
@@ -407,7 +435,10 @@ fn every_variant_is_covered(m: &Message) {
         | Message::MailFetch { .. }
         | Message::MailBatch { .. }
         | Message::MailDone { .. }
-        | Message::MailDelete { .. } => {}
+        | Message::MailDelete { .. }
+        | Message::PunchCandidates { .. }
+        | Message::PathPing { .. }
+        | Message::PathPong { .. } => {}
     }
 }
 
@@ -630,6 +661,13 @@ fn empty_and_oversized_datagrams_are_refused() {
 }
 
 /// A contact whose fields all take their longest encoding.
+fn widest_addr() -> Addr {
+    Addr {
+        ip: [0xff; 16],
+        port: u16::MAX,
+    }
+}
+
 fn widest_contact(i: u8) -> Contact {
     Contact {
         key: PublicKey([i; 32]),
@@ -831,6 +869,20 @@ fn widest_messages() -> Vec<Message> {
             device: PublicKey([0x9c; 32]),
             ids: BoundedVec::truncating((0..=255u8).map(|i| EnvelopeId([i; 16]))),
         },
+        Message::PunchCandidates {
+            session: u64::MAX,
+            from_device: PublicKey([0x9d; 32]),
+            to_device: PublicKey([0x9e; 32]),
+            to_supernode: widest_addr(),
+            reply_supernode: widest_addr(),
+            answer: true,
+            candidates: BoundedVec::truncating(std::iter::repeat_n(
+                widest_addr(),
+                PUNCH_CANDIDATES_MAX,
+            )),
+        },
+        Message::PathPing { session: u64::MAX },
+        Message::PathPong { session: u64::MAX },
     ];
     assert_one_per_variant(&out);
     out
@@ -1081,6 +1133,17 @@ fn typical_messages() -> Vec<Message> {
             device: PublicKey([16; 32]),
             ids: BoundedVec::truncating([EnvelopeId([17; 16]), EnvelopeId([18; 16])]),
         },
+        Message::PunchCandidates {
+            session: 19,
+            from_device: PublicKey([20; 32]),
+            to_device: PublicKey([21; 32]),
+            to_supernode: Addr::default(),
+            reply_supernode: Addr::default(),
+            answer: false,
+            candidates: BoundedVec::truncating([Addr::default()]),
+        },
+        Message::PathPing { session: 22 },
+        Message::PathPong { session: 23 },
     ];
     assert_one_per_variant(&out);
     out

@@ -77,6 +77,11 @@ pub struct NodeArgs {
     /// Period of the test traffic [default: 1000].
     #[arg(long, value_name = "MS")]
     pub test_traffic_interval_ms: Option<u64>,
+    /// For tests: open a direct connection to this device
+    /// (DEVICE_KEY:ACCOUNT_KEY) by hole punching through both devices'
+    /// supernodes, once attached; the status file's `paths` says how it went.
+    #[arg(long, value_name = "DEVICE_KEY:ACCOUNT_KEY", value_parser = Recipient::from_str)]
+    pub connect_to: Option<Recipient>,
 }
 
 /// Test traffic's period bounds: a message per 100 ms at most.
@@ -237,6 +242,7 @@ pub struct NodeSettings {
     pub fast_timers: bool,
     pub test_traffic_to: Option<Recipient>,
     pub test_traffic_interval_ms: u64,
+    pub connect_to: Option<Recipient>,
 }
 
 /// Reads the config file (if any) and merges it under the flags.
@@ -296,6 +302,7 @@ pub fn settings(args: NodeArgs) -> Result<NodeSettings> {
         status_file: args.status_file.or_else(|| from_file(file.status_file)),
         fast_timers: args.fast_timers || file.fast_timers.unwrap_or(false),
         test_traffic_to: args.test_traffic_to.or(file.test_traffic_to),
+        connect_to: args.connect_to,
         test_traffic_interval_ms,
     })
 }

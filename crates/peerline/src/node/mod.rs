@@ -185,12 +185,16 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     let mut traffic_tick =
         tokio::time::interval(Duration::from_millis(settings.test_traffic_interval_ms));
     traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connect = Connect::default();
     let signal = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
             event = events.recv() => match event {
                 Some(event) => {
+                    if let Some(to) = settings.connect_to {
+                        connect.on_event(&node.control, to, &event).await;
+                    }
                     traffic.count(&event);
                     log_event(&event);
                 }
@@ -205,6 +209,9 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
                 let Ok(status) = node.control.status().await else {
                     bail!("the node stopped on its own; see the log above");
                 };
+                if let Some(to) = settings.connect_to {
+                    connect.tick(&node.control, to, &status).await;
+                }
                 if let Some(path) = &settings.status_file {
                     write_status(path, &key, addr, &status, &traffic, started.elapsed(), true);
                 }
@@ -459,10 +466,127 @@ struct StatusFile<'a> {
     uptime_ms: u64,
     written_unix_ms: u64,
     messages: &'a Traffic,
+    /// `--connect-to`'s connections: which path each took.
+    paths: Vec<PathLine>,
 }
 
 /// Rewrites the status file (side file, then rename: a reader never sees
 /// half of one). A failure is logged, not fatal: the file is a convenience.
+/// `--connect-to`: look the device up once attached, then punch; again
+/// after a failure, at most `CONNECT_ATTEMPTS_MAX` times.
+#[derive(Default)]
+struct Connect {
+    looking_up_since: Option<Instant>,
+    connecting: bool,
+    up: bool,
+    attempts: u32,
+}
+
+const CONNECT_ATTEMPTS_MAX: u32 = 3;
+const CONNECT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Connect {
+    async fn tick(
+        &mut self,
+        control: &peerline_net::Control,
+        to: config::Recipient,
+        status: &NodeStatus,
+    ) {
+        let lookup_pending = self
+            .looking_up_since
+            .is_some_and(|since| since.elapsed() < CONNECT_LOOKUP_TIMEOUT);
+        if self.up || self.connecting || lookup_pending || status.attached.is_empty() {
+            return;
+        }
+        if self.attempts >= CONNECT_ATTEMPTS_MAX {
+            return;
+        }
+        self.looking_up_since = Some(Instant::now());
+        let _ = control.lookup(to.account).await;
+    }
+
+    async fn on_event(
+        &mut self,
+        control: &peerline_net::Control,
+        to: config::Recipient,
+        event: &Event,
+    ) {
+        match event {
+            Event::LookupDone {
+                account,
+                record: Some(record),
+                ..
+            } if *account == to.account
+                && self.looking_up_since.is_some()
+                && record.body.cert.body.device_key == to.device =>
+            {
+                self.looking_up_since = None;
+                self.connecting = true;
+                self.attempts += 1;
+                tracing::info!(
+                    "connecting to {} (attempt {})",
+                    key_hex(&to.device),
+                    self.attempts
+                );
+                let _ = control.connect_peer((**record).clone()).await;
+            }
+            Event::LookupDone { account, .. } if *account == to.account => {
+                self.looking_up_since = None;
+            }
+            Event::PathUp {
+                peer,
+                kind,
+                addr,
+                elapsed_ms,
+            } if *peer == to.device => {
+                self.up = true;
+                self.connecting = false;
+                tracing::info!(
+                    "path to {} is up: {kind:?} via {} after {elapsed_ms} ms",
+                    key_hex(peer),
+                    addr.to_socket()
+                );
+            }
+            Event::PathFailed { peer, reason } if *peer == to.device => {
+                self.connecting = false;
+                tracing::info!("no path to {}: {reason:?}", key_hex(peer));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PathLine {
+    peer: String,
+    session: u64,
+    /// "direct", "relayed", "failed" or "connecting".
+    path: &'static str,
+    addr: Option<SocketAddr>,
+    failure: Option<String>,
+    elapsed_ms: u64,
+}
+
+fn path_lines(status: &NodeStatus) -> Vec<PathLine> {
+    status
+        .paths
+        .iter()
+        .map(|report| PathLine {
+            peer: key_hex(&report.peer),
+            session: report.session,
+            path: match (report.kind, report.failure) {
+                (Some(peerline_core::PathKind::Direct), _) => "direct",
+                (Some(peerline_core::PathKind::Relayed), _) => "relayed",
+                (None, Some(_)) => "failed",
+                (None, None) => "connecting",
+            },
+            addr: report.addr.map(|addr| addr.to_socket()),
+            failure: report.failure.map(|failure| format!("{failure:?}")),
+            elapsed_ms: report.elapsed_ms,
+        })
+        .collect()
+}
+
 fn write_status(
     path: &Path,
     key: &str,
@@ -494,6 +618,7 @@ fn write_status(
                 elapsed.as_millis().min(u64::MAX as u128) as u64
             }),
         messages: traffic,
+        paths: path_lines(status),
     };
     let outcome = serde_json::to_vec_pretty(&file)
         .map_err(std::io::Error::other)

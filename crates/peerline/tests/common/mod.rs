@@ -167,6 +167,18 @@ impl Fleet {
     }
 
     pub fn start_in(&mut self, name: &str, data_dir: &Path, args: &[&str]) -> usize {
+        self.start_wrapped(name, data_dir, &[], args)
+    }
+
+    /// [`Fleet::start_in`] with a command in front of the binary (e.g.
+    /// `ip netns exec NS`, which execs it: the child is the node itself).
+    pub fn start_wrapped(
+        &mut self,
+        name: &str,
+        data_dir: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> usize {
         let status_file = self.dir.join(format!("{name}.status.json"));
         let log_file = self.dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&status_file);
@@ -175,7 +187,15 @@ impl Fleet {
             .append(true)
             .open(&log_file)
             .expect("log file");
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .arg("node")
             .arg("--data-dir")
             .arg(data_dir)

@@ -1,0 +1,544 @@
+//! Hole punching, sans-IO: when to start, which candidates to offer, the
+//! exchange through the supernodes, retries and time-outs. The driver only
+//! executes what this asks ([`PathCommand`]) and feeds back what it learnt
+//! ([`crate::Node::reflexive_found`]).
+//!
+//! ```text
+//! A                    A's supernode          B's supernode               B
+//! |-- Stun ------------>|  (reflexive address)
+//! |-- PunchCandidates -->|-- PunchCandidates -->|-- PunchCandidates -------->|
+//! |                      |                      |<-- Stun ------------------|
+//! |<-- PunchCandidates --|<-- PunchCandidates --|<-- PunchCandidates (answer)|
+//! |== spray to B's candidates ====================== spray to A's candidates |
+//! |-- PathPing (over QUIC, dialled by the lower device key) --------------->|
+//! |<------------------------------------------------------------ PathPong --|
+//! ```
+//!
+//! Both sides spray small packets at the other's candidates at the same
+//! time (each opens its own NAT for the other's packets); the side with
+//! the lower device key is the QUIC client: its `PathPing` to every
+//! candidate makes the driver dial each one, pinned to the peer's device
+//! key; the other side only accepts. The first `PathPong` names the
+//! direct path. A supernode passes a `PunchCandidates` from an attached
+//! client (whose device key it checks) to the recipient if attached to
+//! itself, else to the supernode the recipient's presence record names,
+//! which hands it to its client.
+
+use crate::attached::Attached;
+use crate::node::{Event, Io};
+use crate::time::Instant;
+use peerline_proto::message::PUNCH_CANDIDATES_MAX;
+use peerline_proto::{Addr, BoundedVec, Contact, Message, PresenceRecord, PublicKey};
+use std::collections::VecDeque;
+
+/// Punching sessions a device keeps at once (finished ones included, for
+/// the status; the oldest finished one makes room).
+pub const PUNCH_SESSIONS_MAX: usize = 16;
+/// Driver commands waiting to be polled.
+pub const PATH_COMMANDS_MAX: usize = 64;
+/// How long to wait for the reflexive address before offering without it.
+pub const GATHER_TIMEOUT_MS: u64 = 3_000;
+/// Offer re-sent this often until answered…
+pub const OFFER_RETRY_MS: u64 = 1_000;
+/// …this many times in all.
+pub const OFFER_ATTEMPTS_MAX: u32 = 6;
+/// Connectivity checks (`PathPing` to every candidate) this often…
+pub const CHECK_INTERVAL_MS: u64 = 500;
+/// …this many rounds (10 s) before the direct path is given up.
+pub const CHECK_ROUNDS_MAX: u32 = 20;
+/// Packets sprayed at each peer candidate, and their spacing.
+pub const SPRAY_PACKETS: u32 = 15;
+pub const SPRAY_INTERVAL_MS: u64 = 300;
+
+/// What the driver must do for the punching.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathCommand {
+    /// Ask `server` over STUN, from the node's port, for this node's
+    /// reflexive address; answer with [`crate::Node::reflexive_found`].
+    Stun { server: Addr },
+    /// Send `count` small packets to each target, `interval_ms` apart, from
+    /// the node's port: they open this side's NAT for the peer's packets.
+    Spray {
+        targets: Vec<Addr>,
+        count: u32,
+        interval_ms: u64,
+    },
+}
+
+/// Which way a connection to a peer went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight between the peers (after hole punching where needed).
+    Direct,
+    /// Through a supernode's relay.
+    Relayed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathFailure {
+    /// Not attached to any supernode, or the peer's record names none.
+    NoSupernode,
+    /// The peer never answered the offer.
+    NoAnswer,
+    /// Candidates exchanged, but no check came through (both NATs
+    /// endpoint-dependent, or filtering): a relay is needed.
+    NoDirectPath,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the reflexive address.
+    Gathering,
+    /// Offer sent, waiting for the answer.
+    Offered,
+    /// Candidates known, checks running.
+    Checking,
+    Up,
+    Failed,
+}
+
+/// A finished or running attempt, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathReport {
+    pub peer: PublicKey,
+    pub session: u64,
+    /// `None` while running or after failing.
+    pub kind: Option<PathKind>,
+    pub addr: Option<Addr>,
+    pub failure: Option<PathFailure>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    id: u64,
+    peer: PublicKey,
+    initiator: bool,
+    /// The supernode this side sends its candidates through.
+    via: Addr,
+    /// The supernode they go to (one the peer's record names).
+    peer_supernode: Addr,
+    phase: Phase,
+    deadline: Instant,
+    attempts: u32,
+    started: Instant,
+    reflexive: Option<Addr>,
+    peer_candidates: Vec<Addr>,
+    path: Option<Addr>,
+    failure: Option<PathFailure>,
+    finished_ms: u64,
+}
+
+impl Session {
+    /// This side dials (is the QUIC client): the lower device key.
+    fn dials(&self, own: &PublicKey) -> bool {
+        own.0 < self.peer.0
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Up | Phase::Failed)
+    }
+}
+
+/// A device's punching sessions.
+#[derive(Clone, Debug, Default)]
+pub struct Punch {
+    sessions: Vec<Session>,
+    commands: VecDeque<PathCommand>,
+    /// The address the node advertises (its local candidate).
+    pub(crate) local: Option<Addr>,
+}
+
+impl Punch {
+    pub(crate) fn next_deadline(&self) -> Instant {
+        self.sessions
+            .iter()
+            .filter(|s| !s.is_finished())
+            .map(|s| s.deadline)
+            .min()
+            .unwrap_or(Instant::NEVER)
+    }
+
+    pub(crate) fn poll_command(&mut self) -> Option<PathCommand> {
+        self.commands.pop_front()
+    }
+
+    fn command(&mut self, command: PathCommand) {
+        if self.commands.len() < PATH_COMMANDS_MAX {
+            self.commands.push_back(command);
+        }
+    }
+
+    /// The device key of the peer whose candidate `addr` is (a dial there
+    /// must prove that key).
+    pub(crate) fn peer_at(&self, addr: &Addr) -> Option<PublicKey> {
+        self.sessions
+            .iter()
+            .rev()
+            .find(|s| s.peer_candidates.contains(addr) || s.path == Some(*addr))
+            .map(|s| s.peer)
+    }
+
+    pub(crate) fn reports(&self) -> Vec<PathReport> {
+        self.sessions
+            .iter()
+            .map(|s| PathReport {
+                peer: s.peer,
+                session: s.id,
+                kind: (s.phase == Phase::Up).then_some(PathKind::Direct),
+                addr: s.path,
+                failure: s.failure,
+                elapsed_ms: s.finished_ms,
+            })
+            .collect()
+    }
+
+    /// Makes room for one more session; false when every one is running.
+    fn room(&mut self) -> bool {
+        if self.sessions.len() < PUNCH_SESSIONS_MAX {
+            return true;
+        }
+        match self.sessions.iter().position(Session::is_finished) {
+            Some(index) => {
+                self.sessions.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts a direct connection to the device of `record`.
+    pub(crate) fn start(&mut self, io: &mut Io, record: &PresenceRecord, attached: &[Contact]) {
+        let peer = record.body.cert.body.device_key;
+        let running = self
+            .sessions
+            .iter()
+            .any(|s| s.peer == peer && !s.is_finished());
+        if running {
+            return;
+        }
+        let peer_supernodes: Vec<Addr> = record.body.supernodes.iter().map(|c| c.addr).collect();
+        // A supernode both are attached to needs no forwarding.
+        let shared = attached
+            .iter()
+            .map(|c| c.addr)
+            .find(|addr| peer_supernodes.contains(addr));
+        let via = shared.or_else(|| attached.first().map(|c| c.addr));
+        let (Some(via), Some(peer_supernode)) = (via, shared.or(peer_supernodes.first().copied()))
+        else {
+            io.event(Event::PathFailed {
+                peer,
+                reason: PathFailure::NoSupernode,
+            });
+            return;
+        };
+        if !self.room() {
+            return;
+        }
+        let now = io.now.instant;
+        self.sessions.push(Session {
+            id: io.random_u64(),
+            peer,
+            initiator: true,
+            via,
+            peer_supernode,
+            phase: Phase::Gathering,
+            deadline: now.add_ms(GATHER_TIMEOUT_MS),
+            attempts: 0,
+            started: now,
+            reflexive: None,
+            peer_candidates: Vec::new(),
+            path: None,
+            failure: None,
+            finished_ms: 0,
+        });
+        self.command(PathCommand::Stun { server: via });
+    }
+
+    /// The driver's STUN answer from `server` (`None`: it failed).
+    pub(crate) fn reflexive_found(&mut self, io: &mut Io, server: Addr, reflexive: Option<Addr>) {
+        for index in 0..self.sessions.len() {
+            let session = &mut self.sessions[index];
+            if session.phase == Phase::Gathering && session.via == server {
+                session.reflexive = reflexive;
+                self.gathered(io, index);
+            }
+        }
+    }
+
+    fn candidates(&self, session: &Session) -> BoundedVec<Addr, PUNCH_CANDIDATES_MAX> {
+        let mut candidates = Vec::new();
+        candidates.extend(session.reflexive);
+        if let Some(local) = self.local {
+            if !candidates.contains(&local) {
+                candidates.push(local);
+            }
+        }
+        BoundedVec::truncating(candidates)
+    }
+
+    fn send_candidates(&self, io: &mut Io, session: &Session) {
+        let message = Message::PunchCandidates {
+            session: session.id,
+            from_device: io.identity.keypair.public(),
+            to_device: session.peer,
+            to_supernode: session.peer_supernode,
+            reply_supernode: session.via,
+            answer: !session.initiator,
+            candidates: self.candidates(session),
+        };
+        io.send(session.via, &message);
+    }
+
+    /// Candidates are ready: offer them, or answer and start checking.
+    fn gathered(&mut self, io: &mut Io, index: usize) {
+        let session = self.sessions[index].clone();
+        self.send_candidates(io, &session);
+        if session.initiator {
+            let session = &mut self.sessions[index];
+            session.phase = Phase::Offered;
+            session.attempts = 1;
+            session.deadline = io.now.instant.add_ms(OFFER_RETRY_MS);
+        } else {
+            self.begin_checks(io, index);
+        }
+    }
+
+    fn begin_checks(&mut self, io: &mut Io, index: usize) {
+        let own = io.identity.keypair.public();
+        let session = &mut self.sessions[index];
+        session.phase = Phase::Checking;
+        session.attempts = 0;
+        session.deadline = io.now.instant;
+        let spray = PathCommand::Spray {
+            targets: session.peer_candidates.clone(),
+            count: SPRAY_PACKETS,
+            interval_ms: SPRAY_INTERVAL_MS,
+        };
+        let dials = session.dials(&own);
+        self.command(spray);
+        if dials {
+            self.check_round(io, index);
+        } else {
+            let session = &mut self.sessions[index];
+            session.deadline = io.now.instant.add_ms(CHECK_INTERVAL_MS);
+        }
+    }
+
+    /// One round of checks: the dialling side pings every candidate.
+    fn check_round(&mut self, io: &mut Io, index: usize) {
+        let own = io.identity.keypair.public();
+        let session = &mut self.sessions[index];
+        session.attempts += 1;
+        session.deadline = io.now.instant.add_ms(CHECK_INTERVAL_MS);
+        if session.dials(&own) {
+            let ping = Message::PathPing {
+                session: session.id,
+            };
+            for candidate in session.peer_candidates.clone() {
+                io.send(candidate, &ping);
+            }
+        }
+    }
+
+    fn fail(&mut self, io: &mut Io, index: usize, reason: PathFailure) {
+        let session = &mut self.sessions[index];
+        session.phase = Phase::Failed;
+        session.failure = Some(reason);
+        session.deadline = Instant::NEVER;
+        session.finished_ms = io.now.instant.since_ms(session.started);
+        io.event(Event::PathFailed {
+            peer: session.peer,
+            reason,
+        });
+    }
+
+    fn up(&mut self, io: &mut Io, index: usize, addr: Addr) {
+        let session = &mut self.sessions[index];
+        if session.phase == Phase::Up {
+            return;
+        }
+        session.phase = Phase::Up;
+        session.path = Some(addr);
+        session.deadline = Instant::NEVER;
+        session.finished_ms = io.now.instant.since_ms(session.started);
+        io.event(Event::PathUp {
+            peer: session.peer,
+            kind: PathKind::Direct,
+            addr,
+            elapsed_ms: session.finished_ms,
+        });
+    }
+
+    pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        for index in 0..self.sessions.len() {
+            let session = &self.sessions[index];
+            if session.is_finished() || session.deadline > now {
+                continue;
+            }
+            match session.phase {
+                Phase::Gathering => self.gathered(io, index),
+                Phase::Offered if session.attempts >= OFFER_ATTEMPTS_MAX => {
+                    self.fail(io, index, PathFailure::NoAnswer)
+                }
+                Phase::Offered => {
+                    let session = self.sessions[index].clone();
+                    self.send_candidates(io, &session);
+                    let session = &mut self.sessions[index];
+                    session.attempts += 1;
+                    session.deadline = now.add_ms(OFFER_RETRY_MS);
+                }
+                Phase::Checking if session.attempts >= CHECK_ROUNDS_MAX => {
+                    self.fail(io, index, PathFailure::NoDirectPath)
+                }
+                Phase::Checking => self.check_round(io, index),
+                Phase::Up | Phase::Failed => {}
+            }
+        }
+    }
+
+    /// A punching message. `supernodes`: where candidates may come from.
+    pub(crate) fn handle(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        message: Message,
+        supernodes: &[Addr],
+    ) {
+        match message {
+            Message::PunchCandidates {
+                session,
+                from_device,
+                to_device,
+                reply_supernode,
+                answer,
+                candidates,
+                ..
+            } if supernodes.contains(&from) && to_device == io.identity.keypair.public() => {
+                let candidates = candidates.iter().copied().collect();
+                if answer {
+                    self.on_answer(io, session, from_device, candidates);
+                } else {
+                    self.on_offer(io, from, session, from_device, reply_supernode, candidates);
+                }
+            }
+            Message::PathPing { session } => {
+                let found = self.sessions.iter().position(|s| {
+                    s.id == session && matches!(s.phase, Phase::Checking | Phase::Up)
+                });
+                match found {
+                    Some(index) => {
+                        io.send(from, &Message::PathPong { session });
+                        self.up(io, index, from);
+                    }
+                    None => io.stats.messages_unexpected += 1,
+                }
+            }
+            Message::PathPong { session } => {
+                let found = self
+                    .sessions
+                    .iter()
+                    .position(|s| s.id == session && s.phase == Phase::Checking);
+                match found {
+                    Some(index) => self.up(io, index, from),
+                    None => io.stats.messages_unexpected += 1,
+                }
+            }
+            _ => io.stats.messages_unexpected += 1,
+        }
+    }
+
+    fn on_answer(&mut self, io: &mut Io, id: u64, peer: PublicKey, candidates: Vec<Addr>) {
+        let found = self
+            .sessions
+            .iter()
+            .position(|s| s.id == id && s.peer == peer && s.initiator && s.phase == Phase::Offered);
+        let Some(index) = found else {
+            // A duplicate answer (our offer was re-sent) or a stray one.
+            return;
+        };
+        self.sessions[index].peer_candidates = candidates;
+        self.begin_checks(io, index);
+    }
+
+    fn on_offer(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        id: u64,
+        peer: PublicKey,
+        reply_supernode: Addr,
+        candidates: Vec<Addr>,
+    ) {
+        if let Some(index) = self
+            .sessions
+            .iter()
+            .position(|s| s.id == id && s.peer == peer)
+        {
+            // A re-sent offer: our answer was lost; send it again.
+            let session = self.sessions[index].clone();
+            if session.phase != Phase::Gathering {
+                self.send_candidates(io, &session);
+            }
+            return;
+        }
+        if !self.room() {
+            return;
+        }
+        let now = io.now.instant;
+        self.sessions.push(Session {
+            id,
+            peer,
+            initiator: false,
+            via: from,
+            peer_supernode: reply_supernode,
+            phase: Phase::Gathering,
+            deadline: now.add_ms(GATHER_TIMEOUT_MS),
+            attempts: 0,
+            started: now,
+            reflexive: None,
+            peer_candidates: candidates,
+            path: None,
+            failure: None,
+            finished_ms: 0,
+        });
+        self.command(PathCommand::Stun { server: from });
+    }
+}
+
+/// A supernode passes candidates on: from an attached client (its device
+/// key checked) to the recipient attached here, or to the supernode the
+/// recipient's record names; from elsewhere only to a client attached here.
+pub(crate) fn forward(
+    io: &mut Io,
+    clients: &Attached,
+    own_addr: Addr,
+    from: Addr,
+    message: Message,
+) {
+    let Message::PunchCandidates {
+        from_device,
+        to_device,
+        to_supernode,
+        ..
+    } = &message
+    else {
+        return;
+    };
+    let recipient = clients.addr_of(to_device);
+    match clients.get(&from) {
+        Some(slot) if slot.device_key != *from_device => io.stats.messages_unexpected += 1,
+        Some(_) => match recipient {
+            Some(addr) => io.send(addr, &message),
+            None if *to_supernode != own_addr && !clients.contains_key(to_supernode) => {
+                io.send(*to_supernode, &message)
+            }
+            None => io.stats.messages_unexpected += 1,
+        },
+        None => match recipient {
+            Some(addr) => io.send(addr, &message),
+            None => io.stats.messages_unexpected += 1,
+        },
+    }
+}

@@ -1,0 +1,540 @@
+//! NAT traversal in network namespaces: `peerline node` processes behind
+//! emulated NATs, with loss on the links.
+//!
+//! ```text
+//!                       public segment 10.77.0.0/24 (bridge in `pub`)
+//!     supernodes 10.77.0.1:4433, :4434 ── br0 ──┬── wan 10.77.0.2 [nat a: cone]      ── lan ── client a 192.168.1.2
+//!                                               ├── wan 10.77.0.3 [nat b: cone]      ── lan ── client b 192.168.2.2
+//!                                               ├── wan 10.77.0.4 [nat c: symmetric] ── lan ── client c 192.168.3.2
+//!                                               └── wan 10.77.0.5 [nat d: symmetric] ── lan ── client d 192.168.4.2
+//! ```
+//!
+//! A cone router is `iptables MASQUERADE` (endpoint-independent mapping:
+//! Linux keeps the source port when it is free; address-and-port-dependent
+//! filtering: conntrack lets in only replies) — a *port-restricted cone*.
+//! A symmetric router adds `--random-fully`: every new destination gets a
+//! new random port (endpoint-dependent mapping). Each router drops a share
+//! of what it forwards, both ways (`-m statistic --mode random`). There is
+//! no delay: the kernel has no netem, and a delayer that keeps addresses
+//! (NFQUEUE in user space) is not built yet.
+//!
+//! Needs root, `ip` and `iptables`. Outside CI a missing capability skips
+//! the test with its reason; with `CI=true` it fails. Every namespace is
+//! deleted on every exit path ([`Lab`]'s `Drop`), names are unique per run,
+//! and namespaces left by a killed run (whose process is gone) are swept
+//! at the start.
+
+mod common;
+
+use common::{attached, Fleet};
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Share of forwarded packets each NAT router drops, in each direction.
+const LOSS_PROBABILITY: &str = "0.05";
+const NAMESPACE_PREFIX: &str = "plnat";
+
+/// Why this machine cannot run the lab, if it cannot.
+fn missing_capability() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .unwrap_or("?");
+    if uid != "0" {
+        return Some(format!(
+            "network namespaces need root (effective uid {uid})"
+        ));
+    }
+    for (program, arg) in [("ip", "-V"), ("iptables", "-V")] {
+        let found = Command::new(program)
+            .arg(arg)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !found {
+            return Some(format!(
+                "`{program}` is missing (apt-get install -y iproute2 iptables)"
+            ));
+        }
+    }
+    None
+}
+
+/// Whether to go on: true when the lab can run; false (skip) outside CI
+/// when it cannot; a panic in CI when it cannot.
+fn lab_can_run(test: &str) -> bool {
+    let Some(reason) = missing_capability() else {
+        return true;
+    };
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{test}: cannot run in CI: {reason}");
+    }
+    eprintln!("{test}: skipped: {reason}");
+    false
+}
+
+fn run(args: &[&str]) {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|error| panic!("{args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Network namespaces made by one test run; all deleted on drop.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NatKind {
+    /// MASQUERADE: port-restricted cone.
+    Cone,
+    /// MASQUERADE --random-fully: symmetric.
+    Symmetric,
+}
+
+/// A client's corner of the lab: its router and its own namespace.
+struct Site {
+    client_ns: String,
+    client_ip: String,
+    router_wan_ip: String,
+}
+
+impl Lab {
+    fn new(test: &str) -> Lab {
+        sweep_stale_namespaces();
+        let prefix = format!(
+            "{NAMESPACE_PREFIX}{}x{}{}",
+            std::process::id(),
+            common::unix_ms() % 100_000,
+            test
+        );
+        Lab {
+            prefix,
+            namespaces: Vec::new(),
+        }
+    }
+
+    fn namespace(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        run(&["ip", "netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// The public segment: a bridge with the supernodes' address.
+    fn public(&mut self) -> String {
+        let ns = self.namespace("pub");
+        run(&["ip", "-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &ns, "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+        run(&["ip", "-n", &ns, "link", "set", "br0", "up"]);
+        ns
+    }
+
+    /// A NAT router on the public segment and a client behind it.
+    fn site(&mut self, public_ns: &str, index: u8, kind: NatKind) -> Site {
+        let router = self.namespace(&format!("r{index}"));
+        let client = self.namespace(&format!("c{index}"));
+        let wan_ip = format!("10.77.0.{}", index + 2);
+        let lan_net = format!("192.168.{}", index + 1);
+        let port = format!("wan{index}");
+        run(&[
+            "ip", "-n", public_ns, "link", "add", &port, "type", "veth", "peer", "name", "wan",
+            "netns", &router,
+        ]);
+        run(&["ip", "-n", public_ns, "link", "set", &port, "master", "br0"]);
+        run(&["ip", "-n", public_ns, "link", "set", &port, "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{wan_ip}/24"),
+            "dev",
+            "wan",
+        ]);
+        run(&["ip", "-n", &router, "link", "set", "wan", "up"]);
+        run(&[
+            "ip", "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+            "netns", &client,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{lan_net}.1/24"),
+            "dev",
+            "lan",
+        ]);
+        run(&["ip", "-n", &router, "link", "set", "lan", "up"]);
+        let client_ip = format!("{lan_net}.2");
+        run(&[
+            "ip",
+            "-n",
+            &client,
+            "addr",
+            "add",
+            &format!("{client_ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &client, "link", "set", "eth0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &client,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{lan_net}.1"),
+        ]);
+        let exec = ["ip", "netns", "exec", router.as_str()];
+        run(&[&exec[..], &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]].concat());
+        let mut masquerade = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan"];
+        masquerade.extend(["-j", "MASQUERADE"]);
+        if kind == NatKind::Symmetric {
+            masquerade.push("--random-fully");
+        }
+        run(&[&exec[..], &masquerade[..]].concat());
+        // A home router's firewall: unsolicited packets to the router
+        // itself are dropped before conntrack confirms them. Without it
+        // the first punch packet from the peer leaves a conntrack entry
+        // (port unreachable) that makes MASQUERADE pick another port for
+        // this side's own punch packets to that peer.
+        run(&[
+            &exec[..],
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ][..],
+        ]
+        .concat());
+        run(&[
+            &exec[..],
+            &[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                LOSS_PROBABILITY,
+                "-j",
+                "DROP",
+            ][..],
+        ]
+        .concat());
+        Site {
+            client_ns: client,
+            client_ip,
+            router_wan_ip: wan_ip,
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Deleting a namespace deletes its veths (and their peers).
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Deletes `plnat<pid>…` namespaces whose process is gone (a killed run).
+fn sweep_stale_namespaces() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(NAMESPACE_PREFIX) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+    }
+}
+
+/// Starts a node in `ns` and returns its index in the fleet.
+fn start_in(fleet: &mut Fleet, ns: &str, name: &str, args: &[&str]) -> usize {
+    let data_dir = fleet.dir.join(name);
+    fleet.start_wrapped(name, &data_dir, &["ip", "netns", "exec", ns], args)
+}
+
+fn status_of(fleet: &Fleet, index: usize) -> Value {
+    fleet.nodes[index].status().unwrap_or(Value::Null)
+}
+
+fn paths(status: &Value) -> Vec<Value> {
+    status["paths"].as_array().cloned().unwrap_or_default()
+}
+
+/// The path `status` reports to `peer` ("direct", "failed", …), if any.
+fn path_to(status: &Value, peer: &str) -> Option<String> {
+    paths(status)
+        .iter()
+        .rev()
+        .find(|path| path["peer"].as_str() == Some(peer))
+        .and_then(|path| path["path"].as_str().map(str::to_string))
+}
+
+/// Four clients behind lossy NATs (a, b: cone; c, d: symmetric) attach to
+/// two public supernodes; a punches to b (cone↔cone), b to c
+/// (cone↔symmetric), c to d (symmetric↔symmetric). Per RFC 4787, a pair
+/// gets a direct path when at least one side's mapping is
+/// endpoint-independent *and* the other side's packets can pass its
+/// filter: with address-and-port-dependent filtering on the cone side
+/// (Linux conntrack), only cone↔cone does; cone↔symmetric and
+/// symmetric↔symmetric need a relay.
+#[test]
+fn hole_punching_gives_cone_pairs_a_direct_path_and_no_other() {
+    if !lab_can_run("nat") {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new("p");
+    let public = lab.public();
+    let kinds = [
+        NatKind::Cone,
+        NatKind::Cone,
+        NatKind::Symmetric,
+        NatKind::Symmetric,
+    ];
+    let sites: Vec<Site> = kinds
+        .iter()
+        .enumerate()
+        .map(|(index, kind)| lab.site(&public, index as u8, *kind))
+        .collect();
+    let mut fleet = Fleet::new("nat");
+    let first = start_in(
+        &mut fleet,
+        &public,
+        "s0",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4433",
+            "--fast-timers",
+        ],
+    );
+    let seed0 = fleet.bootstrap_of(first, Duration::from_secs(60));
+    let second = start_in(
+        &mut fleet,
+        &public,
+        "s1",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4434",
+            "--fast-timers",
+            "--bootstrap",
+            &seed0,
+        ],
+    );
+    let seed1 = fleet.bootstrap_of(second, Duration::from_secs(60));
+    // d first: each client connects to the one started before it.
+    let mut clients = vec![0; sites.len()];
+    let mut messaging: Vec<String> = vec![String::new(); sites.len()];
+    for index in (0..sites.len()).rev() {
+        let site = &sites[index];
+        let listen = format!("{}:4433", site.client_ip);
+        let name = format!("c{index}");
+        let mut args = vec![
+            "--role",
+            "client",
+            "--listen",
+            &listen,
+            "--fast-timers",
+            "--bootstrap",
+            &seed0,
+            &seed1,
+        ];
+        let target = messaging.get(index + 1).cloned().unwrap_or_default();
+        if !target.is_empty() {
+            args.extend(["--connect-to", &target]);
+        }
+        let node = start_in(&mut fleet, &site.client_ns, &name, &args);
+        fleet.bootstrap_of(node, Duration::from_secs(30));
+        messaging[index] = fleet.nodes[node].messaging.clone().expect("messaging line");
+        clients[index] = node;
+    }
+    let device = |index: usize| {
+        messaging[index]
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let pairs = [
+        (0, 1, "cone-cone"),
+        (1, 2, "cone-symmetric"),
+        (2, 3, "symmetric-symmetric"),
+    ];
+    let settled = fleet.wait_until(Duration::from_secs(90), |nodes| {
+        pairs.iter().all(|&(from, to, _)| {
+            let status = nodes[clients[from]].status().unwrap_or(Value::Null);
+            matches!(
+                path_to(&status, &device(to)).as_deref(),
+                Some("direct" | "relayed")
+            ) || paths(&status)
+                .iter()
+                .filter(|path| path["path"] == "failed")
+                .count()
+                >= 1
+        })
+    });
+    let mut outcomes = Vec::new();
+    for &(from, to, name) in &pairs {
+        let status = status_of(&fleet, clients[from]);
+        let seen_by_peer = path_to(&status_of(&fleet, clients[to]), &device(from));
+        let path = path_to(&status, &device(from).replace(&device(from), &device(to)));
+        let detail = paths(&status)
+            .iter()
+            .rev()
+            .find(|p| p["peer"].as_str() == Some(device(to).as_str()))
+            .map(|p| format!("{} after {} ms", p["addr"], p["elapsed_ms"]))
+            .unwrap_or_default();
+        outcomes.push((name, path, seen_by_peer, detail));
+    }
+    eprintln!(
+        "nat: {LOSS_PROBABILITY} loss per router each way, no delay; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (name, path, seen_by_peer, detail) in &outcomes {
+        eprintln!("nat: {name}: {path:?} (the peer says {seen_by_peer:?}) {detail}");
+    }
+    assert!(
+        settled,
+        "not every pair finished punching in 90 s: {outcomes:?}"
+    );
+    let (_, cone_cone, cone_cone_peer, _) = &outcomes[0];
+    assert_eq!(cone_cone.as_deref(), Some("direct"), "{outcomes:?}");
+    assert_eq!(cone_cone_peer.as_deref(), Some("direct"), "{outcomes:?}");
+    for (name, path, _, _) in &outcomes[1..] {
+        assert_ne!(path.as_deref(), Some("direct"), "{name}: {outcomes:?}");
+    }
+}
+
+#[test]
+fn clients_behind_cone_and_symmetric_nats_attach_through_lossy_links() {
+    if !lab_can_run("nat") {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new("a");
+    let public = lab.public();
+    let sites = [
+        lab.site(&public, 0, NatKind::Cone),
+        lab.site(&public, 1, NatKind::Symmetric),
+    ];
+    let mut fleet = Fleet::new("nat");
+    let first = start_in(
+        &mut fleet,
+        &public,
+        "s0",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4433",
+            "--fast-timers",
+        ],
+    );
+    let seed0 = fleet.bootstrap_of(first, Duration::from_secs(60));
+    let second = start_in(
+        &mut fleet,
+        &public,
+        "s1",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4434",
+            "--fast-timers",
+            "--bootstrap",
+            &seed0,
+        ],
+    );
+    let seed1 = fleet.bootstrap_of(second, Duration::from_secs(60));
+    let mut clients = Vec::new();
+    for (index, site) in sites.iter().enumerate() {
+        let listen = format!("{}:4433", site.client_ip);
+        let name = format!("c{index}");
+        clients.push(start_in(
+            &mut fleet,
+            &site.client_ns,
+            &name,
+            &[
+                "--role",
+                "client",
+                "--listen",
+                &listen,
+                "--fast-timers",
+                "--bootstrap",
+                &seed0,
+                &seed1,
+            ],
+        ));
+    }
+    for &client in &clients {
+        fleet.bootstrap_of(client, Duration::from_secs(30));
+    }
+    let all_attached = fleet.wait_until(Duration::from_secs(60), |nodes| {
+        clients
+            .iter()
+            .all(|&client| attached(&nodes[client].status().unwrap_or(Value::Null)).len() == 2)
+    });
+    let report: Vec<String> = clients
+        .iter()
+        .zip(&sites)
+        .map(|(&client, site)| {
+            format!(
+                "{} behind {}: attached to {}",
+                fleet.nodes[client].name,
+                site.router_wan_ip,
+                attached(&status_of(&fleet, client)).len()
+            )
+        })
+        .collect();
+    eprintln!(
+        "nat: {} ({:.1} s)",
+        report.join("; "),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        all_attached,
+        "not every client attached to both supernodes: {report:?}"
+    );
+}
