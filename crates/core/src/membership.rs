@@ -4,7 +4,7 @@
 //! one hop — and a capped Kademlia-bucket view when the network outgrows it.
 
 use crate::time::Instant;
-use peerline_proto::{Contact, MemberState, MemberUpdate, NodeId, GOSSIP_UPDATES_MAX};
+use peerline_proto::{Addr, Contact, MemberState, MemberUpdate, NodeId, GOSSIP_UPDATES_MAX};
 use rand_core::Rng;
 
 /// Most updates waiting to be piggybacked.
@@ -160,6 +160,16 @@ impl Membership {
             }
         }
         Err(at)
+    }
+
+    /// Whether a live member (other than us) is reachable at `addr`: a
+    /// linear scan, for rare checks only (relaying a punch offer).
+    pub fn alive_at(&self, addr: &Addr) -> bool {
+        self.members.iter().any(|m| {
+            m.id != self.self_id
+                && m.update.contact.addr == *addr
+                && m.update.state != MemberState::Dead
+        })
     }
 
     pub fn get(&self, id: &NodeId) -> Option<&Member> {

@@ -516,6 +516,7 @@ pub(crate) fn forward(
     own_addr: Addr,
     from: Addr,
     message: Message,
+    is_member: impl Fn(&Addr) -> bool,
 ) {
     let Message::PunchCandidates {
         from_device,
@@ -531,14 +532,19 @@ pub(crate) fn forward(
         Some(slot) if slot.device_key != *from_device => io.stats.messages_unexpected += 1,
         Some(_) => match recipient {
             Some(addr) => io.send(addr, &message),
-            None if *to_supernode != own_addr && !clients.contains_key(to_supernode) => {
+            // Passed on only to a live member: an attached client must not
+            // turn a supernode into a reflector towards any address.
+            None if *to_supernode != own_addr && is_member(to_supernode) => {
                 io.send(*to_supernode, &message)
             }
             None => io.stats.messages_unexpected += 1,
         },
-        None => match recipient {
+        // From another supernode only: nobody else may hand our clients
+        // candidates (they would point them at any address).
+        None if is_member(&from) => match recipient {
             Some(addr) => io.send(addr, &message),
             None => io.stats.messages_unexpected += 1,
         },
+        None => io.stats.messages_unexpected += 1,
     }
 }

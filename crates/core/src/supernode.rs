@@ -486,7 +486,10 @@ impl SupernodeState {
             }
             message @ Message::PunchCandidates { .. } => {
                 let own = self.contact().addr;
-                crate::punch::forward(io, &self.clients, own, from, message);
+                let membership = &self.membership;
+                crate::punch::forward(io, &self.clients, own, from, message, |addr| {
+                    membership.alive_at(addr)
+                });
             }
             _ => io.stats.messages_unexpected += 1,
         }
