@@ -14,7 +14,7 @@ use peerline_core::{CryptoMode, DeviceIdentity, Event, Params, RolePolicy};
 use peerline_proto::{Contact, PublicKey};
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -35,6 +35,13 @@ pub struct LoopbackPlan {
     /// Seeds the node identities (loopback only: a real node's keys come
     /// from the operating system's randomness).
     pub seed: u64,
+    /// The loopback address every node binds: 127.0.0.1 or ::1.
+    pub ip: IpAddr,
+}
+
+impl LoopbackPlan {
+    /// IPv4 loopback, the usual choice.
+    pub const IPV4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +134,7 @@ pub struct LoopbackNetwork {
 impl LoopbackNetwork {
     /// Starts the supernodes, then the clients; waits for nothing else.
     pub async fn start(plan: LoopbackPlan) -> Result<LoopbackNetwork, StartError> {
-        let params = Arc::new(plan.params);
+        let params = Arc::new(plan.params.clone());
         let mut network = LoopbackNetwork {
             peers: Vec::with_capacity(plan.supernodes + plan.clients),
             started_at: tokio::time::Instant::now(),
@@ -136,14 +143,14 @@ impl LoopbackNetwork {
         let mut contacts: Vec<Contact> = Vec::with_capacity(plan.supernodes);
         for _ in 0..plan.supernodes {
             let peer = network
-                .start_peer(&params, plan.limits, &mut rng, Role::Supernode, &contacts)
+                .start_peer(&params, &plan, &mut rng, Role::Supernode, &contacts)
                 .await?;
             contacts.extend(peer.contact);
             network.peers.push(peer);
         }
         for _ in 0..plan.clients {
             let peer = network
-                .start_peer(&params, plan.limits, &mut rng, Role::Client, &contacts)
+                .start_peer(&params, &plan, &mut rng, Role::Client, &contacts)
                 .await?;
             network.peers.push(peer);
         }
@@ -153,7 +160,7 @@ impl LoopbackNetwork {
     async fn start_peer(
         &self,
         params: &Arc<Params>,
-        limits: DriverLimits,
+        plan: &LoopbackPlan,
         rng: &mut Pcg64Mcg,
         role: Role,
         bootstrap: &[Contact],
@@ -165,7 +172,7 @@ impl LoopbackNetwork {
             params.device_cert_ttl_s,
         );
         let config = DriverConfig {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            listen: SocketAddr::from((plan.ip, 0)),
             advertised: None,
             params: params.clone(),
             identity,
@@ -175,7 +182,7 @@ impl LoopbackNetwork {
             },
             bootstrap: bootstrap.to_vec(),
             rng_seed: Some(rng.next_u64()),
-            limits,
+            limits: plan.limits,
         };
         let started_at = self.started_at.elapsed();
         let (node, mut events) = RunningNode::start(config).await?;

@@ -41,6 +41,7 @@ fn plan(seed: u64) -> LoopbackPlan {
             ..DriverLimits::default()
         },
         seed,
+        ip: LoopbackPlan::IPV4,
     }
 }
 

@@ -61,6 +61,7 @@ fn plan(seed: u64, demux: DemuxLimits) -> LoopbackPlan {
             ..DriverLimits::default()
         },
         seed,
+        ip: LoopbackPlan::IPV4,
     }
 }
 

@@ -174,6 +174,7 @@ async fn demo(args: &DemoArgs, killed: usize) -> Result<Report> {
         params,
         limits: DriverLimits::default(),
         seed: args.seed,
+        ip: LoopbackPlan::IPV4,
     })
     .await
     .context("the network could not start on loopback")?;
