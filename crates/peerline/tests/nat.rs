@@ -291,6 +291,40 @@ fn start_in(fleet: &mut Fleet, ns: &str, name: &str, args: &[&str]) -> usize {
     fleet.start_wrapped(name, &data_dir, &["ip", "netns", "exec", ns], args)
 }
 
+/// Two supernodes on the public segment, the second joining through the
+/// first; their bootstrap strings.
+fn start_supernodes(fleet: &mut Fleet, public: &str) -> [String; 2] {
+    let first = start_in(
+        fleet,
+        public,
+        "s0",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4433",
+            "--fast-timers",
+        ],
+    );
+    let seed0 = fleet.bootstrap_of(first, Duration::from_secs(60));
+    let second = start_in(
+        fleet,
+        public,
+        "s1",
+        &[
+            "--role",
+            "supernode",
+            "--listen",
+            "10.77.0.1:4434",
+            "--fast-timers",
+            "--bootstrap",
+            &seed0,
+        ],
+    );
+    let seed1 = fleet.bootstrap_of(second, Duration::from_secs(60));
+    [seed0, seed1]
+}
+
 fn status_of(fleet: &Fleet, index: usize) -> Value {
     fleet.nodes[index].status().unwrap_or(Value::Null)
 }
@@ -336,34 +370,7 @@ fn hole_punching_gives_cone_pairs_a_direct_path_and_no_other() {
         .map(|(index, kind)| lab.site(&public, index as u8, *kind))
         .collect();
     let mut fleet = Fleet::new("nat");
-    let first = start_in(
-        &mut fleet,
-        &public,
-        "s0",
-        &[
-            "--role",
-            "supernode",
-            "--listen",
-            "10.77.0.1:4433",
-            "--fast-timers",
-        ],
-    );
-    let seed0 = fleet.bootstrap_of(first, Duration::from_secs(60));
-    let second = start_in(
-        &mut fleet,
-        &public,
-        "s1",
-        &[
-            "--role",
-            "supernode",
-            "--listen",
-            "10.77.0.1:4434",
-            "--fast-timers",
-            "--bootstrap",
-            &seed0,
-        ],
-    );
-    let seed1 = fleet.bootstrap_of(second, Duration::from_secs(60));
+    let [seed0, seed1] = start_supernodes(&mut fleet, &public);
     // d first: each client connects to the one started before it.
     let mut clients = vec![0; sites.len()];
     let mut messaging: Vec<String> = vec![String::new(); sites.len()];
@@ -460,34 +467,7 @@ fn clients_behind_cone_and_symmetric_nats_attach_through_lossy_links() {
         lab.site(&public, 1, NatKind::Symmetric),
     ];
     let mut fleet = Fleet::new("nat");
-    let first = start_in(
-        &mut fleet,
-        &public,
-        "s0",
-        &[
-            "--role",
-            "supernode",
-            "--listen",
-            "10.77.0.1:4433",
-            "--fast-timers",
-        ],
-    );
-    let seed0 = fleet.bootstrap_of(first, Duration::from_secs(60));
-    let second = start_in(
-        &mut fleet,
-        &public,
-        "s1",
-        &[
-            "--role",
-            "supernode",
-            "--listen",
-            "10.77.0.1:4434",
-            "--fast-timers",
-            "--bootstrap",
-            &seed0,
-        ],
-    );
-    let seed1 = fleet.bootstrap_of(second, Duration::from_secs(60));
+    let [seed0, seed1] = start_supernodes(&mut fleet, &public);
     let mut clients = Vec::new();
     for (index, site) in sites.iter().enumerate() {
         let listen = format!("{}:4433", site.client_ip);
