@@ -2655,3 +2655,73 @@ fn a_full_replay_guard_sends_resumes_to_a_full_login() {
         &second.resume(&t2, 1, &b_key)
     ));
 }
+
+/// A punch offer for `to` from `from`, naming `to_supernode` as the
+/// recipient's supernode.
+fn punch_offer(from: &RawClient, to: PublicKey, to_supernode: Addr) -> Message {
+    Message::PunchCandidates {
+        session: 7,
+        from_device: from.keypair.public(),
+        to_device: to,
+        to_supernode,
+        reply_supernode: addr(1),
+        answer: false,
+        candidates: BoundedVec::truncating(vec![from.addr]),
+    }
+}
+
+#[test]
+fn supernode_relays_punch_offers_only_between_members_and_their_clients() {
+    let params = Arc::new(params());
+    let (mut a, mut b) = two_supernodes(&params);
+    let (alice, bob) = (
+        RawClient::honest(70, addr(70)),
+        RawClient::honest(71, addr(71)),
+    );
+    assert!(is_accepted(&alice.attach(&mut a, at(20))));
+    assert!(is_accepted(&bob.attach(&mut b, at(20))));
+    let bob_key = bob.keypair.public();
+
+    // Alice's offer for Bob, who is attached elsewhere: passed on to the
+    // member she names…
+    deliver(
+        &mut a,
+        at(21),
+        alice.addr,
+        &punch_offer(&alice, bob_key, addr(2)),
+    );
+    let out = sent(&mut a);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr(2));
+    // …and that member hands it to Bob.
+    deliver(&mut b, at(21), addr(1), &out[0].1);
+    let out = sent(&mut b);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, bob.addr);
+
+    // An address that is no member is not a target: the supernode is no
+    // reflector for its clients.
+    deliver(
+        &mut a,
+        at(22),
+        alice.addr,
+        &punch_offer(&alice, bob_key, addr(99)),
+    );
+    assert!(sent(&mut a).is_empty());
+    // A stranger (neither a client nor a member) cannot hand Bob candidates.
+    let stranger = RawClient::honest(72, addr(72));
+    deliver(
+        &mut b,
+        at(22),
+        stranger.addr,
+        &punch_offer(&stranger, bob_key, addr(2)),
+    );
+    assert!(sent(&mut b).is_empty());
+    // A client speaking for another device is refused too.
+    let mut forged = punch_offer(&alice, bob_key, addr(2));
+    if let Message::PunchCandidates { from_device, .. } = &mut forged {
+        *from_device = stranger.keypair.public();
+    }
+    deliver(&mut a, at(23), alice.addr, &forged);
+    assert!(sent(&mut a).is_empty());
+}
