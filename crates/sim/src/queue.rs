@@ -139,9 +139,9 @@ impl Queue {
         }
         let slot = (self.current as usize) & (BUCKETS - 1);
         // The drained `ready` goes back into the calendar as an empty bucket.
-        // Its allocation is kept only if small: passed round the calendar,
-        // one burst's capacity would otherwise end up in every bucket (65,536
-        // copies of the largest bucket ever seen — gigabytes after a storm).
+        // Its allocation is kept only if small: the vectors travel round the
+        // calendar, so otherwise each of the 65,536 would end up as large as
+        // the largest bucket it ever held (hundreds of MB after a storm).
         if self.ready.capacity() > RECYCLED_CAPACITY_MAX {
             self.ready = Vec::new();
         }
