@@ -345,3 +345,13 @@ pub fn attached_indices(network: &LoopbackNetwork, status: &NodeStatus) -> Vec<u
         })
         .collect()
 }
+
+/// Whether every client is attached to two running supernodes of `network`.
+pub fn clients_attached_to_two(network: &LoopbackNetwork, statuses: &[Option<NodeStatus>]) -> bool {
+    network.indices(Role::Client).iter().all(|&index| {
+        statuses[index].as_ref().is_some_and(|status| {
+            let attached = attached_indices(network, status);
+            attached.len() == 2 && attached.iter().all(|&s| network.peers[s].is_running())
+        })
+    })
+}

@@ -4,7 +4,7 @@
 
 use peerline_core::{CryptoMode, DeviceIdentity, Event, Keypair, Params, RolePolicy};
 use peerline_net::clock::wall_clock_s;
-use peerline_net::loopback::{attached_indices, LoopbackNetwork, LoopbackPlan, Role};
+use peerline_net::loopback::{clients_attached_to_two, LoopbackNetwork, LoopbackPlan, Role};
 use peerline_net::quic::{client_config, endpoint};
 use peerline_net::{
     DriverConfig, DriverLimits, LinkLimits, NodeCertificate, NodeStatus, QuicLimits, RunningNode,
@@ -43,14 +43,6 @@ fn plan(seed: u64) -> LoopbackPlan {
         seed,
         ip: LoopbackPlan::IPV4,
     }
-}
-
-fn clients_attached_to_two(network: &LoopbackNetwork, statuses: &[Option<NodeStatus>]) -> bool {
-    network.indices(Role::Client).iter().all(|&index| {
-        statuses[index]
-            .as_ref()
-            .is_some_and(|status| attached_indices(network, status).len() == 2)
-    })
 }
 
 fn loopback() -> SocketAddr {

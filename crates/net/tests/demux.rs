@@ -5,7 +5,7 @@
 
 use peerline_core::{CryptoMode, Event, Keypair, Params};
 use peerline_net::demux::{DemuxLimits, DemuxSocket, RelayDatagram};
-use peerline_net::loopback::{attached_indices, LoopbackNetwork, LoopbackPlan, Role};
+use peerline_net::loopback::{clients_attached_to_two, LoopbackNetwork, LoopbackPlan, Role};
 use peerline_net::quic::{client_config, demux_endpoint, endpoint_on};
 use peerline_net::relay::{self, RelayFrame};
 use peerline_net::stun::{binding_request, handle_datagram, StunInput};
@@ -63,14 +63,6 @@ fn plan(seed: u64, demux: DemuxLimits) -> LoopbackPlan {
         seed,
         ip: LoopbackPlan::IPV4,
     }
-}
-
-fn clients_attached_to_two(network: &LoopbackNetwork, statuses: &[Option<NodeStatus>]) -> bool {
-    network.indices(Role::Client).iter().all(|&index| {
-        statuses[index]
-            .as_ref()
-            .is_some_and(|status| attached_indices(network, status).len() == 2)
-    })
 }
 
 async fn status(network: &LoopbackNetwork, index: usize) -> NodeStatus {

@@ -7,7 +7,9 @@
 //! shuts down, every client is attached to two live supernodes again.
 
 use peerline_core::{Event, Params};
-use peerline_net::loopback::{attached_indices, LoopbackNetwork, LoopbackPlan, Role};
+use peerline_net::loopback::{
+    attached_indices, clients_attached_to_two, LoopbackNetwork, LoopbackPlan, Role,
+};
 use peerline_net::{DriverLimits, LinkLimits, NodeStatus, QuicLimits};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
@@ -44,15 +46,6 @@ fn limits() -> DriverLimits {
         },
         ..DriverLimits::default()
     }
-}
-
-fn client_attached_to_two(network: &LoopbackNetwork, statuses: &[Option<NodeStatus>]) -> bool {
-    network.indices(Role::Client).iter().all(|&index| {
-        statuses[index].as_ref().is_some_and(|status| {
-            let attached = attached_indices(network, status);
-            attached.len() == 2 && attached.iter().all(|&s| network.peers[s].is_running())
-        })
-    })
 }
 
 /// Attachments as the running supernodes count them.
@@ -112,7 +105,7 @@ async fn scenario(ip: IpAddr) {
     // Login: every client attached to two supernodes, and its presence published.
     let attach = network
         .wait_until("every client attached to 2 supernodes", STEP_WITHIN, |s| {
-            client_attached_to_two(&network, s)
+            clients_attached_to_two(&network, s)
         })
         .await
         .unwrap();
@@ -250,7 +243,7 @@ async fn scenario(ip: IpAddr) {
         .wait_until(
             "every client attached to 2 live supernodes after one left",
             STEP_WITHIN,
-            |s| client_attached_to_two(&network, s) && served_by_live(&network, s) == 2 * CLIENTS,
+            |s| clients_attached_to_two(&network, s) && served_by_live(&network, s) == 2 * CLIENTS,
         )
         .await
         .unwrap();
@@ -313,7 +306,7 @@ async fn crash_scenario() {
     .expect("ten nodes start on loopback");
     network
         .wait_until("every client attached to 2 supernodes", STEP_WITHIN, |s| {
-            client_attached_to_two(&network, s)
+            clients_attached_to_two(&network, s)
         })
         .await
         .unwrap();
@@ -332,7 +325,7 @@ async fn crash_scenario() {
         .wait_until(
             "every client attached to 2 live supernodes after a crash",
             STEP_WITHIN,
-            |s| client_attached_to_two(&network, s) && served_by_live(&network, s) == 2 * CLIENTS,
+            |s| clients_attached_to_two(&network, s) && served_by_live(&network, s) == 2 * CLIENTS,
         )
         .await
         .unwrap();
