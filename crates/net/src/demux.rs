@@ -5,7 +5,7 @@
 //! |-----------:|-----------------------------------|------------------------------|
 //! | 0–3        | STUN (RFC 8489)                   | answered or matched here     |
 //! | 64–127     | QUIC short header (fixed bit set) | quinn                        |
-//! | 128–191    | relay frame ([`crate::relay`])    | the relay's queue, if any    |
+//! | 128–191    | relay frame ([`crate::relay`])    | forwarded, or to quinn       |
 //! | 192–255    | QUIC long header (fixed bit set)  | quinn                        |
 //! | 4–63       | nothing of ours                   | dropped, counted             |
 //!
@@ -17,7 +17,9 @@
 //! The sorting happens inside [`DemuxSocket::poll_recv`], on quinn's
 //! endpoint task: a datagram that is not QUIC is handled there (STUN
 //! answers are a parse, a token-bucket check and a non-blocking send;
-//! relay frames a copy into a bounded queue) and then hidden from quinn —
+//! a relay frame on a bound channel is sent on with its channel number
+//! rewritten, one on a relayed path of this node's own is unwrapped and
+//! queued for quinn, see [`crate::relay::table`]) and then hidden from quinn —
 //! its first byte is zeroed, which quinn drops at once as "fixed bit
 //! unset", the trick iroh's magicsock uses for GRO batches that mix its
 //! packets with QUIC's; a batch with no QUIC left is handed on empty.
@@ -27,18 +29,19 @@
 //! RFC 8489 says, and what a reflexive address means is for the core.
 
 use crate::clock::Clock;
-use crate::relay;
+use crate::relay::table::{self, BindError, FrameFate, RelayLimits, RelayTable};
+use crate::relay::{self, HEADER_LEN};
 use crate::stun::{self, SourceLimiter, StunError, StunInput, StunRetransmit};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Which protocol a datagram belongs to, by its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +81,9 @@ pub struct DemuxLimits {
     /// This node's own Binding transactions in flight at once.
     pub stun_transactions_max: usize,
     pub stun_retransmit: StunRetransmit,
-    /// Relay frames waiting for the relay (when one is attached).
+    /// Frames of this node's relayed paths unwrapped and waiting for quinn.
     pub relay_queue_len_max: usize,
+    pub relay: RelayLimits,
 }
 
 impl Default for DemuxLimits {
@@ -97,6 +101,7 @@ impl Default for DemuxLimits {
             stun_transactions_max: 32,
             stun_retransmit: StunRetransmit::default(),
             relay_queue_len_max: 1_024,
+            relay: RelayLimits::default(),
         }
     }
 }
@@ -121,11 +126,24 @@ pub struct DemuxStats {
     pub stun_responses_matched: u64,
     /// Responses to no transaction of ours (late, spoofed, or from elsewhere).
     pub stun_responses_unmatched: u64,
-    /// Relay frames handed to the relay's queue.
-    pub relay_frames_queued: u64,
+    /// Relay frames sent on to a bound channel's peer (as a relay).
+    pub relay_frames_forwarded: u64,
+    pub relay_bytes_forwarded: u64,
     pub relay_frames_malformed: u64,
-    /// Relay frames dropped: no relay attached, or its queue was full.
+    /// Relay frames on no bound channel and no path of ours.
+    pub relay_frames_unbound: u64,
+    /// Relay frames over their binding's byte rate.
+    pub relay_frames_over_rate: u64,
+    /// Forwarded or wrapped frames the socket would not take at that moment.
+    pub relay_frames_send_failed: u64,
+    /// Frames of our own relayed paths handed to quinn.
+    pub relay_frames_delivered: u64,
+    /// Frames of our own relayed paths dropped: quinn's queue was full.
     pub relay_frames_dropped: u64,
+    /// QUIC packets this node sent through a relay, wrapped in frames.
+    pub relay_frames_sent: u64,
+    /// QUIC packets for a virtual address with no path, or too long to wrap.
+    pub relay_frames_unsendable: u64,
     /// Empty datagrams and first bytes of no protocol of ours.
     pub unknown_dropped: u64,
 }
@@ -141,9 +159,16 @@ pub(crate) struct DemuxCounters {
     pub(crate) stun_send_failed: AtomicU64,
     pub(crate) stun_responses_matched: AtomicU64,
     pub(crate) stun_responses_unmatched: AtomicU64,
-    pub(crate) relay_frames_queued: AtomicU64,
+    pub(crate) relay_frames_forwarded: AtomicU64,
+    pub(crate) relay_bytes_forwarded: AtomicU64,
     pub(crate) relay_frames_malformed: AtomicU64,
+    pub(crate) relay_frames_unbound: AtomicU64,
+    pub(crate) relay_frames_over_rate: AtomicU64,
+    pub(crate) relay_frames_send_failed: AtomicU64,
+    pub(crate) relay_frames_delivered: AtomicU64,
     pub(crate) relay_frames_dropped: AtomicU64,
+    pub(crate) relay_frames_sent: AtomicU64,
+    pub(crate) relay_frames_unsendable: AtomicU64,
     pub(crate) unknown_dropped: AtomicU64,
 }
 
@@ -164,21 +189,19 @@ impl DemuxCounters {
             stun_send_failed: read(&self.stun_send_failed),
             stun_responses_matched: read(&self.stun_responses_matched),
             stun_responses_unmatched: read(&self.stun_responses_unmatched),
-            relay_frames_queued: read(&self.relay_frames_queued),
+            relay_frames_forwarded: read(&self.relay_frames_forwarded),
+            relay_bytes_forwarded: read(&self.relay_bytes_forwarded),
             relay_frames_malformed: read(&self.relay_frames_malformed),
+            relay_frames_unbound: read(&self.relay_frames_unbound),
+            relay_frames_over_rate: read(&self.relay_frames_over_rate),
+            relay_frames_send_failed: read(&self.relay_frames_send_failed),
+            relay_frames_delivered: read(&self.relay_frames_delivered),
             relay_frames_dropped: read(&self.relay_frames_dropped),
+            relay_frames_sent: read(&self.relay_frames_sent),
+            relay_frames_unsendable: read(&self.relay_frames_unsendable),
             unknown_dropped: read(&self.unknown_dropped),
         }
     }
-}
-
-/// A relay frame as it arrived: the hook a relay consumes (none yet: the
-/// driver attaches no queue today, so frames are counted and dropped).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelayDatagram {
-    pub from: SocketAddr,
-    pub channel: u16,
-    pub payload: Vec<u8>,
 }
 
 /// A Binding transaction of this node waiting for its answer.
@@ -194,17 +217,18 @@ struct Shared {
     clock: Clock,
     limiter: Mutex<SourceLimiter>,
     pending: Mutex<HashMap<u128, Pending>>,
-    relay: Option<mpsc::Sender<RelayDatagram>>,
+    relay: Mutex<RelayTable>,
+    /// Unwrapped frames of our relayed paths: (virtual source, payload).
+    delivered: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// quinn sees every peer in the socket's family (v4-mapped on IPv6).
+    ipv6_socket: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An IPv4 peer seen through a dual-stack socket is an IPv4 peer.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
+use table::canonical;
 
 impl Shared {
     /// Handles the non-QUIC datagrams of one received batch and hides
@@ -223,7 +247,7 @@ impl Shared {
                     continue;
                 }
                 DatagramKind::Stun => self.on_stun(segment, meta.addr, meta.dst_ip),
-                DatagramKind::Relay => self.on_relay(segment, meta.addr),
+                DatagramKind::Relay => self.on_relay(segment, meta.addr, meta.dst_ip),
                 DatagramKind::Unknown => DemuxCounters::bump(&self.counters.unknown_dropped),
             }
             // Fixed bit unset: quinn (greasing off) drops it unread.
@@ -300,26 +324,115 @@ impl Shared {
         }
     }
 
-    fn on_relay(&self, datagram: &[u8], from: SocketAddr) {
-        let Ok(frame) = relay::decode(datagram) else {
-            DemuxCounters::bump(&self.counters.relay_frames_malformed);
-            return;
+    fn on_relay(&self, datagram: &mut [u8], from: SocketAddr, local_ip: Option<IpAddr>) {
+        let channel = match relay::decode(datagram) {
+            Ok(frame) => frame.channel,
+            Err(_) => {
+                DemuxCounters::bump(&self.counters.relay_frames_malformed);
+                return;
+            }
         };
-        let queued = self.relay.as_ref().is_some_and(|queue| {
-            queue
-                .try_send(RelayDatagram {
-                    from,
-                    channel: frame.channel,
-                    payload: frame.payload.to_vec(),
-                })
-                .is_ok()
-        });
-        let counter = if queued {
-            &self.counters.relay_frames_queued
-        } else {
-            &self.counters.relay_frames_dropped
+        let now = self.clock.now().instant;
+        let fate = lock(&self.relay).receive(from, channel, datagram.len(), now);
+        match fate {
+            FrameFate::Forward { to, to_channel } => {
+                // Only the channel changes: the length and payload stay.
+                datagram[..2].copy_from_slice(&to_channel.to_be_bytes());
+                let sent = self.inner.try_send(&Transmit {
+                    destination: self.towards(to),
+                    ecn: None,
+                    contents: datagram,
+                    segment_size: None,
+                    src_ip: local_ip,
+                });
+                match sent {
+                    Ok(()) => {
+                        DemuxCounters::bump(&self.counters.relay_frames_forwarded);
+                        self.counters
+                            .relay_bytes_forwarded
+                            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => DemuxCounters::bump(&self.counters.relay_frames_send_failed),
+                }
+            }
+            FrameFate::Deliver { from } => {
+                let mut delivered = lock(&self.delivered);
+                if delivered.len() < self.limits.relay_queue_len_max {
+                    delivered.push_back((self.towards(from), datagram[HEADER_LEN..].to_vec()));
+                    DemuxCounters::bump(&self.counters.relay_frames_delivered);
+                } else {
+                    DemuxCounters::bump(&self.counters.relay_frames_dropped);
+                }
+            }
+            FrameFate::Unbound => DemuxCounters::bump(&self.counters.relay_frames_unbound),
+            FrameFate::OverRate => DemuxCounters::bump(&self.counters.relay_frames_over_rate),
+        }
+    }
+
+    /// `addr` in the socket's family.
+    fn towards(&self, addr: SocketAddr) -> SocketAddr {
+        match addr.ip() {
+            IpAddr::V4(v4) if self.ipv6_socket => {
+                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), addr.port())
+            }
+            _ => addr,
+        }
+    }
+
+    /// Hands quinn the unwrapped frames waiting, as many as `bufs` holds.
+    fn take_delivered(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut delivered = lock(&self.delivered);
+        let mut count = 0;
+        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
+            let Some((from, payload)) = delivered.pop_front() else {
+                break;
+            };
+            if payload.len() > buf.len() {
+                // quinn's buffers hold its largest datagram; a payload
+                // over that is one quinn would refuse anyway.
+                DemuxCounters::bump(&self.counters.relay_frames_dropped);
+                continue;
+            }
+            buf[..payload.len()].copy_from_slice(&payload);
+            *meta = RecvMeta {
+                addr: from,
+                len: payload.len(),
+                stride: payload.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            count += 1;
+        }
+        count
+    }
+
+    /// Sends what quinn addressed to a relayed path's virtual address as
+    /// frames to its relay (each GSO segment its own frame).
+    fn send_relayed(&self, transmit: &Transmit) -> io::Result<()> {
+        let Some((relay_addr, channel)) = lock(&self.relay).path(&transmit.destination) else {
+            DemuxCounters::bump(&self.counters.relay_frames_unsendable);
+            return Ok(());
         };
-        DemuxCounters::bump(counter);
+        let segment_size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let mut frame = Vec::with_capacity(HEADER_LEN + segment_size);
+        for segment in transmit.contents.chunks(segment_size) {
+            if table::frame_into(channel, segment, &mut frame).is_err() {
+                DemuxCounters::bump(&self.counters.relay_frames_unsendable);
+                continue;
+            }
+            self.inner.try_send(&Transmit {
+                destination: self.towards(relay_addr),
+                ecn: transmit.ecn,
+                contents: &frame,
+                segment_size: None,
+                src_ip: transmit.src_ip,
+            })?;
+            DemuxCounters::bump(&self.counters.relay_frames_sent);
+        }
+        Ok(())
     }
 }
 
@@ -337,15 +450,11 @@ impl std::fmt::Debug for DemuxSocket {
 }
 
 impl DemuxSocket {
-    /// Wraps `inner` (a socket from quinn's runtime). Relay frames go to
-    /// `relay` when given (at most `relay_queue_len_max` waiting), else
-    /// they are counted and dropped. Must be called inside a tokio runtime.
-    pub fn new(
-        inner: Arc<dyn AsyncUdpSocket>,
-        limits: DemuxLimits,
-        relay: Option<mpsc::Sender<RelayDatagram>>,
-    ) -> (DemuxSocket, DemuxHandle) {
+    /// Wraps `inner` (a socket from quinn's runtime). Must be called
+    /// inside a tokio runtime.
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, limits: DemuxLimits) -> (DemuxSocket, DemuxHandle) {
         let clock = Clock::start();
+        let ipv6_socket = inner.local_addr().is_ok_and(|addr| addr.is_ipv6());
         let shared = Arc::new(Shared {
             inner,
             limits,
@@ -353,7 +462,9 @@ impl DemuxSocket {
             clock,
             limiter: Mutex::new(SourceLimiter::new(&limits, clock.now().instant)),
             pending: Mutex::new(HashMap::new()),
-            relay,
+            relay: Mutex::new(RelayTable::new(limits.relay)),
+            delivered: Mutex::new(VecDeque::new()),
+            ipv6_socket,
         });
         (
             DemuxSocket {
@@ -370,6 +481,9 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if table::is_virtual(&transmit.destination) {
+            return self.shared.send_relayed(transmit);
+        }
         self.shared.inner.try_send(transmit)
     }
 
@@ -379,6 +493,10 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let delivered = self.shared.take_delivered(bufs, meta);
+        if delivered > 0 {
+            return Poll::Ready(Ok(delivered));
+        }
         let count = ready!(self.shared.inner.poll_recv(cx, bufs, meta))?;
         for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()).take(count) {
             let length = meta.len.min(buf.len());
@@ -452,6 +570,37 @@ impl DemuxHandle {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
             other => other,
         }
+    }
+
+    /// As a relay: binds `a`'s channel to `b`'s (see [`RelayTable::bind`]).
+    pub fn relay_bind(&self, a: (SocketAddr, u16), b: (SocketAddr, u16)) -> Result<(), BindError> {
+        let now = self.shared.clock.now().instant;
+        lock(&self.shared.relay).bind(a, b, now)
+    }
+
+    /// As a relay: removes the binding `from` belongs to.
+    pub fn relay_unbind(&self, from: (SocketAddr, u16)) {
+        lock(&self.shared.relay).unbind(from);
+    }
+
+    /// As a peer: the virtual address quinn dials for the path through
+    /// `relay` on `channel`.
+    pub fn open_relayed_path(
+        &self,
+        relay: SocketAddr,
+        channel: u16,
+    ) -> Result<SocketAddr, BindError> {
+        lock(&self.shared.relay).open_path(relay, channel)
+    }
+
+    pub fn close_relayed_path(&self, virtual_addr: SocketAddr) {
+        lock(&self.shared.relay).close_path(virtual_addr);
+    }
+
+    /// Channels bound on this node as a relay, and relayed paths it uses.
+    pub fn relay_usage(&self) -> (usize, usize) {
+        let relay = lock(&self.shared.relay);
+        (relay.channels(), relay.paths())
     }
 
     /// Transactions waiting for an answer (at most `stun_transactions_max`).

@@ -292,13 +292,11 @@ impl RunningNode {
         }
         let certificate =
             NodeCertificate::new(&config.identity.keypair).map_err(EndpointError::from)?;
-        // No relay consumes relay frames yet: they are counted and dropped.
         let (endpoint, demux) = demux_endpoint(
             socket,
             &certificate,
             config.limits.links.quic,
             config.limits.demux,
-            None,
         )?;
         let (inbound_sender, inbound) =
             mpsc::channel(config.limits.links.inbound_frames_max.max(1));

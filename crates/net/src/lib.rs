@@ -11,8 +11,9 @@
 //! One UDP port carries three protocols, told apart by the first byte of
 //! each datagram (RFC 9443, [`demux`]): STUN Binding ([`stun`]: every node
 //! answers, and [`Control::stun_binding`] learns the node's reflexive
-//! address), QUIC, and relay frames ([`relay`]: the header codec and a
-//! queue hook; no relay consumes them yet). Unauthenticated STUN is bounded
+//! address), QUIC, and relay frames ([`relay`]: forwarded between bound
+//! channels when this node relays, unwrapped for quinn when this node talks
+//! to a peer through a relay). Unauthenticated STUN is bounded
 //! in size (answers at most 3× the request) and rate (per source IP and
 //! overall), see [`DemuxLimits`].
 //!

@@ -1,13 +1,12 @@
 //! QUIC endpoint set-up: one quinn endpoint per node, server and client at
 //! once, on the node's one UDP socket.
 
-use crate::demux::{DemuxHandle, DemuxLimits, DemuxSocket, RelayDatagram};
+use crate::demux::{DemuxHandle, DemuxLimits, DemuxSocket};
 use crate::tls::{NodeCertificate, TlsError};
 use peerline_proto::PublicKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Bounds on what one QUIC connection may hold open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,30 +82,28 @@ fn server_config(
 }
 
 /// A server-and-client endpoint on `socket` (which must be bound already),
-/// behind the demultiplexer with default limits and no relay attached.
+/// behind the demultiplexer with default limits.
 /// Must be called inside a tokio runtime.
 pub fn endpoint(
     socket: std::net::UdpSocket,
     certificate: &NodeCertificate,
     limits: QuicLimits,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let (endpoint, _demux) =
-        demux_endpoint(socket, certificate, limits, DemuxLimits::default(), None)?;
+    let (endpoint, _demux) = demux_endpoint(socket, certificate, limits, DemuxLimits::default())?;
     Ok(endpoint)
 }
 
-/// [`endpoint`] with its demultiplexer's limits and relay queue given, and
-/// the handle to the demultiplexer (counters, STUN Binding transactions).
+/// [`endpoint`] with its demultiplexer's limits given, and the handle to
+/// the demultiplexer (counters, STUN Binding transactions, relay tables).
 pub fn demux_endpoint(
     socket: std::net::UdpSocket,
     certificate: &NodeCertificate,
     limits: QuicLimits,
     demux_limits: DemuxLimits,
-    relay: Option<mpsc::Sender<RelayDatagram>>,
 ) -> Result<(quinn::Endpoint, DemuxHandle), EndpointError> {
     let runtime = runtime()?;
     let inner = runtime.wrap_udp_socket(socket)?;
-    let (socket, handle) = DemuxSocket::new(inner, demux_limits, relay);
+    let (socket, handle) = DemuxSocket::new(inner, demux_limits);
     let endpoint = endpoint_on(Arc::new(socket), certificate, limits)?;
     Ok((endpoint, handle))
 }

@@ -27,6 +27,11 @@
 //! Decoding is total: any byte string yields a frame or an error, and the
 //! payload is borrowed (no allocation). The length must match exactly (no
 //! padding: our own format, on UDP only).
+//!
+//! What a node does with the frames it receives, as a relay and as a peer
+//! using one, is in [`table`].
+
+pub mod table;
 
 /// Lowest relay channel number (first byte 128).
 pub const CHANNEL_MIN: u16 = 0x8000;

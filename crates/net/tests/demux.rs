@@ -1,12 +1,12 @@
 //! One port, three protocols: STUN Binding answered on a node's QUIC port
-//! (and asked from it), QUIC unharmed alongside, relay frames handed to the
-//! relay's queue, garbage counted and dropped, STUN rate limits, and every
+//! (and asked from it), QUIC unharmed alongside, relay frames on no bound
+//! channel counted and dropped, garbage counted and dropped, STUN rate limits, and every
 //! QUIC datagram an endpoint sends keeps the fixed bit set.
 
 use peerline_core::{CryptoMode, Event, Keypair, Params};
-use peerline_net::demux::{DemuxLimits, DemuxSocket, RelayDatagram};
+use peerline_net::demux::{DemuxLimits, DemuxSocket};
 use peerline_net::loopback::{clients_attached_to_two, LoopbackNetwork, LoopbackPlan, Role};
-use peerline_net::quic::{client_config, demux_endpoint, endpoint_on};
+use peerline_net::quic::{client_config, endpoint_on};
 use peerline_net::relay::{self, RelayFrame};
 use peerline_net::stun::{binding_request, handle_datagram, StunInput};
 use peerline_net::{
@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 const STEP_WITHIN: Duration = Duration::from_secs(15);
 const TEST_WITHIN: Duration = Duration::from_secs(50);
@@ -183,7 +182,7 @@ async fn shared_port_scenario() {
                     now.demux.unknown_dropped >= before.demux.unknown_dropped + unknown.len() as u64
                         && now.demux.stun_malformed
                             >= before.demux.stun_malformed + malformed_stun.len() as u64
-                        && now.demux.relay_frames_dropped == before.demux.relay_frames_dropped + 1
+                        && now.demux.relay_frames_unbound == before.demux.relay_frames_unbound + 1
                         && now.demux.relay_frames_malformed
                             == before.demux.relay_frames_malformed + 1
                 })
@@ -326,63 +325,6 @@ async fn a_binding_transaction_retransmits_and_gives_up_within_its_bound() {
     assert_eq!(listening.await.unwrap(), 5);
 }
 
-#[tokio::test]
-async fn relay_frames_reach_the_relay_queue() {
-    let certificate =
-        NodeCertificate::new(&Keypair::from_seed(CryptoMode::Full, [31; 32])).unwrap();
-    let (queue, mut frames) = mpsc::channel(4);
-    let (endpoint, demux) = demux_endpoint(
-        std::net::UdpSocket::bind(loopback()).unwrap(),
-        &certificate,
-        QuicLimits::default(),
-        DemuxLimits::default(),
-        Some(queue),
-    )
-    .unwrap();
-    let to = endpoint.local_addr().unwrap();
-    let sender = UdpSocket::bind(loopback()).await.unwrap();
-    let mut frame = Vec::new();
-    relay::encode(
-        RelayFrame {
-            channel: 0xbfff,
-            payload: b"end-to-end ciphertext",
-        },
-        &mut frame,
-    )
-    .unwrap();
-    // Frames beyond the queue's room are dropped and counted.
-    for _ in 0..6 {
-        sender.send_to(&frame, to).await.unwrap();
-    }
-    let first = tokio::time::timeout(Duration::from_secs(5), frames.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        first,
-        RelayDatagram {
-            from: sender.local_addr().unwrap(),
-            channel: 0xbfff,
-            payload: b"end-to-end ciphertext".to_vec(),
-        }
-    );
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while demux.stats().relay_frames_queued + demux.stats().relay_frames_dropped < 6 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("all six frames are counted");
-    let stats = demux.stats();
-    assert!(stats.relay_frames_queued >= 4);
-    assert!(
-        stats.relay_frames_queued <= 5,
-        "the queue holds 4 (+1 read)"
-    );
-    assert_eq!(stats.relay_frames_queued + stats.relay_frames_dropped, 6);
-    assert_eq!(stats.quic_datagrams, 0);
-}
-
 /// A socket that records the first byte of every datagram it sends.
 #[derive(Debug)]
 struct Recording {
@@ -436,7 +378,7 @@ fn recorded_endpoint(seed: u8) -> (quinn::Endpoint, NodeCertificate, Arc<Mutex<V
     let inner = runtime
         .wrap_udp_socket(std::net::UdpSocket::bind(loopback()).unwrap())
         .unwrap();
-    let (demux, _handle) = DemuxSocket::new(inner, DemuxLimits::default(), None);
+    let (demux, _handle) = DemuxSocket::new(inner, DemuxLimits::default());
     let first_bytes = Arc::new(Mutex::new(Vec::new()));
     let socket = Recording {
         inner: Arc::new(demux),
