@@ -314,7 +314,11 @@ impl ClientState {
     pub(crate) fn handle(&mut self, io: &mut Io, from: peerline_proto::Addr, message: Message) {
         if matches!(
             message,
-            Message::PunchCandidates { .. } | Message::PathPing { .. } | Message::PathPong { .. }
+            Message::PunchCandidates { .. }
+                | Message::PathPing { .. }
+                | Message::PathPong { .. }
+                | Message::RelayGranted { .. }
+                | Message::RelayRefused { .. }
         ) {
             let supernodes: Vec<_> = self.attached().iter().map(|c| c.addr).collect();
             self.punch.handle(io, from, message, &supernodes);

@@ -23,6 +23,7 @@ pub mod domain {
     pub const TICKET: &[u8] = b"peerline/v1/ticket";
     pub const RESUME: &[u8] = b"peerline/v1/resume";
     pub const ENVELOPE: &[u8] = b"peerline/v1/envelope";
+    pub const RELAY: &[u8] = b"peerline/v1/relay";
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]

@@ -17,6 +17,7 @@ pub mod node;
 pub mod overload;
 pub mod params;
 pub mod punch;
+pub mod relay;
 pub mod supernode;
 pub mod time;
 

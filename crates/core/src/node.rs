@@ -110,6 +110,8 @@ pub struct NodeStats {
     pub datagrams_unsupported_version: u64,
     pub messages_unexpected: u64,
     pub signatures_rejected: u64,
+    /// Relay requests this supernode refused (no room for another binding).
+    pub relay_refused: u64,
     /// Membership changes seen by a supernode.
     pub members_joined: u64,
     pub members_left: u64,
@@ -223,6 +225,8 @@ pub struct Node {
     resumption: Resumption,
     mail: MailState,
     revoked: BTreeSet<PublicKey>,
+    /// Path commands of the node itself (a role change resets the relay).
+    path_commands: VecDeque<crate::PathCommand>,
 }
 
 impl Node {
@@ -249,6 +253,7 @@ impl Node {
             resumption: Resumption::default(),
             mail: MailState::default(),
             revoked: BTreeSet::new(),
+            path_commands: VecDeque::new(),
         };
         if config.policy == RolePolicy::SupernodeOnly {
             node.become_supernode(now);
@@ -472,11 +477,23 @@ impl Node {
         });
     }
 
-    /// What the driver must do for hole punching next.
+    /// The driver's answer to [`crate::PathCommand::OpenRelayedPath`]: the
+    /// virtual address of the relayed path, or `None` when it could not
+    /// open one.
+    pub fn relayed_path_opened(&mut self, now: Now, session: u64, path: Option<Addr>) {
+        self.with_client(now, |client, io| {
+            client.punch.relayed_path_opened(io, session, path)
+        });
+    }
+
+    /// What the driver must do for hole punching and relaying next.
     pub fn poll_path_command(&mut self) -> Option<crate::PathCommand> {
+        if let Some(command) = self.path_commands.pop_front() {
+            return Some(command);
+        }
         match &mut self.role {
             Role::Client(client) => client.punch.poll_command(),
-            Role::Supernode(_) => None,
+            Role::Supernode(supernode) => supernode.relays.poll_command(),
         }
     }
 
@@ -486,6 +503,14 @@ impl Node {
         match &self.role {
             Role::Client(client) => client.punch.peer_at(addr),
             Role::Supernode(_) => None,
+        }
+    }
+
+    /// Relay bindings a supernode holds (halves included); 0 on a client.
+    pub fn relay_bindings(&self) -> usize {
+        match &self.role {
+            Role::Supernode(supernode) => supernode.relays.len(),
+            Role::Client(_) => 0,
         }
     }
 
@@ -585,6 +610,10 @@ impl Node {
     }
 
     fn change_role(&mut self, now: Now, promote: bool, demote: bool) {
+        if promote || demote {
+            self.path_commands.clear();
+            self.path_commands.push_back(crate::PathCommand::RelayReset);
+        }
         if promote {
             self.with_client(now, |client, io| client.shutdown(io));
             self.become_supernode(now);

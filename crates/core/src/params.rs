@@ -59,6 +59,10 @@ pub struct Params {
     pub replication_k: usize,
     /// Housekeeping period: expiry sweeps, load announcements.
     pub sweep_interval_ms: u64,
+    /// Relay bindings (peer pairs) a supernode holds at once, and how long
+    /// one lasts unless its peers refresh it (`relay.rs`).
+    pub relay_bindings_max: usize,
+    pub relay_lifetime_s: u16,
     /// Challenge validity window (a challenge is valid in its window and the next).
     pub challenge_window_s: u64,
 
@@ -175,6 +179,8 @@ impl Default for Params {
             client_idle_timeout_ms: 80_000,
             replication_k: 4,
             sweep_interval_ms: 10_000,
+            relay_bindings_max: 256,
+            relay_lifetime_s: 120,
             challenge_window_s: 30,
             handshakes_per_s: 20,
             handshake_burst: 60,

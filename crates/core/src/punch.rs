@@ -23,6 +23,14 @@
 //! client (whose device key it checks) to the recipient if attached to
 //! itself, else to the supernode the recipient's presence record names,
 //! which hands it to its client.
+//!
+//! When no check comes through (both NATs map per destination, or filter
+//! what the other sends), both sides fall back to a relay: the initiator's
+//! supernode, which both know from the offer. Each asks it over its own
+//! connection ([`crate::relay`]); once granted a channel, the driver opens
+//! a *relayed path* — a virtual address that stands for "through the
+//! relay on this channel" ([`PathCommand::OpenRelayedPath`]) — and the same
+//! checks run over it. While the path lives its binding is refreshed.
 
 use crate::attached::Attached;
 use crate::node::{Event, Io};
@@ -49,6 +57,14 @@ pub const CHECK_ROUNDS_MAX: u32 = 20;
 /// Packets sprayed at each peer candidate, and their spacing.
 pub const SPRAY_PACKETS: u32 = 15;
 pub const SPRAY_INTERVAL_MS: u64 = 300;
+/// Relay requests re-sent this often until granted…
+pub const RELAY_RETRY_MS: u64 = 1_000;
+/// …this many times in all (the peer may reach the relay later).
+pub const RELAY_ATTEMPTS_MAX: u32 = 15;
+/// How long the driver may take to open a relayed path.
+pub const RELAY_OPEN_TIMEOUT_MS: u64 = 5_000;
+/// Longest wait a refusal may impose before the next request.
+pub const RELAY_REFUSED_WAIT_MAX_MS: u64 = 10_000;
 
 /// What the driver must do for the punching.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +79,23 @@ pub enum PathCommand {
         count: u32,
         interval_ms: u64,
     },
+    /// Open a relayed path through `relay` on `channel` and answer with
+    /// [`crate::Node::relayed_path_opened`] (the virtual address that
+    /// stands for the path, or `None`).
+    OpenRelayedPath {
+        session: u64,
+        relay: Addr,
+        channel: u16,
+    },
+    /// The relayed path with this virtual address is no longer used.
+    CloseRelayedPath { path: Addr },
+    /// As a relay: forward frames between `a`'s channel and `b`'s.
+    RelayBind { a: (Addr, u16), b: (Addr, u16) },
+    /// As a relay: stop forwarding for the binding `a` belongs to.
+    RelayUnbind { a: (Addr, u16) },
+    /// Drop every relay binding and relayed path: the node changed role
+    /// (a supernode relays, a client uses paths; neither carries over).
+    RelayReset,
 }
 
 /// Which way a connection to a peer went.
@@ -81,8 +114,12 @@ pub enum PathFailure {
     /// The peer never answered the offer.
     NoAnswer,
     /// Candidates exchanged, but no check came through (both NATs
-    /// endpoint-dependent, or filtering): a relay is needed.
+    /// endpoint-dependent, or filtering), and hole punching was all that
+    /// was tried.
     NoDirectPath,
+    /// No direct path, and the relay refused, never answered, or carried
+    /// no check either.
+    NoRelay,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,8 +128,12 @@ enum Phase {
     Gathering,
     /// Offer sent, waiting for the answer.
     Offered,
-    /// Candidates known, checks running.
+    /// Candidates known (or a relayed path open), checks running.
     Checking,
+    /// No direct path: asking the relay for a channel.
+    Relaying,
+    /// Channel granted: waiting for the driver's relayed path.
+    Opening,
     Up,
     Failed,
 }
@@ -105,6 +146,9 @@ pub struct PathReport {
     /// `None` while running or after failing.
     pub kind: Option<PathKind>,
     pub addr: Option<Addr>,
+    /// The relay a relayed path goes through (`addr` is then the virtual
+    /// address the driver gave the path).
+    pub relay: Option<Addr>,
     pub failure: Option<PathFailure>,
     pub elapsed_ms: u64,
 }
@@ -127,6 +171,11 @@ struct Session {
     path: Option<Addr>,
     failure: Option<PathFailure>,
     finished_ms: u64,
+    /// The relay both sides use if punching fails: the initiator's
+    /// supernode.
+    relay: Addr,
+    /// The relayed path's virtual address, once open.
+    relayed: Option<Addr>,
 }
 
 impl Session {
@@ -137,6 +186,18 @@ impl Session {
 
     fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Up | Phase::Failed)
+    }
+
+    /// Running, or up through a relay whose binding needs refreshing.
+    fn has_timer(&self) -> bool {
+        !self.is_finished() || (self.phase == Phase::Up && self.relayed.is_some())
+    }
+
+    fn kind(&self) -> PathKind {
+        match self.relayed {
+            Some(_) => PathKind::Relayed,
+            None => PathKind::Direct,
+        }
     }
 }
 
@@ -153,7 +214,7 @@ impl Punch {
     pub(crate) fn next_deadline(&self) -> Instant {
         self.sessions
             .iter()
-            .filter(|s| !s.is_finished())
+            .filter(|s| s.has_timer())
             .map(|s| s.deadline)
             .min()
             .unwrap_or(Instant::NEVER)
@@ -185,8 +246,9 @@ impl Punch {
             .map(|s| PathReport {
                 peer: s.peer,
                 session: s.id,
-                kind: (s.phase == Phase::Up).then_some(PathKind::Direct),
+                kind: (s.phase == Phase::Up).then(|| s.kind()),
                 addr: s.path,
+                relay: s.relayed.map(|_| s.relay),
                 failure: s.failure,
                 elapsed_ms: s.finished_ms,
             })
@@ -200,7 +262,10 @@ impl Punch {
         }
         match self.sessions.iter().position(Session::is_finished) {
             Some(index) => {
-                self.sessions.remove(index);
+                let gone = self.sessions.remove(index);
+                if let Some(path) = gone.relayed {
+                    self.command(PathCommand::CloseRelayedPath { path });
+                }
                 true
             }
             None => false,
@@ -251,6 +316,8 @@ impl Punch {
             path: None,
             failure: None,
             finished_ms: 0,
+            relay: via,
+            relayed: None,
         });
         self.command(PathCommand::Stun { server: via });
     }
@@ -316,7 +383,10 @@ impl Punch {
             interval_ms: SPRAY_INTERVAL_MS,
         };
         let dials = session.dials(&own);
-        self.command(spray);
+        // A relayed path needs no NAT opened: the relay is reached already.
+        if session.relayed.is_none() {
+            self.command(spray);
+        }
         if dials {
             self.check_round(io, index);
         } else {
@@ -342,6 +412,9 @@ impl Punch {
     }
 
     fn fail(&mut self, io: &mut Io, index: usize, reason: PathFailure) {
+        if let Some(path) = self.sessions[index].relayed.take() {
+            self.command(PathCommand::CloseRelayedPath { path });
+        }
         let session = &mut self.sessions[index];
         session.phase = Phase::Failed;
         session.failure = Some(reason);
@@ -360,21 +433,88 @@ impl Punch {
         }
         session.phase = Phase::Up;
         session.path = Some(addr);
-        session.deadline = Instant::NEVER;
+        session.deadline = match session.relayed {
+            Some(_) => io.now.instant.add_ms(relay_refresh_ms(io)),
+            None => Instant::NEVER,
+        };
         session.finished_ms = io.now.instant.since_ms(session.started);
         io.event(Event::PathUp {
             peer: session.peer,
-            kind: PathKind::Direct,
+            kind: session.kind(),
             addr,
             elapsed_ms: session.finished_ms,
         });
+    }
+
+    /// No direct path: ask the relay (both sides do).
+    fn start_relay(&mut self, io: &mut Io, index: usize) {
+        let session = &mut self.sessions[index];
+        session.phase = Phase::Relaying;
+        session.attempts = 1;
+        session.deadline = io.now.instant.add_ms(RELAY_RETRY_MS);
+        let request = crate::relay::request(io, session.id, session.peer, session.relay);
+        io.send(session.relay, &request);
+    }
+
+    fn on_relay_granted(&mut self, io: &mut Io, from: Addr, id: u64, channel: u16) {
+        let found = self
+            .sessions
+            .iter()
+            .position(|s| s.id == id && s.relay == from && s.phase == Phase::Relaying);
+        let Some(index) = found else {
+            // A refresh's answer, or a duplicate.
+            return;
+        };
+        let session = &mut self.sessions[index];
+        session.phase = Phase::Opening;
+        session.deadline = io.now.instant.add_ms(RELAY_OPEN_TIMEOUT_MS);
+        let command = PathCommand::OpenRelayedPath {
+            session: id,
+            relay: from,
+            channel,
+        };
+        self.command(command);
+    }
+
+    fn on_relay_refused(&mut self, io: &mut Io, from: Addr, id: u64, retry_after_ms: u32) {
+        let found = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == id && s.relay == from && s.phase == Phase::Relaying);
+        if let Some(session) = found {
+            let wait = u64::from(retry_after_ms).clamp(RELAY_RETRY_MS, RELAY_REFUSED_WAIT_MAX_MS);
+            session.deadline = io.now.instant.add_ms(wait);
+        }
+    }
+
+    /// The driver's answer to [`PathCommand::OpenRelayedPath`].
+    pub(crate) fn relayed_path_opened(&mut self, io: &mut Io, id: u64, path: Option<Addr>) {
+        let Some(index) = self
+            .sessions
+            .iter()
+            .position(|s| s.id == id && s.phase == Phase::Opening)
+        else {
+            if let Some(path) = path {
+                self.command(PathCommand::CloseRelayedPath { path });
+            }
+            return;
+        };
+        match path {
+            Some(path) => {
+                let session = &mut self.sessions[index];
+                session.relayed = Some(path);
+                session.peer_candidates = vec![path];
+                self.begin_checks(io, index);
+            }
+            None => self.fail(io, index, PathFailure::NoRelay),
+        }
     }
 
     pub(crate) fn handle_timeout(&mut self, io: &mut Io) {
         let now = io.now.instant;
         for index in 0..self.sessions.len() {
             let session = &self.sessions[index];
-            if session.is_finished() || session.deadline > now {
+            if !session.has_timer() || session.deadline > now {
                 continue;
             }
             match session.phase {
@@ -389,11 +529,29 @@ impl Punch {
                     session.attempts += 1;
                     session.deadline = now.add_ms(OFFER_RETRY_MS);
                 }
-                Phase::Checking if session.attempts >= CHECK_ROUNDS_MAX => {
-                    self.fail(io, index, PathFailure::NoDirectPath)
-                }
+                Phase::Checking if session.attempts >= CHECK_ROUNDS_MAX => match session.relayed {
+                    None => self.start_relay(io, index),
+                    Some(_) => self.fail(io, index, PathFailure::NoRelay),
+                },
                 Phase::Checking => self.check_round(io, index),
-                Phase::Up | Phase::Failed => {}
+                Phase::Relaying if session.attempts >= RELAY_ATTEMPTS_MAX => {
+                    self.fail(io, index, PathFailure::NoRelay)
+                }
+                Phase::Relaying | Phase::Up => {
+                    // A retry, or the refresh of an open relayed path.
+                    let request =
+                        crate::relay::request(io, session.id, session.peer, session.relay);
+                    let relay = session.relay;
+                    let session = &mut self.sessions[index];
+                    session.attempts += 1;
+                    session.deadline = match session.phase {
+                        Phase::Up => now.add_ms(relay_refresh_ms(io)),
+                        _ => now.add_ms(RELAY_RETRY_MS),
+                    };
+                    io.send(relay, &request);
+                }
+                Phase::Opening => self.fail(io, index, PathFailure::NoRelay),
+                Phase::Failed => {}
             }
         }
     }
@@ -435,6 +593,13 @@ impl Punch {
                     None => io.stats.messages_unexpected += 1,
                 }
             }
+            Message::RelayGranted {
+                session, channel, ..
+            } => self.on_relay_granted(io, from, session, channel),
+            Message::RelayRefused {
+                session,
+                retry_after_ms,
+            } => self.on_relay_refused(io, from, session, retry_after_ms),
             Message::PathPong { session } => {
                 let found = self
                     .sessions
@@ -502,9 +667,17 @@ impl Punch {
             path: None,
             failure: None,
             finished_ms: 0,
+            relay: reply_supernode,
+            relayed: None,
         });
         self.command(PathCommand::Stun { server: from });
     }
+}
+
+/// How often an open relayed path's binding is refreshed: three times
+/// per lifetime, so one lost refresh does not lose the binding.
+fn relay_refresh_ms(io: &Io) -> u64 {
+    (u64::from(io.params.relay_lifetime_s) * 1_000 / 3).max(RELAY_RETRY_MS)
 }
 
 /// A supernode passes candidates on: from an attached client (its device

@@ -135,6 +135,8 @@ pub struct SupernodeState {
     resume_counters: FxHashMap<PublicKey, (u64, Instant)>,
     /// Envelopes for the devices of the accounts whose presence we hold.
     mailbox: Mailbox,
+    /// Peer pairs this supernode relays for (`relay.rs`).
+    pub(crate) relays: crate::relay::Relays,
     /// Members declared dead in the last hour (bounded), with when: asked
     /// now and then whether they are back (a healed partition).
     lost: Vec<(Contact, Instant)>,
@@ -213,6 +215,7 @@ impl SupernodeState {
             lookup_budget: TokenBucket::new(params.lookups_per_s, params.lookup_burst, now.instant),
             resume_counters: FxHashMap::default(),
             mailbox: Mailbox::default(),
+            relays: crate::relay::Relays::default(),
             recent_forwards: BTreeMap::new(),
             lost: Vec::new(),
             rediscover_at: None,
@@ -483,6 +486,10 @@ impl SupernodeState {
                 for id in ids.iter() {
                     self.mailbox.delete(&device, id);
                 }
+            }
+            Message::RelayRequest { body, signature } => {
+                let own = self.contact().addr;
+                self.relays.on_request(io, from, own, body, &signature);
             }
             message @ Message::PunchCandidates { .. } => {
                 let own = self.contact().addr;
@@ -1814,6 +1821,7 @@ impl SupernodeState {
         let now = io.now.instant;
         let params = io.params;
         self.next_sweep_at = now.add_ms(params.sweep_interval_ms);
+        self.relays.expire(now);
         self.clients
             .retain(|_, slot| now.since_ms(slot.last_seen) < params.client_idle_timeout_ms);
         let now_unix_s = io.now.unix_s;

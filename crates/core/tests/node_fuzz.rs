@@ -22,10 +22,12 @@ use peerline_core::identity::{
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
+use peerline_proto::message::PUNCH_CANDIDATES_MAX;
+use peerline_proto::to_signing_bytes;
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
     Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
-    PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
+    PresenceBody, PresenceRecord, PublicKey, RelayRequestBody, Signature, Ticket, TicketBody,
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use proptest::collection::vec;
@@ -566,6 +568,88 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         resume(),
         mail(),
+        paths(),
+    ]
+}
+
+/// Hole punching and relaying: offers, checks, and relay requests signed
+/// by the client or a stranger for the real supernode, or noise.
+fn paths() -> impl Strategy<Value = Message> {
+    let request = (small_or_any_u64(), public_key(), any::<bool>(), 0..3usize).prop_map(
+        |(session, to_device, by_client, relay)| {
+            let f = fixtures();
+            let device = if by_client { &f.client } else { &f.stranger };
+            let body = RelayRequestBody {
+                session,
+                from_device: device.keypair.public(),
+                to_device,
+                relay: f.supernodes[relay].addr,
+            };
+            let signature = device.keypair.sign(domain::RELAY, &to_signing_bytes(&body));
+            Message::RelayRequest { body, signature }
+        },
+    );
+    prop_oneof![
+        (
+            small_or_any_u64(),
+            (public_key(), public_key()),
+            (address(), address()),
+            any::<bool>(),
+            vec(address(), 0..PUNCH_CANDIDATES_MAX)
+        )
+            .prop_map(
+                |(
+                    session,
+                    (from_device, to_device),
+                    (to_supernode, reply_supernode),
+                    answer,
+                    candidates,
+                )| {
+                    Message::PunchCandidates {
+                        session,
+                        from_device,
+                        to_device,
+                        to_supernode,
+                        reply_supernode,
+                        answer,
+                        candidates: BoundedVec::truncating(candidates),
+                    }
+                }
+            ),
+        small_or_any_u64().prop_map(|session| Message::PathPing { session }),
+        small_or_any_u64().prop_map(|session| Message::PathPong { session }),
+        request,
+        (
+            small_or_any_u64(),
+            public_key(),
+            public_key(),
+            address(),
+            signature()
+        )
+            .prop_map(|(session, from_device, to_device, relay, signature)| {
+                Message::RelayRequest {
+                    body: RelayRequestBody {
+                        session,
+                        from_device,
+                        to_device,
+                        relay,
+                    },
+                    signature,
+                }
+            }),
+        (small_or_any_u64(), any::<u16>(), any::<u16>()).prop_map(
+            |(session, channel, lifetime_s)| Message::RelayGranted {
+                session,
+                channel,
+                lifetime_s,
+            }
+        ),
+        (small_or_any_u64(), any::<u32>()).prop_map(|(session, retry_after_ms)| {
+            Message::RelayRefused {
+                session,
+                retry_after_ms,
+            }
+        }),
     ]
 }
 

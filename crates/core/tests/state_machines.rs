@@ -19,7 +19,7 @@ use peerline_core::{
 use peerline_proto::{
     decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeBody,
     EnvelopeKind, Frame, MemberState, MemberUpdate, Message, PresenceBody, PresenceRecord,
-    PublicKey, Signature, Ticket, TicketBody, VersionInfo,
+    PublicKey, RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
 };
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -2724,4 +2724,172 @@ fn supernode_relays_punch_offers_only_between_members_and_their_clients() {
     }
     deliver(&mut a, at(23), alice.addr, &forged);
     assert!(sent(&mut a).is_empty());
+}
+
+/// `from`'s signed request to `relay` for a binding to `to`.
+fn relay_request(from: &RawClient, to: PublicKey, relay: Addr, session: u64) -> Message {
+    let body = RelayRequestBody {
+        session,
+        from_device: from.keypair.public(),
+        to_device: to,
+        relay,
+    };
+    let signature = from
+        .keypair
+        .sign(domain::RELAY, &peerline_proto::to_signing_bytes(&body));
+    Message::RelayRequest { body, signature }
+}
+
+/// The channel granted to `to` among `out`.
+fn granted_channel(out: &[(Addr, Message)], to: Addr, session: u64) -> Option<u16> {
+    out.iter().find_map(|(addr, message)| match message {
+        Message::RelayGranted {
+            session: s,
+            channel,
+            ..
+        } if *addr == to && *s == session => Some(*channel),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_relay_binds_two_signed_halves_and_nothing_else() {
+    let params = Arc::new(params());
+    let (mut relay, _other) = two_supernodes(&params);
+    let relay_addr = addr(1);
+    let (alice, bob) = (
+        RawClient::honest(80, addr(80)),
+        RawClient::honest(81, addr(81)),
+    );
+    let (alice_key, bob_key) = (alice.keypair.public(), bob.keypair.public());
+    sent(&mut relay);
+
+    // Alice's half waits for Bob's.
+    deliver(
+        &mut relay,
+        at(20),
+        alice.addr,
+        &relay_request(&alice, bob_key, relay_addr, 5),
+    );
+    assert!(sent(&mut relay).is_empty());
+    assert_eq!(relay.relay_bindings(), 1);
+    assert_eq!(relay.poll_path_command(), None);
+    // Bob's half completes it: both are granted, the driver binds.
+    deliver(
+        &mut relay,
+        at(21),
+        bob.addr,
+        &relay_request(&bob, alice_key, relay_addr, 5),
+    );
+    let out = sent(&mut relay);
+    let a_channel = granted_channel(&out, alice.addr, 5).expect("alice is granted");
+    let b_channel = granted_channel(&out, bob.addr, 5).expect("bob is granted");
+    assert_ne!(a_channel, b_channel);
+    for channel in [a_channel, b_channel] {
+        assert!((0x8000..=0xbfff).contains(&channel));
+    }
+    assert_eq!(
+        relay.poll_path_command(),
+        Some(peerline_core::PathCommand::RelayBind {
+            a: (alice.addr, a_channel),
+            b: (bob.addr, b_channel),
+        })
+    );
+    assert_eq!(relay.relay_bindings(), 1);
+
+    // A refresh from the bound address is granted the same channel.
+    deliver(
+        &mut relay,
+        at(30),
+        alice.addr,
+        &relay_request(&alice, bob_key, relay_addr, 5),
+    );
+    assert_eq!(
+        granted_channel(&sent(&mut relay), alice.addr, 5),
+        Some(a_channel)
+    );
+
+    // Refused without an answer: Alice's request replayed from elsewhere,
+    // a forged signature, a request for another relay, a device asking for
+    // itself.
+    let unexpected = relay.stats().messages_unexpected;
+    deliver(
+        &mut relay,
+        at(31),
+        addr(99),
+        &relay_request(&alice, bob_key, relay_addr, 5),
+    );
+    let mut forged = relay_request(&alice, bob_key, relay_addr, 6);
+    if let Message::RelayRequest { body, .. } = &mut forged {
+        body.from_device = RawClient::honest(82, addr(82)).keypair.public();
+    }
+    deliver(&mut relay, at(31), alice.addr, &forged);
+    deliver(
+        &mut relay,
+        at(31),
+        alice.addr,
+        &relay_request(&alice, bob_key, addr(2), 7),
+    );
+    deliver(
+        &mut relay,
+        at(31),
+        alice.addr,
+        &relay_request(&alice, alice_key, relay_addr, 8),
+    );
+    assert!(sent(&mut relay).is_empty());
+    assert_eq!(relay.stats().messages_unexpected, unexpected + 4);
+    assert_eq!(relay.relay_bindings(), 1);
+    assert_eq!(relay.poll_path_command(), None);
+
+    // Unrefreshed, the binding lapses and the driver unbinds it.
+    let lapsed = 30_000 + u64::from(params.relay_lifetime_s) * 1_000 + params.sweep_interval_ms;
+    relay.handle_timeout(at(lapsed));
+    assert_eq!(relay.relay_bindings(), 0);
+    let mut commands = std::iter::from_fn(|| relay.poll_path_command());
+    assert!(commands.any(|command| command
+        == peerline_core::PathCommand::RelayUnbind {
+            a: (alice.addr, a_channel)
+        }));
+}
+
+#[test]
+fn a_full_relay_refuses_with_a_retry_hint() {
+    let params = Arc::new(Params {
+        relay_bindings_max: 6,
+        ..params()
+    });
+    let (mut relay, _other) = two_supernodes(&params);
+    let relay_addr = addr(1);
+    sent(&mut relay);
+    let alice = RawClient::honest(83, addr(83));
+    let peers: Vec<RawClient> = (0..6)
+        .map(|n| RawClient::honest(90 + n, addr(90 + n as u32)))
+        .collect();
+    let refused = |out: &[(Addr, Message)], to: Addr| {
+        out.iter().any(|(addr, message)| {
+            *addr == to
+                && matches!(message, Message::RelayRefused { retry_after_ms, .. } if *retry_after_ms > 0)
+        })
+    };
+    // One device holds at most its share of the relay…
+    for (session, peer) in peers.iter().enumerate() {
+        let request = relay_request(&alice, peer.keypair.public(), relay_addr, session as u64);
+        deliver(&mut relay, at(20), alice.addr, &request);
+    }
+    let share = peerline_core::relay::BINDINGS_PER_DEVICE_MAX;
+    assert_eq!(relay.relay_bindings(), share);
+    assert!(refused(&sent(&mut relay), alice.addr));
+    // …and the relay its capacity.
+    for (n, peer) in peers.iter().enumerate().take(3) {
+        let request = relay_request(peer, alice.keypair.public(), relay_addr, 100 + n as u64);
+        deliver(&mut relay, at(21), peer.addr, &request);
+    }
+    assert_eq!(relay.relay_bindings(), 6);
+    assert!(refused(&sent(&mut relay), peers[2].addr));
+    assert!(relay.stats().relay_refused >= 2);
+    // Halves nobody completes make room again.
+    relay.handle_timeout(at(21_000
+        + peerline_core::relay::HALF_WAIT_MS
+        + params.sweep_interval_ms));
+    assert_eq!(relay.relay_bindings(), 0);
 }

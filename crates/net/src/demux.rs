@@ -597,6 +597,11 @@ impl DemuxHandle {
         lock(&self.shared.relay).close_path(virtual_addr);
     }
 
+    /// Forgets every relay binding and relayed path.
+    pub fn relay_reset(&self) {
+        lock(&self.shared.relay).reset();
+    }
+
     /// Channels bound on this node as a relay, and relayed paths it uses.
     pub fn relay_usage(&self) -> (usize, usize) {
         let relay = lock(&self.shared.relay);

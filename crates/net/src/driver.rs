@@ -131,6 +131,8 @@ pub struct NodeStatus {
     /// Connections to peers (hole punching): running, up (direct or
     /// relayed) or failed.
     pub paths: Vec<PathReport>,
+    /// Peer pairs this supernode relays for (halves waiting included).
+    pub relay_bindings: usize,
 }
 
 /// What the driver counted over the node's life.
@@ -500,8 +502,42 @@ impl Driver {
         }
     }
 
-    /// Executes what hole punching asks, in tasks of the driver's.
+    /// Executes what hole punching and relaying ask: relay tables change
+    /// at once, STUN and sprays run in tasks of the driver's.
     fn path_command(&mut self, command: PathCommand) {
+        let command = match command {
+            PathCommand::OpenRelayedPath {
+                session,
+                relay,
+                channel,
+            } => {
+                let path = self
+                    .demux
+                    .open_relayed_path(relay.to_socket(), channel)
+                    .ok()
+                    .map(Addr::from_socket);
+                self.node
+                    .relayed_path_opened(self.clock.now(), session, path);
+                return;
+            }
+            PathCommand::CloseRelayedPath { path } => {
+                return self.demux.close_relayed_path(path.to_socket());
+            }
+            PathCommand::RelayBind { a, b } => {
+                // A clash cannot happen (the core picks channels unique on
+                // this relay); if it did, the peers' checks fail and they
+                // are told no relay.
+                let _ = self
+                    .demux
+                    .relay_bind((a.0.to_socket(), a.1), (b.0.to_socket(), b.1));
+                return;
+            }
+            PathCommand::RelayUnbind { a } => {
+                return self.demux.relay_unbind((a.0.to_socket(), a.1));
+            }
+            PathCommand::RelayReset => return self.demux.relay_reset(),
+            command @ (PathCommand::Stun { .. } | PathCommand::Spray { .. }) => command,
+        };
         while self.path_tasks.try_join_next().is_some() {}
         if self.path_tasks.len() >= PATH_TASKS_MAX {
             return;
@@ -533,6 +569,7 @@ impl Driver {
                     }
                 });
             }
+            _ => {}
         }
     }
 
@@ -579,6 +616,7 @@ impl Driver {
             links: self.links.stats(),
             demux: self.demux.stats(),
             paths: self.node.paths(),
+            relay_bindings: self.node.relay_bindings(),
         }
     }
 }

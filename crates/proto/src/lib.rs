@@ -19,8 +19,8 @@ pub mod types;
 
 pub use bounded::BoundedVec;
 pub use message::{
-    BusyReason, Message, MessageKind, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX,
-    MAIL_IDS_MAX, SYNC_PAGE_MEMBERS_MAX,
+    BusyReason, Message, MessageKind, RelayRequestBody, CONTACTS_PER_MESSAGE_MAX,
+    GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 pub use types::*;
 

@@ -231,6 +231,41 @@ pub enum Message {
     PathPong {
         session: u64,
     },
+
+    // ---- relay (device ↔ the relaying supernode) ----
+    /// Device → the relay (the punch initiator's supernode) once hole
+    /// punching found no direct path: "bind me to `to_device` for
+    /// `session`". Both peers send it, each over its own QUIC connection to
+    /// the relay, so the relay learns the address each one's NAT shows it;
+    /// `signature` (by `from_device`, over [`RelayRequestBody`]) proves
+    /// the sender holds the device key. Re-sent to refresh the binding.
+    RelayRequest {
+        body: RelayRequestBody,
+        signature: Signature,
+    },
+    /// Relay → device: frames on `channel` from the address this came to
+    /// reach the peer; the binding lapses after `lifetime_s` unrefreshed.
+    RelayGranted {
+        session: u64,
+        channel: u16,
+        lifetime_s: u16,
+    },
+    /// Relay → device: no binding (all relay slots taken, or this device
+    /// holds its share); try again after `retry_after_ms`.
+    RelayRefused {
+        session: u64,
+        retry_after_ms: u32,
+    },
+}
+
+/// What a [`Message::RelayRequest`] signs: the session, both devices, and
+/// the relay (so the request is good at that relay only).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RelayRequestBody {
+    pub session: u64,
+    pub from_device: PublicKey,
+    pub to_device: PublicKey,
+    pub relay: Addr,
 }
 
 impl Message {
@@ -271,6 +306,9 @@ impl Message {
             Message::PunchCandidates { .. } => MessageKind::PunchCandidates,
             Message::PathPing { .. } => MessageKind::PathPing,
             Message::PathPong { .. } => MessageKind::PathPong,
+            Message::RelayRequest { .. } => MessageKind::RelayRequest,
+            Message::RelayGranted { .. } => MessageKind::RelayGranted,
+            Message::RelayRefused { .. } => MessageKind::RelayRefused,
         }
     }
 }
@@ -312,6 +350,9 @@ pub enum MessageKind {
     PunchCandidates,
     PathPing,
     PathPong,
+    RelayRequest,
+    RelayGranted,
+    RelayRefused,
 }
 
 impl MessageKind {
@@ -352,6 +393,9 @@ impl MessageKind {
             31 => MessageKind::PunchCandidates,
             32 => MessageKind::PathPing,
             33 => MessageKind::PathPong,
+            34 => MessageKind::RelayRequest,
+            35 => MessageKind::RelayGranted,
+            36 => MessageKind::RelayRefused,
             _ => return None,
         })
     }
@@ -411,6 +455,24 @@ mod tests {
             },
             Message::PathPing { session: 8 },
             Message::PathPong { session: 9 },
+            Message::RelayRequest {
+                body: RelayRequestBody {
+                    session: 10,
+                    from_device: PublicKey([5; 32]),
+                    to_device: PublicKey([6; 32]),
+                    relay: Addr::default(),
+                },
+                signature: Signature([7; 64]),
+            },
+            Message::RelayGranted {
+                session: 11,
+                channel: 0x8000,
+                lifetime_s: 120,
+            },
+            Message::RelayRefused {
+                session: 12,
+                retry_after_ms: 1_000,
+            },
         ];
         for message in samples {
             assert_eq!(

@@ -17,9 +17,9 @@ use peerline_proto::{
     decode, encode, encode_version_info, encode_versioned, peek_kind, Addr, BoundedVec, BusyReason,
     Contact, DecodeError, DeviceCert, DeviceCertBody, Envelope, EnvelopeBody, EnvelopeId,
     EnvelopeKind, Frame, MemberState, MemberUpdate, Message, MessageKind, NodeId, PresenceBody,
-    PresenceRecord, PublicKey, Signature, Ticket, TicketBody, VersionInfo, MESSAGE_LEN_MAX,
-    PAYLOAD_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RECORD_SUPERNODES_MAX,
-    VERSION_INFO_BYTE,
+    PresenceRecord, PublicKey, RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
+    MESSAGE_LEN_MAX, PAYLOAD_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -397,6 +397,36 @@ fn message() -> impl Strategy<Value = Message> {
             ),
         any::<u64>().prop_map(|session| Message::PathPing { session }),
         any::<u64>().prop_map(|session| Message::PathPong { session }),
+        (
+            any::<u64>(),
+            (public_key(), public_key()),
+            addr(),
+            signature()
+        )
+            .prop_map(|(session, (from_device, to_device), relay, signature)| {
+                Message::RelayRequest {
+                    body: RelayRequestBody {
+                        session,
+                        from_device,
+                        to_device,
+                        relay,
+                    },
+                    signature,
+                }
+            }),
+        (any::<u64>(), any::<u16>(), any::<u16>()).prop_map(|(session, channel, lifetime_s)| {
+            Message::RelayGranted {
+                session,
+                channel,
+                lifetime_s,
+            }
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(session, retry_after_ms)| {
+            Message::RelayRefused {
+                session,
+                retry_after_ms,
+            }
+        }),
     ]
 }
 
@@ -438,7 +468,10 @@ fn every_variant_is_covered(m: &Message) {
         | Message::MailDelete { .. }
         | Message::PunchCandidates { .. }
         | Message::PathPing { .. }
-        | Message::PathPong { .. } => {}
+        | Message::PathPong { .. }
+        | Message::RelayRequest { .. }
+        | Message::RelayGranted { .. }
+        | Message::RelayRefused { .. } => {}
     }
 }
 
@@ -883,6 +916,24 @@ fn widest_messages() -> Vec<Message> {
         },
         Message::PathPing { session: u64::MAX },
         Message::PathPong { session: u64::MAX },
+        Message::RelayRequest {
+            body: RelayRequestBody {
+                session: u64::MAX,
+                from_device: PublicKey([0x9f; 32]),
+                to_device: PublicKey([0xa0; 32]),
+                relay: widest_addr(),
+            },
+            signature: Signature([0xa1; 64]),
+        },
+        Message::RelayGranted {
+            session: u64::MAX,
+            channel: u16::MAX,
+            lifetime_s: u16::MAX,
+        },
+        Message::RelayRefused {
+            session: u64::MAX,
+            retry_after_ms: u32::MAX,
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1144,6 +1195,24 @@ fn typical_messages() -> Vec<Message> {
         },
         Message::PathPing { session: 22 },
         Message::PathPong { session: 23 },
+        Message::RelayRequest {
+            body: RelayRequestBody {
+                session: 24,
+                from_device: PublicKey([25; 32]),
+                to_device: PublicKey([26; 32]),
+                relay: Addr::default(),
+            },
+            signature: Signature([27; 64]),
+        },
+        Message::RelayGranted {
+            session: 28,
+            channel: 0x8123,
+            lifetime_s: 120,
+        },
+        Message::RelayRefused {
+            session: 29,
+            retry_after_ms: 2_000,
+        },
     ];
     assert_one_per_variant(&out);
     out

@@ -186,6 +186,13 @@ impl RelayTable {
         }
     }
 
+    /// Forgets every binding and path (the node changed role).
+    pub fn reset(&mut self) {
+        self.routes.clear();
+        self.paths.clear();
+        self.virtuals.clear();
+    }
+
     /// The virtual address for the path through `relay` on `channel`
     /// (the same one while the path exists).
     pub fn open_path(&mut self, relay: SocketAddr, channel: u16) -> Result<SocketAddr, BindError> {

@@ -468,6 +468,8 @@ struct StatusFile<'a> {
     messages: &'a Traffic,
     /// `--connect-to`'s connections: which path each took.
     paths: Vec<PathLine>,
+    /// Peer pairs this supernode relays for.
+    relay_bindings: usize,
 }
 
 /// Rewrites the status file (side file, then rename: a reader never sees
@@ -563,6 +565,9 @@ struct PathLine {
     /// "direct", "relayed", "failed" or "connecting".
     path: &'static str,
     addr: Option<SocketAddr>,
+    /// The supernode a relayed path goes through (`addr` is then the
+    /// path's virtual address, 240.0.0.0/4).
+    relay: Option<SocketAddr>,
     failure: Option<String>,
     elapsed_ms: u64,
 }
@@ -581,6 +586,7 @@ fn path_lines(status: &NodeStatus) -> Vec<PathLine> {
                 (None, None) => "connecting",
             },
             addr: report.addr.map(|addr| addr.to_socket()),
+            relay: report.relay.map(|addr| addr.to_socket()),
             failure: report.failure.map(|failure| format!("{failure:?}")),
             elapsed_ms: report.elapsed_ms,
         })
@@ -619,6 +625,7 @@ fn write_status(
             }),
         messages: traffic,
         paths: path_lines(status),
+        relay_bindings: status.relay_bindings,
     };
     let outcome = serde_json::to_vec_pretty(&file)
         .map_err(std::io::Error::other)
