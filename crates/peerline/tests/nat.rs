@@ -1,5 +1,5 @@
 //! NAT traversal in network namespaces: `peerline node` processes behind
-//! emulated NATs, with loss on the links.
+//! emulated NATs, with loss, delay and jitter on the links.
 //!
 //! ```text
 //!                       public segment 10.77.0.0/24 (bridge in `pub`)
@@ -14,25 +14,45 @@
 //! filtering: conntrack lets in only replies) — a *port-restricted cone*.
 //! A symmetric router adds `--random-fully`: every new destination gets a
 //! new random port (endpoint-dependent mapping). Each router drops a share
-//! of what it forwards, both ways (`-m statistic --mode random`). There is
-//! no delay: the kernel has no netem, and a delayer that keeps addresses
-//! (NFQUEUE in user space) is not built yet.
+//! of what it forwards, both ways (`-m statistic --mode random`).
 //!
-//! Needs root, `ip` and `iptables`. Outside CI a missing capability skips
-//! the test with its reason; with `CI=true` it fails. Every namespace is
-//! deleted on every exit path ([`Lab`]'s `Drop`), names are unique per run,
-//! and namespaces left by a killed run (whose process is gone) are swept
-//! at the start.
+//! Each router's two links (lan, wan) delay every packet arriving on them
+//! by 20 ms ± 5 ms ([`LINK_DELAY`]): about a broadband access link, so a
+//! client's round trip to a supernode is ~40 ms and between two clients
+//! ~80 ms, while the test stays short. The kernel has no netem, so the
+//! delay is NFQUEUE: `raw PREROUTING` (before conntrack and NAT) queues
+//! each packet and a thread of this process, in the router's namespace,
+//! accepts it when due ([`delay`]). Packets keep their addresses and ports,
+//! so the NATs behave as without delay; a link never reorders (FIFO), and
+//! the delayer's hold times are printed when the lab is dropped.
+//!
+//! Needs root, `ip`, `iptables` and NFQUEUE (`nfnetlink_queue`). Outside
+//! CI a missing capability skips the test with its reason; with `CI=true`
+//! it fails. Every namespace is deleted on every exit path ([`Lab`]'s
+//! `Drop`, after stopping its delayers), names are unique per run, and
+//! namespaces left by a killed run (whose process is gone) are swept at the
+//! start.
 
 mod common;
+#[path = "nat/delay.rs"]
+mod delay;
 
 use common::{attached, Fleet};
+use delay::{Delayer, LinkDelay};
 use serde_json::Value;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Share of forwarded packets each NAT router drops, in each direction.
 const LOSS_PROBABILITY: &str = "0.05";
+/// What each link of a router adds to every packet crossing it.
+const LINK_DELAY: LinkDelay = LinkDelay {
+    delay: Duration::from_millis(20),
+    jitter: Duration::from_millis(5),
+};
+/// The NFQUEUE number in each router's namespace (numbers are per namespace).
+const DELAY_QUEUE_NUM: u16 = 0;
 const NAMESPACE_PREFIX: &str = "plnat";
 
 /// Why this machine cannot run the lab, if it cannot.
@@ -59,7 +79,40 @@ fn missing_capability() -> Option<String> {
             ));
         }
     }
-    None
+    static NFQUEUE: OnceLock<Option<String>> = OnceLock::new();
+    NFQUEUE.get_or_init(missing_nfqueue).clone()
+}
+
+/// Why this kernel cannot hold packets in user space (NFQUEUE), if it
+/// cannot: tried in a scratch namespace.
+fn missing_nfqueue() -> Option<String> {
+    let mut lab = Lab::new("q");
+    let namespace = lab.namespace("probe");
+    let delayer = match Delayer::start(&namespace, DELAY_QUEUE_NUM, LINK_DELAY, 0) {
+        Ok(delayer) => delayer,
+        Err(reason) => return Some(format!("no NFQUEUE for the delay: {reason}")),
+    };
+    let queue_num = DELAY_QUEUE_NUM.to_string();
+    let rule = Command::new("ip")
+        .args(["netns", "exec", &namespace, "iptables", "-t", "raw"])
+        .args([
+            "-A",
+            "PREROUTING",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue_num,
+        ])
+        .output();
+    let _ = delayer.stop();
+    match rule {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(format!(
+            "iptables has no NFQUEUE target for the delay: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(error) => Some(format!("iptables: {error}")),
+    }
 }
 
 /// Whether to go on: true when the lab can run; false (skip) outside CI
@@ -87,10 +140,13 @@ fn run(args: &[&str]) {
     );
 }
 
-/// Network namespaces made by one test run; all deleted on drop.
+/// Network namespaces made by one test run and the delayers in them;
+/// on drop the delayers stop (their statistics printed) and the namespaces
+/// are deleted.
 struct Lab {
     prefix: String,
     namespaces: Vec<String>,
+    delayers: Vec<(String, Delayer)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +176,7 @@ impl Lab {
         Lab {
             prefix,
             namespaces: Vec::new(),
+            delayers: Vec::new(),
         }
     }
 
@@ -248,6 +305,7 @@ impl Lab {
             ][..],
         ]
         .concat());
+        self.delay_links(&router, &["lan", "wan"], u64::from(index));
         Site {
             client_ns: client,
             client_ip,
@@ -256,8 +314,46 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Delays every packet arriving on `links` in `router` by
+    /// [`LINK_DELAY`]; the reader is bound before the rules send it any.
+    fn delay_links(&mut self, router: &str, links: &[&str], seed: u64) {
+        let seed = (common::unix_ms() as u64) << 8 | seed;
+        let delayer = Delayer::start(router, DELAY_QUEUE_NUM, LINK_DELAY, seed)
+            .unwrap_or_else(|reason| panic!("delay in {router}: {reason}"));
+        self.delayers
+            .push((format!("{router} (seed {seed})"), delayer));
+        let queue_num = DELAY_QUEUE_NUM.to_string();
+        for link in links {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                router,
+                "iptables",
+                "-t",
+                "raw",
+                "-A",
+                "PREROUTING",
+                "-i",
+                link,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue_num,
+            ]);
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        for (name, delayer) in self.delayers.drain(..) {
+            match delayer.stop() {
+                Ok(stats) => eprintln!("nat: delay in {name}: {stats}"),
+                Err(reason) => eprintln!("nat: delay in {name} stopped early: {reason}"),
+            }
+        }
         for ns in self.namespaces.iter().rev() {
             // Deleting a namespace deletes its veths (and their peers).
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -436,7 +532,7 @@ fn hole_punching_gives_cone_pairs_a_direct_path_and_no_other() {
         outcomes.push((name, path, seen_by_peer, detail));
     }
     eprintln!(
-        "nat: {LOSS_PROBABILITY} loss per router each way, no delay; {:.1} s",
+        "nat: {LOSS_PROBABILITY} loss per router each way, {LINK_DELAY}; {:.1} s",
         started.elapsed().as_secs_f64()
     );
     for (name, path, seen_by_peer, detail) in &outcomes {
