@@ -36,9 +36,11 @@
 mod common;
 #[path = "nat/delay.rs"]
 mod delay;
+#[path = "nat/round_trip.rs"]
+mod round_trip;
 
 use common::{attached, Fleet};
-use delay::{Delayer, LinkDelay};
+use delay::{DelayStats, Delayer, LinkDelay};
 use serde_json::Value;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -146,7 +148,8 @@ fn run(args: &[&str]) {
 struct Lab {
     prefix: String,
     namespaces: Vec<String>,
-    delayers: Vec<(String, Delayer)>,
+    /// Each router's delayer, with its seed.
+    delayers: Vec<(String, u64, Delayer)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -321,18 +324,11 @@ impl Lab {
         let seed = (common::unix_ms() as u64) << 8 | seed;
         let delayer = Delayer::start(router, DELAY_QUEUE_NUM, LINK_DELAY, seed)
             .unwrap_or_else(|reason| panic!("delay in {router}: {reason}"));
-        self.delayers
-            .push((format!("{router} (seed {seed})"), delayer));
+        self.delayers.push((router.to_string(), seed, delayer));
         let queue_num = DELAY_QUEUE_NUM.to_string();
+        let raw = ["ip", "netns", "exec", router, "iptables", "-t", "raw"];
         for link in links {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                router,
-                "iptables",
-                "-t",
-                "raw",
+            let rule = [
                 "-A",
                 "PREROUTING",
                 "-i",
@@ -340,19 +336,45 @@ impl Lab {
                 "-j",
                 "NFQUEUE",
                 "--queue-num",
-                &queue_num,
-            ]);
+            ];
+            run(&[&raw[..], &rule[..], &[queue_num.as_str()]].concat());
+        }
+    }
+
+    /// Takes the delay off every router (the rules first, so no packet
+    /// meets a queue without its reader); what each delayer did, `None`
+    /// for one that had stopped early.
+    fn remove_delays(&mut self) -> Vec<Option<DelayStats>> {
+        let delayers: Vec<_> = self.delayers.drain(..).collect();
+        delayers
+            .into_iter()
+            .map(|(router, seed, delayer)| {
+                let flush = ["iptables", "-t", "raw", "-F", "PREROUTING"];
+                run(&[&["ip", "netns", "exec", router.as_str()][..], &flush[..]].concat());
+                stop_delayer(&router, seed, delayer)
+            })
+            .collect()
+    }
+}
+
+/// Stops `delayer` and prints what it did or why it had stopped.
+fn stop_delayer(router: &str, seed: u64, delayer: Delayer) -> Option<DelayStats> {
+    match delayer.stop() {
+        Ok(stats) => {
+            eprintln!("nat: delay in {router} (seed {seed}): {stats}");
+            Some(stats)
+        }
+        Err(reason) => {
+            eprintln!("nat: delay in {router} (seed {seed}) stopped early: {reason}");
+            None
         }
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for (name, delayer) in self.delayers.drain(..) {
-            match delayer.stop() {
-                Ok(stats) => eprintln!("nat: delay in {name}: {stats}"),
-                Err(reason) => eprintln!("nat: delay in {name} stopped early: {reason}"),
-            }
+        for (router, seed, delayer) in self.delayers.drain(..) {
+            stop_delayer(&router, seed, delayer);
         }
         for ns in self.namespaces.iter().rev() {
             // Deleting a namespace deletes its veths (and their peers).
@@ -612,5 +634,48 @@ fn clients_behind_cone_and_symmetric_nats_attach_through_lossy_links() {
     assert!(
         all_attached,
         "not every client attached to both supernodes: {report:?}"
+    );
+}
+
+/// What the delay adds, measured: UDP round trips from a client through
+/// its router (two links each way) to the public segment, with the delay
+/// and then with its rules removed. Prints both; asserts only what is not
+/// a matter of timing: every answered round trip went through the delayer
+/// both ways.
+#[test]
+fn round_trips_through_a_router_carry_its_link_delay() {
+    if !lab_can_run("nat") {
+        return;
+    }
+    const ROUND_TRIPS: u64 = 50;
+    const ROUND_TRIP_TIMEOUT: Duration = Duration::from_millis(250);
+    let mut lab = Lab::new("d");
+    let public = lab.public();
+    let site = lab.site(&public, 0, NatKind::Cone);
+    let echo_addr: std::net::SocketAddr = "10.77.0.1:7007".parse().expect("address");
+    let _echo = round_trip::Echo::start(&public, echo_addr).expect("echo in the public segment");
+    let measure = || {
+        round_trip::round_trips(&site.client_ns, echo_addr, ROUND_TRIPS, ROUND_TRIP_TIMEOUT)
+            .expect("round trips from the client")
+    };
+    let delayed = measure();
+    let stats = lab.remove_delays();
+    let undelayed = measure();
+    let added_ms = match (round_trip::median(&delayed), round_trip::median(&undelayed)) {
+        (Some(with), Some(without)) => with.as_secs_f64() * 1000.0 - without.as_secs_f64() * 1000.0,
+        _ => f64::NAN,
+    };
+    eprintln!(
+        "nat: UDP round trips through one router, {LINK_DELAY}: {}; without the delay: {}; \
+         the links add {added_ms:.1} ms to the median",
+        round_trip::summary(&delayed),
+        round_trip::summary(&undelayed)
+    );
+    let answered = delayed.iter().flatten().count() as u64;
+    let stats = stats[0].as_ref().expect("the delayer ran to the end");
+    assert!(answered > 0 && undelayed.iter().flatten().count() > 0);
+    assert!(
+        stats.packets + stats.let_go_at_stop >= 2 * answered,
+        "{answered} round trips answered but the delayer held only {stats}"
     );
 }

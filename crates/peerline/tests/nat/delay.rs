@@ -157,12 +157,12 @@ impl Delayer {
     ) -> Result<Delayer, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_sender, ready) = mpsc::sync_channel(1);
-        let path = format!("/var/run/netns/{namespace}");
+        let thread_namespace = namespace.to_string();
         let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("delay {namespace}"))
             .spawn(move || {
-                let queue = match open_queue_in(&path, queue_num) {
+                let queue = match open_queue_in(&thread_namespace, queue_num) {
                     Ok(queue) => queue,
                     Err(reason) => {
                         let _ = ready_sender.send(Err(reason.clone()));
@@ -209,21 +209,28 @@ impl Drop for Delayer {
     }
 }
 
-/// Moves this thread into the namespace at `path` and binds the queue
-/// there (setns changes only the calling thread's namespace).
-fn open_queue_in(path: &str, queue_num: u16) -> Result<Queue, String> {
-    let namespace =
-        std::fs::File::open(path).map_err(|error| format!("cannot open {path}: {error}"))?;
-    // SAFETY: setns takes a file descriptor that `namespace` keeps open for
-    // the call, and a namespace type flag; it touches no memory of ours.
-    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+/// Moves the calling thread into network namespace `namespace` (a name
+/// under /var/run/netns); setns changes only the calling thread.
+pub fn enter_namespace(namespace: &str) -> Result<(), String> {
+    let path = format!("/var/run/netns/{namespace}");
+    let file =
+        std::fs::File::open(&path).map_err(|error| format!("cannot open {path}: {error}"))?;
+    // SAFETY: setns takes a file descriptor that `file` keeps open for the
+    // call, and a namespace type flag; it touches no memory of ours.
+    let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if entered != 0 {
         let error = std::io::Error::last_os_error();
         return Err(format!("cannot enter {path}: {error}"));
     }
+    Ok(())
+}
+
+/// Moves this thread into `namespace` and binds the queue there.
+fn open_queue_in(namespace: &str, queue_num: u16) -> Result<Queue, String> {
+    enter_namespace(namespace)?;
     let no_queue = |error: std::io::Error| {
         format!(
-            "NFQUEUE {queue_num} in {path}: {error} (the kernel needs nfnetlink_queue; \
+            "NFQUEUE {queue_num} in {namespace}: {error} (the kernel needs nfnetlink_queue; \
              is another reader bound?)"
         )
     };
