@@ -94,17 +94,10 @@ fn missing_nfqueue() -> Option<String> {
         Ok(delayer) => delayer,
         Err(reason) => return Some(format!("no NFQUEUE for the delay: {reason}")),
     };
-    let queue_num = DELAY_QUEUE_NUM.to_string();
     let rule = Command::new("ip")
         .args(["netns", "exec", &namespace, "iptables", "-t", "raw"])
-        .args([
-            "-A",
-            "PREROUTING",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            &queue_num,
-        ])
+        .args(["-A", "PREROUTING", "-j", "NFQUEUE", "--queue-num"])
+        .arg(DELAY_QUEUE_NUM.to_string())
         .output();
     let _ = delayer.stop();
     match rule {
