@@ -1,5 +1,5 @@
 //! NAT traversal in network namespaces: `peerline node` processes behind
-//! emulated NATs, with loss on the links.
+//! emulated NATs, with loss, delay and jitter on the links.
 //!
 //! ```text
 //!                       public segment 10.77.0.0/24 (bridge in `pub`)
@@ -14,25 +14,47 @@
 //! filtering: conntrack lets in only replies) — a *port-restricted cone*.
 //! A symmetric router adds `--random-fully`: every new destination gets a
 //! new random port (endpoint-dependent mapping). Each router drops a share
-//! of what it forwards, both ways (`-m statistic --mode random`). There is
-//! no delay: the kernel has no netem, and a delayer that keeps addresses
-//! (NFQUEUE in user space) is not built yet.
+//! of what it forwards, both ways (`-m statistic --mode random`).
 //!
-//! Needs root, `ip` and `iptables`. Outside CI a missing capability skips
-//! the test with its reason; with `CI=true` it fails. Every namespace is
-//! deleted on every exit path ([`Lab`]'s `Drop`), names are unique per run,
-//! and namespaces left by a killed run (whose process is gone) are swept
-//! at the start.
+//! Each router's two links (lan, wan) delay every packet arriving on them
+//! by 20 ms ± 5 ms ([`LINK_DELAY`]): about a broadband access link, so a
+//! client's round trip to a supernode is ~40 ms and between two clients
+//! ~80 ms, while the test stays short. The kernel has no netem, so the
+//! delay is NFQUEUE: `raw PREROUTING` (before conntrack and NAT) queues
+//! each packet and a thread of this process, in the router's namespace,
+//! accepts it when due ([`delay`]). Packets keep their addresses and ports,
+//! so the NATs behave as without delay; a link never reorders (FIFO), and
+//! the delayer's hold times are printed when the lab is dropped.
+//!
+//! Needs root, `ip`, `iptables` and NFQUEUE (`nfnetlink_queue`). Outside
+//! CI a missing capability skips the test with its reason; with `CI=true`
+//! it fails. Every namespace is deleted on every exit path ([`Lab`]'s
+//! `Drop`, after stopping its delayers), names are unique per run, and
+//! namespaces left by a killed run (whose process is gone) are swept at the
+//! start.
 
 mod common;
+#[path = "nat/delay.rs"]
+mod delay;
+#[path = "nat/round_trip.rs"]
+mod round_trip;
 
 use common::{attached, Fleet};
+use delay::{DelayStats, Delayer, LinkDelay};
 use serde_json::Value;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Share of forwarded packets each NAT router drops, in each direction.
 const LOSS_PROBABILITY: &str = "0.05";
+/// What each link of a router adds to every packet crossing it.
+const LINK_DELAY: LinkDelay = LinkDelay {
+    delay: Duration::from_millis(20),
+    jitter: Duration::from_millis(5),
+};
+/// The NFQUEUE number in each router's namespace (numbers are per namespace).
+const DELAY_QUEUE_NUM: u16 = 0;
 const NAMESPACE_PREFIX: &str = "plnat";
 
 /// Why this machine cannot run the lab, if it cannot.
@@ -59,7 +81,33 @@ fn missing_capability() -> Option<String> {
             ));
         }
     }
-    None
+    static NFQUEUE: OnceLock<Option<String>> = OnceLock::new();
+    NFQUEUE.get_or_init(missing_nfqueue).clone()
+}
+
+/// Why this kernel cannot hold packets in user space (NFQUEUE), if it
+/// cannot: tried in a scratch namespace.
+fn missing_nfqueue() -> Option<String> {
+    let mut lab = Lab::new("q");
+    let namespace = lab.namespace("probe");
+    let delayer = match Delayer::start(&namespace, DELAY_QUEUE_NUM, LINK_DELAY, 0) {
+        Ok(delayer) => delayer,
+        Err(reason) => return Some(format!("no NFQUEUE for the delay: {reason}")),
+    };
+    let rule = Command::new("ip")
+        .args(["netns", "exec", &namespace, "iptables", "-t", "raw"])
+        .args(["-A", "PREROUTING", "-j", "NFQUEUE", "--queue-num"])
+        .arg(DELAY_QUEUE_NUM.to_string())
+        .output();
+    let _ = delayer.stop();
+    match rule {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(format!(
+            "iptables has no NFQUEUE target for the delay: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(error) => Some(format!("iptables: {error}")),
+    }
 }
 
 /// Whether to go on: true when the lab can run; false (skip) outside CI
@@ -87,10 +135,14 @@ fn run(args: &[&str]) {
     );
 }
 
-/// Network namespaces made by one test run; all deleted on drop.
+/// Network namespaces made by one test run and the delayers in them;
+/// on drop the delayers stop (their statistics printed) and the namespaces
+/// are deleted.
 struct Lab {
     prefix: String,
     namespaces: Vec<String>,
+    /// Each router's delayer, with its seed.
+    delayers: Vec<(String, u64, Delayer)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +172,7 @@ impl Lab {
         Lab {
             prefix,
             namespaces: Vec::new(),
+            delayers: Vec::new(),
         }
     }
 
@@ -248,6 +301,7 @@ impl Lab {
             ][..],
         ]
         .concat());
+        self.delay_links(&router, &["lan", "wan"], u64::from(index));
         Site {
             client_ns: client,
             client_ip,
@@ -256,8 +310,65 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Delays every packet arriving on `links` in `router` by
+    /// [`LINK_DELAY`]; the reader is bound before the rules send it any.
+    fn delay_links(&mut self, router: &str, links: &[&str], seed: u64) {
+        let seed = (common::unix_ms() as u64) << 8 | seed;
+        let delayer = Delayer::start(router, DELAY_QUEUE_NUM, LINK_DELAY, seed)
+            .unwrap_or_else(|reason| panic!("delay in {router}: {reason}"));
+        self.delayers.push((router.to_string(), seed, delayer));
+        let queue_num = DELAY_QUEUE_NUM.to_string();
+        let raw = ["ip", "netns", "exec", router, "iptables", "-t", "raw"];
+        for link in links {
+            let rule = [
+                "-A",
+                "PREROUTING",
+                "-i",
+                link,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+            ];
+            run(&[&raw[..], &rule[..], &[queue_num.as_str()]].concat());
+        }
+    }
+
+    /// Takes the delay off every router (the rules first, so no packet
+    /// meets a queue without its reader); what each delayer did, `None`
+    /// for one that had stopped early.
+    fn remove_delays(&mut self) -> Vec<Option<DelayStats>> {
+        let delayers: Vec<_> = self.delayers.drain(..).collect();
+        delayers
+            .into_iter()
+            .map(|(router, seed, delayer)| {
+                let flush = ["iptables", "-t", "raw", "-F", "PREROUTING"];
+                run(&[&["ip", "netns", "exec", router.as_str()][..], &flush[..]].concat());
+                stop_delayer(&router, seed, delayer)
+            })
+            .collect()
+    }
+}
+
+/// Stops `delayer` and prints what it did or why it had stopped.
+fn stop_delayer(router: &str, seed: u64, delayer: Delayer) -> Option<DelayStats> {
+    match delayer.stop() {
+        Ok(stats) => {
+            eprintln!("nat: delay in {router} (seed {seed}): {stats}");
+            Some(stats)
+        }
+        Err(reason) => {
+            eprintln!("nat: delay in {router} (seed {seed}) stopped early: {reason}");
+            None
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        for (router, seed, delayer) in self.delayers.drain(..) {
+            stop_delayer(&router, seed, delayer);
+        }
         for ns in self.namespaces.iter().rev() {
             // Deleting a namespace deletes its veths (and their peers).
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -440,7 +551,7 @@ fn cone_pairs_get_a_direct_path_and_the_others_a_relayed_one() {
         outcomes.push((name, path, seen_by_peer, detail));
     }
     eprintln!(
-        "nat: {LOSS_PROBABILITY} loss per router each way, no delay; {:.1} s",
+        "nat: {LOSS_PROBABILITY} loss per router each way, {LINK_DELAY}; {:.1} s",
         started.elapsed().as_secs_f64()
     );
     for (name, path, seen_by_peer, detail) in &outcomes {
@@ -523,5 +634,48 @@ fn clients_behind_cone_and_symmetric_nats_attach_through_lossy_links() {
     assert!(
         all_attached,
         "not every client attached to both supernodes: {report:?}"
+    );
+}
+
+/// What the delay adds, measured: UDP round trips from a client through
+/// its router (two links each way) to the public segment, with the delay
+/// and then with its rules removed. Prints both; asserts only what is not
+/// a matter of timing: every answered round trip went through the delayer
+/// both ways.
+#[test]
+fn round_trips_through_a_router_carry_its_link_delay() {
+    if !lab_can_run("nat") {
+        return;
+    }
+    const ROUND_TRIPS: u64 = 50;
+    const ROUND_TRIP_TIMEOUT: Duration = Duration::from_millis(250);
+    let mut lab = Lab::new("d");
+    let public = lab.public();
+    let site = lab.site(&public, 0, NatKind::Cone);
+    let echo_addr: std::net::SocketAddr = "10.77.0.1:7007".parse().expect("address");
+    let _echo = round_trip::Echo::start(&public, echo_addr).expect("echo in the public segment");
+    let measure = || {
+        round_trip::round_trips(&site.client_ns, echo_addr, ROUND_TRIPS, ROUND_TRIP_TIMEOUT)
+            .expect("round trips from the client")
+    };
+    let delayed = measure();
+    let stats = lab.remove_delays();
+    let undelayed = measure();
+    let added_ms = match (round_trip::median(&delayed), round_trip::median(&undelayed)) {
+        (Some(with), Some(without)) => with.as_secs_f64() * 1000.0 - without.as_secs_f64() * 1000.0,
+        _ => f64::NAN,
+    };
+    eprintln!(
+        "nat: UDP round trips through one router, {LINK_DELAY}: {}; without the delay: {}; \
+         the links add {added_ms:.1} ms to the median",
+        round_trip::summary(&delayed),
+        round_trip::summary(&undelayed)
+    );
+    let answered = delayed.iter().flatten().count() as u64;
+    let stats = stats[0].as_ref().expect("the delayer ran to the end");
+    assert!(answered > 0 && undelayed.iter().flatten().count() > 0);
+    assert!(
+        stats.packets + stats.let_go_at_stop >= 2 * answered,
+        "{answered} round trips answered but the delayer held only {stats}"
     );
 }
