@@ -444,6 +444,15 @@ fn known_key(node: &Node, addr: &Addr) -> Option<PublicKey> {
     keys.all(|key| key == first).then_some(first)
 }
 
+/// Whether a frame may reach the node: when the node expects a key at the
+/// sender's address (a punching peer's candidate or relayed path), the
+/// frame's connection must have proved it. A dialled connection was
+/// pinned to it already; this covers connections the peer dialled to us,
+/// whose TLS accepts any key-bound certificate.
+fn proves_expected_key(expected: Option<PublicKey>, proven: Option<PublicKey>) -> bool {
+    expected.is_none_or(|expected| proven == Some(expected))
+}
+
 impl Driver {
     async fn run(mut self) -> DriverReport {
         loop {
@@ -455,8 +464,12 @@ impl Driver {
                     Some(Command::Shutdown) | None => break,
                     Some(command) => self.command(command),
                 },
-                Some((from, frame)) = self.inbound.recv() => {
-                    self.node.handle(self.clock.now(), from, &frame);
+                Some((from, proven, frame)) = self.inbound.recv() => {
+                    if proves_expected_key(self.node.path_peer_key(&from), proven) {
+                        self.node.handle(self.clock.now(), from, &frame);
+                    } else {
+                        self.links.count_wrong_key();
+                    }
                 }
                 Some((server, reflexive)) = self.reflexive.recv() => {
                     self.node.reflexive_found(self.clock.now(), server, reflexive);
@@ -618,5 +631,22 @@ impl Driver {
             paths: self.node.paths(),
             relay_bindings: self.node.relay_bindings(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_from_a_punching_peer_needs_that_peers_key() {
+        let (peer, other) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        // No expectation at the address: any connection will do.
+        assert!(proves_expected_key(None, None));
+        assert!(proves_expected_key(None, Some(other)));
+        // A peer is expected there: only its key.
+        assert!(proves_expected_key(Some(peer), Some(peer)));
+        assert!(!proves_expected_key(Some(peer), Some(other)));
+        assert!(!proves_expected_key(Some(peer), None));
     }
 }

@@ -24,7 +24,7 @@
 //! core's own timers decide what to send again.
 
 use crate::quic::{client_config, EndpointError, QuicLimits};
-use crate::tls::{NodeCertificate, SERVER_NAME};
+use crate::tls::{peer_key, NodeCertificate, SERVER_NAME};
 use peerline_proto::{Addr, PublicKey, MESSAGE_LEN_MAX};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +92,9 @@ pub struct LinkStats {
     /// Incoming connections whose handshake failed (bad certificate…) or
     /// that were refused for lack of room.
     pub connections_refused: u64,
+    /// Frames from an address the node expects a certain key at (a peer
+    /// it punches to) over a connection that proved another key.
+    pub frames_wrong_key: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +105,7 @@ struct Counters {
     frames_dropped_in: AtomicU64,
     frames_oversized: AtomicU64,
     frames_broken: AtomicU64,
+    frames_wrong_key: AtomicU64,
     dials: AtomicU64,
     dials_failed: AtomicU64,
     connections_accepted: AtomicU64,
@@ -122,6 +126,7 @@ impl Counters {
             frames_dropped_in: read(&self.frames_dropped_in),
             frames_oversized: read(&self.frames_oversized),
             frames_broken: read(&self.frames_broken),
+            frames_wrong_key: read(&self.frames_wrong_key),
             dials: read(&self.dials),
             dials_failed: read(&self.dials_failed),
             connections_accepted: read(&self.connections_accepted),
@@ -132,7 +137,9 @@ impl Counters {
 
 /// A frame that arrived: who sent it (the peer's listening address) and
 /// its bytes, at most `MESSAGE_LEN_MAX`.
-pub(crate) type Inbound = (Addr, Vec<u8>);
+/// A received frame: the sender's address, the key its connection proved
+/// (TLS), and the bytes.
+pub(crate) type Inbound = (Addr, Option<PublicKey>, Vec<u8>);
 
 /// What the sender and reader tasks share.
 struct Shared {
@@ -227,6 +234,11 @@ impl Links {
 
     pub fn stats(&self) -> LinkStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Counts a frame the driver refused for the key its connection proved.
+    pub fn count_wrong_key(&self) {
+        bump(&self.shared.counters.frames_wrong_key);
     }
 
     /// Queues one frame for `to`, starting its sender if it has none.
@@ -460,11 +472,12 @@ async fn read_connection(shared: Arc<Shared>, from: Addr, connection: quinn::Con
     // At most `uni_streams_max` streams are open at once (QUIC flow
     // control), so this set stays bounded.
     let mut streams = JoinSet::new();
+    let proven = peer_key(&connection);
     loop {
         tokio::select! {
             stream = connection.accept_uni() => match stream {
                 Ok(stream) => {
-                    streams.spawn(read_frame(shared.clone(), from, stream));
+                    streams.spawn(read_frame(shared.clone(), from, proven, stream));
                 }
                 Err(_) => break,
             },
@@ -474,7 +487,12 @@ async fn read_connection(shared: Arc<Shared>, from: Addr, connection: quinn::Con
     shared.forget(&from, &connection);
 }
 
-async fn read_frame(shared: Arc<Shared>, from: Addr, mut stream: quinn::RecvStream) {
+async fn read_frame(
+    shared: Arc<Shared>,
+    from: Addr,
+    proven: Option<PublicKey>,
+    mut stream: quinn::RecvStream,
+) {
     let counters = &shared.counters;
     match tokio::time::timeout(
         shared.limits.frame_timeout,
@@ -484,7 +502,7 @@ async fn read_frame(shared: Arc<Shared>, from: Addr, mut stream: quinn::RecvStre
     {
         Ok(Ok(frame)) => {
             bump(&counters.frames_received);
-            if shared.inbound.try_send((from, frame)).is_err() {
+            if shared.inbound.try_send((from, proven, frame)).is_err() {
                 bump(&counters.frames_dropped_in);
             }
         }
