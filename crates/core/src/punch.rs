@@ -65,6 +65,13 @@ pub const RELAY_ATTEMPTS_MAX: u32 = 15;
 pub const RELAY_OPEN_TIMEOUT_MS: u64 = 5_000;
 /// Longest wait a refusal may impose before the next request.
 pub const RELAY_REFUSED_WAIT_MAX_MS: u64 = 10_000;
+/// An established path is checked this often by the dialling side (a
+/// `PathPing`, answered by a `PathPong`): it keeps the NAT bindings on the
+/// way open (UDP bindings last 30 s or more, RFC 4787 REQ-5) and the QUIC
+/// connection from its idle timeout.
+pub const PATH_KEEPALIVE_MS: u64 = 15_000;
+/// A path that carried nothing from the peer for this long is lost.
+pub const PATH_LOST_MS: u64 = 50_000;
 
 /// What the driver must do for the punching.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +127,8 @@ pub enum PathFailure {
     /// No direct path, and the relay refused, never answered, or carried
     /// no check either.
     NoRelay,
+    /// The path was up, then carried no keepalive for `PATH_LOST_MS`.
+    Lost,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +185,10 @@ struct Session {
     relay: Addr,
     /// The relayed path's virtual address, once open.
     relayed: Option<Addr>,
+    /// Once up: when the peer was last heard on the path, and when the
+    /// relay binding is next refreshed.
+    heard: Instant,
+    refresh_at: Instant,
 }
 
 impl Session {
@@ -188,9 +201,9 @@ impl Session {
         matches!(self.phase, Phase::Up | Phase::Failed)
     }
 
-    /// Running, or up through a relay whose binding needs refreshing.
+    /// Running, or up (kept alive, and a relay binding refreshed).
     fn has_timer(&self) -> bool {
-        !self.is_finished() || (self.phase == Phase::Up && self.relayed.is_some())
+        self.phase != Phase::Failed
     }
 
     fn kind(&self) -> PathKind {
@@ -318,6 +331,8 @@ impl Punch {
             finished_ms: 0,
             relay: via,
             relayed: None,
+            heard: now,
+            refresh_at: Instant::NEVER,
         });
         self.command(PathCommand::Stun { server: via });
     }
@@ -427,16 +442,18 @@ impl Punch {
     }
 
     fn up(&mut self, io: &mut Io, index: usize, addr: Addr) {
+        let now = io.now.instant;
         let session = &mut self.sessions[index];
+        session.heard = now;
         if session.phase == Phase::Up {
             return;
         }
         session.phase = Phase::Up;
         session.path = Some(addr);
-        session.deadline = match session.relayed {
-            Some(_) => io.now.instant.add_ms(relay_refresh_ms(io)),
-            None => Instant::NEVER,
-        };
+        session.deadline = now.add_ms(PATH_KEEPALIVE_MS);
+        if session.relayed.is_some() {
+            session.refresh_at = now.add_ms(relay_refresh_ms(io));
+        }
         session.finished_ms = io.now.instant.since_ms(session.started);
         io.event(Event::PathUp {
             peer: session.peer,
@@ -444,6 +461,28 @@ impl Punch {
             addr,
             elapsed_ms: session.finished_ms,
         });
+    }
+
+    /// An established path's timer: the dialling side checks it, and a
+    /// relayed path's binding is refreshed when due.
+    fn keep_alive(&mut self, io: &mut Io, index: usize) {
+        let now = io.now.instant;
+        let own = io.identity.keypair.public();
+        let session = &self.sessions[index];
+        if let (true, Some(path)) = (session.dials(&own), session.path) {
+            io.send(
+                path,
+                &Message::PathPing {
+                    session: session.id,
+                },
+            );
+        }
+        if session.refresh_at <= now {
+            let request = crate::relay::request(io, session.id, session.peer, session.relay);
+            io.send(session.relay, &request);
+            self.sessions[index].refresh_at = now.add_ms(relay_refresh_ms(io));
+        }
+        self.sessions[index].deadline = now.add_ms(PATH_KEEPALIVE_MS);
     }
 
     /// No direct path: ask the relay (both sides do).
@@ -537,19 +576,19 @@ impl Punch {
                 Phase::Relaying if session.attempts >= RELAY_ATTEMPTS_MAX => {
                     self.fail(io, index, PathFailure::NoRelay)
                 }
-                Phase::Relaying | Phase::Up => {
-                    // A retry, or the refresh of an open relayed path.
+                Phase::Relaying => {
                     let request =
                         crate::relay::request(io, session.id, session.peer, session.relay);
                     let relay = session.relay;
                     let session = &mut self.sessions[index];
                     session.attempts += 1;
-                    session.deadline = match session.phase {
-                        Phase::Up => now.add_ms(relay_refresh_ms(io)),
-                        _ => now.add_ms(RELAY_RETRY_MS),
-                    };
+                    session.deadline = now.add_ms(RELAY_RETRY_MS);
                     io.send(relay, &request);
                 }
+                Phase::Up if now.since_ms(session.heard) >= PATH_LOST_MS => {
+                    self.fail(io, index, PathFailure::Lost)
+                }
+                Phase::Up => self.keep_alive(io, index),
                 Phase::Opening => self.fail(io, index, PathFailure::NoRelay),
                 Phase::Failed => {}
             }
@@ -601,10 +640,9 @@ impl Punch {
                 retry_after_ms,
             } => self.on_relay_refused(io, from, session, retry_after_ms),
             Message::PathPong { session } => {
-                let found = self
-                    .sessions
-                    .iter()
-                    .position(|s| s.id == session && s.phase == Phase::Checking);
+                let found = self.sessions.iter().position(|s| {
+                    s.id == session && matches!(s.phase, Phase::Checking | Phase::Up)
+                });
                 match found {
                     Some(index) => self.up(io, index, from),
                     None => io.stats.messages_unexpected += 1,
@@ -669,6 +707,8 @@ impl Punch {
             finished_ms: 0,
             relay: reply_supernode,
             relayed: None,
+            heard: now,
+            refresh_at: Instant::NEVER,
         });
         self.command(PathCommand::Stun { server: from });
     }

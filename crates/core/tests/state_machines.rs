@@ -14,7 +14,7 @@ use peerline_core::identity::{
 };
 use peerline_core::{
     CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
-    Params, RolePolicy,
+    Params, PathCommand, PathFailure, PathKind, RolePolicy,
 };
 use peerline_proto::{
     decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeBody,
@@ -1750,6 +1750,15 @@ struct Net {
     /// Every event, with the node's index and the time in µs.
     events: Vec<(usize, u64, Event)>,
     delivered: u64,
+    /// Address pairs that cannot reach each other directly (NATs that
+    /// defeat hole punching), either way.
+    blocked: Vec<(Addr, Addr)>,
+    /// The driver's relay tables, played here: a relay's routes by
+    /// (relay, source, channel), and each node's relayed paths by its
+    /// virtual address and by (relay address, channel).
+    relay_routes: HashMap<(usize, Addr, u16), (Addr, u16)>,
+    paths: HashMap<(usize, Addr), (Addr, u16)>,
+    virtuals: HashMap<(usize, Addr, u16), Addr>,
 }
 
 impl Net {
@@ -1765,7 +1774,78 @@ impl Net {
             latency_us: latency_ms * 1_000,
             events: Vec::new(),
             delivered: 0,
+            blocked: Vec::new(),
+            relay_routes: HashMap::new(),
+            paths: HashMap::new(),
+            virtuals: HashMap::new(),
         }
+    }
+
+    fn is_blocked(&self, a: Addr, b: Addr) -> bool {
+        self.blocked.contains(&(a, b)) || self.blocked.contains(&(b, a))
+    }
+
+    /// Does what the node's driver would for its path commands: no
+    /// reflexive address (the node offers its advertised one), sprays
+    /// ignored, relay tables kept here.
+    fn drive_paths(&mut self, index: usize) {
+        while let Some(command) = self.nodes[index].poll_path_command() {
+            let now = self.now();
+            match command {
+                PathCommand::Stun { server } => {
+                    self.nodes[index].reflexive_found(now, server, None)
+                }
+                PathCommand::Spray { .. } => {}
+                PathCommand::OpenRelayedPath {
+                    session,
+                    relay,
+                    channel,
+                } => {
+                    // Unique: the sequence never repeats.
+                    self.sequence += 1;
+                    let path = Addr::from_ipv4_u32(0xf000_0000 | (self.sequence as u32), 443);
+                    self.paths.insert((index, path), (relay, channel));
+                    self.virtuals.insert((index, relay, channel), path);
+                    self.nodes[index].relayed_path_opened(now, session, Some(path));
+                }
+                PathCommand::CloseRelayedPath { path } => {
+                    if let Some((relay, channel)) = self.paths.remove(&(index, path)) {
+                        self.virtuals.remove(&(index, relay, channel));
+                    }
+                }
+                PathCommand::RelayBind { a, b } => {
+                    self.relay_routes.insert((index, a.0, a.1), b);
+                    self.relay_routes.insert((index, b.0, b.1), a);
+                }
+                PathCommand::RelayUnbind { a } => {
+                    if let Some(b) = self.relay_routes.remove(&(index, a.0, a.1)) {
+                        self.relay_routes.remove(&(index, b.0, b.1));
+                    }
+                }
+                PathCommand::RelayReset => {
+                    self.relay_routes.retain(|(relay, ..), _| *relay != index);
+                    self.paths.retain(|(node, _), _| *node != index);
+                    self.virtuals.retain(|(node, ..), _| *node != index);
+                }
+            }
+        }
+    }
+
+    /// Where a datagram from `from` (node `index`) to `to` arrives, and as
+    /// coming from which address: straight, or through a relayed path.
+    fn route(&self, index: usize, from: Addr, to: Addr) -> Option<(usize, Addr)> {
+        let Some(&(relay_addr, channel)) = self.paths.get(&(index, to)) else {
+            let &peer = self.index_of.get(&to)?;
+            return (!self.is_blocked(from, to)).then_some((peer, from));
+        };
+        let &relay = self.index_of.get(&relay_addr)?;
+        if self.crashed[relay] {
+            return None;
+        }
+        let &(peer_addr, peer_channel) = self.relay_routes.get(&(relay, from, channel))?;
+        let &peer = self.index_of.get(&peer_addr)?;
+        let &seen_as = self.virtuals.get(&(peer, relay_addr, peer_channel))?;
+        Some((peer, seen_as))
     }
 
     fn now(&self) -> Now {
@@ -1799,14 +1879,15 @@ impl Net {
     }
 
     fn flush(&mut self, index: usize) {
+        self.drive_paths(index);
         let from = self.addrs[index];
         let at_us = self.now_us + self.latency_us;
         let transmits: Vec<_> = self.nodes[index].drain_transmits().collect();
         for transmit in transmits {
-            if let Some(&to) = self.index_of.get(&transmit.to) {
+            if let Some((to, seen_as)) = self.route(index, from, transmit.to) {
                 self.sequence += 1;
                 self.queue
-                    .push(Reverse((at_us, self.sequence, to, from, transmit.bytes)));
+                    .push(Reverse((at_us, self.sequence, to, seen_as, transmit.bytes)));
             }
         }
         let now_us = self.now_us;
@@ -2892,4 +2973,134 @@ fn a_full_relay_refuses_with_a_retry_hint() {
         + peerline_core::relay::HALF_WAIT_MS
         + params.sweep_interval_ms));
     assert_eq!(relay.relay_bindings(), 0);
+}
+
+/// What `index` reported about its path to `peer` since event `from`.
+fn path_events(net: &Net, since: usize, index: usize, peer: PublicKey) -> Vec<Event> {
+    net.events[since..]
+        .iter()
+        .filter(|(i, _, event)| {
+            *i == index
+                && matches!(event,
+                    Event::PathUp { peer: p, .. } | Event::PathFailed { peer: p, .. } if *p == peer)
+        })
+        .map(|(_, _, event)| event.clone())
+        .collect()
+}
+
+/// Two attached clients of a small network; `a` looks `b` up and starts
+/// connecting to it. Returns (a, b, their device keys, events so far).
+fn start_punching(
+    net: &mut Net,
+    params: &Params,
+    clients: &[usize],
+) -> (usize, usize, PublicKey, PublicKey, usize) {
+    net.run_until_ms(10_000);
+    let (a, b) = (clients[0], clients[1]);
+    let (a_device, b_device) = (
+        net.nodes[a].identity().keypair.public(),
+        net.nodes[b].identity().keypair.public(),
+    );
+    let record = net
+        .lookup(params, a, net.nodes[b].identity().account())
+        .expect("b's presence record");
+    let since = net.events.len();
+    let now = net.now();
+    net.nodes[a].connect_peer(now, &record);
+    net.flush(a);
+    (a, b, a_device, b_device, since)
+}
+
+#[test]
+fn two_clients_punch_a_direct_path_keep_it_alive_and_notice_its_loss() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    let (a, b, a_device, b_device, since) = start_punching(&mut net, &params, &clients);
+    let started_ms = net.now().instant.as_ms();
+    net.run_until_ms(started_ms + 5_000);
+    for (node, peer, peer_addr) in [(a, b_device, net.addrs[b]), (b, a_device, net.addrs[a])] {
+        let events = path_events(&net, since, node, peer);
+        assert!(
+            matches!(events.as_slice(), [Event::PathUp { kind: PathKind::Direct, addr, .. }] if *addr == peer_addr),
+            "node {node}: {events:?}"
+        );
+    }
+    // Keepalives hold it up far past the QUIC idle timeout…
+    net.run_until_ms(started_ms + 120_000);
+    assert_eq!(path_events(&net, since, a, b_device).len(), 1);
+    let report = &net.nodes[a].paths()[0];
+    assert_eq!(report.kind, Some(PathKind::Direct));
+    assert_eq!(report.relay, None);
+    // …and when the path breaks, both sides notice.
+    let (a_addr, b_addr) = (net.addrs[a], net.addrs[b]);
+    net.blocked.push((a_addr, b_addr));
+    net.run_until_ms(started_ms + 120_000 + peerline_core::punch::PATH_LOST_MS + 20_000);
+    for (node, peer) in [(a, b_device), (b, a_device)] {
+        let events = path_events(&net, since, node, peer);
+        assert!(
+            matches!(
+                events.last(),
+                Some(Event::PathFailed {
+                    reason: PathFailure::Lost,
+                    ..
+                })
+            ),
+            "node {node}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn clients_no_check_reaches_fall_back_to_a_relayed_path() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    let (a_addr, b_addr) = (net.addrs[clients[0]], net.addrs[clients[1]]);
+    net.blocked.push((a_addr, b_addr));
+    let (a, b, a_device, b_device, since) = start_punching(&mut net, &params, &clients);
+    let started_ms = net.now().instant.as_ms();
+    // 20 check rounds of 500 ms fail, then the relay.
+    net.run_until_ms(started_ms + 20_000);
+    let mut relays = Vec::new();
+    for (node, peer) in [(a, b_device), (b, a_device)] {
+        let events = path_events(&net, since, node, peer);
+        assert!(
+            matches!(events.as_slice(), [Event::PathUp { kind: PathKind::Relayed, elapsed_ms, .. }] if *elapsed_ms >= 10_000),
+            "node {node}: {events:?}"
+        );
+        let report = net.nodes[node].paths().into_iter().next().unwrap();
+        relays.push(report.relay.expect("a relayed path names its relay"));
+    }
+    // Both use the same relay: the initiator's supernode, which holds one
+    // binding.
+    assert_eq!(relays[0], relays[1]);
+    let relay = net.index_of[&relays[0]];
+    assert!(net.nodes[a]
+        .attached_supernodes()
+        .iter()
+        .any(|c| c.addr == relays[0]));
+    assert_eq!(net.nodes[relay].relay_bindings(), 1);
+    // Past the binding's lifetime, refreshes and keepalives hold it up.
+    let lifetime_ms = u64::from(params.relay_lifetime_s) * 1_000;
+    net.run_until_ms(started_ms + 20_000 + 3 * lifetime_ms);
+    assert_eq!(path_events(&net, since, a, b_device).len(), 1);
+    assert_eq!(path_events(&net, since, b, a_device).len(), 1);
+    assert_eq!(net.nodes[relay].relay_bindings(), 1);
+    // When the relay dies, the path is lost on both sides.
+    net.crash(relay);
+    net.run_until_ms(
+        started_ms + 20_000 + 3 * lifetime_ms + peerline_core::punch::PATH_LOST_MS + 20_000,
+    );
+    for (node, peer) in [(a, b_device), (b, a_device)] {
+        let events = path_events(&net, since, node, peer);
+        assert!(
+            matches!(
+                events.last(),
+                Some(Event::PathFailed {
+                    reason: PathFailure::Lost,
+                    ..
+                })
+            ),
+            "node {node}: {events:?}"
+        );
+    }
 }
