@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 pub const IDENTITY_FILE: &str = "identity.key";
 pub const HOST_CACHE_FILE: &str = "hostcache.toml";
+/// Locked while a node runs on the directory (holds its process ID).
+const LOCK_FILE: &str = "lock";
 /// Host-cache entries read back; a longer file is cut (the core keeps
 /// `host_cache_len_max` anyway).
 pub const HOST_CACHE_LOAD_LEN_MAX: usize = 1_024;
@@ -35,6 +37,10 @@ const IDENTITY_FILE_LEN_MAX: u64 = 4_096;
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
+    /// Held (an exclusive advisory lock on `LOCK_FILE`) while the node
+    /// runs: two nodes on one directory would share an identity and
+    /// overwrite each other's host cache.
+    _lock: File,
 }
 
 /// Where the identity came from, for the start-up line.
@@ -81,6 +87,41 @@ pub struct LoadedHostCache {
     pub warning: Option<String>,
 }
 
+/// Takes the directory's lock (released by the OS when the process ends,
+/// however it ends: a `kill -9` leaves no stale lock), and writes this
+/// process's ID into the file for the next one's error message.
+fn lock(path: &Path) -> Result<File> {
+    let lock_path = path.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (process {pid})"),
+            };
+            bail!(
+                "the data directory {} is in use by another peerline node{holder}; give each node its own --data-dir",
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .with_context(|| format!("cannot write {}", lock_path.display()))?;
+    Ok(file)
+}
+
 impl DataDir {
     /// Creates the directory (mode 0700) if missing and checks that it is
     /// a directory the node can read and write.
@@ -105,8 +146,10 @@ impl DataDir {
         File::create(&probe)
             .with_context(|| format!("the data directory {} is not writable", path.display()))?;
         let _ = std::fs::remove_file(&probe);
+        let lock = lock(path)?;
         Ok(DataDir {
             path: path.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -332,6 +375,22 @@ mod tests {
             not_before_s: 0,
             hint_rank: 0,
         }
+    }
+
+    #[test]
+    fn one_node_at_a_time_holds_a_data_directory() {
+        let dir = scratch("lock");
+        let first = DataDir::open(&dir).unwrap();
+        let error = DataDir::open(&dir).unwrap_err().to_string();
+        assert!(
+            error.contains("is in use by another peerline node")
+                && error.contains(&format!("(process {})", std::process::id())),
+            "{error}"
+        );
+        // Released when the holder goes.
+        drop(first);
+        DataDir::open(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
