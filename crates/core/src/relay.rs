@@ -17,7 +17,11 @@
 //! address the relay binds is the one that peer's NAT shows it — the same
 //! one its frames will come from (one socket per node). The request is
 //! signed by the device key and names the relay, so nobody else can bind
-//! a device's half, and a request is good at one relay only. A binding
+//! a device's half, and a request is good at one relay only. Only a client
+//! attached to the relay opens a half (keys cost nothing to make, so
+//! strangers could otherwise fill the relay with halves); the peer, who
+//! need not be attached here, can only complete one — asking first, it is
+//! told to retry shortly. A binding
 //! lasts `relay_lifetime_s` unless a request refreshes it; a half waits
 //! for its partner at most [`HALF_WAIT_MS`]. Capacity is explicit: at
 //! most `relay_bindings_max` pairs (halves included) and
@@ -41,6 +45,8 @@ pub const HALF_WAIT_MS: u64 = 30_000;
 pub const BINDINGS_PER_DEVICE_MAX: usize = 4;
 /// What a refused device is told to wait.
 pub const REFUSED_RETRY_MS: u32 = 5_000;
+/// What a peer that asked before the half it completes existed is told.
+pub const PARTNER_WAIT_RETRY_MS: u32 = 1_000;
 /// Relay commands waiting for the driver.
 const COMMANDS_MAX: usize = 1_024;
 
@@ -115,12 +121,14 @@ impl Relays {
     }
 
     /// A device's request, arriving from `from`. `own` is this relay's
-    /// address (a request for another relay is refused).
+    /// address (a request for another relay is refused); `attached`:
+    /// `from` is a client attached here with the requesting device key.
     pub(crate) fn on_request(
         &mut self,
         io: &mut Io,
         from: Addr,
         own: Addr,
+        attached: bool,
         body: RelayRequestBody,
         signature: &Signature,
     ) {
@@ -167,7 +175,12 @@ impl Relays {
                 && binding.peer == body.from_device
         });
         let Some(partner) = partner else {
-            self.add_half(io, from, body);
+            if attached {
+                self.add_half(io, from, body);
+            } else {
+                // The peer whose client opens the half has not asked yet.
+                refuse(io, from, body.session, PARTNER_WAIT_RETRY_MS);
+            }
             return;
         };
         let side = Side {
@@ -195,13 +208,7 @@ impl Relays {
             .count();
         if self.bindings.len() >= io.params.relay_bindings_max || held >= BINDINGS_PER_DEVICE_MAX {
             io.stats.relay_refused += 1;
-            io.send(
-                from,
-                &Message::RelayRefused {
-                    session: body.session,
-                    retry_after_ms: REFUSED_RETRY_MS,
-                },
-            );
+            refuse(io, from, body.session, REFUSED_RETRY_MS);
             return;
         }
         let a = Side {
@@ -243,6 +250,16 @@ impl Relays {
             self.command(PathCommand::RelayUnbind { a });
         }
     }
+}
+
+fn refuse(io: &mut Io, to: Addr, session: u64, retry_after_ms: u32) {
+    io.send(
+        to,
+        &Message::RelayRefused {
+            session,
+            retry_after_ms,
+        },
+    );
 }
 
 /// The request a device sends to `relay` for its punching session.

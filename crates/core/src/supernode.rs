@@ -489,7 +489,12 @@ impl SupernodeState {
             }
             Message::RelayRequest { body, signature } => {
                 let own = self.contact().addr;
-                self.relays.on_request(io, from, own, body, &signature);
+                let attached = self
+                    .clients
+                    .get(&from)
+                    .is_some_and(|slot| slot.device_key == body.from_device);
+                self.relays
+                    .on_request(io, from, own, attached, body, &signature);
             }
             message @ Message::PunchCandidates { .. } => {
                 let own = self.contact().addr;

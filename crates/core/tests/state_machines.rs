@@ -2843,8 +2843,22 @@ fn a_relay_binds_two_signed_halves_and_nothing_else() {
         RawClient::honest(81, addr(81)),
     );
     let (alice_key, bob_key) = (alice.keypair.public(), bob.keypair.public());
+    // Alice is the relay's client; Bob is not.
+    assert!(is_accepted(&alice.attach(&mut relay, at(15))));
     sent(&mut relay);
 
+    // Bob asking first opens nothing: he is told to come back shortly.
+    deliver(
+        &mut relay,
+        at(19),
+        bob.addr,
+        &relay_request(&bob, alice_key, relay_addr, 5),
+    );
+    assert!(matches!(
+        only_reply(&mut relay, bob.addr),
+        Message::RelayRefused { session: 5, retry_after_ms } if retry_after_ms <= 1_000
+    ));
+    assert_eq!(relay.relay_bindings(), 0);
     // Alice's half waits for Bob's.
     deliver(
         &mut relay,
@@ -2946,6 +2960,11 @@ fn a_full_relay_refuses_with_a_retry_hint() {
     let peers: Vec<RawClient> = (0..6)
         .map(|n| RawClient::honest(90 + n, addr(90 + n as u32)))
         .collect();
+    // Halves are opened by the relay's own clients only.
+    for client in std::iter::once(&alice).chain(&peers) {
+        assert!(is_accepted(&client.attach(&mut relay, at(15))));
+    }
+    sent(&mut relay);
     let refused = |out: &[(Addr, Message)], to: Addr| {
         out.iter().any(|(addr, message)| {
             *addr == to
