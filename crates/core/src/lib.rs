@@ -13,6 +13,7 @@ pub mod identity;
 pub mod lookup;
 pub mod mail;
 pub mod membership;
+pub mod names;
 pub mod node;
 pub mod overload;
 pub mod params;
