@@ -3007,6 +3007,23 @@ fn path_events(net: &Net, since: usize, index: usize, peer: PublicKey) -> Vec<Ev
         .collect()
 }
 
+/// Each (node, peer) reported its path to the peer lost, last.
+fn assert_path_lost(net: &Net, since: usize, sides: [(usize, PublicKey); 2]) {
+    for (node, peer) in sides {
+        let events = path_events(net, since, node, peer);
+        assert!(
+            matches!(
+                events.last(),
+                Some(Event::PathFailed {
+                    reason: PathFailure::Lost,
+                    ..
+                })
+            ),
+            "node {node}: {events:?}"
+        );
+    }
+}
+
 /// Two attached clients of a small network; `a` looks `b` up and starts
 /// connecting to it. Returns (a, b, their device keys, events so far).
 fn start_punching(
@@ -3054,19 +3071,7 @@ fn two_clients_punch_a_direct_path_keep_it_alive_and_notice_its_loss() {
     let (a_addr, b_addr) = (net.addrs[a], net.addrs[b]);
     net.blocked.push((a_addr, b_addr));
     net.run_until_ms(started_ms + 120_000 + peerline_core::punch::PATH_LOST_MS + 20_000);
-    for (node, peer) in [(a, b_device), (b, a_device)] {
-        let events = path_events(&net, since, node, peer);
-        assert!(
-            matches!(
-                events.last(),
-                Some(Event::PathFailed {
-                    reason: PathFailure::Lost,
-                    ..
-                })
-            ),
-            "node {node}: {events:?}"
-        );
-    }
+    assert_path_lost(&net, since, [(a, b_device), (b, a_device)]);
 }
 
 #[test]
@@ -3109,17 +3114,5 @@ fn clients_no_check_reaches_fall_back_to_a_relayed_path() {
     net.run_until_ms(
         started_ms + 20_000 + 3 * lifetime_ms + peerline_core::punch::PATH_LOST_MS + 20_000,
     );
-    for (node, peer) in [(a, b_device), (b, a_device)] {
-        let events = path_events(&net, since, node, peer);
-        assert!(
-            matches!(
-                events.last(),
-                Some(Event::PathFailed {
-                    reason: PathFailure::Lost,
-                    ..
-                })
-            ),
-            "node {node}: {events:?}"
-        );
-    }
+    assert_path_lost(&net, since, [(a, b_device), (b, a_device)]);
 }
