@@ -8,6 +8,8 @@ use rand_core::Rng;
 
 /// Recommendations (from the front of the latest list) a choice is made among.
 const HINTED_CHOICES: usize = 3;
+/// Entries a full cache's vector grows by.
+const GROWTH_STEP: usize = 8;
 
 #[derive(Clone, Copy, Debug)]
 pub struct HostEntry {
@@ -77,6 +79,13 @@ impl HostCache {
             hint_rank: 0,
         };
         if self.entries.len() < len_max {
+            // Grown a few entries at a time, not doubled: a simulation
+            // holds a million of these, and doubling leaves a cache of 33
+            // entries with room for 64 (4.6 kB instead of 2.9 kB).
+            if self.entries.len() == self.entries.capacity() {
+                let room = (len_max - self.entries.len()).min(GROWTH_STEP);
+                self.entries.reserve_exact(room);
+            }
             self.entries.push(fresh);
             return;
         }
