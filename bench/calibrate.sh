@@ -33,7 +33,7 @@ cpus=$(nproc)
 {
     echo "# Calibration of the simulator's CPU model, $date"
     echo
-    echo "Produced by \`bench/calibrate.sh $*\` at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- crates bench || echo ' (with local changes)')."
+    echo "Produced by \`bench/calibrate.sh $*\` at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- crates/net crates/core crates/proto bench/calibrate.sh || echo ' (with local changes to the measured code)')."
     echo
     echo "Machine: $cpu_model, $cpu_mhz MHz, $cpu_cache cache, $cpus logical CPUs;"
     echo "kernel $(uname -r); $(rustc --version); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
