@@ -1067,7 +1067,7 @@ impl ClientState {
 /// What a device signs to prove possession of its key at attach: the
 /// supernode's challenge and the supernode's key (so a proof for one
 /// supernode is useless at another).
-pub(crate) fn attach_proof_bytes(challenge: &[u8; 32], supernode: &PublicKey) -> Vec<u8> {
+pub fn attach_proof_bytes(challenge: &[u8; 32], supernode: &PublicKey) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64);
     bytes.extend_from_slice(challenge);
     bytes.extend_from_slice(&supernode.0);

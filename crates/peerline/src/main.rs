@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use peerline_core::CryptoMode;
-use peerline_sim::{Scenario, SimConfig};
+use peerline_sim::{CpuModel, Scenario, SimConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,6 +61,16 @@ enum CryptoArg {
     Full,
     /// Keyed-hash stand-ins of the same size (for runs too large for real signatures).
     Modelled,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CpuModelArg {
+    /// Supernodes pay the CPU time measured on the real driver per datagram
+    /// (bench/calibrate.sh), queueing what arrives while they are busy.
+    Measured,
+    /// Supernodes handle every datagram instantly (reproduces runs made
+    /// before the calibration).
+    Off,
 }
 
 #[derive(clap::Args)]
@@ -116,6 +126,18 @@ struct SimArgs {
     /// When the outage begins, e.g. 10m.
     #[arg(long, value_parser = parse_duration_s)]
     storm_at: Option<u64>,
+    /// Supernode CPU model: measured service times per message kind with a
+    /// queue, or off (instant handling, as before the calibration).
+    #[arg(long, value_enum, default_value = "measured")]
+    cpu_model: CpuModelArg,
+    /// Datagrams that may wait for a supernode's CPU before more are
+    /// dropped (default 4096, the real driver's inbound frame bound).
+    #[arg(long)]
+    cpu_backlog: Option<u32>,
+    /// Multiply every measured CPU cost by F: supernodes on hosts F times
+    /// slower than the calibration machine.
+    #[arg(long)]
+    cpu_cost_factor: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -219,6 +241,16 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
     if let Some(at) = args.storm_at {
         config.storm_at_s = at;
     }
+    config.cpu_model = match args.cpu_model {
+        CpuModelArg::Measured => CpuModel::Measured,
+        CpuModelArg::Off => CpuModel::Off,
+    };
+    if let Some(backlog) = args.cpu_backlog {
+        config.cpu_backlog_max = backlog;
+    }
+    if let Some(factor) = args.cpu_cost_factor {
+        config.cpu_cost_factor = factor;
+    }
     if let Err(problem) = config.validate() {
         bail!("{problem}");
     }
@@ -228,7 +260,7 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
     }
 
     println!(
-        "peerline sim {}{} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?}",
+        "peerline sim {}{} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?} · supernode CPU {}",
         scenario.name(),
         if config.naive {
             " (naive baseline)"
@@ -239,7 +271,11 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         config.clients,
         config.supernodes,
         config.duration_s,
-        config.crypto
+        config.crypto,
+        match config.cpu_model {
+            CpuModel::Measured => "measured",
+            CpuModel::Off => "off",
+        }
     );
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -317,6 +353,15 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         }
         if let Some(at) = args.storm_at {
             extra += &format!(" --storm-at {at}s");
+        }
+        if matches!(args.cpu_model, CpuModelArg::Off) {
+            extra += " --cpu-model off";
+        }
+        if let Some(backlog) = args.cpu_backlog {
+            extra += &format!(" --cpu-backlog {backlog}");
+        }
+        if let Some(factor) = args.cpu_cost_factor {
+            extra += &format!(" --cpu-cost-factor {factor}");
         }
         eprintln!(
             "some figures were missed; replay this exact run with: peerline sim {} --clients {} --supernodes {} --seed {} --duration {}s --churn {}{}",

@@ -78,6 +78,22 @@ fn bad_outage_knobs_are_refused() {
 }
 
 #[test]
+fn bad_cpu_model_knobs_are_refused() {
+    let out = scratch("cpu");
+    let out = out.to_str().unwrap();
+    let output = peerline(&["sim", "steady", "--cpu-backlog", "0", "--out", out]);
+    assert_clear_error(&output, "--cpu-backlog must be at least 1");
+    let output = peerline(&["sim", "steady", "--cpu-cost-factor", "0", "--out", out]);
+    assert_clear_error(&output, "--cpu-cost-factor must be a positive number");
+    let output = peerline(&["sim", "steady", "--cpu-model", "fast", "--out", out]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("measured"),
+        "the choices are listed"
+    );
+}
+
+#[test]
 fn bad_duration_is_refused() {
     let output = peerline(&["sim", "steady", "--duration", "ten minutes"]);
     assert_clear_error(&output, "not a duration");

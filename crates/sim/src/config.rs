@@ -49,6 +49,18 @@ impl Scenario {
     }
 }
 
+/// Whether supernodes pay CPU time for the datagrams they handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuModel {
+    /// Service times measured on the real driver (`crate::cpu::MEASURED`),
+    /// a FIFO queue per supernode bounded by `cpu_backlog_max`.
+    Measured,
+    /// Every datagram handled instantly (the simulator before the
+    /// calibration: reproduces its figures and digests).
+    Off,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct SimConfig {
     pub scenario: Scenario,
@@ -113,6 +125,15 @@ pub struct SimConfig {
     /// No new messages in the last this many seconds, so the delivery ratio
     /// counts only messages that had time to arrive.
     pub messages_quiet_end_s: u64,
+    /// Supernode CPU model.
+    pub cpu_model: CpuModel,
+    /// Datagrams that may wait for a supernode's CPU; more are dropped.
+    /// The real driver's bound on frames waiting for its node
+    /// (`LinkLimits::inbound_frames_max`).
+    pub cpu_backlog_max: u32,
+    /// Every measured service time is multiplied by this: a supernode host
+    /// this many times slower than the calibration machine.
+    pub cpu_cost_factor: f64,
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
     pub params: Params,
@@ -180,6 +201,9 @@ impl SimConfig {
                 0.0
             },
             messages_quiet_end_s: 300,
+            cpu_model: CpuModel::Measured,
+            cpu_backlog_max: 4_096,
+            cpu_cost_factor: 1.0,
             params,
         }
     }
@@ -218,6 +242,12 @@ impl SimConfig {
             if !(factor.is_finite() && factor >= 1.0) {
                 return Err("--capacity-factor must be at least 1.0".into());
             }
+        }
+        if self.cpu_backlog_max == 0 {
+            return Err("--cpu-backlog must be at least 1".into());
+        }
+        if !(self.cpu_cost_factor.is_finite() && self.cpu_cost_factor > 0.0) {
+            return Err("--cpu-cost-factor must be a positive number".into());
         }
         if !(self.storm_fraction > 0.0 && self.storm_fraction <= 1.0) {
             return Err("--fraction must be in (0, 1]".into());

@@ -9,6 +9,7 @@
 //! lookup answers against the simulator's ground truth.
 
 pub mod config;
+pub mod cpu;
 pub mod metrics;
 pub mod network;
 pub mod plots;
@@ -17,7 +18,7 @@ pub mod report;
 pub mod sweep;
 pub mod world;
 
-pub use config::{Scenario, SimConfig};
+pub use config::{CpuModel, Scenario, SimConfig};
 pub use report::Report;
 pub use world::{Progress, World};
 

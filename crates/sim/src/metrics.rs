@@ -1,6 +1,7 @@
 //! What the observers count, and the run digest.
 
 use crate::config::SimConfig;
+use crate::cpu::DelayHistogram;
 use serde::Serialize;
 
 /// One point of the time series.
@@ -20,6 +21,12 @@ pub struct Sample {
     pub busy: u64,
     /// Supernodes holding more attachments than their capacity.
     pub over_capacity: u64,
+    /// The most CPU work (service time) any supernode was given since the
+    /// previous sample, as a share of the interval: above 1 its queue grew.
+    pub cpu_load_max_ratio: f64,
+    /// The longest a datagram waited for a supernode's CPU since the
+    /// previous sample (ms).
+    pub cpu_delay_max_ms: u64,
     /// Clients knocked below two attachments by the outage and not back yet.
     pub reattach_pending: u64,
     /// Clients below two attachments because a supernode of theirs crashed
@@ -122,6 +129,12 @@ pub struct Metrics {
     /// Lookups started well after a partition healed: completed, and found.
     pub lookups_after_heal: u64,
     pub lookups_after_heal_ok: u64,
+    /// How long datagrams to supernodes waited for the CPU (every one
+    /// handled, the ones that did not wait included).
+    pub cpu_delay: DelayHistogram,
+    pub cpu_delay_max_since_sample_us: u64,
+    /// Datagrams dropped at a supernode's full CPU backlog.
+    pub cpu_dropped: u64,
 }
 
 impl Metrics {

@@ -19,6 +19,8 @@ pub enum EventKind {
     Leave { node: u32 },
     /// A datagram arrives.
     Deliver { to: u32, from: u32, bytes: Vec<u8> },
+    /// A datagram that waited for its supernode's CPU is handled now.
+    Served { to: u32, from: u32, bytes: Vec<u8> },
     /// A node's timer fires (ignored when `epoch` is stale).
     Timer { node: u32, epoch: u32 },
     /// Start the next directory lookup.

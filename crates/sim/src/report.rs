@@ -1,7 +1,8 @@
 //! The run report: the `report.json` contract, the checks against the
 //! figures the issue demands, and the human summary.
 
-use crate::config::Scenario;
+use crate::config::{CpuModel, Scenario};
+use crate::cpu::Calibration;
 use crate::metrics::{quantile, Sample};
 use crate::world::World;
 use peerline_core::{CryptoMode, Params};
@@ -127,6 +128,23 @@ pub struct Report {
     pub lookups_after_heal: u64,
     pub lookup_success_after_heal: f64,
     pub datagrams_dropped_partition: u64,
+    /// Whether supernodes paid CPU time per datagram, and the service
+    /// times they paid (`cpu.rs`: the real driver's calibration times
+    /// `config.cpu_cost_factor`).
+    pub cpu_model: CpuModel,
+    pub cpu_costs: Option<Calibration>,
+    /// Datagrams supernodes handled through their CPU queue.
+    pub cpu_datagrams: u64,
+    /// Of those, how many waited a millisecond or more for the CPU.
+    pub cpu_datagrams_waited: u64,
+    /// Wait for the CPU over every datagram a supernode handled (ms).
+    pub cpu_queue_delay_ms_p99: u64,
+    pub cpu_queue_delay_ms_max: f64,
+    /// Dropped at a full backlog (`cpu_backlog_max` waiting already).
+    pub cpu_dropped: u64,
+    /// The most CPU work any supernode was given in one sample interval,
+    /// as a share of the interval (above 1: its queue grew).
+    pub cpu_load_max_ratio: f64,
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -416,6 +434,18 @@ impl Report {
                 metrics.lookups_after_heal_ok as f64 / metrics.lookups_after_heal as f64
             },
             datagrams_dropped_partition: metrics.dropped_partition,
+            cpu_model: config.cpu_model,
+            cpu_costs: world.cpu_costs().map(|costs| *costs.calibration()),
+            cpu_datagrams: metrics.cpu_delay.count(),
+            cpu_datagrams_waited: metrics.cpu_delay.delayed(),
+            cpu_queue_delay_ms_p99: metrics.cpu_delay.quantile_ms(0.99),
+            cpu_queue_delay_ms_max: metrics.cpu_delay.max_us as f64 / 1000.0,
+            cpu_dropped: metrics.cpu_dropped,
+            cpu_load_max_ratio: metrics
+                .samples
+                .iter()
+                .map(|s| s.cpu_load_max_ratio)
+                .fold(0.0, f64::max),
             digest: metrics.digest.clone(),
             params: world.params().clone(),
             sim_overrides: sim_overrides(world.params()),
@@ -655,6 +685,20 @@ impl Report {
                 self.messages_out_of_order,
                 self.mailbox_backlog_max,
                 self.backlog_drain_s
+            );
+        }
+        if self.cpu_model == CpuModel::Measured {
+            out += &format!(
+                "supernode CPU (measured costs × {}): busiest {:.2} of a core in a {} s sample · {} of {} datagrams waited >= 1 ms · wait p99 {} ms max {:.0} ms · {} dropped at the {}-datagram backlog\n",
+                self.config.cpu_cost_factor,
+                self.cpu_load_max_ratio,
+                self.config.sample_interval_s,
+                self.cpu_datagrams_waited,
+                self.cpu_datagrams,
+                self.cpu_queue_delay_ms_p99,
+                self.cpu_queue_delay_ms_max,
+                self.cpu_dropped,
+                self.config.cpu_backlog_max
             );
         }
         for check in &self.checks {

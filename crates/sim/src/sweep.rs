@@ -88,6 +88,9 @@ pub fn plan(base: &SimConfig) -> Vec<SimConfig> {
                 config.crypto = base.crypto;
                 config.churn_per_hour = base.churn_per_hour;
                 config.params = base.params.clone();
+                config.cpu_model = base.cpu_model;
+                config.cpu_backlog_max = base.cpu_backlog_max;
+                config.cpu_cost_factor = base.cpu_cost_factor;
                 config.naive = naive;
                 config.storm_fraction = fraction;
                 configs.push(config);

@@ -2,7 +2,8 @@
 //! them, the scenario's script, and the observers that measure the network
 //! from outside the nodes.
 
-use crate::config::{Scenario, SimConfig};
+use crate::config::{CpuModel, Scenario, SimConfig};
+use crate::cpu::{Admission, CostTable, Cpu};
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
 use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
 use crate::queue::{EventKind, Queue};
@@ -58,6 +59,8 @@ struct SimNode {
     observed_len: u8,
     /// Restarted by the outage: its re-attach is timed when it starts.
     outage_victim: bool,
+    /// Its CPU while it is a supernode (`cpu.rs`).
+    cpu: Cpu,
 }
 
 impl SimNode {
@@ -225,6 +228,8 @@ pub struct World {
     partitioned: bool,
     /// Lookups started from here on count as "after the heal".
     heal_settled_us: u64,
+    /// What supernodes pay per datagram; `None`: the CPU model is off.
+    costs: Option<CostTable>,
 }
 
 impl World {
@@ -257,6 +262,7 @@ impl World {
                 observed: [Observed::default(); OBSERVED_ATTACHMENTS_MAX],
                 observed_len: 0,
                 outage_victim: false,
+                cpu: Cpu::default(),
             });
         }
         let end_us = config.duration_s * 1_000_000;
@@ -289,6 +295,12 @@ impl World {
             device_index: HashMap::new(),
             partitioned: false,
             heal_settled_us: u64::MAX,
+            costs: match config.cpu_model {
+                CpuModel::Measured => {
+                    Some(CostTable::new(crate::cpu::MEASURED, config.cpu_cost_factor))
+                }
+                CpuModel::Off => None,
+            },
             config,
         };
         world.schedule_script();
@@ -359,7 +371,8 @@ impl World {
             match entry.kind {
                 EventKind::Start { node } => self.start(node),
                 EventKind::Leave { node } => self.leave(node),
-                EventKind::Deliver { to, from, bytes } => self.deliver(to, from, &bytes),
+                EventKind::Deliver { to, from, bytes } => self.deliver(to, from, bytes),
+                EventKind::Served { to, from, bytes } => self.serve_queued(to, from, &bytes),
                 EventKind::Timer { node, epoch } => self.fire_timer(node, epoch, entry.time_us),
                 EventKind::LookupTick => self.lookup_tick(),
                 EventKind::Sample => self.sample(),
@@ -642,7 +655,7 @@ impl World {
 
     // ---- network ----
 
-    fn deliver(&mut self, to: u32, from: u32, bytes: &[u8]) {
+    fn deliver(&mut self, to: u32, from: u32, bytes: Vec<u8>) {
         if self.partitioned
             && self.nodes[to as usize].place.side() != self.nodes[from as usize].place.side()
         {
@@ -651,7 +664,7 @@ impl World {
                 eprintln!(
                     "{:.3} {from} -> {to} {:?} (lost in the cut)",
                     self.now_us as f64 / 1e6,
-                    peek_kind(bytes)
+                    peek_kind(&bytes)
                 );
             }
             return;
@@ -665,6 +678,57 @@ impl World {
             self.metrics.dropped_nat += 1;
             return;
         }
+        let service_us = match &self.costs {
+            Some(costs) if target.is_supernode() => costs.service_us(peek_kind(&bytes)),
+            _ => 0,
+        };
+        if service_us > 0 {
+            let backlog_max = self.config.cpu_backlog_max;
+            match self.nodes[to as usize]
+                .cpu
+                .arrive(self.now_us, service_us, backlog_max)
+            {
+                Admission::Now => self.metrics.cpu_delay.record(0),
+                Admission::Queued { start_us } => {
+                    let delay_us = start_us - self.now_us;
+                    self.metrics.cpu_delay.record(delay_us);
+                    let sample_max = &mut self.metrics.cpu_delay_max_since_sample_us;
+                    *sample_max = (*sample_max).max(delay_us);
+                    self.queue
+                        .push(start_us, EventKind::Served { to, from, bytes });
+                    return;
+                }
+                Admission::Dropped => {
+                    self.metrics.cpu_dropped += 1;
+                    if self.trace == Some(to) || self.trace == Some(from) {
+                        eprintln!(
+                            "{:.3} {from} -> {to} {:?} (dropped: the CPU's backlog is full)",
+                            self.now_us as f64 / 1e6,
+                            peek_kind(&bytes)
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        self.handle_datagram(to, from, &bytes, service_us);
+    }
+
+    /// A datagram that waited for a supernode's CPU: its service starts.
+    fn serve_queued(&mut self, to: u32, from: u32, bytes: &[u8]) {
+        let slot = &mut self.nodes[to as usize];
+        slot.cpu.start_queued();
+        if !slot.alive {
+            // The process and its queue died while it waited.
+            self.metrics.dropped_dead += 1;
+            return;
+        }
+        let costs = self.costs.expect("datagrams wait only with a CPU model");
+        self.handle_datagram(to, from, bytes, costs.service_us(peek_kind(bytes)));
+    }
+
+    /// The node reads a datagram; what it answers leaves `service_us` later.
+    fn handle_datagram(&mut self, to: u32, from: u32, bytes: &[u8], service_us: u32) {
         self.metrics.delivered += 1;
         if self.trace == Some(to) || self.trace == Some(from) {
             eprintln!(
@@ -679,7 +743,7 @@ impl World {
         if let Some(node) = self.nodes[to as usize].node.as_mut() {
             node.handle(now, addr_of(from), bytes);
         }
-        self.flush(to);
+        self.flush_after(to, service_us as u64);
     }
 
     /// Watches the wire for attachments being made, kept alive and ended.
@@ -752,6 +816,12 @@ impl World {
 
     /// Sends what the node queued, handles its events, re-arms its timer.
     fn flush(&mut self, index: u32) {
+        self.flush_after(index, 0);
+    }
+
+    /// [`World::flush`], with the datagrams leaving `depart_after_us` from
+    /// now (when the CPU that made them is done).
+    fn flush_after(&mut self, index: u32, depart_after_us: u64) {
         let now_us = self.now_us;
         let nodes_len = self.nodes.len();
         let mut transmits = std::mem::take(&mut self.transmit_buffer);
@@ -783,7 +853,7 @@ impl World {
                 &mut self.rng,
             );
             self.queue.push(
-                now_us + latency,
+                now_us + depart_after_us + latency,
                 EventKind::Deliver {
                     to,
                     from: index,
@@ -1095,6 +1165,11 @@ impl World {
         loads.sort_unstable();
         let capacity = self.params.supernode_capacity_attachments as f64;
         let over_capacity = loads.iter().filter(|l| **l as f64 > capacity).count() as u64;
+        let mut cpu_work_max_us = 0;
+        for &supernode in &self.live_supernodes.items {
+            let work_us = self.nodes[supernode as usize].cpu.take_work_us();
+            cpu_work_max_us = cpu_work_max_us.max(work_us);
+        }
         self.metrics.over_capacity_events += over_capacity;
         let percentile = |p: f64| {
             loads
@@ -1125,6 +1200,10 @@ impl World {
                 .map(|n| n.mailbox_len() as u64)
                 .sum(),
             over_capacity,
+            cpu_load_max_ratio: cpu_work_max_us as f64
+                / (self.config.sample_interval_s as f64 * 1e6),
+            cpu_delay_max_ms: std::mem::take(&mut self.metrics.cpu_delay_max_since_sample_us)
+                / 1000,
             reattach_pending: self.reattach_pending.len() as u64,
             queued_events: self.queue.len() as u64,
             churn_orphans: self
@@ -1148,6 +1227,11 @@ impl World {
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// The supernodes' service times (`None`: the CPU model is off).
+    pub fn cpu_costs(&self) -> Option<&CostTable> {
+        self.costs.as_ref()
     }
 
     /// Clients still waiting to be back at two supernodes, with how long
