@@ -176,7 +176,7 @@ impl ClientState {
 
     /// Starts attach handshakes until enough are attached or in progress,
     /// no sooner than the back-off allows.
-    fn fill_attachments(&mut self, io: &mut Io) {
+    pub(crate) fn fill_attachments(&mut self, io: &mut Io) {
         self.retry_at = None;
         while self.attachments.len() < self.wanted(io.params.attachments_target) {
             if io.now.instant < self.attach_not_before {

@@ -211,6 +211,9 @@ pub struct Node {
     identity: DeviceIdentity,
     policy: RolePolicy,
     advertised_addr: Addr,
+    /// The address a gateway maps to this node's port, when the driver got
+    /// one (`set_mapped_addr`): an extra hole-punching candidate.
+    mapped_addr: Option<Addr>,
     role: Role,
     rng: Pcg32,
     host_cache: HostCache,
@@ -241,6 +244,7 @@ impl Node {
             identity: config.identity,
             policy: config.policy,
             advertised_addr: config.advertised_addr,
+            mapped_addr: None,
             role: Role::Client(Box::default()),
             rng: Pcg32::seed_from_u64(rng_seed),
             host_cache,
@@ -286,6 +290,35 @@ impl Node {
         self.revoked.insert(device_key);
         if let Role::Supernode(supernode) = &mut self.role {
             supernode.drop_device(&device_key);
+        }
+    }
+
+    /// A supernode learnt of after start (the daemon's LAN discovery): it
+    /// goes into the host cache (so a dial to it is pinned to its key, like
+    /// a seed's) and is used at once when the node has nothing better — a
+    /// client short of attachments tries to attach (within its back-off),
+    /// a supernode that knows no other member joins through it. The node's
+    /// own contact and input after `shutdown` are ignored.
+    pub fn add_bootstrap(&mut self, now: Now, contact: Contact) {
+        if self.closed || contact.key == self.identity.keypair.public() {
+            return;
+        }
+        self.host_cache
+            .insert(contact, self.params.host_cache_len_max);
+        if self.is_supernode() {
+            self.with_supernode(now, |supernode, io| supernode.join_if_alone(io, contact));
+        } else {
+            self.with_client(now, |client, io| client.fill_attachments(io));
+        }
+    }
+
+    /// The address a gateway maps to this node's port (UPnP-IGD), or `None`
+    /// when the mapping is gone: offered as a hole-punching candidate
+    /// before the reflexive and advertised addresses.
+    pub fn set_mapped_addr(&mut self, mapped: Option<Addr>) {
+        self.mapped_addr = mapped;
+        if let Role::Client(client) = &mut self.role {
+            client.punch.mapped = mapped;
         }
     }
 
@@ -395,6 +428,7 @@ impl Node {
     fn handle_message(&mut self, now: Now, from: Addr, message: Message) {
         if let Role::Client(client) = &mut self.role {
             client.punch.local = Some(self.advertised_addr);
+            client.punch.mapped = self.mapped_addr;
         }
         let mut promote = false;
         let mut demote = false;
@@ -463,8 +497,10 @@ impl Node {
     /// [`Event::PathUp`] or [`Event::PathFailed`]).
     pub fn connect_peer(&mut self, now: Now, record: &PresenceRecord) {
         let advertised = self.advertised_addr;
+        let mapped = self.mapped_addr;
         self.with_client(now, |client, io| {
             client.punch.local = Some(advertised);
+            client.punch.mapped = mapped;
             let attached = client.attached();
             client.punch.start(io, record, &attached);
         });

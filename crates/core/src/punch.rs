@@ -221,6 +221,9 @@ pub struct Punch {
     commands: VecDeque<PathCommand>,
     /// The address the node advertises (its local candidate).
     pub(crate) local: Option<Addr>,
+    /// The address a gateway maps to the node's port (UPnP-IGD, told by the
+    /// driver): reachable from outside without punching, so offered first.
+    pub(crate) mapped: Option<Addr>,
 }
 
 impl Punch {
@@ -350,10 +353,12 @@ impl Punch {
 
     fn candidates(&self, session: &Session) -> BoundedVec<Addr, PUNCH_CANDIDATES_MAX> {
         let mut candidates = Vec::new();
-        candidates.extend(session.reflexive);
-        if let Some(local) = self.local {
-            if !candidates.contains(&local) {
-                candidates.push(local);
+        for candidate in [self.mapped, session.reflexive, self.local]
+            .into_iter()
+            .flatten()
+        {
+            if !candidates.contains(&candidate) {
+                candidates.push(candidate);
             }
         }
         BoundedVec::truncating(candidates)
@@ -759,5 +764,64 @@ pub(crate) fn forward(
             None => io.stats.messages_unexpected += 1,
         },
         None => io.stats.messages_unexpected += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(last: u8, port: u16) -> Addr {
+        Addr::from_socket(std::net::SocketAddr::from(([10, 0, 0, last], port)))
+    }
+
+    fn gathering(reflexive: Option<Addr>) -> Session {
+        Session {
+            id: 1,
+            peer: PublicKey([9; 32]),
+            initiator: true,
+            via: addr(1, 1),
+            peer_supernode: addr(1, 1),
+            phase: Phase::Gathering,
+            deadline: Instant::from_ms(0),
+            attempts: 0,
+            started: Instant::from_ms(0),
+            reflexive,
+            peer_candidates: Vec::new(),
+            path: None,
+            failure: None,
+            finished_ms: 0,
+            relay: addr(1, 1),
+            relayed: None,
+        }
+    }
+
+    #[test]
+    fn a_mapped_address_is_offered_first_and_no_candidate_twice() {
+        let reflexive = addr(200, 5000);
+        let local = addr(2, 4433);
+        let mut punch = Punch {
+            local: Some(local),
+            ..Punch::default()
+        };
+        let offered = |punch: &Punch, session: &Session| -> Vec<Addr> {
+            punch.candidates(session).iter().copied().collect()
+        };
+        assert_eq!(
+            offered(&punch, &gathering(Some(reflexive))),
+            vec![reflexive, local]
+        );
+        let mapped = addr(200, 4433);
+        punch.mapped = Some(mapped);
+        assert_eq!(
+            offered(&punch, &gathering(Some(reflexive))),
+            vec![mapped, reflexive, local]
+        );
+        assert_eq!(
+            offered(&punch, &gathering(Some(mapped))),
+            vec![mapped, local],
+            "a gateway that maps the port it already showed STUN: one candidate"
+        );
+        assert_eq!(offered(&punch, &gathering(None)), vec![mapped, local]);
     }
 }

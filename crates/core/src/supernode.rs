@@ -328,6 +328,16 @@ impl SupernodeState {
         );
     }
 
+    /// A supernode learnt of after start (the daemon's LAN discovery): join
+    /// through it when this one knows no other member and is not joining
+    /// already. A supernode in an overlay ignores it (membership finds
+    /// members; a contact from the local network is only a way in).
+    pub(crate) fn join_if_alone(&mut self, io: &mut Io, contact: Contact) {
+        if self.join.is_none() && self.membership.len() <= 1 {
+            self.join(io, &[contact]);
+        }
+    }
+
     pub(crate) fn shutdown(&mut self, io: &mut Io) {
         let alternates = BoundedVec::truncating(self.membership.least_loaded(
             ALTERNATES_PER_ANSWER,

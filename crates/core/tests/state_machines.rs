@@ -3115,4 +3115,61 @@ fn clients_no_check_reaches_fall_back_to_a_relayed_path() {
         started_ms + 20_000 + 3 * lifetime_ms + peerline_core::punch::PATH_LOST_MS + 20_000,
     );
     assert_path_lost(&net, since, [(a, b_device), (b, a_device)]);
+
+// ---------------------------------------------------------------------------
+// Supernodes learnt of after start (the daemon's LAN discovery)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_client_without_supernodes_attaches_to_those_added_later() {
+    let params = Arc::new(params());
+    let mut client = client(&params, 1, addr(1), Vec::new(), at(0));
+    assert!(sent(&mut client).is_empty(), "nobody to talk to yet");
+    let own = Contact {
+        key: client.identity().keypair.public(),
+        id_nonce: 0,
+        addr: addr(1),
+    };
+    client.add_bootstrap(at(1_000), own);
+    assert!(sent(&mut client).is_empty(), "its own contact is no way in");
+    assert!(client.host_cache().is_empty());
+
+    let first = scripted_contact(100, addr(100));
+    client.add_bootstrap(at(1_000), first);
+    let out = sent(&mut client);
+    assert_eq!(hellos(&out, &[first]), vec![first], "{out:?}");
+    assert!(
+        client.host_cache().contains(&first.key),
+        "pinned from there"
+    );
+    let second = scripted_contact(101, addr(101));
+    client.add_bootstrap(at(1_100), second);
+    assert_eq!(hellos(&sent(&mut client), &[second]), vec![second]);
+    // Two handshakes run (the target): a third contact waits in the cache.
+    let third = scripted_contact(102, addr(102));
+    client.add_bootstrap(at(1_200), third);
+    assert!(sent(&mut client).is_empty());
+    assert_eq!(client.host_cache().len(), 3);
+}
+
+#[test]
+fn a_lone_supernode_joins_through_one_added_later_and_only_once() {
+    let params = Arc::new(params());
+    let mut lone = lone_supernode(&params);
+    let found = scripted_contact(100, addr(100));
+    lone.add_bootstrap(at(1_000), found);
+    let out = sent(&mut lone);
+    assert!(
+        matches!(out.as_slice(), [(to, Message::SyncRequest { .. })] if *to == found.addr),
+        "{out:?}"
+    );
+    let other = scripted_contact(101, addr(101));
+    lone.add_bootstrap(at(1_100), other);
+    assert!(
+        sent(&mut lone)
+            .iter()
+            .all(|(_, m)| !matches!(m, Message::SyncRequest { .. })),
+        "a join is already running"
+    );
+    assert!(lone.host_cache().contains(&other.key));
 }

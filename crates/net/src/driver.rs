@@ -164,6 +164,8 @@ enum Command {
         reply: oneshot::Sender<Result<SocketAddr, StunError>>,
     },
     ConnectPeer(Box<PresenceRecord>),
+    AddBootstrap(Contact),
+    SetMappedAddr(Option<SocketAddr>),
     Shutdown,
 }
 
@@ -185,6 +187,8 @@ impl std::fmt::Debug for Command {
             Command::Status(_) => "Status",
             Command::StunBinding { .. } => "StunBinding",
             Command::ConnectPeer(_) => "ConnectPeer",
+            Command::AddBootstrap(_) => "AddBootstrap",
+            Command::SetMappedAddr(_) => "SetMappedAddr",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -255,6 +259,27 @@ impl Control {
     pub async fn connect_peer(&self, record: PresenceRecord) -> Result<(), NodeGone> {
         self.commands
             .send(Command::ConnectPeer(Box::new(record)))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Hands the node a supernode found after start (a daemon's LAN
+    /// discovery): it joins the host cache, so a dial to it is pinned to
+    /// its key like a bootstrap contact's, and the core decides whether to
+    /// use it now ([`peerline_core::Node::add_bootstrap`]).
+    pub async fn add_bootstrap(&self, contact: Contact) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::AddBootstrap(contact))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Tells the node the address a gateway maps to its port (a daemon's
+    /// UPnP-IGD mapping), or `None` once the mapping is gone: the core
+    /// offers it as a hole-punching candidate.
+    pub async fn set_mapped_addr(&self, mapped: Option<SocketAddr>) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::SetMappedAddr(mapped))
             .await
             .map_err(|_| NodeGone)
     }
@@ -610,6 +635,10 @@ impl Driver {
                 });
             }
             Command::ConnectPeer(record) => self.node.connect_peer(now, &record),
+            Command::AddBootstrap(contact) => self.node.add_bootstrap(now, contact),
+            Command::SetMappedAddr(mapped) => {
+                self.node.set_mapped_addr(mapped.map(Addr::from_socket));
+            }
             Command::Shutdown => {}
         }
     }

@@ -47,7 +47,8 @@ pub struct NodeArgs {
     /// A TOML file with any of these settings, keys named like the flags
     /// with `_` for `-` (listen, advertise, data_dir, bootstrap = [...],
     /// role, log_level, status_file, fast_timers, test_traffic_to,
-    /// test_traffic_interval_ms). Flags win over it;
+    /// test_traffic_interval_ms, lan_discovery = "on"|"off",
+    /// port_mapping = "on"|"off"). Flags win over it;
     /// relative paths in it are relative to the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -82,6 +83,35 @@ pub struct NodeArgs {
     /// supernodes, once attached; the status file's `paths` says how it went.
     #[arg(long, value_name = "DEVICE_KEY:ACCOUNT_KEY", value_parser = Recipient::from_str)]
     pub connect_to: Option<Recipient>,
+    /// on: a supernode announces itself on the local network (mDNS, service
+    /// _peerline._udp) and a node with no working bootstrap (none given, or
+    /// none answered within 10 s) looks for one there; only on the
+    /// interface of --listen (all of them for 0.0.0.0 or ::, none for a
+    /// loopback address). A found supernode's key is pinned like a
+    /// --bootstrap seed's [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub lan_discovery: Option<Switch>,
+    /// on: when --listen (or, for 0.0.0.0, the outgoing interface) is a
+    /// private address (RFC 1918, IPv6 ULA), ask the gateway over UPnP-IGD
+    /// for a UDP mapping of the port, renew it, remove it at shutdown, and
+    /// offer the mapped address to peers as a connection candidate. Never
+    /// on loopback or public addresses [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub port_mapping: Option<Switch>,
+}
+
+/// A feature turned on or off, as a flag value or in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
 }
 
 /// Test traffic's period bounds: a message per 100 ms at most.
@@ -132,6 +162,9 @@ const AFTER_HELP: &str = "\
 At start the node prints its node key and a NODE_KEY@ADDR line that other
 nodes can pass to --bootstrap. It logs to stderr. SIGINT or SIGTERM stops it
 politely: goodbyes to its peers, the host cache saved, exit 0.
+
+Bootstrap order: the saved host cache, then the --bootstrap seeds, then
+(with --lan-discovery on) supernodes announced on the local network.
 
 Example: a first supernode, then a client that starts from it:
   peerline node --role supernode --listen 192.0.2.10:4433 --data-dir /var/lib/peerline
@@ -227,6 +260,8 @@ struct FileConfig {
     fast_timers: Option<bool>,
     test_traffic_to: Option<Recipient>,
     test_traffic_interval_ms: Option<u64>,
+    lan_discovery: Option<Switch>,
+    port_mapping: Option<Switch>,
 }
 
 /// Everything the node runs with, merged and checked.
@@ -243,6 +278,8 @@ pub struct NodeSettings {
     pub test_traffic_to: Option<Recipient>,
     pub test_traffic_interval_ms: u64,
     pub connect_to: Option<Recipient>,
+    pub lan_discovery: Switch,
+    pub port_mapping: Switch,
 }
 
 /// Reads the config file (if any) and merges it under the flags.
@@ -304,6 +341,14 @@ pub fn settings(args: NodeArgs) -> Result<NodeSettings> {
         test_traffic_to: args.test_traffic_to.or(file.test_traffic_to),
         connect_to: args.connect_to,
         test_traffic_interval_ms,
+        lan_discovery: args
+            .lan_discovery
+            .or(file.lan_discovery)
+            .unwrap_or(Switch::On),
+        port_mapping: args
+            .port_mapping
+            .or(file.port_mapping)
+            .unwrap_or(Switch::On),
     })
 }
 
@@ -401,10 +446,13 @@ mod tests {
         let file = parse_file_config(&format!(
             "listen = \"127.0.0.1:5000\"\nadvertise = \"192.0.2.1:5000\"\ndata_dir = \"d\"\n\
              bootstrap = [\"{KEY}@127.0.0.1:4433\"]\nrole = \"supernode\"\nlog_level = \"debug\"\n\
-             status_file = \"s.json\"\nfast_timers = true\n"
+             status_file = \"s.json\"\nfast_timers = true\nlan_discovery = \"off\"\n\
+             port_mapping = \"on\"\n"
         ))
         .unwrap();
         assert_eq!(file.role, Some(NodeRole::Supernode));
+        assert_eq!(file.lan_discovery, Some(Switch::Off));
+        assert_eq!(file.port_mapping, Some(Switch::On));
         assert_eq!(file.bootstrap.unwrap().len(), 1);
         assert_eq!(file.fast_timers, Some(true));
     }
@@ -421,6 +469,8 @@ mod tests {
             ("listen = \"nowhere\"\n", "line 1", "socket address"),
             ("bootstrap = [\"x@y\"]\n", "line 1", "is not a node key"),
             ("fast_timers = \"yes\"\n", "line 1", "bool"),
+            ("lan_discovery = \"maybe\"\n", "line 1", "maybe"),
+            ("port_mapping = true\n", "line 1", ""),
             ("listen = \n", "line 1", ""),
         ];
         for (text, line, needle) in cases {
@@ -439,7 +489,8 @@ mod tests {
             &path,
             format!(
                 "listen = \"127.0.0.1:5000\"\ndata_dir = \"data\"\nrole = \"client\"\n\
-                 bootstrap = [\"{KEY}@127.0.0.1:4433\"]\nfast_timers = true\n"
+                 bootstrap = [\"{KEY}@127.0.0.1:4433\"]\nfast_timers = true\n\
+                 lan_discovery = \"off\"\nport_mapping = \"off\"\n"
             ),
         )
         .unwrap();
@@ -453,6 +504,8 @@ mod tests {
         assert_eq!(from_file.role, NodeRole::Client);
         assert!(from_file.fast_timers);
         assert_eq!(from_file.bootstrap.len(), 1);
+        assert_eq!(from_file.lan_discovery, Switch::Off);
+        assert_eq!(from_file.port_mapping, Switch::Off);
 
         let other: Seed = format!("{KEY}@127.0.0.1:4444").parse().unwrap();
         let overridden = settings(NodeArgs {
@@ -461,6 +514,7 @@ mod tests {
             data_dir: Some(PathBuf::from("elsewhere")),
             role: Some(NodeRole::Supernode),
             bootstrap: vec![other],
+            lan_discovery: Some(Switch::On),
             ..NodeArgs::default()
         })
         .unwrap();
@@ -468,6 +522,8 @@ mod tests {
         assert_eq!(overridden.data_dir, PathBuf::from("elsewhere"));
         assert_eq!(overridden.role, NodeRole::Supernode);
         assert_eq!(overridden.bootstrap, vec![other]);
+        assert_eq!(overridden.lan_discovery, Switch::On, "the flag wins");
+        assert_eq!(overridden.port_mapping, Switch::Off, "the file stays");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -477,6 +533,8 @@ mod tests {
         assert_eq!(plain.listen, LISTEN_DEFAULT.parse().unwrap());
         assert_eq!(plain.role, NodeRole::Auto);
         assert!(!plain.fast_timers);
+        assert_eq!(plain.lan_discovery, Switch::On);
+        assert_eq!(plain.port_mapping, Switch::On);
         let error = settings(NodeArgs::default()).unwrap_err().to_string();
         assert!(error.contains("--data-dir"), "{error}");
         let error = settings(NodeArgs {

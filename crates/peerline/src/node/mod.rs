@@ -5,10 +5,13 @@
 //! the data directory (identity, host cache), logs, a status file, and
 //! signals. Every protocol decision (which supernode, when to retry, when to
 //! promote) is the core's; the bootstrap list it hands the core is the saved
-//! host cache first, then the seeds.
+//! host cache first, then the seeds, then supernodes found on the local
+//! network (`lan`). `portmap` asks the gateway to map the node's port.
 
 pub mod config;
 pub mod data_dir;
+pub mod lan;
+pub mod portmap;
 
 use anyhow::{bail, Context, Result};
 use config::{key_hex, NodeArgs, NodeRole, NodeSettings, Seed};
@@ -42,7 +45,11 @@ pub fn run(args: NodeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    runtime.block_on(daemon(settings))
+    let outcome = runtime.block_on(daemon(settings));
+    // A gateway request still running on a blocking thread (given up on,
+    // bounded by its HTTP timeouts) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
 }
 
 fn init_logging(level: Option<&str>) -> Result<()> {
@@ -126,12 +133,22 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
         NodeRole::Supernode => RolePolicy::SupernodeOnly,
         NodeRole::Client => RolePolicy::ClientOnly,
     };
+    let lan_interfaces = match settings.lan_discovery.is_on() {
+        true => lan::plan(settings.listen),
+        false => None,
+    };
     if bootstrap.is_empty() {
-        if policy != RolePolicy::SupernodeOnly {
-            bail!("no supernode to start from: give --bootstrap NODE_KEY@ADDR (the first node of a new network runs with --role supernode)");
+        if lan_interfaces.is_some() && policy == RolePolicy::SupernodeOnly {
+            tracing::info!("no bootstrap supernodes: joining those on the local network if any, else the first supernode of a new network");
+        } else if lan_interfaces.is_some() {
+            tracing::info!("no bootstrap supernodes: looking for one on the local network");
+        } else if policy != RolePolicy::SupernodeOnly {
+            bail!("no supernode to start from: give --bootstrap NODE_KEY@ADDR, or listen on a LAN address with --lan-discovery on (the first node of a new network runs with --role supernode)");
+        } else {
+            tracing::info!("no bootstrap supernodes: this is the first supernode of a new network");
         }
-        tracing::info!("no bootstrap supernodes: this is the first supernode of a new network");
     }
+    let no_bootstrap = bootstrap.is_empty();
     tracing::info!(
         "bootstrap: {} from the host cache, {} seeds given, {} in all",
         cached.contacts.len(),
@@ -174,6 +191,10 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     println!("messaging {key}:{}", key_hex(&node.account()));
     println!("bootstrap {key}@{addr}");
     let _ = std::io::stdout().flush();
+    let mut lan = lan_interfaces.and_then(|interfaces| {
+        lan::LanDiscovery::start(&interfaces, node.device_key(), no_bootstrap)
+    });
+    let port_mapping = start_port_mapping(&settings, &node);
 
     let started = Instant::now();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
@@ -212,6 +233,9 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
                 if let Some(to) = settings.connect_to {
                     connect.tick(&node.control, to, &status).await;
                 }
+                if let Some(lan) = &mut lan {
+                    lan.tick(&status, &node.control);
+                }
                 if let Some(path) = &settings.status_file {
                     write_status(path, &key, addr, &status, &traffic, started.elapsed(), true);
                 }
@@ -229,6 +253,12 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
         }
     };
     tracing::info!("{signal}: saying goodbye to the node's peers");
+    if let Some(lan) = lan {
+        lan.stop().await;
+    }
+    if let Some(port_mapping) = port_mapping {
+        port_mapping.stop().await;
+    }
     let last_status = node.control.status().await.ok();
     match node.shutdown().await {
         Ok(report) => save_host_cache(
@@ -242,6 +272,26 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts port mapping when it is on and the node's address is private.
+fn start_port_mapping(settings: &NodeSettings, node: &RunningNode) -> Option<portmap::PortMapping> {
+    if !settings.port_mapping.is_on() {
+        return None;
+    }
+    let listen = settings.listen;
+    let outgoing = listen
+        .ip()
+        .is_unspecified()
+        .then(|| outgoing_ip(listen.is_ipv6()))
+        .flatten();
+    match portmap::local_addr(listen, node.local_addr().port(), outgoing) {
+        Ok(local) => Some(portmap::PortMapping::start(local, node.control.clone())),
+        Err(reason) => {
+            tracing::info!("no port mapping: {reason}");
+            None
+        }
+    }
 }
 
 fn node_params(fast_timers: bool) -> Params {
