@@ -793,6 +793,8 @@ mod tests {
             finished_ms: 0,
             relay: addr(1, 1),
             relayed: None,
+            heard: Instant::from_ms(0),
+            refresh_at: Instant::NEVER,
         }
     }
 

@@ -3115,6 +3115,7 @@ fn clients_no_check_reaches_fall_back_to_a_relayed_path() {
         started_ms + 20_000 + 3 * lifetime_ms + peerline_core::punch::PATH_LOST_MS + 20_000,
     );
     assert_path_lost(&net, since, [(a, b_device), (b, a_device)]);
+}
 
 // ---------------------------------------------------------------------------
 // Supernodes learnt of after start (the daemon's LAN discovery)
