@@ -1,0 +1,361 @@
+//! The results as markdown: side by side per payload size, the highest load
+//! each relay carries with at most [`LOSS_MAX`] loss and the ratios the
+//! issue asks for, then every step with the diagnostics.
+
+use crate::generator::{Received, Sent, Step};
+use crate::relays::RelayKind;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Loss above which a load counts as beyond a relay's capacity.
+pub const LOSS_MAX: f64 = 0.01;
+/// The goals of issue #4: peerline forwards at least this share of the
+/// plain forwarder's capacity, and at least coturn's.
+pub const GOAL_PLAIN_RATIO_MIN: f64 = 0.70;
+pub const GOAL_COTURN_RATIO_MIN: f64 = 1.00;
+
+/// One relay at one offered load.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub relay: RelayKind,
+    pub step: Step,
+    pub sent: Sent,
+    pub received: Received,
+    /// CPU time the relay had from the first datagram to the end of the drain.
+    pub relay_cpu: Duration,
+    pub window: Duration,
+    /// Datagrams the kernel dropped at the relay's socket for A (its
+    /// receive buffer was full: the relay did not keep up) and at B's.
+    pub relay_socket_drops: u64,
+    pub receiver_drops: u64,
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl Row {
+    pub fn loss(&self) -> f64 {
+        if self.sent.datagrams == 0 {
+            return 0.0;
+        }
+        1.0 - self.received.datagrams as f64 / self.sent.datagrams as f64
+    }
+
+    pub fn delivered_per_s(&self) -> f64 {
+        self.received.datagrams as f64 / self.sent.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn cpu_us_per_datagram(&self) -> Option<f64> {
+        (self.received.datagrams > 0)
+            .then(|| self.relay_cpu.as_secs_f64() * 1e6 / self.received.datagrams as f64)
+    }
+
+    fn cpu_share(&self) -> f64 {
+        self.relay_cpu.as_secs_f64() / self.window.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What the header says about the run.
+pub struct Header {
+    pub date: String,
+    pub machine: String,
+    pub command: String,
+    pub notes: Vec<String>,
+}
+
+/// The highest offered load at which `relay` lost at most [`LOSS_MAX`],
+/// and what it delivered there.
+pub fn capacity(rows: &[Row], relay: RelayKind, payload_len: usize) -> Option<(u64, f64)> {
+    rows.iter()
+        .filter(|row| row.relay == relay && row.step.payload_len == payload_len)
+        .filter(|row| row.loss() <= LOSS_MAX)
+        .max_by_key(|row| row.step.rate_per_s)
+        .map(|row| (row.step.rate_per_s, row.delivered_per_s()))
+}
+
+pub fn markdown(header: &Header, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let relays = distinct(rows.iter().map(|row| row.relay));
+    let payloads = distinct(rows.iter().map(|row| row.step.payload_len));
+    let _ = writeln!(out, "# Relay throughput on loopback, {}\n", header.date);
+    let _ = writeln!(out, "- Machine: {}", header.machine);
+    let _ = writeln!(out, "- Command: `{}`", header.command);
+    for note in &header.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    for &payload_len in &payloads {
+        side_by_side(&mut out, rows, &relays, payload_len);
+    }
+    capacities(&mut out, rows, &relays, &payloads);
+    every_step(&mut out, rows);
+    out
+}
+
+fn distinct<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    seen
+}
+
+fn side_by_side(out: &mut String, rows: &[Row], relays: &[RelayKind], payload_len: usize) {
+    let _ = writeln!(
+        out,
+        "\n## {payload_len}-byte payloads: delivered packets/s and loss\n"
+    );
+    let mut head = String::from("| offered/s |");
+    let mut rule = String::from("|---:|");
+    for relay in relays {
+        let _ = write!(head, " {0} delivered/s | {0} loss |", relay.name());
+        rule.push_str("---:|---:|");
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    let rates = distinct(
+        rows.iter()
+            .filter(|row| row.step.payload_len == payload_len)
+            .map(|row| row.step.rate_per_s),
+    );
+    for rate in rates {
+        let mut line = format!("| {} |", thousands(rate as f64));
+        for &relay in relays {
+            let row = rows.iter().find(|row| {
+                row.relay == relay
+                    && row.step.payload_len == payload_len
+                    && row.step.rate_per_s == rate
+            });
+            match row {
+                Some(row) => {
+                    let _ = write!(
+                        line,
+                        " {} | {} |",
+                        thousands(row.delivered_per_s()),
+                        percent(row.loss())
+                    );
+                }
+                None => line.push_str(" – | – |"),
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+fn capacities(out: &mut String, rows: &[Row], relays: &[RelayKind], payloads: &[usize]) {
+    let _ = writeln!(
+        out,
+        "\n## Highest offered load with ≤ {} loss (delivered packets/s there)\n",
+        percent(LOSS_MAX)
+    );
+    let mut head = String::from("| payload |");
+    let mut rule = String::from("|---:|");
+    for relay in relays {
+        let _ = write!(head, " {} |", relay.name());
+        rule.push_str("---:|");
+    }
+    let has = |kind| relays.contains(&kind);
+    let with_plain = has(RelayKind::Peerline) && has(RelayKind::Plain);
+    let with_coturn = has(RelayKind::Peerline) && has(RelayKind::Coturn);
+    if with_plain {
+        let _ = write!(head, " peerline/plain (goal ≥ {GOAL_PLAIN_RATIO_MIN:.2}) |");
+        rule.push_str("---:|");
+    }
+    if with_coturn {
+        let _ = write!(
+            head,
+            " peerline/coturn (goal ≥ {GOAL_COTURN_RATIO_MIN:.2}) |"
+        );
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    for &payload_len in payloads {
+        let mut line = format!("| {payload_len} B |");
+        for &relay in relays {
+            match capacity(rows, relay, payload_len) {
+                Some((rate, delivered)) => {
+                    let _ = write!(
+                        line,
+                        " {} (at {}/s) |",
+                        thousands(delivered),
+                        thousands(rate as f64)
+                    );
+                }
+                None => line.push_str(" none |"),
+            }
+        }
+        let peerline = capacity(rows, RelayKind::Peerline, payload_len).map(|(_, d)| d);
+        let mut ratio = |other: RelayKind, goal: f64| {
+            let other = capacity(rows, other, payload_len).map(|(_, d)| d);
+            match (peerline, other) {
+                (Some(peerline), Some(other)) if other > 0.0 => {
+                    let ratio = peerline / other;
+                    let verdict = if ratio >= goal { "met" } else { "**missed**" };
+                    let _ = write!(line, " {ratio:.2} ({verdict}) |");
+                }
+                _ => line.push_str(" – |"),
+            }
+        };
+        if with_plain {
+            ratio(RelayKind::Plain, GOAL_PLAIN_RATIO_MIN);
+        }
+        if with_coturn {
+            ratio(RelayKind::Coturn, GOAL_COTURN_RATIO_MIN);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "\nThe offered loads are steps, so a capacity is known to within one step."
+    );
+}
+
+fn every_step(out: &mut String, rows: &[Row]) {
+    let _ = writeln!(out, "\n## Every step\n");
+    let _ = writeln!(
+        out,
+        "`sent/s` is what the sender achieved (below `offered/s` when the generator itself \
+         fell behind). Latency is one way, send to read, queueing included. Relay CPU is its \
+         thread's (coturn: its process's) time on a core from the first datagram to the end \
+         of the drain: per delivered datagram, and as a share of one core. Drops are the \
+         kernel's, at a full socket receive buffer: at the relay's socket (the relay fell \
+         behind) and at B's (the generator fell behind).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| relay | payload | offered/s | sent/s | delivered/s | loss | p50 µs | p99 µs | \
+         relay CPU µs/pkt | relay CPU | dropped at relay | dropped at B | relay's counters |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for row in rows {
+        let counters: Vec<String> = row
+            .counters
+            .iter()
+            .filter(|(_, value)| *value > 0)
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.relay.name(),
+            row.step.payload_len,
+            thousands(row.step.rate_per_s as f64),
+            thousands(row.sent.rate_per_s()),
+            thousands(row.delivered_per_s()),
+            percent(row.loss()),
+            optional(row.received.latency_us_p50),
+            optional(row.received.latency_us_p99),
+            row.cpu_us_per_datagram()
+                .map_or("–".to_string(), |us| format!("{us:.2}")),
+            percent(row.cpu_share()),
+            row.relay_socket_drops,
+            row.receiver_drops,
+            counters.join(", "),
+        );
+    }
+}
+
+fn optional(value: Option<u64>) -> String {
+    value.map_or("–".to_string(), |value| value.to_string())
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// `1234567.8` → `1,234,568`.
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
+pub fn date_utc(unix_s: u64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = (unix_s / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(relay: RelayKind, rate_per_s: u64, sent: u64, received: u64) -> Row {
+        Row {
+            relay,
+            step: Step {
+                rate_per_s,
+                payload_len: 170,
+                duration: Duration::from_secs(1),
+            },
+            sent: Sent {
+                datagrams: sent,
+                errors: 0,
+                elapsed: Duration::from_secs(1),
+            },
+            received: Received {
+                datagrams: received,
+                ..Received::default()
+            },
+            relay_cpu: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            relay_socket_drops: 0,
+            receiver_drops: 0,
+            counters: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn capacity_is_the_highest_load_within_the_loss_bound() {
+        let rows = vec![
+            row(RelayKind::Plain, 10_000, 10_000, 10_000),
+            row(RelayKind::Plain, 20_000, 20_000, 19_900),
+            row(RelayKind::Plain, 40_000, 40_000, 30_000),
+            row(RelayKind::Peerline, 10_000, 10_000, 9_000),
+        ];
+        assert_eq!(
+            capacity(&rows, RelayKind::Plain, 170),
+            Some((20_000, 19_900.0))
+        );
+        assert_eq!(capacity(&rows, RelayKind::Peerline, 170), None);
+        let text = markdown(
+            &Header {
+                date: "2026-01-01".into(),
+                machine: "test".into(),
+                command: "relay-bench".into(),
+                notes: Vec::new(),
+            },
+            &rows,
+        );
+        assert!(text.contains("| 20,000 | 19,900 | 0.5% |"), "{text}");
+    }
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(date_utc(0), "1970-01-01");
+        assert_eq!(date_utc(1_709_164_800), "2024-02-29");
+    }
+}
