@@ -245,11 +245,20 @@ impl Bench {
         };
         let relay_drops_before = procfs::udp_drops(relay.ingress_port());
         let cpu_before = relay.cpu_time();
+        let ours_before = self.our_cpu();
+        let machine_before = procfs::machine_cpu();
         let window_start = Instant::now();
         let sent = generator::send_paced(&sender, &route, &step, self.epoch);
         std::thread::sleep(DRAIN);
         let relay_cpu = relay.cpu_time().saturating_sub(cpu_before);
+        let ours = self.our_cpu().saturating_sub(ours_before);
+        let machine = procfs::machine_cpu();
         let window = window_start.elapsed();
+        let others_cpu = machine
+            .busy
+            .saturating_sub(machine_before.busy)
+            .saturating_sub(ours);
+        let steal = machine.steal.saturating_sub(machine_before.steal);
         let relay_socket_drops = procfs::udp_drops(relay.ingress_port()) - relay_drops_before;
         let receiver_drops = procfs::udp_drops(b.port());
         let _ = stop.send(());
@@ -269,7 +278,19 @@ impl Bench {
             relay_socket_drops,
             receiver_drops,
             counters,
+            others_cpu,
+            steal,
         })
+    }
+
+    /// CPU time of this process and of coturn (all their threads).
+    fn our_cpu(&self) -> Duration {
+        let coturn = self
+            .turn
+            .as_ref()
+            .and_then(|turn| turn.pid)
+            .map_or(Duration::ZERO, |pid| procfs::cpu_time(pid, None));
+        procfs::cpu_time(std::process::id(), None) + coturn
     }
 
     fn start(

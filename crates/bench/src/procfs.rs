@@ -6,7 +6,8 @@ use std::time::Duration;
 /// Time on a CPU (`schedstat`'s first field, nanoseconds) of the threads
 /// of process `pid` whose name is `thread_name`, or of all its threads.
 /// Loopback delivery runs in the sending thread, so a relay's time includes
-/// putting each datagram into the receiver's socket.
+/// putting each datagram into the receiver's socket (softirq time counts as
+/// the task's on kernels without `CONFIG_IRQ_TIME_ACCOUNTING`, as here).
 pub fn cpu_time(pid: u32, thread_name: Option<&str>) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Duration::ZERO;
@@ -28,6 +29,38 @@ pub fn cpu_time(pid: u32, thread_name: Option<&str>) -> Duration {
         nanos += run_ns.unwrap_or(0);
     }
     Duration::from_nanos(nanos)
+}
+
+/// Clock ticks per second in `/proc/stat` (`USER_HZ`, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// CPU time of the whole machine: busy (all but idle and I/O wait) and
+/// stolen by the hypervisor, from the first line of `/proc/stat`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineCpu {
+    pub busy: Duration,
+    pub steal: Duration,
+}
+
+pub fn machine_cpu() -> MachineCpu {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_machine_cpu(stat.lines().next().unwrap_or_default()).unwrap_or_default()
+}
+
+/// `cpu user nice system idle iowait irq softirq steal guest guest_nice`.
+fn parse_machine_cpu(line: &str) -> Option<MachineCpu> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields.map(|f| f.parse().unwrap_or(0)).collect();
+    let at = |index: usize| ticks.get(index).copied().unwrap_or(0);
+    let busy_ticks = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    let from_ticks = |ticks: u64| Duration::from_millis(ticks * 1_000 / USER_HZ);
+    Some(MachineCpu {
+        busy: from_ticks(busy_ticks),
+        steal: from_ticks(at(7)),
+    })
 }
 
 /// Datagrams the kernel dropped at the IPv4 UDP sockets bound to local
@@ -64,6 +97,15 @@ mod tests {
                     00000000     0        0 1234567 2 0000000000000000 42";
         assert_eq!(parse_udp_line(line), Some((0x0D96, 42)));
         assert_eq!(parse_udp_line("garbage"), None);
+    }
+
+    #[test]
+    fn proc_stat_gives_busy_and_stolen_time() {
+        let line = "cpu  100 20 30 4000 50 0 6 7 0 0";
+        let cpu = parse_machine_cpu(line).unwrap();
+        assert_eq!(cpu.busy, Duration::from_millis(1_630));
+        assert_eq!(cpu.steal, Duration::from_millis(70));
+        assert!(parse_machine_cpu("intr 1 2 3").is_none());
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct Row {
     pub relay_socket_drops: u64,
     pub receiver_drops: u64,
     pub counters: Vec<(&'static str, u64)>,
+    /// CPU time the rest of the machine used in the window (other
+    /// processes: a busy machine moves every figure), and what the
+    /// hypervisor took from this virtual machine's cores.
+    pub others_cpu: Duration,
+    pub steal: Duration,
 }
 
 impl Row {
@@ -49,7 +54,7 @@ impl Row {
     }
 
     fn cpu_share(&self) -> f64 {
-        self.relay_cpu.as_secs_f64() / self.window.as_secs_f64().max(1e-9)
+        share(self.relay_cpu, self.window)
     }
 }
 
@@ -217,16 +222,19 @@ fn every_step(out: &mut String, rows: &[Row]) {
          thread's (coturn: its process's) time on a core from the first datagram to the end \
          of the drain: per delivered datagram, and as a share of one core. Drops are the \
          kernel's, at a full socket receive buffer: at the relay's socket (the relay fell \
-         behind) and at B's (the generator fell behind).\n"
+         behind) and at B's (the generator fell behind). `others` is the CPU the rest of the \
+         machine used meanwhile (other processes; in cores), `steal` what the hypervisor took: \
+         either well above zero means the step was disturbed.\n"
     );
     let _ = writeln!(
         out,
         "| relay | payload | offered/s | sent/s | delivered/s | loss | p50 µs | p99 µs | \
-         relay CPU µs/pkt | relay CPU | dropped at relay | dropped at B | relay's counters |"
+         relay CPU µs/pkt | relay CPU | dropped at relay | dropped at B | others | steal | \
+         relay's counters |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for row in rows {
         let counters: Vec<String> = row
@@ -237,7 +245,7 @@ fn every_step(out: &mut String, rows: &[Row]) {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
             row.relay.name(),
             row.step.payload_len,
             thousands(row.step.rate_per_s as f64),
@@ -251,9 +259,16 @@ fn every_step(out: &mut String, rows: &[Row]) {
             percent(row.cpu_share()),
             row.relay_socket_drops,
             row.receiver_drops,
+            share(row.others_cpu, row.window),
+            share(row.steal, row.window),
             counters.join(", "),
         );
     }
+}
+
+/// `time` as a share of one core over `window`.
+fn share(time: Duration, window: Duration) -> f64 {
+    time.as_secs_f64() / window.as_secs_f64().max(1e-9)
 }
 
 fn optional(value: Option<u64>) -> String {
@@ -323,6 +338,8 @@ mod tests {
             relay_socket_drops: 0,
             receiver_drops: 0,
             counters: Vec::new(),
+            others_cpu: Duration::ZERO,
+            steal: Duration::ZERO,
         }
     }
 
