@@ -13,8 +13,9 @@
 //! Here they stay out of it; and a benchmark is a program with its own
 //! flags, not a sample of the library's use.
 //!
-//! Steps run in the order payload size → offered load → relay, so the
-//! three relays at one load are measured within seconds of each other.
+//! Steps run in the order payload size → offered load → relay (rotated at
+//! each load), so the three relays at one load are measured within seconds
+//! of each other.
 //! Each step sets its relay up afresh between new sockets A and B, sends
 //! for `--step-ms`, waits [`DRAIN`] for late datagrams, and tears down.
 
@@ -53,7 +54,7 @@ const PAYLOAD_LEN_MAX: usize = peerline_net::relay::PAYLOAD_LEN_MAX;
 )]
 struct Args {
     /// Offered loads in datagrams per second, in the order run.
-    #[arg(long, value_delimiter = ',', default_values_t = [20_000u64, 50_000, 100_000, 150_000, 200_000, 300_000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [25_000u64, 50_000, 75_000, 100_000, 125_000, 150_000, 200_000])]
     rates_per_s: Vec<u64>,
     /// Payload sizes in bytes (the relays add their header, 0 or 4 bytes).
     #[arg(long, value_delimiter = ',', default_values_t = [170usize, 1_200])]
@@ -175,8 +176,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let duration = Duration::from_millis(args.step_ms);
     let mut rows = Vec::new();
     for &payload_len in &args.payload_bytes {
-        for &rate_per_s in &args.rates_per_s {
-            for &relay in &args.relays {
+        for (load_index, &rate_per_s) in args.rates_per_s.iter().enumerate() {
+            // Each load starts with the next relay, so none is always the
+            // first after a pause or the last before one.
+            let mut order = args.relays.clone();
+            let first = load_index % order.len();
+            order.rotate_left(first);
+            for relay in order {
                 let step = Step {
                     rate_per_s,
                     payload_len,

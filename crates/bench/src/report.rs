@@ -7,6 +7,9 @@ use crate::relays::RelayKind;
 use std::fmt::Write;
 use std::time::Duration;
 
+/// Other processes using more than this many cores during a step mark it
+/// as disturbed (†).
+pub const DISTURBED_CORES_MIN: f64 = 0.25;
 /// Loss above which a load counts as beyond a relay's capacity.
 pub const LOSS_MAX: f64 = 0.01;
 /// The goals of issue #4: peerline forwards at least this share of the
@@ -55,6 +58,10 @@ impl Row {
 
     fn cpu_share(&self) -> f64 {
         share(self.relay_cpu, self.window)
+    }
+
+    fn disturbed(&self) -> bool {
+        share(self.others_cpu, self.window) > DISTURBED_CORES_MIN
     }
 }
 
@@ -133,8 +140,9 @@ fn side_by_side(out: &mut String, rows: &[Row], relays: &[RelayKind], payload_le
                 Some(row) => {
                     let _ = write!(
                         line,
-                        " {} | {} |",
+                        " {}{} | {} |",
                         thousands(row.delivered_per_s()),
+                        if row.disturbed() { " †" } else { "" },
                         percent(row.loss())
                     );
                 }
@@ -143,13 +151,30 @@ fn side_by_side(out: &mut String, rows: &[Row], relays: &[RelayKind], payload_le
         }
         let _ = writeln!(out, "{line}");
     }
+    let disturbed = rows
+        .iter()
+        .any(|row| row.step.payload_len == payload_len && row.disturbed());
+    if disturbed {
+        let _ = writeln!(
+            out,
+            "\n† other processes used more than {DISTURBED_CORES_MIN} cores during that step \
+             (column `others` below): the relay had less of the machine than the others had."
+        );
+    }
 }
 
 fn capacities(out: &mut String, rows: &[Row], relays: &[RelayKind], payloads: &[usize]) {
     let _ = writeln!(
         out,
-        "\n## Highest offered load with ≤ {} loss (delivered packets/s there)\n",
+        "\n## Capacity: the highest offered load carried with ≤ {} loss\n",
         percent(LOSS_MAX)
+    );
+    let _ = writeln!(
+        out,
+        "Ratios are of these loads, so they are known to within one step; the delivered \
+         rate there is in brackets. The CPU columns compare work per datagram instead, at the \
+         highest load all relays carried (peerline's CPU per datagram over the other's: below \
+         1 is cheaper), which depends less on the steps and on what else the machine ran.\n"
     );
     let mut head = String::from("| payload |");
     let mut rule = String::from("|---:|");
@@ -157,19 +182,20 @@ fn capacities(out: &mut String, rows: &[Row], relays: &[RelayKind], payloads: &[
         let _ = write!(head, " {} |", relay.name());
         rule.push_str("---:|");
     }
-    let has = |kind| relays.contains(&kind);
-    let with_plain = has(RelayKind::Peerline) && has(RelayKind::Plain);
-    let with_coturn = has(RelayKind::Peerline) && has(RelayKind::Coturn);
-    if with_plain {
-        let _ = write!(head, " peerline/plain (goal ≥ {GOAL_PLAIN_RATIO_MIN:.2}) |");
-        rule.push_str("---:|");
-    }
-    if with_coturn {
+    let others: Vec<(RelayKind, f64)> = [
+        (RelayKind::Plain, GOAL_PLAIN_RATIO_MIN),
+        (RelayKind::Coturn, GOAL_COTURN_RATIO_MIN),
+    ]
+    .into_iter()
+    .filter(|(other, _)| relays.contains(other) && relays.contains(&RelayKind::Peerline))
+    .collect();
+    for (other, goal) in &others {
         let _ = write!(
             head,
-            " peerline/coturn (goal ≥ {GOAL_COTURN_RATIO_MIN:.2}) |"
+            " peerline/{0} (goal ≥ {goal:.2}) | CPU/datagram peerline/{0} |",
+            other.name()
         );
-        rule.push_str("---:|");
+        rule.push_str("---:|---:|");
     }
     let _ = writeln!(out, "{head}\n{rule}");
     for &payload_len in payloads {
@@ -179,38 +205,59 @@ fn capacities(out: &mut String, rows: &[Row], relays: &[RelayKind], payloads: &[
                 Some((rate, delivered)) => {
                     let _ = write!(
                         line,
-                        " {} (at {}/s) |",
-                        thousands(delivered),
-                        thousands(rate as f64)
+                        " {} ({}) |",
+                        thousands(rate as f64),
+                        thousands(delivered)
                     );
                 }
                 None => line.push_str(" none |"),
             }
         }
-        let peerline = capacity(rows, RelayKind::Peerline, payload_len).map(|(_, d)| d);
-        let mut ratio = |other: RelayKind, goal: f64| {
-            let other = capacity(rows, other, payload_len).map(|(_, d)| d);
-            match (peerline, other) {
-                (Some(peerline), Some(other)) if other > 0.0 => {
-                    let ratio = peerline / other;
+        let common = common_capacity(rows, relays, payload_len);
+        let peerline = capacity(rows, RelayKind::Peerline, payload_len);
+        for &(other, goal) in &others {
+            match (peerline, capacity(rows, other, payload_len)) {
+                (Some((peerline, _)), Some((other, _))) => {
+                    let ratio = peerline as f64 / other as f64;
                     let verdict = if ratio >= goal { "met" } else { "**missed**" };
                     let _ = write!(line, " {ratio:.2} ({verdict}) |");
                 }
                 _ => line.push_str(" – |"),
             }
-        };
-        if with_plain {
-            ratio(RelayKind::Plain, GOAL_PLAIN_RATIO_MIN);
-        }
-        if with_coturn {
-            ratio(RelayKind::Coturn, GOAL_COTURN_RATIO_MIN);
+            let cpu = |relay| {
+                let rate = common?;
+                rows.iter()
+                    .find(|row| {
+                        row.relay == relay
+                            && row.step.payload_len == payload_len
+                            && row.step.rate_per_s == rate
+                    })?
+                    .cpu_us_per_datagram()
+            };
+            match (cpu(RelayKind::Peerline), cpu(other), common) {
+                (Some(peerline), Some(other_cpu), Some(rate)) if other_cpu > 0.0 => {
+                    let _ = write!(
+                        line,
+                        " {:.2} ({peerline:.1} / {other_cpu:.1} µs at {}/s) |",
+                        peerline / other_cpu,
+                        thousands(rate as f64)
+                    );
+                }
+                _ => line.push_str(" – |"),
+            }
         }
         let _ = writeln!(out, "{line}");
     }
-    let _ = writeln!(
-        out,
-        "\nThe offered loads are steps, so a capacity is known to within one step."
-    );
+}
+
+/// The highest offered load that every relay carried with at most
+/// [`LOSS_MAX`] loss.
+fn common_capacity(rows: &[Row], relays: &[RelayKind], payload_len: usize) -> Option<u64> {
+    relays
+        .iter()
+        .map(|&relay| capacity(rows, relay, payload_len).map(|(rate, _)| rate))
+        .min()
+        .flatten()
 }
 
 fn every_step(out: &mut String, rows: &[Row]) {
