@@ -39,6 +39,13 @@ use tokio::sync::oneshot;
 
 /// How long the receiver keeps counting after the last datagram is sent.
 const DRAIN: Duration = Duration::from_millis(300);
+/// Before each step, wait (in [`QUIET_PROBE`] samples) until other
+/// processes use at most this many cores — another build on the machine
+/// would take cores from the relay — for at most `--quiet-wait-s` per step
+/// and [`QUIET_WAIT_TOTAL`] in all; a step run anyway is marked.
+const QUIET_CORES_MAX: f64 = report::DISTURBED_CORES_MIN;
+const QUIET_PROBE: Duration = Duration::from_millis(500);
+const QUIET_WAIT_TOTAL: Duration = Duration::from_secs(120);
 /// B's receive buffer: large, so that B's losses are rare and apart.
 const RECEIVER_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Bounds on the flags.
@@ -80,6 +87,10 @@ struct Args {
     /// peerline node does today).
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     relay_socket_buffer_bytes: usize,
+    /// Longest wait before a step for the rest of the machine to be quiet
+    /// (0: do not wait).
+    #[arg(long, default_value_t = 15)]
+    quiet_wait_s: u64,
     /// Also write the markdown report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -175,6 +186,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let duration = Duration::from_millis(args.step_ms);
     let mut rows = Vec::new();
+    let mut waited = Duration::ZERO;
     for &payload_len in &args.payload_bytes {
         for (load_index, &rate_per_s) in args.rates_per_s.iter().enumerate() {
             // Each load starts with the next relay, so none is always the
@@ -183,6 +195,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let first = load_index % order.len();
             order.rotate_left(first);
             for relay in order {
+                let wait_max = Duration::from_secs(args.quiet_wait_s)
+                    .min(QUIET_WAIT_TOTAL.saturating_sub(waited));
+                waited += bench.wait_for_quiet(wait_max);
                 let step = Step {
                     rate_per_s,
                     payload_len,
@@ -214,7 +229,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .command
             .clone()
             .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
-        notes: notes(&args),
+        notes: notes(&args, waited),
     };
     let text = report::markdown(&header, &rows);
     print!("{text}");
@@ -230,6 +245,26 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 impl Bench {
+    /// Waits up to `wait_max` until other processes use at most
+    /// [`QUIET_CORES_MAX`] cores; returns how long it waited.
+    fn wait_for_quiet(&self, wait_max: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let ours_before = self.our_cpu();
+            let machine_before = procfs::machine_cpu();
+            std::thread::sleep(QUIET_PROBE);
+            let ours = self.our_cpu().saturating_sub(ours_before);
+            let others = procfs::machine_cpu()
+                .busy
+                .saturating_sub(machine_before.busy)
+                .saturating_sub(ours);
+            let cores = others.as_secs_f64() / QUIET_PROBE.as_secs_f64();
+            if cores <= QUIET_CORES_MAX || start.elapsed() >= wait_max {
+                return start.elapsed();
+            }
+        }
+    }
+
     fn run_step(&self, kind: RelayKind, step: Step) -> anyhow::Result<Row> {
         let sender = UdpSocket::bind("127.0.0.1:0")?;
         let receiver = relays::loopback_socket(RECEIVER_BUFFER_BYTES)?;
@@ -342,8 +377,16 @@ fn machine() -> String {
     format!("{model}, {cores} cores, Linux {}", kernel.trim())
 }
 
-fn notes(args: &Args) -> Vec<String> {
+fn notes(args: &Args, waited: Duration) -> Vec<String> {
     let mut notes = vec![
+        format!(
+            "Before each step the benchmark waited for other processes to use at most {} \
+             cores (up to {} s a step, {} s in all): {:.0} s of waiting in this run.",
+            QUIET_CORES_MAX,
+            args.quiet_wait_s,
+            QUIET_WAIT_TOTAL.as_secs(),
+            waited.as_secs_f64()
+        ),
         format!(
             "Each step sends for {} ms, then counts late datagrams for {} ms; relays are set up \
              afresh per step. The sender paces every {} µs (bursts of rate × tick).",
