@@ -38,7 +38,12 @@ fi
 
 work=$(mktemp -d)
 turn_pid=
+bench_pid=
 stop_coturn() {
+    if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
+        kill "$bench_pid" 2>/dev/null || true
+        wait "$bench_pid" 2>/dev/null || true
+    fi
     if [ -n "$turn_pid" ] && kill -0 "$turn_pid" 2>/dev/null; then
         kill "$turn_pid" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -94,4 +99,8 @@ mkdir -p bench/results
     --out "bench/results/relay-$(date -u +%F).md" \
     --command "bench/relay.sh${*:+ $*}" \
     --note "coturn $coturn_version (Debian package), started by the script: UDP on 127.0.0.1:$port, long-term credentials, no TLS/DTLS/TCP, loopback peers allowed, CLI off, default relay threads." \
-    "$@"
+    "$@" &
+# In the background and waited for, so that SIGTERM to this script stops the
+# benchmark and coturn at once (bash runs traps only between commands).
+bench_pid=$!
+wait "$bench_pid"

@@ -32,7 +32,7 @@ pub const STAMP_LEN: usize = 16;
 /// Largest datagram the receiver reads.
 const DATAGRAM_LEN_MAX: usize = 2_048;
 /// Datagrams one step may send: the receiver's bitmap and latency samples
-/// are sized by it (80 MB at most).
+/// are sized by it (about 41 MB at most).
 pub const STEP_DATAGRAMS_MAX: u64 = 10_000_000;
 
 /// What the sender sends to one relay, and what the receiver expects back.
