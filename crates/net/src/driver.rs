@@ -312,6 +312,7 @@ impl RunningNode {
                 addr: config.listen,
                 source,
             })?;
+        widen_buffers(&socket);
         let local_addr = socket.local_addr().map_err(EndpointError::Socket)?;
         let advertised = config.advertised.unwrap_or(local_addr);
         if advertised.ip().is_unspecified() || advertised.port() == 0 {
@@ -467,6 +468,23 @@ fn known_key(node: &Node, addr: &Addr) -> Option<PublicKey> {
         .map(|entry| entry.contact.key);
     let first = keys.next()?;
     keys.all(|key| key == first).then_some(first)
+}
+
+/// Socket buffers a node asks for, each way. The kernel's default (~208
+/// KiB) holds ~170 full-size datagrams: a supernode relaying, or taking a
+/// burst of logins, drops at its receive queue long before its CPU is busy
+/// (the relay benchmark carried 75,000 1200-byte frames/s with the default
+/// and 125,000/s with 2 MiB, `bench/results/relay-2026-11-27*.md`). coturn
+/// asks for the same.
+pub const SOCKET_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
+/// Best effort: the kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max` (often 208 KiB by default: a busy supernode's operator raises
+/// them with sysctl), and a smaller buffer only costs drops under load.
+fn widen_buffers(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
 }
 
 /// Whether a frame may reach the node: when the node expects a key at the
