@@ -41,6 +41,10 @@ pub const CHANNEL_MIN: u16 = 0x8000;
 pub const CHANNEL_MAX: u16 = 0xBFFF;
 /// How long a half waits for its partner's request.
 pub const HALF_WAIT_MS: u64 = 30_000;
+/// Most bindings a relay holds whatever `relay_bindings_max` says: two
+/// channels each, so that a free channel is always among the 16,384 and
+/// picking one at random takes a couple of tries at most.
+pub const BINDINGS_MAX: usize = 4_096;
 /// Bindings (and halves) one device may hold on one relay.
 pub const BINDINGS_PER_DEVICE_MAX: usize = 4;
 /// What a refused device is told to wait.
@@ -113,7 +117,7 @@ impl Relays {
         loop {
             // Fits: the remainder is below the span (16,384).
             let channel = CHANNEL_MIN + (io.random_u64() % u64::from(span)) as u16;
-            // At most 2 × relay_bindings_max of 16,384 are taken.
+            // At most 2 × BINDINGS_MAX = half of the 16,384 are taken.
             if !self.channel_taken(channel) {
                 return channel;
             }
@@ -206,7 +210,8 @@ impl Relays {
             .iter()
             .filter(|binding| binding.involves(&body.from_device))
             .count();
-        if self.bindings.len() >= io.params.relay_bindings_max || held >= BINDINGS_PER_DEVICE_MAX {
+        let room = io.params.relay_bindings_max.min(BINDINGS_MAX);
+        if self.bindings.len() >= room || held >= BINDINGS_PER_DEVICE_MAX {
             io.stats.relay_refused += 1;
             refuse(io, from, body.session, REFUSED_RETRY_MS);
             return;

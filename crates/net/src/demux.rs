@@ -384,15 +384,20 @@ impl Shared {
         let mut delivered = lock(&self.delivered);
         let mut count = 0;
         for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
-            let Some((from, payload)) = delivered.pop_front() else {
+            // quinn's buffers hold its largest datagram; a payload over
+            // that is one quinn would refuse anyway. Skipping it must not
+            // leave this slot empty (quinn reads the first `count`).
+            let fitting = loop {
+                match delivered.pop_front() {
+                    Some((_, payload)) if payload.len() > buf.len() => {
+                        DemuxCounters::bump(&self.counters.relay_frames_dropped)
+                    }
+                    other => break other,
+                }
+            };
+            let Some((from, payload)) = fitting else {
                 break;
             };
-            if payload.len() > buf.len() {
-                // quinn's buffers hold its largest datagram; a payload
-                // over that is one quinn would refuse anyway.
-                DemuxCounters::bump(&self.counters.relay_frames_dropped);
-                continue;
-            }
             buf[..payload.len()].copy_from_slice(&payload);
             *meta = RecvMeta {
                 addr: from,
