@@ -23,6 +23,7 @@
 
 mod common;
 
+use common::netns::{run, start_in, Namespaces};
 use common::{attached, Fleet};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -75,46 +76,22 @@ fn lab_can_run(test: &str, programs: &[(&str, &str, &str)]) -> bool {
 
 const IP: (&str, &str, &str) = ("ip", "-V", "iproute2");
 
-fn run(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|error| panic!("{args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// Namespaces and helper processes of one test run, all gone on drop.
 struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
     processes: Vec<Child>,
 }
 
 impl Lab {
     fn new(test: &str) -> Lab {
-        sweep_stale_namespaces();
         Lab {
-            prefix: format!(
-                "{NAMESPACE_PREFIX}{}x{}{test}",
-                std::process::id(),
-                common::unix_ms() % 100_000
-            ),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::new(NAMESPACE_PREFIX, test),
             processes: Vec::new(),
         }
     }
 
     fn namespace(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
+        self.namespaces.add(role)
     }
 
     /// A veth from `a` (named `a_link`, address `a_cidr`) to `b`.
@@ -153,39 +130,12 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The processes stop first; the namespaces go with `namespaces`.
         for process in &mut self.processes {
             let _ = process.kill();
             let _ = process.wait();
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
-}
-
-/// Deletes `pllan<pid>…` namespaces whose process is gone (a killed run).
-fn sweep_stale_namespaces() {
-    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(NAMESPACE_PREFIX) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-    }
-}
-
-fn start_in(fleet: &mut Fleet, ns: &str, name: &str, args: &[&str]) -> usize {
-    let data_dir = fleet.dir.join(name);
-    fleet.start_wrapped(name, &data_dir, &["ip", "netns", "exec", ns], args)
 }
 
 /// Waits until node `index`'s log has `needle`; its log on failure.

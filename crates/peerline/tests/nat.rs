@@ -39,6 +39,7 @@ mod delay;
 #[path = "nat/round_trip.rs"]
 mod round_trip;
 
+use common::netns::{run, start_in, Namespaces};
 use common::{attached, Fleet};
 use delay::{DelayStats, Delayer, LinkDelay};
 use serde_json::Value;
@@ -123,24 +124,11 @@ fn lab_can_run(test: &str) -> bool {
     false
 }
 
-fn run(args: &[&str]) {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|error| panic!("{args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Network namespaces made by one test run and the delayers in them;
 /// on drop the delayers stop (their statistics printed) and the namespaces
 /// are deleted.
 struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
     /// Each router's delayer, with its seed.
     delayers: Vec<(String, u64, Delayer)>,
 }
@@ -162,26 +150,14 @@ struct Site {
 
 impl Lab {
     fn new(test: &str) -> Lab {
-        sweep_stale_namespaces();
-        let prefix = format!(
-            "{NAMESPACE_PREFIX}{}x{}{}",
-            std::process::id(),
-            common::unix_ms() % 100_000,
-            test
-        );
         Lab {
-            prefix,
-            namespaces: Vec::new(),
+            namespaces: Namespaces::new(NAMESPACE_PREFIX, test),
             delayers: Vec::new(),
         }
     }
 
     fn namespace(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
+        self.namespaces.add(role)
     }
 
     /// The public segment: a bridge with the supernodes' address.
@@ -366,40 +342,11 @@ fn stop_delayer(router: &str, seed: u64, delayer: Delayer) -> Option<DelayStats>
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The delayers stop first; the namespaces go with `namespaces`.
         for (router, seed, delayer) in self.delayers.drain(..) {
             stop_delayer(&router, seed, delayer);
         }
-        for ns in self.namespaces.iter().rev() {
-            // Deleting a namespace deletes its veths (and their peers).
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
-}
-
-/// Deletes `plnat<pid>…` namespaces whose process is gone (a killed run).
-fn sweep_stale_namespaces() {
-    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(NAMESPACE_PREFIX) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-    }
-}
-
-/// Starts a node in `ns` and returns its index in the fleet.
-fn start_in(fleet: &mut Fleet, ns: &str, name: &str, args: &[&str]) -> usize {
-    let data_dir = fleet.dir.join(name);
-    fleet.start_wrapped(name, &data_dir, &["ip", "netns", "exec", ns], args)
 }
 
 /// Two supernodes on the public segment, the second joining through the
