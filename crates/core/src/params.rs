@@ -63,6 +63,11 @@ pub struct Params {
     /// one lasts unless its peers refresh it (`relay.rs`).
     pub relay_bindings_max: usize,
     pub relay_lifetime_s: u16,
+    /// Relay requests a supernode checks per second (each costs a
+    /// signature check), and the bucket's depth; beyond it, `RelayRefused`
+    /// with the wait.
+    pub relay_requests_per_s: u64,
+    pub relay_request_burst: u64,
     /// Challenge validity window (a challenge is valid in its window and the next).
     pub challenge_window_s: u64,
 
@@ -181,6 +186,8 @@ impl Default for Params {
             sweep_interval_ms: 10_000,
             relay_bindings_max: 256,
             relay_lifetime_s: 120,
+            relay_requests_per_s: 20,
+            relay_request_burst: 60,
             challenge_window_s: 30,
             handshakes_per_s: 20,
             handshake_burst: 60,

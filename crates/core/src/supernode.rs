@@ -131,6 +131,8 @@ pub struct SupernodeState {
     handshakes: TokenBucket,
     /// Budget of network lookups started for clients.
     lookup_budget: TokenBucket,
+    /// Budget of relay requests checked (each a signature verification).
+    relay_budget: TokenBucket,
     /// Highest resume counter seen per device (replay guard), with when.
     resume_counters: FxHashMap<PublicKey, (u64, Instant)>,
     /// Envelopes for the devices of the accounts whose presence we hold.
@@ -213,6 +215,11 @@ impl SupernodeState {
                 now.instant,
             ),
             lookup_budget: TokenBucket::new(params.lookups_per_s, params.lookup_burst, now.instant),
+            relay_budget: TokenBucket::new(
+                params.relay_requests_per_s,
+                params.relay_request_burst,
+                now.instant,
+            ),
             resume_counters: FxHashMap::default(),
             mailbox: Mailbox::default(),
             relays: crate::relay::Relays::default(),
@@ -498,13 +505,7 @@ impl SupernodeState {
                 }
             }
             Message::RelayRequest { body, signature } => {
-                let own = self.contact().addr;
-                let attached = self
-                    .clients
-                    .get(&from)
-                    .is_some_and(|slot| slot.device_key == body.from_device);
-                self.relays
-                    .on_request(io, from, own, attached, body, &signature);
+                self.on_relay_request(io, from, body, &signature)
             }
             message @ Message::PunchCandidates { .. } => {
                 let own = self.contact().addr;
@@ -515,6 +516,37 @@ impl SupernodeState {
             }
             _ => io.stats.messages_unexpected += 1,
         }
+    }
+
+    /// A relay request, within the budget of signature checks relaying
+    /// may spend (beyond it: refused with the wait).
+    fn on_relay_request(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        body: peerline_proto::RelayRequestBody,
+        signature: &peerline_proto::Signature,
+    ) {
+        let now = io.now.instant;
+        if !self.relay_budget.try_take(now, 1, 0) {
+            io.stats.relay_refused += 1;
+            let wait_ms = self.relay_budget.wait_ms(now, 1, 0);
+            io.send(
+                from,
+                &Message::RelayRefused {
+                    session: body.session,
+                    retry_after_ms: u32::try_from(wait_ms).unwrap_or(u32::MAX),
+                },
+            );
+            return;
+        }
+        let own = self.contact().addr;
+        let attached = self
+            .clients
+            .get(&from)
+            .is_some_and(|slot| slot.device_key == body.from_device);
+        self.relays
+            .on_request(io, from, own, attached, body, signature);
     }
 
     // ---- attach (login) ----

@@ -3174,3 +3174,51 @@ fn a_lone_supernode_joins_through_one_added_later_and_only_once() {
     );
     assert!(lone.host_cache().contains(&other.key));
 }
+
+#[test]
+fn relay_requests_beyond_the_budget_are_refused_with_the_wait() {
+    let params = Arc::new(Params {
+        relay_requests_per_s: 2,
+        relay_request_burst: 3,
+        ..params()
+    });
+    let (mut relay, _other) = two_supernodes(&params);
+    let relay_addr = addr(1);
+    sent(&mut relay);
+    let stranger = RawClient::honest(85, addr(85));
+    let peer = RawClient::honest(86, addr(86)).keypair.public();
+    // Not attached here: each checked request is told to retry in 1 s;
+    // past the burst, without a check, to wait for the budget.
+    let waits: Vec<u32> = (0..5)
+        .map(|session| {
+            deliver(
+                &mut relay,
+                at(20),
+                stranger.addr,
+                &relay_request(&stranger, peer, relay_addr, session),
+            );
+            match only_reply(&mut relay, stranger.addr) {
+                Message::RelayRefused { retry_after_ms, .. } => retry_after_ms,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(waits[..3], [1_000, 1_000, 1_000]);
+    // 2 tokens a second: the next one in 500 ms.
+    assert_eq!(waits[3..], [500, 500]);
+    assert_eq!(relay.stats().relay_refused, 2);
+    // The budget refills.
+    deliver(
+        &mut relay,
+        at(1_020),
+        stranger.addr,
+        &relay_request(&stranger, peer, relay_addr, 9),
+    );
+    assert!(matches!(
+        only_reply(&mut relay, stranger.addr),
+        Message::RelayRefused {
+            retry_after_ms: 1_000,
+            ..
+        }
+    ));
+}
