@@ -561,7 +561,7 @@ impl Driver {
     /// Executes what hole punching and relaying ask: relay tables change
     /// at once, STUN and sprays run in tasks of the driver's.
     fn path_command(&mut self, command: PathCommand) {
-        let command = match command {
+        match command {
             PathCommand::OpenRelayedPath {
                 session,
                 relay,
@@ -574,10 +574,9 @@ impl Driver {
                     .map(Addr::from_socket);
                 self.node
                     .relayed_path_opened(self.clock.now(), session, path);
-                return;
             }
             PathCommand::CloseRelayedPath { path } => {
-                return self.demux.close_relayed_path(path.to_socket());
+                self.demux.close_relayed_path(path.to_socket())
             }
             PathCommand::RelayBind { a, b } => {
                 // A clash cannot happen (the core picks channels unique on
@@ -586,23 +585,13 @@ impl Driver {
                 let _ = self
                     .demux
                     .relay_bind((a.0.to_socket(), a.1), (b.0.to_socket(), b.1));
-                return;
             }
-            PathCommand::RelayUnbind { a } => {
-                return self.demux.relay_unbind((a.0.to_socket(), a.1));
-            }
-            PathCommand::RelayReset => return self.demux.relay_reset(),
-            command @ (PathCommand::Stun { .. } | PathCommand::Spray { .. }) => command,
-        };
-        while self.path_tasks.try_join_next().is_some() {}
-        if self.path_tasks.len() >= PATH_TASKS_MAX {
-            return;
-        }
-        let demux = self.demux.clone();
-        match command {
+            PathCommand::RelayUnbind { a } => self.demux.relay_unbind((a.0.to_socket(), a.1)),
+            PathCommand::RelayReset => self.demux.relay_reset(),
             PathCommand::Stun { server } => {
+                let demux = self.demux.clone();
                 let answers = self.reflexive_sender.clone();
-                self.path_tasks.spawn(async move {
+                self.spawn_path_task(async move {
                     let reflexive = demux.stun_binding(server.to_socket()).await.ok();
                     let _ = answers
                         .send((server, reflexive.map(Addr::from_socket)))
@@ -614,7 +603,8 @@ impl Driver {
                 count,
                 interval_ms,
             } => {
-                self.path_tasks.spawn(async move {
+                let demux = self.demux.clone();
+                self.spawn_path_task(async move {
                     for round in 0..count {
                         if round > 0 {
                             tokio::time::sleep(Duration::from_millis(interval_ms)).await;
@@ -625,7 +615,15 @@ impl Driver {
                     }
                 });
             }
-            _ => {}
+        }
+    }
+
+    /// Runs a STUN or spray task, unless `PATH_TASKS_MAX` already run
+    /// (then it is dropped: the core retries on its own timers).
+    fn spawn_path_task(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.path_tasks.try_join_next().is_some() {}
+        if self.path_tasks.len() < PATH_TASKS_MAX {
+            self.path_tasks.spawn(task);
         }
     }
 

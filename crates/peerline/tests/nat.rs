@@ -483,7 +483,7 @@ fn cone_pairs_get_a_direct_path_and_the_others_a_relayed_one() {
     for &(from, to, name) in &pairs {
         let status = status_of(&fleet, clients[from]);
         let seen_by_peer = path_to(&status_of(&fleet, clients[to]), &device(from));
-        let path = path_to(&status, &device(from).replace(&device(from), &device(to)));
+        let path = path_to(&status, &device(to));
         let detail = paths(&status)
             .iter()
             .rev()
