@@ -3,6 +3,9 @@
 //! signed presence record, run lookups through a supernode, check
 //! reachability and decide on promotion.
 
+mod names;
+pub use names::NameFailure;
+
 use crate::hostcache::backoff_ms;
 use crate::identity::{
     contact_id, domain, envelope_id, resume_proof_bytes, sign_envelope, sign_presence,
@@ -106,6 +109,8 @@ pub struct ClientState {
     busy_checks: u32,
     /// Hole punching towards other devices (`punch.rs`).
     pub(crate) punch: crate::punch::Punch,
+    /// Name registrations and lookups in flight (`client/names.rs`).
+    names: names::ClientNames,
 }
 
 impl ClientState {
@@ -136,7 +141,7 @@ impl ClientState {
     }
 
     pub(crate) fn next_deadline(&self) -> Instant {
-        let mut deadline = self.punch.next_deadline();
+        let mut deadline = self.punch.next_deadline().min(self.names.next_deadline());
         for attachment in &self.attachments {
             deadline = deadline.min(attachment.deadline);
         }
@@ -429,6 +434,12 @@ impl ClientState {
                 record,
                 hops,
             } => self.on_lookup_response(io, query_id, record, hops),
+            Message::NameResult { name_key, outcome } => self.on_name_result(io, name_key, outcome),
+            Message::NameLookupResponse {
+                query_id,
+                name_key,
+                certificate,
+            } => self.on_name_lookup_response(io, query_id, name_key, certificate),
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -593,6 +604,7 @@ impl ClientState {
         self.publish_if_due(io);
         self.send_outbox(io);
         self.expire_lookups(io);
+        self.names_timeout(io);
         self.probe_if_due(io);
         self.check_promotion(io);
     }

@@ -18,6 +18,7 @@ pub mod node;
 pub mod overload;
 pub mod params;
 pub mod punch;
+pub mod registry;
 pub mod relay;
 pub mod supernode;
 pub mod time;

@@ -18,7 +18,7 @@ use crate::supernode::SupernodeState;
 use crate::time::{Instant, Now};
 use peerline_proto::{
     decode, encode, encode_version_info, Addr, Contact, DecodeError, Frame, Message,
-    PresenceRecord, PublicKey,
+    NameCertificate, NameClaim, NodeId, PresenceRecord, PublicKey,
 };
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg32;
@@ -78,6 +78,28 @@ pub enum Event {
     PathFailed {
         peer: PublicKey,
         reason: crate::punch::PathFailure,
+    },
+    /// A quorum certified this device's claim: the name is the account's.
+    NameRegistered {
+        name_key: NodeId,
+        certificate: Box<NameCertificate>,
+        elapsed_ms: u64,
+    },
+    /// Another account holds the name.
+    NameTaken {
+        name_key: NodeId,
+        owner: PublicKey,
+        elapsed_ms: u64,
+    },
+    NameFailed {
+        name_key: NodeId,
+        reason: crate::client::NameFailure,
+    },
+    /// Who owns a name: its checked certificate, or `None` when nobody does.
+    NameLookupDone {
+        name_key: NodeId,
+        result: Result<Option<Box<NameCertificate>>, crate::client::NameFailure>,
+        elapsed_ms: u64,
     },
 }
 
@@ -150,6 +172,8 @@ pub(crate) struct Io<'a> {
     pub started_at: Instant,
     pub resumption: &'a mut Resumption,
     pub mail: &'a mut MailState,
+    /// A supernode's votes and name records (kept on disk: survive restarts).
+    pub names: &'a mut crate::registry::NameBook,
     /// Device keys this node refuses (revocations it learned).
     pub revoked: &'a BTreeSet<PublicKey>,
 }
@@ -227,6 +251,7 @@ pub struct Node {
     /// Survives restarts (a real node keeps it on disk).
     resumption: Resumption,
     mail: MailState,
+    names: crate::registry::NameBook,
     revoked: BTreeSet<PublicKey>,
     /// Path commands of the node itself (a role change resets the relay).
     path_commands: VecDeque<crate::PathCommand>,
@@ -256,6 +281,7 @@ impl Node {
             closed: false,
             resumption: Resumption::default(),
             mail: MailState::default(),
+            names: Default::default(),
             revoked: BTreeSet::new(),
             path_commands: VecDeque::new(),
         };
@@ -276,6 +302,7 @@ impl Node {
         self.started_at = now.instant;
         self.reachable = self.policy == RolePolicy::SupernodeOnly;
         self.role = Role::Client(Box::default());
+        self.names.forget_pushes();
         if self.policy == RolePolicy::SupernodeOnly {
             self.become_supernode(now);
         } else {
@@ -456,6 +483,40 @@ impl Node {
             promote = self.client_wants_promotion();
         }
         self.change_role(now, promote, demote);
+    }
+
+    /// Registers a name with a claim the account's root key signed
+    /// (`registry::make_claim`). Clients only: a supernode answers with
+    /// `NameFailed { NotAttached }`.
+    pub fn register_name(&mut self, now: Now, claim: NameClaim) {
+        let name_key = match crate::registry::check_claim(self.identity.mode(), &claim, 0) {
+            Ok(key) => key,
+            Err(reason) => {
+                return self.events.push_back(Event::NameFailed {
+                    name_key: NodeId::default(),
+                    reason: crate::client::NameFailure::Refused(reason),
+                })
+            }
+        };
+        match self.is_supernode() {
+            false => self.with_client(now, |client, io| client.register_name(io, claim, name_key)),
+            true => self.events.push_back(Event::NameFailed {
+                name_key,
+                reason: crate::client::NameFailure::NotAttached,
+            }),
+        }
+    }
+
+    /// Looks up who owns a name (clients only, like `register_name`).
+    pub fn lookup_name(&mut self, now: Now, name_key: NodeId) {
+        match self.is_supernode() {
+            false => self.with_client(now, |client, io| client.lookup_name(io, name_key)),
+            true => self.events.push_back(Event::NameLookupDone {
+                name_key,
+                result: Err(crate::client::NameFailure::NotAttached),
+                elapsed_ms: 0,
+            }),
+        }
     }
 
     /// Looks up an account's presence (clients only; a supernode answers
@@ -706,6 +767,7 @@ impl Node {
             started_at: self.started_at,
             resumption: &mut self.resumption,
             mail: &mut self.mail,
+            names: &mut self.names,
             revoked: &self.revoked,
         };
         (&mut self.role, io)

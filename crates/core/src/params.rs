@@ -68,6 +68,17 @@ pub struct Params {
     /// with the wait.
     pub relay_requests_per_s: u64,
     pub relay_request_burst: u64,
+    /// Name registration (`registry.rs`): supernodes asked to vote on a
+    /// name (a majority certifies), the proof of work on a claim's hash in
+    /// leading zero bits, how long an undecided vote holds, how long a
+    /// coordinator waits for votes, and whether a quorum takes at most one
+    /// voter per /24 (/48) — off only on a loopback test network, where
+    /// every node shares 127.0.0.1.
+    pub name_quorum_len: usize,
+    pub name_pow_bits: u32,
+    pub name_vote_hold_s: u64,
+    pub name_vote_timeout_ms: u64,
+    pub name_one_voter_per_network: bool,
     /// Challenge validity window (a challenge is valid in its window and the next).
     pub challenge_window_s: u64,
 
@@ -188,6 +199,11 @@ impl Default for Params {
             relay_lifetime_s: 120,
             relay_requests_per_s: 20,
             relay_request_burst: 60,
+            name_quorum_len: 5,
+            name_pow_bits: 16,
+            name_vote_hold_s: 600,
+            name_vote_timeout_ms: 3_000,
+            name_one_voter_per_network: true,
             challenge_window_s: 30,
             handshakes_per_s: 20,
             handshake_burst: 60,

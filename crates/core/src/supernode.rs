@@ -25,6 +25,8 @@ use peerline_proto::{
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
+mod names;
+
 /// Alternates named in a busy answer or an acceptance.
 const ALTERNATES_PER_ANSWER: usize = 8;
 /// Closer contacts returned by FindValue.
@@ -152,6 +154,11 @@ pub struct SupernodeState {
     /// Envelopes recently forwarded to our clients, so the copies the other
     /// replicas push are not forwarded again (bounded, short-lived).
     recent_forwards: BTreeMap<EnvelopeId, Instant>,
+    /// Name registrations this supernode coordinates, lookups it runs for
+    /// its clients, and its per-account claim counts (`supernode/names.rs`).
+    registrations: BTreeMap<u32, crate::registry::Registration>,
+    name_queries: BTreeMap<u32, crate::registry::NameQuery>,
+    claim_limits: crate::registry::ClaimLimits,
 }
 
 impl SupernodeState {
@@ -228,6 +235,9 @@ impl SupernodeState {
             rediscover_at: None,
             restore_ranges: Some(Vec::new()),
             restore_at: None,
+            registrations: BTreeMap::new(),
+            name_queries: BTreeMap::new(),
+            claim_limits: Default::default(),
         }
     }
 
@@ -305,6 +315,7 @@ impl SupernodeState {
             .next_deadline()
             .min(self.next_sweep_at)
             .min(self.lookup_check_at)
+            .min(self.names_deadline())
             .min(join)
     }
 
@@ -514,6 +525,26 @@ impl SupernodeState {
                     membership.alive_at(addr)
                 });
             }
+            Message::NameRegister { claim } => self.on_name_register(io, from, claim),
+            Message::NameVoteRequest { query_id, claim } => {
+                self.on_name_vote_request(io, from, query_id, claim)
+            }
+            Message::NameVoteReply {
+                query_id,
+                vote,
+                certificate,
+            } => self.on_name_vote_reply(io, from, query_id, vote, certificate),
+            Message::NameStore { certificate } => self.on_name_store(io, from, certificate),
+            Message::NameLookup { query_id, name_key } => {
+                self.on_name_lookup(io, from, query_id, name_key)
+            }
+            Message::NameFind { query_id, name_key } => {
+                self.on_name_find(io, from, query_id, name_key)
+            }
+            Message::NameFindResponse {
+                query_id,
+                certificate,
+            } => self.on_name_find_response(io, from, query_id, certificate),
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -1857,6 +1888,7 @@ impl SupernodeState {
             }
         }
         self.expire_lookup_rounds(io);
+        self.expire_names(io);
         if now >= self.next_sweep_at {
             self.sweep(io);
         }
@@ -1869,6 +1901,7 @@ impl SupernodeState {
         let params = io.params;
         self.next_sweep_at = now.add_ms(params.sweep_interval_ms);
         self.relays.expire(now);
+        self.re_replicate_names(io);
         self.clients
             .retain(|_, slot| now.since_ms(slot.last_seen) < params.client_idle_timeout_ms);
         let now_unix_s = io.now.unix_s;

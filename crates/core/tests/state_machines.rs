@@ -8,9 +8,14 @@
 //! busy answers detaching clients, expiry overflow, incarnation wrap-around,
 //! LIFO transmits, nodes acting after shutdown).
 
+use peerline_core::client::NameFailure;
 use peerline_core::identity::{
     domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
     sign_ticket, solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
+};
+use peerline_core::names::normalize;
+use peerline_core::registry::{
+    claim_hash, make_claim, sign_vote, verify_certificate, CertificateError,
 };
 use peerline_core::{
     CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
@@ -18,8 +23,9 @@ use peerline_core::{
 };
 use peerline_proto::{
     decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeBody,
-    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, PresenceBody, PresenceRecord,
-    PublicKey, RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
+    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, NameCertificate, NameClaim,
+    NameRefusal, NameVoteBody, NodeId, PresenceBody, PresenceRecord, PublicKey, RelayRequestBody,
+    Signature, Ticket, TicketBody, VersionInfo,
 };
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -3221,4 +3227,410 @@ fn relay_requests_beyond_the_budget_are_refused_with_the_wait() {
             ..
         }
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Names: registration by quorum, conflicts, lookups (`registry.rs`)
+// ---------------------------------------------------------------------------
+
+fn name_params() -> Params {
+    Params {
+        name_pow_bits: 8,
+        ..params()
+    }
+}
+
+/// A supernode address in its own /24 (one voter seat per network).
+fn network_addr(network: u32) -> Addr {
+    Addr::from_ipv4_u32(0x0a00_0000 | (network << 8) | 1, 7_000)
+}
+
+/// `count` supernodes in distinct /24s, all joined through the first.
+fn names_network(params: &Arc<Params>, count: usize) -> (Net, Vec<Contact>) {
+    let mut net = Net::new(10);
+    let mut contacts: Vec<Contact> = Vec::new();
+    for i in 0..count {
+        let address = network_addr(10 + i as u32);
+        let seeds = contacts.first().copied().into_iter().collect();
+        let node = supernode(params, 3_000 + i as u64, address, seeds, net.now());
+        contacts.push(node.supernode_contact().unwrap());
+        net.add(node, address);
+    }
+    (net, contacts)
+}
+
+fn add_client(net: &mut Net, params: &Arc<Params>, seed: u64, bootstrap: Vec<Contact>) -> usize {
+    let address = addr(seed as u32);
+    let node = client(params, seed, address, bootstrap, net.now());
+    net.add(node, address)
+}
+
+fn account_key(seed: u64) -> Keypair {
+    Keypair::generate(CryptoMode::Full, &mut rng(90_000 + seed))
+}
+
+fn claim_for(net: &Net, params: &Params, account: &Keypair, name: &str) -> NameClaim {
+    let name = normalize(name).unwrap();
+    make_claim(account, &name, net.now().unix_s, params.name_pow_bits)
+}
+
+fn register_as(net: &mut Net, node: usize, params: &Params, account: &Keypair, name: &str) {
+    let claim = claim_for(net, params, account, name);
+    register(net, node, claim);
+}
+
+fn register(net: &mut Net, node: usize, claim: NameClaim) {
+    let now = net.now();
+    net.nodes[node].register_name(now, claim);
+    net.flush(node);
+}
+
+/// How each node's registration of `name_key` ended: `Some(true)`
+/// registered, `Some(false)` taken, `None` no answer (or a failure).
+fn registration_outcomes(net: &Net, name_key: NodeId) -> HashMap<usize, Option<bool>> {
+    let mut out = HashMap::new();
+    for (index, _, event) in &net.events {
+        match event {
+            Event::NameRegistered { name_key: key, .. } if *key == name_key => {
+                out.insert(*index, Some(true));
+            }
+            Event::NameTaken { name_key: key, .. } if *key == name_key => {
+                out.insert(*index, Some(false));
+            }
+            Event::NameFailed { name_key: key, .. } if *key == name_key => {
+                out.insert(*index, None);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Net {
+    /// Who owns the name, as `asker` finds out by looking it up.
+    fn owner_of(&mut self, asker: usize, name_key: NodeId) -> Option<PublicKey> {
+        let started = self.events.len();
+        let now = self.now();
+        self.nodes[asker].lookup_name(now, name_key);
+        self.flush(asker);
+        self.run_until_ms(now.instant.as_ms() + 15_000);
+        let done: Vec<_> = self.events[started..]
+            .iter()
+            .filter_map(|(i, _, e)| match e {
+                Event::NameLookupDone {
+                    name_key: key,
+                    result,
+                    ..
+                } if *i == asker && *key == name_key => Some(result.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done.len(), 1, "one NameLookupDone per lookup: {done:?}");
+        let certificate = done[0].clone().expect("the lookup got an answer");
+        certificate.map(|c| c.claim.body.account)
+    }
+}
+
+#[test]
+fn two_people_registering_one_name_at_once_get_one_owner() {
+    let params = Arc::new(name_params());
+    let (mut net, supernodes) = names_network(&params, 9);
+    // Each claimant attached only to supernodes far apart in the list, so
+    // the two registrations are coordinated by different supernodes.
+    let first = add_client(&mut net, &params, 500, supernodes[..3].to_vec());
+    let second = add_client(&mut net, &params, 501, supernodes[6..].to_vec());
+    let reader = add_client(&mut net, &params, 502, supernodes[3..6].to_vec());
+    net.run_until_ms(20_000);
+    let mut winners = Vec::new();
+    for round in 0..12u64 {
+        let name = format!("contested{round}");
+        let (a, b) = (account_key(2 * round), account_key(2 * round + 1));
+        let claim_a = claim_for(&net, &params, &a, &name);
+        let claim_b = claim_for(&net, &params, &b, &name);
+        let key = normalize(&name).unwrap().key();
+        // The same moment, or one a few milliseconds ahead.
+        let lead_ms = round % 4 * 3;
+        if round % 2 == 0 {
+            register(&mut net, first, claim_a);
+            net.run_until_ms(net.now().instant.as_ms() + lead_ms);
+            register(&mut net, second, claim_b);
+        } else {
+            register(&mut net, second, claim_b);
+            net.run_until_ms(net.now().instant.as_ms() + lead_ms);
+            register(&mut net, first, claim_a);
+        }
+        net.run_until_ms(net.now().instant.as_ms() + 20_000);
+        let outcomes = registration_outcomes(&net, key);
+        let registered: Vec<usize> = outcomes
+            .iter()
+            .filter(|(_, o)| **o == Some(true))
+            .map(|(i, _)| *i)
+            .collect();
+        let taken = outcomes.values().filter(|o| **o == Some(false)).count();
+        assert_eq!(registered.len(), 1, "round {round}: {outcomes:?}");
+        assert_eq!(
+            taken, 1,
+            "the other one is told the name is taken: {outcomes:?}"
+        );
+        let owner = if registered[0] == first {
+            a.public()
+        } else {
+            b.public()
+        };
+        assert_eq!(net.owner_of(reader, key), Some(owner), "round {round}");
+        assert_eq!(net.owner_of(first, key), Some(owner));
+        winners.push(registered[0]);
+    }
+    // Races go both ways: the rule is not "the first client always wins".
+    assert!(
+        winners.contains(&first) && winners.contains(&second),
+        "{winners:?}"
+    );
+    assert_eq!(
+        net.owner_of(reader, normalize("nobody").unwrap().key()),
+        None
+    );
+}
+
+#[test]
+fn a_registered_name_survives_its_voters_and_a_late_claim_is_taken() {
+    let params = Arc::new(name_params());
+    let (mut net, supernodes) = names_network(&params, 10);
+    let owner = add_client(&mut net, &params, 600, supernodes.clone());
+    let latecomer = add_client(&mut net, &params, 601, supernodes.clone());
+    net.run_until_ms(20_000);
+    let alice = account_key(600);
+    let claim = claim_for(&net, &params, &alice, "Alice");
+    let key = normalize("alice").unwrap().key();
+    register(&mut net, owner, claim);
+    net.run_until_ms(40_000);
+    assert_eq!(
+        registration_outcomes(&net, key).get(&owner),
+        Some(&Some(true))
+    );
+    // Look-alike spellings are the same name.
+    let mallory = account_key(601);
+    register_as(&mut net, latecomer, &params, &mallory, "ALICE");
+    net.run_until_ms(60_000);
+    assert_eq!(
+        registration_outcomes(&net, key).get(&latecomer),
+        Some(&Some(false))
+    );
+    // Crash 4 of the 5 supernodes closest to the name; the record was
+    // re-replicated to the next ones and the name still has its owner.
+    let mut by_distance: Vec<(usize, [u8; 32])> = (0..supernodes.len())
+        .map(|i| {
+            let id = peerline_core::identity::node_id(&supernodes[i].key, supernodes[i].id_nonce);
+            (i, id.distance(&key))
+        })
+        .collect();
+    by_distance.sort_by_key(|(_, d)| *d);
+    for &(index, _) in &by_distance[..4] {
+        net.crash(index);
+    }
+    net.run_until_ms(150_000);
+    assert_eq!(net.owner_of(latecomer, key), Some(alice.public()));
+    // A restarted voter remembers its vote (and the record): a new claim is still taken.
+    net.restart(by_distance[0].0);
+    net.run_until_ms(200_000);
+    let eve = account_key(602);
+    let third = add_client(&mut net, &params, 603, supernodes.clone());
+    net.run_until_ms(230_000);
+    register_as(&mut net, third, &params, &eve, "alice");
+    net.run_until_ms(260_000);
+    assert_eq!(
+        registration_outcomes(&net, key).get(&third),
+        Some(&Some(false))
+    );
+}
+
+#[test]
+fn registrations_on_both_sides_of_a_partition_resolve_to_one_owner_on_healing() {
+    let params = Arc::new(name_params());
+    let (mut net, supernodes) = names_network(&params, 10);
+    let (left, right) = supernodes.split_at(5);
+    let west = add_client(&mut net, &params, 700, left.to_vec());
+    let east = add_client(&mut net, &params, 701, right.to_vec());
+    net.run_until_ms(20_000);
+    // Split: neither half reaches the other (clients included).
+    let west_side: Vec<Addr> = left
+        .iter()
+        .map(|c| c.addr)
+        .chain([net.addrs[west]])
+        .collect();
+    let east_side: Vec<Addr> = right
+        .iter()
+        .map(|c| c.addr)
+        .chain([net.addrs[east]])
+        .collect();
+    for a in &west_side {
+        for b in &east_side {
+            net.blocked.push((*a, *b));
+        }
+    }
+    net.run_until_ms(60_000);
+    let mut keys = Vec::new();
+    for round in 0..6u64 {
+        let name = format!("split{round}");
+        let key = normalize(&name).unwrap().key();
+        let (a, b) = (account_key(700 + 2 * round), account_key(701 + 2 * round));
+        register_as(&mut net, west, &params, &a, &name);
+        register_as(&mut net, east, &params, &b, &name);
+        net.run_until_ms(net.now().instant.as_ms() + 20_000);
+        keys.push((key, a.public(), b.public()));
+    }
+    let certified_both = keys
+        .iter()
+        .filter(|(key, ..)| {
+            let outcomes = registration_outcomes(&net, *key);
+            outcomes.get(&west) == Some(&Some(true)) && outcomes.get(&east) == Some(&Some(true))
+        })
+        .count();
+    // Heal, and give gossip, rediscovery and re-replication time.
+    net.blocked.clear();
+    net.run_until_ms(net.now().instant.as_ms() + 300_000);
+    for (key, a, b) in &keys {
+        let seen_west = net.owner_of(west, *key);
+        let seen_east = net.owner_of(east, *key);
+        assert!(seen_west.is_some(), "the name has an owner");
+        assert_eq!(seen_west, seen_east, "both sides agree on one owner");
+        assert!(seen_west == Some(*a) || seen_west == Some(*b));
+    }
+    // The interesting case happened: each half certified on its own.
+    assert!(certified_both > 0, "no round certified on both sides");
+}
+
+#[test]
+fn an_attacker_grinding_ids_next_to_a_name_gets_one_seat() {
+    let params = Arc::new(name_params());
+    let name = normalize("victim").unwrap();
+    let key = name.key();
+    // The attacker makes many supernodes and keeps the 4 whose IDs land
+    // nearest the name, all run from one /24.
+    let (mut net, honest) = names_network(&params, 7);
+    let mut candidates: Vec<(u64, [u8; 32])> = (0..1_500u64)
+        .map(|seed| {
+            let probe = supernode(&params, 50_000 + seed, addr(1), Vec::new(), net.now());
+            let contact = probe.supernode_contact().unwrap();
+            let id = peerline_core::identity::node_id(&contact.key, contact.id_nonce);
+            (50_000 + seed, id.distance(&key))
+        })
+        .collect();
+    candidates.sort_by_key(|(_, d)| *d);
+    let mut attackers = Vec::new();
+    for (i, (seed, _)) in candidates[..4].iter().enumerate() {
+        let address = Addr::from_ipv4_u32(0x0b00_0001 + i as u32, 7_000);
+        let node = supernode(&params, *seed, address, vec![honest[0]], net.now());
+        attackers.push(node.supernode_contact().unwrap());
+        net.add(node, address);
+    }
+    // They are the name's closest supernodes.
+    let mut everyone: Vec<(bool, [u8; 32])> = honest
+        .iter()
+        .map(|c| (false, c))
+        .chain(attackers.iter().map(|c| (true, c)))
+        .map(|(attacker, c)| {
+            let id = peerline_core::identity::node_id(&c.key, c.id_nonce);
+            (attacker, id.distance(&key))
+        })
+        .collect();
+    everyone.sort_by_key(|(_, d)| *d);
+    assert!(everyone[..4].iter().all(|(attacker, _)| *attacker));
+    let victim = add_client(&mut net, &params, 800, honest.clone());
+    net.run_until_ms(30_000);
+    // The victim registers; the quorum it gets has at most one attacker seat.
+    let owner = account_key(800);
+    register_as(&mut net, victim, &params, &owner, "victim");
+    net.run_until_ms(60_000);
+    let certificate = net
+        .events
+        .iter()
+        .find_map(|(_, _, e)| match e {
+            Event::NameRegistered { certificate, .. } => Some(certificate.clone()),
+            _ => None,
+        })
+        .expect("the victim registered");
+    let attacker_votes = certificate
+        .votes
+        .iter()
+        .filter(|v| attackers.iter().any(|a| a.key == v.body.voter.key))
+        .count();
+    assert!(attacker_votes <= 1, "{attacker_votes} attacker seats");
+    // A certificate signed by the attacker's own supernodes for the
+    // attacker's claim is refused by checkers: they share a /24.
+    let attacker_account = account_key(801);
+    let forged_claim = claim_for(&net, &params, &attacker_account, "victim");
+    let forged = NameCertificate {
+        claim: forged_claim.clone(),
+        votes: BoundedVec::truncating(attackers.iter().enumerate().map(|(i, contact)| {
+            let identity = identity(candidates[i].0);
+            sign_vote(
+                &identity.keypair,
+                NameVoteBody {
+                    name_key: key,
+                    claim_hash: claim_hash(&forged_claim),
+                    account: attacker_account.public(),
+                    voter: *contact,
+                    voted_unix_s: UNIX0,
+                },
+            )
+        })),
+    };
+    assert_eq!(
+        verify_certificate(CryptoMode::Full, &params, &forged),
+        Err(CertificateError::DuplicateVoter)
+    );
+    // Offered to every supernode anyway, it changes nobody's answer.
+    for index in 0..honest.len() {
+        let now = net.now();
+        deliver(
+            &mut net.nodes[index],
+            now,
+            attackers[0].addr,
+            &Message::NameStore {
+                certificate: Box::new(forged.clone()),
+            },
+        );
+    }
+    net.run_until_ms(70_000);
+    assert_eq!(net.owner_of(victim, key), Some(owner.public()));
+}
+
+#[test]
+fn a_bad_claim_is_refused_with_its_reason() {
+    let params = Arc::new(name_params());
+    let (mut net, supernodes) = names_network(&params, 3);
+    let device = add_client(&mut net, &params, 900, supernodes.clone());
+    net.run_until_ms(20_000);
+    let account = account_key(900);
+    let mut no_work = claim_for(&net, &params, &account, "lazy");
+    // A claim with too little work: re-signed, but its hash misses the bound.
+    while leading_zeros(&claim_hash(&no_work)) >= params.name_pow_bits {
+        no_work.body.pow_nonce += 1;
+    }
+    no_work.signature = account.sign(
+        peerline_core::registry::domain::NAME_CLAIM,
+        &peerline_proto::to_signing_bytes(&no_work.body),
+    );
+    register(&mut net, device, no_work);
+    net.run_until_ms(30_000);
+    let failure = net.events.iter().find_map(|(i, _, e)| match e {
+        Event::NameFailed { reason, .. } if *i == device => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(
+        failure,
+        Some(NameFailure::Refused(NameRefusal::ProofOfWork))
+    );
+}
+
+fn leading_zeros(hash: &[u8; 32]) -> u32 {
+    let mut bits = 0;
+    for byte in hash {
+        if *byte != 0 {
+            return bits + byte.leading_zeros();
+        }
+        bits += 8;
+    }
+    bits
 }

@@ -15,6 +15,7 @@
 
 pub mod bounded;
 pub mod message;
+pub mod names;
 pub mod types;
 
 pub use bounded::BoundedVec;
@@ -22,6 +23,7 @@ pub use message::{
     BusyReason, Message, MessageKind, RelayRequestBody, CONTACTS_PER_MESSAGE_MAX,
     GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
+pub use names::*;
 pub use types::*;
 
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,7 @@
 //! store and find. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
 
 use crate::bounded::BoundedVec;
+use crate::names::{NameCertificate, NameClaim, NameOutcome, NameVote};
 use crate::types::{
     Addr, Contact, DeviceCert, Envelope, EnvelopeId, MemberUpdate, NodeId, PresenceRecord,
     PublicKey, Signature, Ticket,
@@ -256,6 +257,54 @@ pub enum Message {
         session: u64,
         retry_after_ms: u32,
     },
+
+    // ---- names (issue #5): registration by quorum, lookup ----
+    /// Client → its supernode: register this claim (the supernode coordinates the vote).
+    NameRegister {
+        claim: NameClaim,
+    },
+    /// Coordinator → a supernode responsible for the name: your vote, please.
+    NameVoteRequest {
+        query_id: u32,
+        claim: NameClaim,
+    },
+    /// The voter's one vote for the name (for this claim or an earlier
+    /// one), and the name's certificate when it holds one.
+    NameVoteReply {
+        query_id: u32,
+        vote: Option<NameVote>,
+        certificate: Option<Box<NameCertificate>>,
+    },
+    /// Keep this name record (the receiver is one of its replicas or voters).
+    NameStore {
+        certificate: Box<NameCertificate>,
+    },
+    /// Supernode → client: how its registration ended.
+    NameResult {
+        name_key: NodeId,
+        outcome: NameOutcome,
+    },
+    /// Client → its supernode: who owns the name with this key?
+    NameLookup {
+        query_id: u32,
+        name_key: NodeId,
+    },
+    /// Supernode → supernode: your record for this name key.
+    NameFind {
+        query_id: u32,
+        name_key: NodeId,
+    },
+    NameFindResponse {
+        query_id: u32,
+        certificate: Option<Box<NameCertificate>>,
+    },
+    /// Supernode → client: the answer to a `NameLookup` (the winning
+    /// certificate among the replicas' answers).
+    NameLookupResponse {
+        query_id: u32,
+        name_key: NodeId,
+        certificate: Option<Box<NameCertificate>>,
+    },
 }
 
 /// What a [`Message::RelayRequest`] signs: the session, both devices, and
@@ -309,6 +358,15 @@ impl Message {
             Message::RelayRequest { .. } => MessageKind::RelayRequest,
             Message::RelayGranted { .. } => MessageKind::RelayGranted,
             Message::RelayRefused { .. } => MessageKind::RelayRefused,
+            Message::NameRegister { .. } => MessageKind::NameRegister,
+            Message::NameVoteRequest { .. } => MessageKind::NameVoteRequest,
+            Message::NameVoteReply { .. } => MessageKind::NameVoteReply,
+            Message::NameStore { .. } => MessageKind::NameStore,
+            Message::NameResult { .. } => MessageKind::NameResult,
+            Message::NameLookup { .. } => MessageKind::NameLookup,
+            Message::NameFind { .. } => MessageKind::NameFind,
+            Message::NameFindResponse { .. } => MessageKind::NameFindResponse,
+            Message::NameLookupResponse { .. } => MessageKind::NameLookupResponse,
         }
     }
 }
@@ -353,6 +411,15 @@ pub enum MessageKind {
     RelayRequest,
     RelayGranted,
     RelayRefused,
+    NameRegister,
+    NameVoteRequest,
+    NameVoteReply,
+    NameStore,
+    NameResult,
+    NameLookup,
+    NameFind,
+    NameFindResponse,
+    NameLookupResponse,
 }
 
 impl MessageKind {
@@ -396,6 +463,15 @@ impl MessageKind {
             34 => MessageKind::RelayRequest,
             35 => MessageKind::RelayGranted,
             36 => MessageKind::RelayRefused,
+            37 => MessageKind::NameRegister,
+            38 => MessageKind::NameVoteRequest,
+            39 => MessageKind::NameVoteReply,
+            40 => MessageKind::NameStore,
+            41 => MessageKind::NameResult,
+            42 => MessageKind::NameLookup,
+            43 => MessageKind::NameFind,
+            44 => MessageKind::NameFindResponse,
+            45 => MessageKind::NameLookupResponse,
             _ => return None,
         })
     }

@@ -16,10 +16,11 @@ use peerline_proto::message::{
 use peerline_proto::{
     decode, encode, encode_version_info, encode_versioned, peek_kind, Addr, BoundedVec, BusyReason,
     Contact, DecodeError, DeviceCert, DeviceCertBody, Envelope, EnvelopeBody, EnvelopeId,
-    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, MessageKind, NodeId, PresenceBody,
-    PresenceRecord, PublicKey, RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
-    MESSAGE_LEN_MAX, PAYLOAD_LEN_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
-    RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
+    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, MessageKind, NameCertificate,
+    NameClaim, NameClaimBody, NameOutcome, NameRefusal, NameVote, NameVoteBody, NodeId,
+    PresenceBody, PresenceRecord, PublicKey, RelayRequestBody, Signature, Ticket, TicketBody,
+    VersionInfo, MESSAGE_LEN_MAX, NAME_BYTES_MAX, NAME_VOTES_MAX, PAYLOAD_LEN_MAX,
+    PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -232,6 +233,65 @@ fn version_info() -> impl Strategy<Value = VersionInfo> {
 // Strategy for every Message variant
 // ---------------------------------------------------------------------------
 
+fn name_claim() -> impl Strategy<Value = NameClaim> {
+    (
+        bounded::<_, NAME_BYTES_MAX>(any::<u8>()),
+        public_key(),
+        (varint_u64(), varint_u64()),
+        signature(),
+    )
+        .prop_map(
+            |(name, account, (claimed_unix_s, pow_nonce), signature)| NameClaim {
+                body: NameClaimBody {
+                    name,
+                    account,
+                    claimed_unix_s,
+                    pow_nonce,
+                },
+                signature,
+            },
+        )
+}
+
+fn name_vote() -> impl Strategy<Value = NameVote> {
+    (
+        (node_id(), any::<[u8; 32]>(), public_key()),
+        (contact(), varint_u64(), signature()),
+    )
+        .prop_map(
+            |((name_key, claim_hash, account), (voter, voted_unix_s, signature))| NameVote {
+                body: NameVoteBody {
+                    name_key,
+                    claim_hash,
+                    account,
+                    voter,
+                    voted_unix_s,
+                },
+                signature,
+            },
+        )
+}
+
+fn name_certificate() -> impl Strategy<Value = Box<NameCertificate>> {
+    (name_claim(), bounded::<_, NAME_VOTES_MAX>(name_vote()))
+        .prop_map(|(claim, votes)| Box::new(NameCertificate { claim, votes }))
+}
+
+fn name_outcome() -> impl Strategy<Value = NameOutcome> {
+    let reason = prop_oneof![
+        Just(NameRefusal::Invalid),
+        Just(NameRefusal::BadSignature),
+        Just(NameRefusal::ProofOfWork),
+        Just(NameRefusal::RateLimited),
+    ];
+    prop_oneof![
+        name_certificate().prop_map(|certificate| NameOutcome::Registered { certificate }),
+        public_key().prop_map(|owner| NameOutcome::Taken { owner }),
+        varint_u32().prop_map(|retry_after_ms| NameOutcome::Unavailable { retry_after_ms }),
+        reason.prop_map(|reason| NameOutcome::Refused { reason }),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         device_cert().prop_map(|cert| Message::AttachHello { cert }),
@@ -427,6 +487,44 @@ fn message() -> impl Strategy<Value = Message> {
                 retry_after_ms,
             }
         }),
+        name_claim().prop_map(|claim| Message::NameRegister { claim }),
+        (varint_u32(), name_claim())
+            .prop_map(|(query_id, claim)| Message::NameVoteRequest { query_id, claim }),
+        (
+            varint_u32(),
+            proptest::option::of(name_vote()),
+            proptest::option::of(name_certificate())
+        )
+            .prop_map(|(query_id, vote, certificate)| Message::NameVoteReply {
+                query_id,
+                vote,
+                certificate,
+            }),
+        name_certificate().prop_map(|certificate| Message::NameStore { certificate }),
+        (node_id(), name_outcome())
+            .prop_map(|(name_key, outcome)| Message::NameResult { name_key, outcome }),
+        (varint_u32(), node_id())
+            .prop_map(|(query_id, name_key)| Message::NameLookup { query_id, name_key }),
+        (varint_u32(), node_id())
+            .prop_map(|(query_id, name_key)| Message::NameFind { query_id, name_key }),
+        (varint_u32(), proptest::option::of(name_certificate())).prop_map(
+            |(query_id, certificate)| Message::NameFindResponse {
+                query_id,
+                certificate,
+            }
+        ),
+        (
+            varint_u32(),
+            node_id(),
+            proptest::option::of(name_certificate())
+        )
+            .prop_map(|(query_id, name_key, certificate)| {
+                Message::NameLookupResponse {
+                    query_id,
+                    name_key,
+                    certificate,
+                }
+            }),
     ]
 }
 
@@ -471,7 +569,16 @@ fn every_variant_is_covered(m: &Message) {
         | Message::PathPong { .. }
         | Message::RelayRequest { .. }
         | Message::RelayGranted { .. }
-        | Message::RelayRefused { .. } => {}
+        | Message::RelayRefused { .. }
+        | Message::NameRegister { .. }
+        | Message::NameVoteRequest { .. }
+        | Message::NameVoteReply { .. }
+        | Message::NameStore { .. }
+        | Message::NameResult { .. }
+        | Message::NameLookup { .. }
+        | Message::NameFind { .. }
+        | Message::NameFindResponse { .. }
+        | Message::NameLookupResponse { .. } => {}
     }
 }
 
@@ -775,6 +882,31 @@ fn widest_ticket() -> Ticket {
 
 /// Every variant with every collection full and every integer at its widest:
 /// the largest encoding each variant can have.
+fn widest_certificate() -> Box<NameCertificate> {
+    let vote = |i: u8| NameVote {
+        body: NameVoteBody {
+            name_key: NodeId([0xb0; 32]),
+            claim_hash: [0xb1; 32],
+            account: PublicKey([0xb2; 32]),
+            voter: widest_contact(i),
+            voted_unix_s: u64::MAX,
+        },
+        signature: Signature([0xb3; 64]),
+    };
+    Box::new(NameCertificate {
+        claim: NameClaim {
+            body: NameClaimBody {
+                name: BoundedVec::truncating(std::iter::repeat_n(0xff, NAME_BYTES_MAX)),
+                account: PublicKey([0xb4; 32]),
+                claimed_unix_s: u64::MAX,
+                pow_nonce: u64::MAX,
+            },
+            signature: Signature([0xb5; 64]),
+        },
+        votes: BoundedVec::truncating((0..NAME_VOTES_MAX as u8).map(vote)),
+    })
+}
+
 fn widest_messages() -> Vec<Message> {
     fn contacts<const N: usize>() -> BoundedVec<Contact, N> {
         BoundedVec::truncating((0..=255).map(widest_contact))
@@ -934,6 +1066,44 @@ fn widest_messages() -> Vec<Message> {
             session: u64::MAX,
             retry_after_ms: u32::MAX,
         },
+        Message::NameRegister {
+            claim: widest_certificate().claim,
+        },
+        Message::NameVoteRequest {
+            query_id: u32::MAX,
+            claim: widest_certificate().claim,
+        },
+        Message::NameVoteReply {
+            query_id: u32::MAX,
+            vote: Some(widest_certificate().votes.as_slice()[0].clone()),
+            certificate: Some(widest_certificate()),
+        },
+        Message::NameStore {
+            certificate: widest_certificate(),
+        },
+        Message::NameResult {
+            name_key: NodeId([0xb6; 32]),
+            outcome: NameOutcome::Registered {
+                certificate: widest_certificate(),
+            },
+        },
+        Message::NameLookup {
+            query_id: u32::MAX,
+            name_key: NodeId([0xb7; 32]),
+        },
+        Message::NameFind {
+            query_id: u32::MAX,
+            name_key: NodeId([0xb8; 32]),
+        },
+        Message::NameFindResponse {
+            query_id: u32::MAX,
+            certificate: Some(widest_certificate()),
+        },
+        Message::NameLookupResponse {
+            query_id: u32::MAX,
+            name_key: NodeId([0xb9; 32]),
+            certificate: Some(widest_certificate()),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1028,6 +1198,42 @@ fn postcard_varint(mut v: u64) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 
 /// Small, typical examples of every variant.
+fn typical_claim() -> NameClaim {
+    NameClaim {
+        body: NameClaimBody {
+            name: BoundedVec::truncating("alice".bytes()),
+            account: PublicKey([41; 32]),
+            claimed_unix_s: 1_800_000_000,
+            pow_nonce: 70_000,
+        },
+        signature: Signature([42; 64]),
+    }
+}
+
+fn typical_vote() -> NameVote {
+    NameVote {
+        body: NameVoteBody {
+            name_key: NodeId([43; 32]),
+            claim_hash: [44; 32],
+            account: PublicKey([41; 32]),
+            voter: Contact {
+                key: PublicKey([45; 32]),
+                id_nonce: 3,
+                addr: Addr::default(),
+            },
+            voted_unix_s: 1_800_000_001,
+        },
+        signature: Signature([46; 64]),
+    }
+}
+
+fn typical_certificate() -> Box<NameCertificate> {
+    Box::new(NameCertificate {
+        claim: typical_claim(),
+        votes: BoundedVec::truncating(std::iter::repeat_n(typical_vote(), 3)),
+    })
+}
+
 fn typical_messages() -> Vec<Message> {
     let contact = |i: u8| Contact {
         key: PublicKey([i; 32]),
@@ -1212,6 +1418,44 @@ fn typical_messages() -> Vec<Message> {
         Message::RelayRefused {
             session: 29,
             retry_after_ms: 2_000,
+        },
+        Message::NameRegister {
+            claim: typical_claim(),
+        },
+        Message::NameVoteRequest {
+            query_id: 30,
+            claim: typical_claim(),
+        },
+        Message::NameVoteReply {
+            query_id: 31,
+            vote: Some(typical_vote()),
+            certificate: None,
+        },
+        Message::NameStore {
+            certificate: typical_certificate(),
+        },
+        Message::NameResult {
+            name_key: NodeId([32; 32]),
+            outcome: NameOutcome::Taken {
+                owner: PublicKey([33; 32]),
+            },
+        },
+        Message::NameLookup {
+            query_id: 34,
+            name_key: NodeId([35; 32]),
+        },
+        Message::NameFind {
+            query_id: 36,
+            name_key: NodeId([37; 32]),
+        },
+        Message::NameFindResponse {
+            query_id: 38,
+            certificate: None,
+        },
+        Message::NameLookupResponse {
+            query_id: 39,
+            name_key: NodeId([40; 32]),
+            certificate: Some(typical_certificate()),
         },
     ];
     assert_one_per_variant(&out);

@@ -124,12 +124,19 @@ impl CostTable {
             // half the stores: every origin supernode replicates) is
             // refused before its two checks.
             Store => frame_us + 2 * c.verify_us,
-            MailPut | MailStore | RelayRequest => frame_us + c.verify_us,
+            MailPut | MailStore | RelayRequest | NameRegister => frame_us + c.verify_us,
+            // A vote is a claim check and a signature (a signature costs
+            // about what a check does); a reply is a vote check, and a
+            // record (in a store, a find's answer or a reply) is the claim
+            // and a majority of votes.
+            NameVoteRequest | NameVoteReply => frame_us + 2 * c.verify_us,
+            NameStore | NameFindResponse => frame_us + 4 * c.verify_us,
+            NameLookup | NameFind => c.lookup_local_us,
             AttachChallenge | AttachAccepted | Busy | Detach | Ping | Pong | NotAttached
             | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
             | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates | PathPing
-            | PathPong | RelayGranted | RelayRefused => frame_us,
+            | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse => frame_us,
         }
     }
 }
