@@ -486,8 +486,9 @@ impl Node {
     }
 
     /// Registers a name with a claim the account's root key signed
-    /// (`registry::make_claim`). Clients only: a supernode answers with
-    /// `NameFailed { NotAttached }`.
+    /// (`registry::make_claim`): a client through an attached supernode
+    /// (retrying while there is no decision), a supernode coordinating the
+    /// vote itself (one try).
     pub fn register_name(&mut self, now: Now, claim: NameClaim) {
         let name_key = match crate::registry::check_claim(self.identity.mode(), &claim, 0) {
             Ok(key) => key,
@@ -500,21 +501,17 @@ impl Node {
         };
         match self.is_supernode() {
             false => self.with_client(now, |client, io| client.register_name(io, claim, name_key)),
-            true => self.events.push_back(Event::NameFailed {
-                name_key,
-                reason: crate::client::NameFailure::NotAttached,
-            }),
+            true => self.with_supernode(now, |supernode, io| supernode.register_local(io, claim)),
         }
     }
 
-    /// Looks up who owns a name (clients only, like `register_name`).
+    /// Looks up who owns a name (through an attached supernode, or a
+    /// supernode asking the name's replicas itself).
     pub fn lookup_name(&mut self, now: Now, name_key: NodeId) {
         match self.is_supernode() {
             false => self.with_client(now, |client, io| client.lookup_name(io, name_key)),
-            true => self.events.push_back(Event::NameLookupDone {
-                name_key,
-                result: Err(crate::client::NameFailure::NotAttached),
-                elapsed_ms: 0,
+            true => self.with_supernode(now, |supernode, io| {
+                supernode.lookup_name_local(io, name_key)
             }),
         }
     }

@@ -480,6 +480,7 @@ pub(crate) struct Registration {
     pub votes_for: Vec<NameVote>,
     /// Votes for other claims, by owner account.
     pub votes_against: Vec<PublicKey>,
+    pub started: Instant,
     pub deadline: Instant,
 }
 
@@ -561,6 +562,7 @@ pub(crate) struct NameQuery {
     pub name_key: NodeId,
     pub best: Option<(Box<NameCertificate>, CertificateInfo)>,
     pub outstanding: Vec<Addr>,
+    pub started: Instant,
     pub deadline: Instant,
 }
 

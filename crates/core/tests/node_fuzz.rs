@@ -19,6 +19,7 @@ use peerline_core::identity::{
     domain, envelope_id, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
     sign_ticket, solve_id_puzzle,
 };
+use peerline_core::registry::{claim_hash, make_claim, sign_vote};
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
@@ -26,7 +27,8 @@ use peerline_proto::message::PUNCH_CANDIDATES_MAX;
 use peerline_proto::to_signing_bytes;
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
-    Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
+    Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message,
+    NameCertificate, NameClaim, NameOutcome, NameRefusal, NameVote, NameVoteBody, NodeId,
     PresenceBody, PresenceRecord, PublicKey, RelayRequestBody, Signature, Ticket, TicketBody,
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
@@ -89,6 +91,10 @@ fn fixtures() -> &'static Fixtures {
             // Small limits, so that the refusal paths are reachable.
             supernode_capacity_attachments: 2,
             lookups_in_flight_max: 2,
+            // Cheap claims, and the scripted supernodes share a /24: let
+            // their votes make valid certificates.
+            name_pow_bits: 4,
+            name_one_voter_per_network: false,
             ..Params::default()
         });
         let supernode = identity(SUPERNODE_SEED);
@@ -569,6 +575,158 @@ fn message() -> impl Strategy<Value = Message> {
         resume(),
         mail(),
         paths(),
+        names(),
+    ]
+}
+
+/// The keys of the three supernodes the client knows (the real one's and
+/// the scripted ones'), which can sign votes.
+fn voter_keys() -> [Keypair; 3] {
+    let f = fixtures();
+    [
+        f.supernode.keypair.clone(),
+        Keypair::generate(CryptoMode::Full, &mut Pcg64Mcg::seed_from_u64(10)),
+        Keypair::generate(CryptoMode::Full, &mut Pcg64Mcg::seed_from_u64(11)),
+    ]
+}
+
+/// A claim on one of a few names by one of two accounts, correctly made,
+/// or with any signature.
+fn name_claim() -> impl Strategy<Value = NameClaim> {
+    (0..3u64, 0..2u64, any::<bool>(), signature()).prop_map(|(name, account, signed, signature)| {
+        let account =
+            Keypair::generate(CryptoMode::Full, &mut Pcg64Mcg::seed_from_u64(70 + account));
+        let name =
+            peerline_core::names::normalize(["alice", "bob", "carol"][name as usize]).unwrap();
+        let mut claim = make_claim(&account, &name, UNIX0, fixtures().params.name_pow_bits);
+        if !signed {
+            claim.signature = signature;
+        }
+        claim
+    })
+}
+
+/// A vote by one of the known supernodes for a claim, correctly signed or not.
+fn name_vote() -> impl Strategy<Value = NameVote> {
+    (name_claim(), 0..3usize, any::<bool>(), signature()).prop_map(
+        |(claim, voter, signed, signature)| {
+            let name = std::str::from_utf8(claim.body.name.as_slice())
+                .unwrap()
+                .to_owned();
+            let body = NameVoteBody {
+                name_key: peerline_core::names::normalize(&name).unwrap().key(),
+                claim_hash: claim_hash(&claim),
+                account: claim.body.account,
+                voter: fixtures().supernodes[voter],
+                voted_unix_s: UNIX0,
+            };
+            let mut vote = sign_vote(&voter_keys()[voter], body);
+            if !signed {
+                vote.signature = signature;
+            }
+            vote
+        },
+    )
+}
+
+/// A certificate: a claim with votes of all three known supernodes (valid
+/// when the claim is), or random votes.
+fn name_certificate() -> impl Strategy<Value = Box<NameCertificate>> {
+    prop_oneof![
+        name_claim().prop_map(|claim| {
+            let name = std::str::from_utf8(claim.body.name.as_slice())
+                .unwrap()
+                .to_owned();
+            let name_key = peerline_core::names::normalize(&name).unwrap().key();
+            let votes = (0..3)
+                .map(|voter| {
+                    sign_vote(
+                        &voter_keys()[voter],
+                        NameVoteBody {
+                            name_key,
+                            claim_hash: claim_hash(&claim),
+                            account: claim.body.account,
+                            voter: fixtures().supernodes[voter],
+                            voted_unix_s: UNIX0 + voter as u64,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>();
+            Box::new(NameCertificate {
+                claim,
+                votes: BoundedVec::truncating(votes),
+            })
+        }),
+        (name_claim(), vec(name_vote(), 0..5)).prop_map(|(claim, votes)| Box::new(
+            NameCertificate {
+                claim,
+                votes: BoundedVec::truncating(votes),
+            }
+        )),
+    ]
+}
+
+/// Name registration and lookup messages, valid and not.
+fn names() -> impl Strategy<Value = Message> {
+    let reason = prop_oneof![
+        Just(NameRefusal::Invalid),
+        Just(NameRefusal::ProofOfWork),
+        Just(NameRefusal::RateLimited),
+    ];
+    let outcome = prop_oneof![
+        name_certificate().prop_map(|certificate| NameOutcome::Registered { certificate }),
+        account().prop_map(|owner| NameOutcome::Taken { owner }),
+        small_or_any_u32().prop_map(|retry_after_ms| NameOutcome::Unavailable { retry_after_ms }),
+        reason.prop_map(|reason| NameOutcome::Refused { reason }),
+    ];
+    let name_key = prop_oneof![
+        name_claim().prop_map(|claim| {
+            let name = std::str::from_utf8(claim.body.name.as_slice())
+                .unwrap()
+                .to_owned();
+            peerline_core::names::normalize(&name).unwrap().key()
+        }),
+        node_id(),
+    ];
+    prop_oneof![
+        name_claim().prop_map(|claim| Message::NameRegister { claim }),
+        (small_or_any_u32(), name_claim())
+            .prop_map(|(query_id, claim)| Message::NameVoteRequest { query_id, claim }),
+        (
+            small_or_any_u32(),
+            proptest::option::of(name_vote()),
+            proptest::option::of(name_certificate())
+        )
+            .prop_map(|(query_id, vote, certificate)| Message::NameVoteReply {
+                query_id,
+                vote,
+                certificate
+            }),
+        name_certificate().prop_map(|certificate| Message::NameStore { certificate }),
+        (name_key.clone(), outcome)
+            .prop_map(|(name_key, outcome)| Message::NameResult { name_key, outcome }),
+        (small_or_any_u32(), name_key.clone())
+            .prop_map(|(query_id, name_key)| Message::NameLookup { query_id, name_key }),
+        (small_or_any_u32(), name_key.clone())
+            .prop_map(|(query_id, name_key)| Message::NameFind { query_id, name_key }),
+        (small_or_any_u32(), proptest::option::of(name_certificate())).prop_map(
+            |(query_id, certificate)| Message::NameFindResponse {
+                query_id,
+                certificate
+            }
+        ),
+        (
+            small_or_any_u32(),
+            name_key,
+            proptest::option::of(name_certificate())
+        )
+            .prop_map(
+                |(query_id, name_key, certificate)| Message::NameLookupResponse {
+                    query_id,
+                    name_key,
+                    certificate
+                }
+            ),
     ]
 }
 

@@ -3634,3 +3634,19 @@ fn leading_zeros(hash: &[u8; 32]) -> u32 {
     }
     bits
 }
+
+#[test]
+fn a_supernode_registers_and_looks_up_names_itself() {
+    let params = Arc::new(name_params());
+    let (mut net, _) = names_network(&params, 6);
+    net.run_until_ms(20_000);
+    let own = account_key(950);
+    register_as(&mut net, 2, &params, &own, "relay-op");
+    net.run_until_ms(40_000);
+    let key = normalize("relay-op").unwrap().key();
+    assert_eq!(registration_outcomes(&net, key).get(&2), Some(&Some(true)));
+    assert_eq!(net.owner_of(4, key), Some(own.public()));
+    register_as(&mut net, 5, &params, &account_key(951), "Relay-Op");
+    net.run_until_ms(60_000);
+    assert_eq!(registration_outcomes(&net, key).get(&5), Some(&Some(false)));
+}

@@ -3,8 +3,9 @@
 //! re-replicating name records, answering lookups.
 
 use super::SupernodeState;
+use crate::client::NameFailure;
 use crate::membership::Membership;
-use crate::node::Io;
+use crate::node::{Event, Io};
 use crate::params::Params;
 use crate::registry::{
     check_claim, claim_hash, quorum, verify_certificate, verify_vote, voters_plausible,
@@ -47,9 +48,30 @@ impl SupernodeState {
             io.send(from, &Message::NotAttached);
             return;
         }
+        self.coordinate(io, from, claim);
+    }
+
+    /// A registration for this device itself (a supernode has no
+    /// supernode to ask: it coordinates its own claim).
+    pub(crate) fn register_local(&mut self, io: &mut Io, claim: NameClaim) {
+        let own = self.contact.addr;
+        self.coordinate(io, own, claim);
+    }
+
+    /// Runs the vote on `claim` for `client` (our own address: this device).
+    fn coordinate(&mut self, io: &mut Io, from: Addr, claim: NameClaim) {
         let name_key = match check_claim(io.mode, &claim, io.params.name_pow_bits) {
             Ok(key) => key,
-            Err(reason) => return refuse(io, from, name_key_of(&claim), reason),
+            Err(reason) => {
+                let outcome = NameOutcome::Refused { reason };
+                return self.answer_registration(
+                    io,
+                    from,
+                    name_key_of(&claim),
+                    outcome,
+                    io.now.instant,
+                );
+            }
         };
         let hash = claim_hash(&claim);
         if self.registrations.len() >= REGISTRATIONS_IN_FLIGHT_MAX
@@ -57,7 +79,10 @@ impl SupernodeState {
                 .claim_limits
                 .allow(claim.body.account, hash, io.now.unix_s)
         {
-            return refuse(io, from, name_key, NameRefusal::RateLimited);
+            let outcome = NameOutcome::Refused {
+                reason: NameRefusal::RateLimited,
+            };
+            return self.answer_registration(io, from, name_key, outcome, io.now.instant);
         }
         let voters = quorum(&self.membership, io.params, &name_key);
         let query_id = self.next_name_query_id();
@@ -69,6 +94,7 @@ impl SupernodeState {
             voters: voters.iter().map(|(id, c)| (*id, *c, false)).collect(),
             votes_for: Vec::new(),
             votes_against: Vec::new(),
+            started: io.now.instant,
             deadline: io.now.instant.add_ms(io.params.name_vote_timeout_ms),
         };
         self.registrations.insert(query_id, registration);
@@ -171,15 +197,12 @@ impl SupernodeState {
             if let Some(info) = self.checked(io, &certificate) {
                 if info.name_key == name_key {
                     self.keep_name(io, certificate.clone(), info.clone());
-                    let registration = self.registrations.remove(&query_id);
-                    let client = registration.map_or(from, |r| r.client);
                     let outcome = if info.claim_hash == hash {
                         NameOutcome::Registered { certificate }
                     } else {
                         NameOutcome::Taken { owner: info.owner }
                     };
-                    io.send(client, &Message::NameResult { name_key, outcome });
-                    return;
+                    return self.finish_registration(io, query_id, outcome);
                 }
             }
         }
@@ -233,14 +256,45 @@ impl SupernodeState {
 
     fn finish_registration(&mut self, io: &mut Io, query_id: u32, outcome: NameOutcome) {
         if let Some(registration) = self.registrations.remove(&query_id) {
-            io.send(
-                registration.client,
-                &Message::NameResult {
-                    name_key: registration.name_key,
-                    outcome,
-                },
-            );
+            let (client, name_key) = (registration.client, registration.name_key);
+            self.answer_registration(io, client, name_key, outcome, registration.started);
         }
+    }
+
+    /// Tells the client how its registration ended — or this device, when
+    /// it was its own.
+    fn answer_registration(
+        &mut self,
+        io: &mut Io,
+        client: Addr,
+        name_key: NodeId,
+        outcome: NameOutcome,
+        started: Instant,
+    ) {
+        if client != self.contact.addr {
+            return io.send(client, &Message::NameResult { name_key, outcome });
+        }
+        let elapsed_ms = io.now.instant.since_ms(started);
+        io.event(match outcome {
+            NameOutcome::Registered { certificate } => Event::NameRegistered {
+                name_key,
+                certificate,
+                elapsed_ms,
+            },
+            NameOutcome::Taken { owner } => Event::NameTaken {
+                name_key,
+                owner,
+                elapsed_ms,
+            },
+            NameOutcome::Unavailable { .. } => Event::NameFailed {
+                name_key,
+                reason: NameFailure::Unavailable,
+            },
+            NameOutcome::Refused { reason } => Event::NameFailed {
+                name_key,
+                reason: NameFailure::Refused(reason),
+            },
+        });
     }
 
     /// Sends a record to every supernode that should hold it.
@@ -308,16 +362,21 @@ impl SupernodeState {
             io.send(from, &Message::NotAttached);
             return;
         }
+        self.find_name(io, from, query_id, name_key);
+    }
+
+    /// A lookup for this device itself.
+    pub(crate) fn lookup_name_local(&mut self, io: &mut Io, name_key: NodeId) {
+        let own = self.contact.addr;
+        self.find_name(io, own, 0, name_key);
+    }
+
+    /// Asks the name's replicas and answers `client` (our own address:
+    /// this device) with the winning record.
+    fn find_name(&mut self, io: &mut Io, from: Addr, query_id: u32, name_key: NodeId) {
         if self.name_queries.len() >= NAME_QUERIES_IN_FLIGHT_MAX {
-            io.send(
-                from,
-                &Message::NameLookupResponse {
-                    query_id,
-                    name_key,
-                    certificate: None,
-                },
-            );
-            return;
+            let now = io.now.instant;
+            return self.answer_lookup(io, from, query_id, name_key, None, now);
         }
         let mut query = NameQuery {
             client: from,
@@ -325,6 +384,7 @@ impl SupernodeState {
             name_key,
             best: None,
             outstanding: Vec::new(),
+            started: io.now.instant,
             deadline: io.now.instant.add_ms(io.params.find_request_timeout_ms),
         };
         if let (Some(certificate), Some(info)) =
@@ -409,15 +469,41 @@ impl SupernodeState {
             return;
         }
         if let Some(query) = self.name_queries.remove(&query_id) {
-            io.send(
-                query.client,
-                &Message::NameLookupResponse {
-                    query_id: query.client_query_id,
-                    name_key: query.name_key,
-                    certificate: query.best.map(|(certificate, _)| certificate),
-                },
+            let certificate = query.best.map(|(certificate, _)| certificate);
+            let (client, client_query_id) = (query.client, query.client_query_id);
+            self.answer_lookup(
+                io,
+                client,
+                client_query_id,
+                query.name_key,
+                certificate,
+                query.started,
             );
         }
+    }
+
+    fn answer_lookup(
+        &mut self,
+        io: &mut Io,
+        client: Addr,
+        query_id: u32,
+        name_key: NodeId,
+        certificate: Option<Box<NameCertificate>>,
+        started: Instant,
+    ) {
+        if client != self.contact.addr {
+            let answer = Message::NameLookupResponse {
+                query_id,
+                name_key,
+                certificate,
+            };
+            return io.send(client, &answer);
+        }
+        io.event(Event::NameLookupDone {
+            name_key,
+            result: Ok(certificate),
+            elapsed_ms: io.now.instant.since_ms(started),
+        });
     }
 
     /// Registrations past their vote deadline end undecided; lookups past
@@ -492,16 +578,6 @@ fn replicas_of(
         }
     }
     targets
-}
-
-fn refuse(io: &mut Io, to: Addr, name_key: NodeId, reason: NameRefusal) {
-    io.send(
-        to,
-        &Message::NameResult {
-            name_key,
-            outcome: NameOutcome::Refused { reason },
-        },
-    );
 }
 
 /// The key of a claim's name as written (for answering a refused claim).
