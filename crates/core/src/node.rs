@@ -320,6 +320,13 @@ impl Node {
         }
     }
 
+    /// Forgets every name vote this node cast (its records stay). Only the
+    /// simulator's equivocating attacker calls this: an honest node keeps
+    /// its votes on disk for ever.
+    pub fn forget_name_votes(&mut self) {
+        self.names.forget_votes();
+    }
+
     /// A supernode learnt of after start (the daemon's LAN discovery): it
     /// goes into the host cache (so a dial to it is pinned to its key, like
     /// a seed's) and is used at once when the node has nothing better — a

@@ -78,6 +78,9 @@ pub struct Params {
     pub name_pow_bits: u32,
     pub name_vote_hold_s: u64,
     pub name_vote_timeout_ms: u64,
+    /// A voter collects concurrent claims on a name this long before voting
+    /// for the lowest claim hash among them (`registry::VoteWindows`).
+    pub name_vote_window_ms: u64,
     pub name_one_voter_per_network: bool,
     /// Challenge validity window (a challenge is valid in its window and the next).
     pub challenge_window_s: u64,
@@ -203,6 +206,7 @@ impl Default for Params {
             name_pow_bits: 16,
             name_vote_hold_s: 600,
             name_vote_timeout_ms: 3_000,
+            name_vote_window_ms: 500,
             name_one_voter_per_network: true,
             challenge_window_s: 30,
             handshakes_per_s: 20,

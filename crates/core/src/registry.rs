@@ -144,9 +144,14 @@ pub fn subnet(addr: &Addr) -> [u8; 6] {
     out
 }
 
-/// Votes a certificate needs: a majority of the quorum.
+/// Votes a certificate needs: a Byzantine quorum of the `n` voters asked,
+/// `n − ⌊(n − 1) / 3⌋` (4 of 5). Any two such sets share at least
+/// `⌊(n − 1) / 3⌋ + 1` voters, so one voter who votes for everything (an
+/// attacker's seat) cannot make two claims certified: an honest voter
+/// would have to vote twice.
 pub fn votes_needed(params: &Params) -> usize {
-    params.name_quorum_len / 2 + 1
+    let n = params.name_quorum_len;
+    n - n.saturating_sub(1) / 3
 }
 
 pub fn sign_vote(node: &Keypair, body: NameVoteBody) -> NameVote {
@@ -253,12 +258,18 @@ pub fn verify_certificate(
     })
 }
 
+/// How far from a name, in quorum sizes, a voter may be and still count.
+/// Views differ (a certificate made on one side of a partition was voted
+/// by the closest of half the network), so the bound is loose; it still
+/// keeps random nodes from certifying a name in a large network.
+pub const PLAUSIBLE_REACH: usize = 4;
+
 /// Whether every voter of a certificate is one of the supernodes that
 /// could be responsible for its name, as far as `membership` can tell: no
-/// farther from the key than the `2·n`-th closest member (a small view
+/// farther from the key than the `4·n`-th closest member (a small view
 /// cannot tell, and accepts).
 pub fn voters_plausible(membership: &Membership, params: &Params, info: &CertificateInfo) -> bool {
-    let reach = 2 * params.name_quorum_len;
+    let reach = PLAUSIBLE_REACH * params.name_quorum_len;
     let closest = membership.closest(&info.name_key, reach);
     if closest.len() < reach {
         return true;
@@ -350,6 +361,15 @@ impl NameBook {
         self.votes.len()
     }
 
+    /// Whether this node holds a record of the name or a vote on it that
+    /// still holds (then it answers a vote request at once).
+    pub fn decided(&self, name_key: &NodeId, now_unix_s: u64, hold_s: u64) -> bool {
+        self.records.contains_key(name_key)
+            || self.votes.get(name_key).is_some_and(|cast| {
+                cast.vote.body.voted_unix_s.saturating_add(hold_s) >= now_unix_s
+            })
+    }
+
     /// This node's vote on `name_key`, casting one for `claim` if it has
     /// none (or only a released one). `None`: no room for another vote.
     pub fn vote(
@@ -386,6 +406,11 @@ impl NameBook {
         );
         self.votes.insert(name_key, CastVote { vote: vote.clone() });
         Some(vote)
+    }
+
+    /// Forgets every vote (an attacker's equivocation, in the simulator).
+    pub fn forget_votes(&mut self) {
+        self.votes.clear();
     }
 
     /// Forgets undecided votes older than the hold time.
@@ -466,6 +491,89 @@ fn fingerprint(targets: &[(NodeId, Contact)]) -> u64 {
     }
     let bytes = hasher.finalize();
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or_default()).max(1)
+}
+
+/// Names a supernode is collecting concurrent claims for, before voting.
+pub const VOTE_WINDOWS_MAX: usize = 4_096;
+/// Distinct claims and askers one window keeps.
+const WINDOW_CLAIMS_MAX: usize = 8;
+const WINDOW_ASKERS_MAX: usize = 16;
+
+/// Who asked for a vote: a coordinator's address and its query.
+pub(crate) type Asker = (Addr, u32);
+
+/// The claims for one name a voter heard within its vote window.
+#[derive(Clone, Debug)]
+struct VoteWindow {
+    claims: Vec<([u8; 32], NameClaim)>,
+    askers: Vec<Asker>,
+    due: Instant,
+}
+
+/// A voter does not vote for the first claim the moment it arrives: it
+/// waits [`Params::name_vote_window_ms`] for other claims on the same name
+/// and votes for the lowest claim hash among them. Two people who claim a
+/// name at the same moment reach voters in different orders; voting in
+/// arrival order would split the votes (and with one lying voter, split
+/// votes certify both claims). Claims further apart than the window are
+/// first come, first served.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct VoteWindows {
+    windows: BTreeMap<NodeId, VoteWindow>,
+}
+
+impl VoteWindows {
+    /// Adds a claim and its asker to the name's window (opening one due
+    /// at `due`); false when there is no room.
+    pub fn add(&mut self, name_key: NodeId, claim: NameClaim, asker: Asker, due: Instant) -> bool {
+        if !self.windows.contains_key(&name_key) && self.windows.len() >= VOTE_WINDOWS_MAX {
+            return false;
+        }
+        let window = self.windows.entry(name_key).or_insert_with(|| VoteWindow {
+            claims: Vec::new(),
+            askers: Vec::new(),
+            due,
+        });
+        let hash = claim_hash(&claim);
+        if !window.claims.iter().any(|(h, _)| *h == hash) {
+            if window.claims.len() >= WINDOW_CLAIMS_MAX {
+                return false;
+            }
+            window.claims.push((hash, claim));
+        }
+        if !window.askers.contains(&asker) {
+            if window.askers.len() >= WINDOW_ASKERS_MAX {
+                return false;
+            }
+            window.askers.push(asker);
+        }
+        true
+    }
+
+    /// The windows that closed: each name's lowest-hash claim and its askers.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(NodeId, NameClaim, Vec<Asker>)> {
+        let due: Vec<NodeId> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.due <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        due.into_iter()
+            .filter_map(|key| {
+                let window = self.windows.remove(&key)?;
+                let (_, best) = window.claims.into_iter().min_by_key(|(hash, _)| *hash)?;
+                Some((key, best, window.askers))
+            })
+            .collect()
+    }
+
+    pub fn next_deadline(&self) -> Instant {
+        self.windows
+            .values()
+            .map(|w| w.due)
+            .min()
+            .unwrap_or(Instant::NEVER)
+    }
 }
 
 /// A registration a supernode coordinates.
@@ -660,23 +768,24 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_needs_a_majority_from_distinct_networks() {
+    fn a_certificate_needs_four_of_five_from_distinct_networks() {
         let params = params();
+        assert_eq!(votes_needed(&params), 4);
         let claim = make_claim(&account(1), &normalize("bob").unwrap(), 1_000, 6);
-        let voters: Vec<_> = (0..3)
+        let voters: Vec<_> = (0..4)
             .map(|i| voter(i, 0x0a00_0001 + (i as u32) * 256))
             .collect();
         let good = certified(&claim, &voters, 2_000);
         let info = verify_certificate(CryptoMode::Full, &params, &good).unwrap();
         assert_eq!(info.owner, account(1).public());
-        assert_eq!(info.quorum_unix_s, 2_002);
-        let two = certified(&claim, &voters[..2], 2_000);
+        assert_eq!(info.quorum_unix_s, 2_003);
+        let three = certified(&claim, &voters[..3], 2_000);
         assert_eq!(
-            verify_certificate(CryptoMode::Full, &params, &two),
+            verify_certificate(CryptoMode::Full, &params, &three),
             Err(CertificateError::TooFewVotes)
         );
-        // Three voters in one /24: one seat.
-        let same_net: Vec<_> = (0..3)
+        // Four voters in one /24: one seat.
+        let same_net: Vec<_> = (0..4)
             .map(|i| voter(10 + i, 0x0a00_0101 + i as u32))
             .collect();
         let grinder = certified(&claim, &same_net, 2_000);
@@ -711,8 +820,8 @@ mod tests {
         let voters: Vec<_> = (0..5)
             .map(|i| voter(i, 0x0a00_0001 + (i as u32) * 256))
             .collect();
-        let early = certified(&first, &voters[..3], 2_000);
-        let late = certified(&second, &voters[2..], 2_010);
+        let early = certified(&first, &voters[..4], 2_000);
+        let late = certified(&second, &voters[1..], 2_010);
         let early_info = verify_certificate(CryptoMode::Full, &params, &early).unwrap();
         let late_info = verify_certificate(CryptoMode::Full, &params, &late).unwrap();
         for order in [[0, 1], [1, 0]] {
@@ -762,6 +871,28 @@ mod tests {
             claim_hash(&second),
             "released after the hold"
         );
+    }
+
+    #[test]
+    fn a_vote_window_picks_the_lowest_claim_hash_whatever_the_order() {
+        let name = normalize("erin").unwrap();
+        let claims: Vec<NameClaim> = (0..3)
+            .map(|i| make_claim(&account(i), &name, 1_000, 6))
+            .collect();
+        let lowest = claims.iter().min_by_key(|c| claim_hash(c)).unwrap().clone();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut windows = VoteWindows::default();
+            for (n, i) in order.into_iter().enumerate() {
+                let asker = (Addr::from_ipv4_u32(1, 1), n as u32);
+                assert!(windows.add(name.key(), claims[i].clone(), asker, Instant::from_ms(500)));
+            }
+            assert_eq!(windows.next_deadline(), Instant::from_ms(500));
+            assert!(windows.take_due(Instant::from_ms(499)).is_empty());
+            let due = windows.take_due(Instant::from_ms(500));
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].1, lowest);
+            assert_eq!(due[0].2.len(), 3, "every asker gets the answer");
+        }
     }
 
     #[test]

@@ -159,6 +159,7 @@ pub struct SupernodeState {
     registrations: BTreeMap<u32, crate::registry::Registration>,
     name_queries: BTreeMap<u32, crate::registry::NameQuery>,
     claim_limits: crate::registry::ClaimLimits,
+    vote_windows: crate::registry::VoteWindows,
 }
 
 impl SupernodeState {
@@ -238,6 +239,7 @@ impl SupernodeState {
             registrations: BTreeMap::new(),
             name_queries: BTreeMap::new(),
             claim_limits: Default::default(),
+            vote_windows: Default::default(),
         }
     }
 

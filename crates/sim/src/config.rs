@@ -17,14 +17,19 @@ pub enum Scenario {
     /// The Americas are cut off from the rest of the world for a while,
     /// then the link heals.
     Partition,
+    /// Contested name registrations all through churn, a partition and a
+    /// supernode crash wave, against an attacker with supernodes next to
+    /// the names it targets.
+    Accounts,
 }
 
 impl Scenario {
-    pub const ALL: [(&'static str, Scenario); 4] = [
+    pub const ALL: [(&'static str, Scenario); 5] = [
         ("steady", Scenario::Steady),
         ("restart-storm", Scenario::RestartStorm),
         ("supernode-crash", Scenario::SupernodeCrash),
         ("partition", Scenario::Partition),
+        ("accounts", Scenario::Accounts),
     ];
 
     pub fn name(&self) -> &'static str {
@@ -33,6 +38,7 @@ impl Scenario {
             Scenario::RestartStorm => "restart-storm",
             Scenario::SupernodeCrash => "supernode-crash",
             Scenario::Partition => "partition",
+            Scenario::Accounts => "accounts",
         }
     }
 
@@ -134,6 +140,13 @@ pub struct SimConfig {
     /// Every measured service time is multiplied by this: a supernode host
     /// this many times slower than the calibration machine.
     pub cpu_cost_factor: f64,
+    /// `accounts`: supernodes of the attacker (one /24, equivocating), contested
+    /// names started per minute, when the final lookups run (before the
+    /// end), and how long after the partition heals the crash wave comes.
+    pub attackers: u32,
+    pub contests_per_min: f64,
+    pub names_check_before_end_s: u64,
+    pub accounts_crash_after_heal_s: u64,
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
     pub params: Params,
@@ -155,11 +168,13 @@ impl SimConfig {
             clients,
             supernodes,
             seed,
-            // A partition heals at minute 26: give the queued mail time to flow.
-            duration_s: if scenario == Scenario::Partition {
-                2400
-            } else {
-                1800
+            // A partition heals at minute 26: give the queued mail time to
+            // flow (accounts: the crash wave comes 5 minutes later, and
+            // records need time to move).
+            duration_s: match scenario {
+                Scenario::Partition => 2400,
+                Scenario::Accounts => 2700,
+                _ => 1800,
             },
             crypto: if nodes <= 20_000 {
                 CryptoMode::Full
@@ -180,7 +195,8 @@ impl SimConfig {
             sample_interval_s: 5,
             settle_window_s: 600,
             lookup_target_uptime_s: 60,
-            capacity_factor: scenario.is_outage().then_some(1.25),
+            capacity_factor: (scenario.is_outage() && scenario != Scenario::Accounts)
+                .then_some(1.25),
             naive: false,
             storm_at_s: 960,
             storm_fraction: match scenario {
@@ -195,7 +211,7 @@ impl SimConfig {
             crash_down_s: 3_600,
             partition_s: 600,
             reattach_deadline_s: 300,
-            messages_per_s: if scenario.is_outage() {
+            messages_per_s: if scenario.is_outage() && scenario != Scenario::Accounts {
                 (clients as f64 / 1000.0).max(2.0)
             } else {
                 0.0
@@ -204,6 +220,10 @@ impl SimConfig {
             cpu_model: CpuModel::Measured,
             cpu_backlog_max: 4_096,
             cpu_cost_factor: 1.0,
+            attackers: if scenario == Scenario::Accounts { 8 } else { 0 },
+            contests_per_min: 30.0,
+            names_check_before_end_s: 180,
+            accounts_crash_after_heal_s: 300,
             params,
         }
     }

@@ -35,6 +35,12 @@ pub enum EventKind {
     Heal,
     /// A node crashes now and is back after `down_us` (an outage's victim).
     Crash { node: u32, down_us: u64 },
+    /// A fraction of the supernodes crash at once (`accounts`, after the partition).
+    CrashWave,
+    /// The `accounts` scenario starts its next contested registration…
+    NameTick,
+    /// …and, near the end, looks every contested name up.
+    NameCheck,
 }
 
 #[derive(Debug)]

@@ -145,6 +145,9 @@ pub struct Report {
     /// The most CPU work any supernode was given in one sample interval,
     /// as a share of the interval (above 1: its queue grew).
     pub cpu_load_max_ratio: f64,
+    /// The `accounts` scenario's name figures (zero elsewhere).
+    #[serde(flatten)]
+    pub names: crate::world::NameFigures,
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -446,6 +449,7 @@ impl Report {
                 .iter()
                 .map(|s| s.cpu_load_max_ratio)
                 .fold(0.0, f64::max),
+            names: world.name_figures(),
             digest: metrics.digest.clone(),
             params: world.params().clone(),
             sim_overrides: sim_overrides(world.params()),
@@ -462,6 +466,9 @@ impl Report {
     /// The figures the overlay must reach, each with a minimum of work done
     /// so that an idle network cannot pass.
     fn figure_checks(&self) -> Vec<Check> {
+        if self.config.scenario == Scenario::Accounts {
+            return self.accounts_checks();
+        }
         if self.config.scenario.is_outage() {
             return self.outage_checks();
         }
@@ -567,6 +574,59 @@ impl Report {
             }
         }
         checks
+    }
+
+    /// Issue #5's name figures: every contested name ends with exactly one
+    /// owner, seen the same everywhere, and none is lost.
+    fn accounts_checks(&self) -> Vec<Check> {
+        let names = &self.names;
+        // Contests run from the clients' ramp to the final check.
+        let window_s = self.virtual_duration_s.saturating_sub(
+            self.config.supernode_ramp_s
+                + self.config.join_ramp_s
+                + 60
+                + self.config.names_check_before_end_s,
+        );
+        let min_contests = (self.config.contests_per_min * window_s as f64 / 60.0 * 0.8).max(1.0);
+        vec![
+            Check {
+                name: "names_contested",
+                ok: names.names_contested as f64 >= min_contests,
+                value: names.names_contested as f64,
+                bound: format!(">= {min_contests:.0} (contested registrations must happen)"),
+            },
+            Check {
+                name: "names_registered",
+                ok: names.names_registered as f64 >= 0.95 * names.names_contested as f64
+                    && names.names_registered > 0,
+                value: names.names_registered as f64,
+                bound: ">= 0.95 of the contested names".into(),
+            },
+            Check {
+                name: "names_duplicated",
+                ok: names.names_duplicated == 0,
+                value: names.names_duplicated as f64,
+                bound: "= 0 (one owner, the same from every client)".into(),
+            },
+            Check {
+                name: "names_unresolved",
+                ok: names.names_unresolved == 0,
+                value: names.names_unresolved as f64,
+                bound: "= 0".into(),
+            },
+            Check {
+                name: "name_records_lost",
+                ok: names.name_records_lost == 0,
+                value: names.name_records_lost as f64,
+                bound: "= 0".into(),
+            },
+            Check {
+                name: "names_targeted",
+                ok: self.config.attackers == 0 || names.names_targeted > 0,
+                value: names.names_targeted as f64,
+                bound: "> 0 with an attacker (the ID-grinding case must happen)".into(),
+            },
+        ]
     }
 
     fn steady_checks(&self) -> Vec<Check> {
@@ -685,6 +745,26 @@ impl Report {
                 self.messages_out_of_order,
                 self.mailbox_backlog_max,
                 self.backlog_drain_s
+            );
+        }
+        if self.config.scenario == Scenario::Accounts {
+            let n = &self.names;
+            out += &format!(
+                "names: {} contested ({} targeted by the attacker's {} supernodes) · {} registered · duplicated {} · unresolved {} · records lost {} · both told registered {} ({} outside the partition) · owner not told {} · registration p50 {} ms p99 {} ms · claims without answer {} · final lookups failed {}\n",
+                n.names_contested,
+                n.names_targeted,
+                self.config.attackers,
+                n.names_registered,
+                n.names_duplicated,
+                n.names_unresolved,
+                n.name_records_lost,
+                n.names_double_certified,
+                n.names_double_certified_outside_partition,
+                n.names_owner_not_told,
+                n.name_registration_ms_p50,
+                n.name_registration_ms_p99,
+                n.name_claims_failed,
+                n.name_lookups_failed
             );
         }
         if self.cpu_model == CpuModel::Measured {

@@ -6,6 +6,9 @@ use crate::config::{CpuModel, Scenario, SimConfig};
 use crate::cpu::{Admission, CostTable, Cpu};
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
 use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
+mod accounts;
+pub use accounts::NameFigures;
+
 use crate::queue::{EventKind, Queue};
 use peerline_core::{DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy};
 use peerline_proto::{peek_kind, Addr, Contact, MessageKind, PublicKey};
@@ -24,13 +27,29 @@ const OBSERVED_ATTACHMENTS_MAX: usize = 3;
 /// Gap between the supernodes' ramp and the clients' ramp.
 const CLIENT_START_DELAY_US: u64 = 30_000_000;
 
+/// A node's address. Each of the first 65,536 nodes (every supernode of
+/// any run) sits in its own /24, as nodes of a real network mostly do, so
+/// that the one-voter-per-network rule of name registration sees a real
+/// network's spread; the bits are a bijection on the 24 bits of 10.0.0.0/8.
 pub fn addr_of(index: u32) -> Addr {
-    Addr::from_ipv4_u32(ADDRESS_BASE + index, PORT)
+    let low = ((index & 0xFFFF) << 8) | (index >> 16);
+    Addr::from_ipv4_u32(ADDRESS_BASE + low, PORT)
 }
+
+/// The attacker's supernodes of the `accounts` scenario share one /24.
+const ATTACKER_BASE: u32 = 0x0B00_0000;
 
 fn index_of(addr: &Addr, nodes: usize) -> Option<u32> {
     let ip = addr.ipv4_u32()?;
-    let index = ip.checked_sub(ADDRESS_BASE)?;
+    let index = if ip & 0xFFFF_FF00 == ATTACKER_BASE {
+        ip & 0xFF
+    } else {
+        let low = ip.checked_sub(ADDRESS_BASE)?;
+        if low >= 1 << 24 {
+            return None;
+        }
+        (low >> 8) | ((low & 0xFF) << 16)
+    };
     (addr.port == PORT && (index as usize) < nodes).then_some(index)
 }
 
@@ -230,6 +249,8 @@ pub struct World {
     heal_settled_us: u64,
     /// What supernodes pay per datagram; `None`: the CPU model is off.
     costs: Option<CostTable>,
+    /// The `accounts` scenario's contested names (`world/accounts.rs`).
+    names: accounts::Names,
 }
 
 impl World {
@@ -302,6 +323,7 @@ impl World {
                 CpuModel::Off => None,
             },
             config,
+            names: accounts::Names::default(),
         };
         world.schedule_script();
         world
@@ -334,6 +356,9 @@ impl World {
         if self.config.scenario.is_outage() {
             self.queue
                 .push(self.config.storm_at_s * 1_000_000, EventKind::Storm);
+        }
+        if self.config.scenario == Scenario::Accounts {
+            self.accounts_setup();
         }
         if self.config.messages_per_s > 0.0 {
             // Messages start once the clients are up, like lookups.
@@ -384,6 +409,9 @@ impl World {
                     self.heal_settled_us = self.now_us + 120_000_000;
                 }
                 EventKind::Crash { node, down_us } => self.crash(node, down_us),
+                EventKind::CrashWave => self.crash_wave(),
+                EventKind::NameTick => self.name_tick(),
+                EventKind::NameCheck => self.name_check(),
             }
         }
         self.now_us = stop_us;
@@ -466,45 +494,60 @@ impl World {
                     self.queue.push(at, EventKind::Crash { node, down_us });
                 }
             }
-            Scenario::Partition => {
-                self.partitioned = true;
-                let heal_us = self.now_us + self.config.partition_s * 1_000_000;
-                self.queue.push(heal_us, EventKind::Heal);
-                // Clients attached across the cut lose that attachment.
-                for &client in &self.live_clients.items {
-                    let side = self.nodes[client as usize].place.side();
-                    let cut = self
-                        .valid_attachments(client)
-                        .any(|s| self.nodes[s as usize].place.side() != side);
-                    if cut {
-                        self.reattach_pending.insert(client, self.now_us);
-                    }
-                }
+            Scenario::Partition => self.partition(),
+            Scenario::SupernodeCrash => self.crash_wave(),
+            Scenario::Accounts => {
+                // The partition, and the crash wave a while after it heals.
+                self.partition();
+                let wave_us = self.now_us
+                    + (self.config.partition_s + self.config.accounts_crash_after_heal_s)
+                        * 1_000_000;
+                self.queue.push(wave_us, EventKind::CrashWave);
             }
-            Scenario::SupernodeCrash => {
-                let mut live = self.live_supernodes.items.clone();
-                live.sort_unstable();
-                let count = (live.len() as f64 * fraction).round() as usize;
-                // A uniform sample of `count` supernodes (partial Fisher–Yates).
-                for i in 0..count.min(live.len()) {
-                    let j = i + (self.rng.next_u64() % (live.len() - i) as u64) as usize;
-                    live.swap(i, j);
-                }
-                let victims: std::collections::HashSet<u32> =
-                    live[..count.min(live.len())].iter().copied().collect();
-                // Clients this leaves below two attachments are timed from now.
-                for &client in &self.live_clients.items {
-                    if self.drops_below_two(client, |s| victims.contains(&s)) {
-                        self.reattach_pending.insert(client, self.now_us);
-                    }
-                }
-                let down_us = self.config.crash_down_s * 1_000_000;
-                let mut victims: Vec<u32> = victims.into_iter().collect();
-                victims.sort_unstable();
-                for node in victims {
-                    self.crash(node, down_us);
-                }
+        }
+    }
+
+    /// The two sides stop reaching each other until the heal.
+    fn partition(&mut self) {
+        self.partitioned = true;
+        let heal_us = self.now_us + self.config.partition_s * 1_000_000;
+        self.queue.push(heal_us, EventKind::Heal);
+        // Clients attached across the cut lose that attachment.
+        for &client in &self.live_clients.items {
+            let side = self.nodes[client as usize].place.side();
+            let cut = self
+                .valid_attachments(client)
+                .any(|s| self.nodes[s as usize].place.side() != side);
+            if cut {
+                self.reattach_pending.insert(client, self.now_us);
             }
+        }
+    }
+
+    /// A fraction of the supernodes die at once and stay down a while.
+    fn crash_wave(&mut self) {
+        let fraction = self.config.storm_fraction;
+        let mut live = self.live_supernodes.items.clone();
+        live.sort_unstable();
+        let count = (live.len() as f64 * fraction).round() as usize;
+        // A uniform sample of `count` supernodes (partial Fisher–Yates).
+        for i in 0..count.min(live.len()) {
+            let j = i + (self.rng.next_u64() % (live.len() - i) as u64) as usize;
+            live.swap(i, j);
+        }
+        let victims: std::collections::HashSet<u32> =
+            live[..count.min(live.len())].iter().copied().collect();
+        // Clients this leaves below two attachments are timed from now.
+        for &client in &self.live_clients.items {
+            if self.drops_below_two(client, |s| victims.contains(&s)) {
+                self.reattach_pending.insert(client, self.now_us);
+            }
+        }
+        let down_us = self.config.crash_down_s * 1_000_000;
+        let mut victims: Vec<u32> = victims.into_iter().collect();
+        victims.sort_unstable();
+        for node in victims {
+            self.crash(node, down_us);
         }
     }
 
@@ -593,7 +636,7 @@ impl World {
             params: self.params.clone(),
             identity,
             policy,
-            advertised_addr: addr_of(index),
+            advertised_addr: self.addr_of_node(index),
             bootstrap,
         };
         Node::new(config, now, seed_rng.next_u64())
@@ -740,8 +783,16 @@ impl World {
         self.digest.delivered(self.now_us, from, to, bytes);
         self.observe(from, to, bytes);
         let now = self.now_for(to);
+        // The attacker's supernodes vote for every claim they are asked
+        // about: they forget their vote before each request.
+        let equivocate =
+            self.is_attacker(to) && peek_kind(bytes) == Some(MessageKind::NameVoteRequest);
+        let from_addr = self.addr_of_node(from);
         if let Some(node) = self.nodes[to as usize].node.as_mut() {
-            node.handle(now, addr_of(from), bytes);
+            if equivocate {
+                node.forget_name_votes();
+            }
+            node.handle(now, from_addr, bytes);
         }
         self.flush_after(to, service_us as u64);
     }
@@ -880,7 +931,25 @@ impl World {
         }
     }
 
+    /// A node's address: [`addr_of`], but the attacker's supernodes share 11.0.0.0/24.
+    fn addr_of_node(&self, index: u32) -> Addr {
+        if self.is_attacker(index) {
+            Addr::from_ipv4_u32(ATTACKER_BASE | index, PORT)
+        } else {
+            addr_of(index)
+        }
+    }
+
     fn node_event(&mut self, index: u32, event: Event) {
+        if matches!(
+            event,
+            Event::NameRegistered { .. }
+                | Event::NameTaken { .. }
+                | Event::NameFailed { .. }
+                | Event::NameLookupDone { .. }
+        ) {
+            return self.name_event(index, &event);
+        }
         match event {
             Event::LookupDone {
                 account,

@@ -9,7 +9,7 @@ use crate::node::{Event, Io};
 use crate::params::Params;
 use crate::registry::{
     check_claim, claim_hash, quorum, verify_certificate, verify_vote, voters_plausible,
-    votes_needed, CertificateInfo, NameQuery, Registration, Stored, Tally,
+    votes_needed, Asker, CertificateInfo, NameQuery, Registration, Stored, Tally, PLAUSIBLE_REACH,
 };
 use crate::time::Instant;
 use peerline_proto::{
@@ -100,8 +100,7 @@ impl SupernodeState {
         self.registrations.insert(query_id, registration);
         for (id, contact) in voters {
             if id == self.node_id {
-                let (vote, certificate) = self.own_vote(io, name_key, &claim);
-                self.on_name_vote_reply(io, contact.addr, query_id, vote, certificate);
+                self.request_vote(io, name_key, claim.clone(), (contact.addr, query_id));
             } else {
                 io.send(
                     contact.addr,
@@ -146,7 +145,7 @@ impl SupernodeState {
             return;
         };
         // Only a supernode that could be responsible for the name votes on it.
-        let reach = 2 * io.params.name_quorum_len;
+        let reach = PLAUSIBLE_REACH * io.params.name_quorum_len;
         if self
             .membership
             .surely_outside_closest(&name_key, &self.node_id, reach)
@@ -161,15 +160,50 @@ impl SupernodeState {
             );
             return;
         }
-        let (vote, certificate) = self.own_vote(io, name_key, &claim);
-        io.send(
-            from,
-            &Message::NameVoteReply {
-                query_id,
-                vote,
-                certificate,
-            },
-        );
+        self.request_vote(io, name_key, claim, (from, query_id));
+    }
+
+    /// Answers at once when this node decided the name already; otherwise
+    /// the claim joins the name's vote window.
+    fn request_vote(&mut self, io: &mut Io, name_key: NodeId, claim: NameClaim, asker: Asker) {
+        let (now_unix_s, hold_s) = (io.now.unix_s, io.params.name_vote_hold_s);
+        if io.names.decided(&name_key, now_unix_s, hold_s) {
+            let (vote, certificate) = self.own_vote(io, name_key, &claim);
+            return self.answer_vote(io, asker, vote, certificate);
+        }
+        let due = io.now.instant.add_ms(io.params.name_vote_window_ms);
+        if !self.vote_windows.add(name_key, claim, asker, due) {
+            // No room to wait: no vote (the coordinator counts it as silence).
+            self.answer_vote(io, asker, None, None);
+        }
+    }
+
+    /// Votes on every name whose window closed, and answers its askers.
+    fn decide_votes(&mut self, io: &mut Io) {
+        for (name_key, claim, askers) in self.vote_windows.take_due(io.now.instant) {
+            let (vote, certificate) = self.own_vote(io, name_key, &claim);
+            for asker in askers {
+                self.answer_vote(io, asker, vote.clone(), certificate.clone());
+            }
+        }
+    }
+
+    fn answer_vote(
+        &mut self,
+        io: &mut Io,
+        (to, query_id): Asker,
+        vote: Option<NameVote>,
+        certificate: Option<Box<NameCertificate>>,
+    ) {
+        if to == self.contact.addr {
+            return self.on_name_vote_reply(io, to, query_id, vote, certificate);
+        }
+        let reply = Message::NameVoteReply {
+            query_id,
+            vote,
+            certificate,
+        };
+        io.send(to, &reply);
     }
 
     pub(super) fn on_name_vote_reply(
@@ -334,7 +368,7 @@ impl SupernodeState {
         let Some(info) = self.checked(io, &certificate) else {
             return;
         };
-        let reach = 2 * io.params.name_quorum_len;
+        let reach = PLAUSIBLE_REACH * io.params.name_quorum_len;
         if self
             .membership
             .surely_outside_closest(&info.name_key, &self.node_id, reach)
@@ -509,6 +543,7 @@ impl SupernodeState {
     /// Registrations past their vote deadline end undecided; lookups past
     /// theirs answer with what they have.
     pub(super) fn expire_names(&mut self, io: &mut Io) {
+        self.decide_votes(io);
         let now = io.now.instant;
         let late: Vec<u32> = self
             .registrations
@@ -534,7 +569,11 @@ impl SupernodeState {
     pub(super) fn names_deadline(&self) -> Instant {
         let registrations = self.registrations.values().map(|r| r.deadline);
         let queries = self.name_queries.values().map(|q| q.deadline);
-        registrations.chain(queries).min().unwrap_or(Instant::NEVER)
+        registrations
+            .chain(queries)
+            .min()
+            .unwrap_or(Instant::NEVER)
+            .min(self.vote_windows.next_deadline())
     }
 
     /// Pushes each record this node holds to its replica set when that
