@@ -56,7 +56,7 @@
 //! Pure functions and one sans-IO state machine: randomness and time come
 //! from the caller; nothing here sends anything.
 
-use crate::identity::{verify, CryptoMode, Keypair};
+use crate::identity::{domain as sign_domain, verify, CryptoMode, Keypair};
 use crate::time::Instant;
 use argon2::{Algorithm, Argon2, Version};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
@@ -97,6 +97,15 @@ pub const KDF_PARAMS_PRODUCTION: KdfParams = KdfParams {
     parallelism: 1,
 };
 
+/// The cheapest Argon2id the crate accepts (8 KiB, 1 pass): **no
+/// protection at all**, for tests and the simulator, which exercise the
+/// code, not the cost. Never seal a real account's bundle with it.
+pub const KDF_PARAMS_SIMULATION: KdfParams = KdfParams {
+    memory_kib: 8,
+    iterations: 1,
+    parallelism: 1,
+};
+
 /// Largest Argon2id memory a bundle may ask for (1 GiB): a bundle comes
 /// from the network, and a larger one is refused before it runs.
 pub const KDF_MEMORY_KIB_MAX: u32 = 1024 * 1024;
@@ -117,7 +126,8 @@ const GUESS_REFILL_INTERVAL_MS: u64 = 3_600_000 / GUESS_REFILL_PER_HOUR;
 pub const HELD_SHARES_MAX: usize = 200_000;
 
 /// Domain separation of every hash in this module (BLAKE3 `derive_key`
-/// contexts) and of the two root-key signatures.
+/// contexts) and of the AEAD's associated data. The two root-key signatures
+/// have theirs in `identity::domain` with every other signature's.
 mod context {
     pub const OPRF_KEY: &str = "peerline v1 oprf key";
     pub const HASH_TO_GROUP: &str = "peerline v1 oprf hash to group";
@@ -125,8 +135,6 @@ mod context {
     pub const SHARE_KEY: &str = "peerline v1 bundle share key";
     pub const BUNDLE_KEY: &str = "peerline v1 bundle key";
     pub const SEAL_AD: &[u8] = b"peerline/v1/bundle-seal";
-    pub const BUNDLE_SIGNATURE: &[u8] = b"peerline/v1/key-bundle";
-    pub const DEAL_SIGNATURE: &[u8] = b"peerline/v1/share-deal";
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
@@ -479,7 +487,7 @@ pub fn seal_bundle(
         sealed_seed,
         tag: tag.into(),
     };
-    let signature = root.sign(context::BUNDLE_SIGNATURE, &to_signing_bytes(&body));
+    let signature = root.sign(sign_domain::KEY_BUNDLE, &to_signing_bytes(&body));
     Ok(KeyBundle { body, signature })
 }
 
@@ -489,7 +497,7 @@ pub fn verify_bundle(mode: CryptoMode, bundle: &KeyBundle) -> Result<(), BundleE
     verify(
         mode,
         &bundle.body.account_key,
-        context::BUNDLE_SIGNATURE,
+        sign_domain::KEY_BUNDLE,
         &to_signing_bytes(&bundle.body),
         &bundle.signature,
     )
@@ -588,7 +596,7 @@ pub fn deal(
                 index: share.index,
                 commitment: share_commitment(&share.scalar),
             };
-            let signature = root.sign(context::DEAL_SIGNATURE, &deal_signing_bytes(&body));
+            let signature = root.sign(sign_domain::SHARE_DEAL, &deal_signing_bytes(&body));
             ShareDeal {
                 body,
                 signature,
@@ -747,7 +755,7 @@ impl BundleHolder {
         verify(
             self.mode,
             &body.account_key,
-            context::DEAL_SIGNATURE,
+            sign_domain::SHARE_DEAL,
             &deal_signing_bytes(body),
             &deal.signature,
         )
@@ -821,12 +829,7 @@ mod tests {
     use rand_pcg::Pcg64Mcg;
 
     const PASSWORD: &str = "correct horse battery staple";
-    /// The cheapest Argon2id the crate accepts: tests exercise the code, not the cost.
-    const KDF_TINY: KdfParams = KdfParams {
-        memory_kib: 8,
-        iterations: 1,
-        parallelism: 1,
-    };
+    const KDF_TINY: KdfParams = KDF_PARAMS_SIMULATION;
     const SHARING: Sharing = Sharing {
         threshold: BUNDLE_THRESHOLD,
         holders: BUNDLE_HOLDERS,
@@ -1045,7 +1048,7 @@ mod tests {
         bundle.body.account_key = victim.root.public();
         bundle.signature = thief
             .root
-            .sign(context::BUNDLE_SIGNATURE, &to_signing_bytes(&bundle.body));
+            .sign(sign_domain::KEY_BUNDLE, &to_signing_bytes(&bundle.body));
         let output = oprf_output_with_key(&thief.key, PASSWORD, &thief.root.public());
         assert_eq!(
             open_bundle(&bundle, PASSWORD, &output).unwrap_err(),
@@ -1152,7 +1155,7 @@ mod tests {
             bundle.body.kdf = params;
             bundle.signature = account
                 .root
-                .sign(context::BUNDLE_SIGNATURE, &to_signing_bytes(&bundle.body));
+                .sign(sign_domain::KEY_BUNDLE, &to_signing_bytes(&bundle.body));
             assert_eq!(verify_bundle(CryptoMode::Full, &bundle), Err(error));
             assert_eq!(open_bundle(&bundle, PASSWORD, &output).unwrap_err(), error);
         }
@@ -1382,20 +1385,20 @@ mod tests {
         let second = deal(&root, 2, SHARING, &mut rng).unwrap();
         // A stranger cannot overwrite the share, even with a higher epoch.
         let stranger = Keypair::generate(CryptoMode::Full, &mut rng);
-        let mut forged = deal(&stranger, 9, SHARING, &mut rng).unwrap()[0];
+        let mut forged = deal(&stranger, 9, SHARING, &mut rng).unwrap().remove(0);
         forged.body.account_key = account;
         assert_eq!(
             holder.accept_deal(t0, &forged),
             Err(HolderError::BadSignature)
         );
         // A share that does not match its signed commitment is refused.
-        let mut swapped = second[0];
+        let mut swapped = second[0].clone();
         swapped.share = second[1].share;
         assert_eq!(holder.accept_deal(t0, &swapped), Err(HolderError::BadShare));
-        let mut out_of_range = second[0];
+        let mut out_of_range = second[0].clone();
         out_of_range.body.index = 0;
         out_of_range.signature = root.sign(
-            context::DEAL_SIGNATURE,
+            sign_domain::SHARE_DEAL,
             &deal_signing_bytes(&out_of_range.body),
         );
         assert_eq!(

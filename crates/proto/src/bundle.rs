@@ -87,7 +87,8 @@ pub struct ShareDealBody {
 /// (on the real network the QUIC/TLS connection to that supernode, whose
 /// key the sender pinned), never through a relay that could read it, and
 /// never stored anywhere but at the holder. `Debug` does not print it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Not `Copy`: every copy of the share is one more to wipe.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ShareDeal {
     pub body: ShareDealBody,
     pub signature: Signature,
