@@ -678,7 +678,8 @@ impl GuessBudget {
     fn take(&mut self, now: Instant) -> Result<(), u64> {
         self.refill(now);
         if self.tokens == 0 {
-            return Err(self.next_refill.since_ms(now).max(1));
+            // Rounded up: a retry after the named wait finds the token there.
+            return Err(self.next_refill.since_us(now).div_ceil(1_000).max(1));
         }
         if self.tokens == GUESS_BURST {
             self.next_refill = now.add_ms(GUESS_REFILL_INTERVAL_MS);
@@ -1474,6 +1475,63 @@ mod tests {
             let answers: Vec<(u8, Evaluation)> =
                 answers.into_iter().map(|(i, bytes)| (i, Evaluation(bytes))).collect();
             let _ = finalize(&blinding, PASSWORD, &root.public(), &answers);
+        }
+
+        /// Any sharing t of n (n ≤ 16): any t answers, in any order, give
+        /// the output of the whole key; t - 1 answers give something else.
+        #[test]
+        fn any_t_answers_of_any_sharing_give_the_key_output(
+            holders in 1..=BUNDLE_HOLDERS_MAX,
+            threshold_seed in any::<u8>(),
+            order_seed in any::<u64>(),
+            seed in any::<u64>(),
+        ) {
+            let threshold = 1 + threshold_seed % holders;
+            let mut rng = Pcg64Mcg::seed_from_u64(seed);
+            let key = random_scalar(&mut rng);
+            let account_key = PublicKey([5; 32]);
+            let shares = deal_shares(&key, Sharing { threshold, holders }, &mut rng).unwrap();
+            // A pseudo-random order of the shares, then the first t.
+            let mut order: Vec<usize> = (0..shares.len()).collect();
+            let mut state = order_seed;
+            for i in (1..order.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let chosen: Vec<&OprfShare> =
+                order.iter().take(usize::from(threshold)).map(|&i| &shares[i]).collect();
+            let expected = oprf_output_with_key(&key, PASSWORD, &account_key);
+            prop_assert_eq!(login_output(PASSWORD, &account_key, &chosen, &mut rng), expected);
+            if threshold > 1 {
+                let short = &chosen[..usize::from(threshold) - 1];
+                prop_assert_ne!(login_output(PASSWORD, &account_key, short, &mut rng), expected);
+            }
+        }
+
+        /// Whatever the request times, a budget grants at most the burst
+        /// plus one guess per refill interval elapsed since the first
+        /// request, and the wait it names on a refusal is exact.
+        #[test]
+        fn the_guess_budget_bounds_answers_over_any_window(
+            steps_ms in proptest::collection::vec(0u64..900_000, 1..80),
+        ) {
+            let start = Instant::from_s(10);
+            let mut budget = GuessBudget::full(start);
+            let mut now = start;
+            let mut granted = 0u64;
+            for step in steps_ms {
+                now = now.add_ms(step);
+                match budget.take(now) {
+                    Ok(()) => granted += 1,
+                    Err(wait_ms) => {
+                        prop_assert!((1..=GUESS_REFILL_INTERVAL_MS).contains(&wait_ms));
+                        prop_assert!(budget.clone().take(now.add_ms(wait_ms - 1)).is_err());
+                        prop_assert!(budget.clone().take(now.add_ms(wait_ms)).is_ok());
+                    }
+                }
+                let allowed = GUESS_BURST + now.since_ms(start) / GUESS_REFILL_INTERVAL_MS;
+                prop_assert!(granted <= allowed, "{} granted, {} allowed", granted, allowed);
+            }
         }
     }
 }
