@@ -44,7 +44,7 @@ fn main() {
 
     let root = Keypair::generate(CryptoMode::Full, &mut rng);
     let account = root.public();
-    let key = oprf_key(&root.secret_seed().expect("a real key"));
+    let key = oprf_key(&root.secret_seed().expect("a real key"), 1);
     let shares = deal_shares(&key, sharing, &mut rng).expect("a valid sharing");
     let output = oprf_output_with_key(&key, PASSWORD, &account);
 

@@ -9,7 +9,8 @@
 //! more than the password:
 //!
 //! 1. **Threshold OPRF** (2HashDH over ristretto255). The account has an
-//!    OPRF key `k` ([`oprf_key`], derived from the root seed), Shamir-shared
+//!    OPRF key `k` ([`oprf_key`], derived from the root seed and the bundle
+//!    version, so a password change retires the old password), Shamir-shared
 //!    `t` of `n` ([`deal_shares`], default 3 of 5) among holders that do not
 //!    know each other's shares. The client blinds the password
 //!    (`P = r · H(account ‖ password)`, [`blind`]), each holder answers
@@ -38,7 +39,9 @@
 //! replicas; the directory's re-replication on churn hands it on like any
 //! record. Every login (which unseals the root key, hence `k`) may re-deal
 //! fresh shares of the same `k` under a higher epoch ([`deal`]), so the
-//! shares follow the current holders without re-sealing the bundle. The
+//! shares follow the current holders without re-sealing the bundle; a
+//! password change seals version `v + 1` and deals its new `k`, after which
+//! honest holders can no longer answer for the old bundle and password. The
 //! bundle itself lives at [`bundle_key`]`(account)`.
 //!
 //! **What this does not protect against.** `t` colluding holders of one
@@ -47,8 +50,11 @@
 //! only a root-key rotation does. The `r` replicas of one index keep
 //! separate budgets, so the online guessing rate per account is up to
 //! `r` × [`GUESS_REFILL_PER_HOUR`]. Anyone may spend an account's budget, so
-//! a determined stranger can delay a legitimate login by up to the refill
-//! time (the price of limiting guesses without knowing who guesses).
+//! a stranger who keeps asking keeps that account's password logins
+//! refused for as long as it asks (devices already logged in hold device
+//! keys and are unaffected): the price of limiting guesses without knowing
+//! who guesses; per-source budgets or a proof of work per request would
+//! narrow it.
 //! Holders do not prove their answers (no DLEQ proof yet): a lying holder
 //! makes a login fail as a wrong password would, and the client must then
 //! retry with another set of `t` holders.
@@ -231,12 +237,21 @@ fn oprf_output(account_key: &PublicKey, password: &[u8], unblinded: &RistrettoPo
 // The OPRF key and its shares
 // ---------------------------------------------------------------------------
 
-/// The account's OPRF key, derived from the root seed: whoever unseals the
-/// root key (any later login) can re-deal shares of the same key, and the
-/// bundle need not be re-sealed when the holders change.
-pub fn oprf_key(root_seed: &[u8; 32]) -> Scalar {
+/// The OPRF key of bundle `version`, derived from the root seed: whoever
+/// unseals the root key (any later login) can re-deal shares of the same
+/// key, and the bundle need not be re-sealed when the holders change.
+///
+/// *Changed from the first design* (`oprf_key(root_seed)` alone): with one
+/// key for every version, a password change did not retire the old
+/// password — anyone who had fetched the old bundle (any replica, any
+/// time) could still open it online through the holders with the old,
+/// perhaps leaked, password. With the version in the key, the re-deal that
+/// goes with a new version leaves honest holders unable to answer for the
+/// old one.
+pub fn oprf_key(root_seed: &[u8; 32], version: u64) -> Scalar {
     let mut hasher = blake3::Hasher::new_derive_key(context::OPRF_KEY);
     hasher.update(root_seed);
+    hasher.update(&version.to_le_bytes());
     let mut wide = Zeroizing::new([0u8; 64]);
     hasher.finalize_xof().fill(&mut wide[..]);
     Scalar::from_bytes_mod_order_wide(&wide)
@@ -574,17 +589,23 @@ fn deal_signing_bytes(body: &ShareDealBody) -> Vec<u8> {
     to_signing_bytes(body)
 }
 
-/// The root key deals fresh shares of its OPRF key for `epoch`, one signed
-/// [`ShareDeal`] per index (index `i` goes to the holders of
-/// [`share_key`]`(account, i)`, over an encrypted connection only).
+/// The root key deals fresh shares of the OPRF key of bundle
+/// `bundle_version` for `epoch`, one signed [`ShareDeal`] per index (index
+/// `i` goes to the holders of [`share_key`]`(account, i)`, over an encrypted
+/// connection only). A password change seals version `v + 1` and deals its
+/// key under a higher epoch; a login may re-deal the current version's key
+/// under a higher epoch to follow the holders. The epoch only has to grow:
+/// the dealing device's wall clock in ms will do, and a holder that holds a
+/// higher one says so ([`HolderError::StaleEpoch`]).
 pub fn deal(
     root: &Keypair,
+    bundle_version: u64,
     epoch: u64,
     sharing: Sharing,
     rng: &mut impl Rng,
 ) -> Result<Vec<ShareDeal>, BundleError> {
     let seed = Zeroizing::new(root.secret_seed().ok_or(BundleError::NoSecret)?);
-    let mut key = oprf_key(&seed);
+    let mut key = oprf_key(&seed, bundle_version);
     let shares = deal_shares(&key, sharing, rng);
     key.zeroize();
     let deals = shares?
@@ -592,6 +613,7 @@ pub fn deal(
         .map(|share| {
             let body = ShareDealBody {
                 account_key: root.public(),
+                bundle_version,
                 epoch,
                 index: share.index,
                 commitment: share_commitment(&share.scalar),
@@ -636,12 +658,14 @@ pub enum HolderError {
     InvalidElement,
 }
 
-/// A holder's answer to one evaluation request. The epoch goes back to the
-/// client, which combines only answers of one epoch (shares of different
-/// deals do not combine).
+/// A holder's answer to one evaluation request. The bundle version and the
+/// epoch go back to the client, which combines only answers for the
+/// bundle's version and of one epoch (shares of different deals do not
+/// combine).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct HolderAnswer {
     pub index: u8,
+    pub bundle_version: u64,
     pub epoch: u64,
     pub evaluation: Evaluation,
 }
@@ -691,6 +715,7 @@ impl GuessBudget {
 
 struct HeldShare {
     share: OprfShare,
+    bundle_version: u64,
     epoch: u64,
     budget: GuessBudget,
 }
@@ -765,6 +790,7 @@ impl BundleHolder {
         match self.shares.get_mut(&body.account_key) {
             Some(held) => {
                 held.share = share;
+                held.bundle_version = body.bundle_version;
                 held.epoch = body.epoch;
             }
             None => {
@@ -772,6 +798,7 @@ impl BundleHolder {
                     body.account_key,
                     HeldShare {
                         share,
+                        bundle_version: body.bundle_version,
                         epoch: body.epoch,
                         budget: GuessBudget::full(now),
                     },
@@ -801,6 +828,7 @@ impl BundleHolder {
             .map_err(|retry_after_ms| HolderError::Refused { retry_after_ms })?;
         Ok(HolderAnswer {
             index: held.share.index,
+            bundle_version: held.bundle_version,
             epoch: held.epoch,
             evaluation: Evaluation((held.share.scalar * point).compress().to_bytes()),
         })
@@ -830,6 +858,7 @@ mod tests {
     use rand_pcg::Pcg64Mcg;
 
     const PASSWORD: &str = "correct horse battery staple";
+    const NEW_PASSWORD: &str = "new password, longer";
     const KDF_TINY: KdfParams = KDF_PARAMS_SIMULATION;
     const SHARING: Sharing = Sharing {
         threshold: BUNDLE_THRESHOLD,
@@ -849,7 +878,7 @@ mod tests {
 
     fn account(rng: &mut Pcg64Mcg) -> Account {
         let root = Keypair::generate(CryptoMode::Full, rng);
-        let key = oprf_key(&root.secret_seed().unwrap());
+        let key = oprf_key(&root.secret_seed().unwrap(), 1);
         let shares = deal_shares(&key, SHARING, rng).unwrap();
         let output = oprf_output_with_key(&key, PASSWORD, &root.public());
         let bundle = seal_bundle(&root, PASSWORD, &output, KDF_TINY, SHARING, 1, rng).unwrap();
@@ -946,7 +975,7 @@ mod tests {
     fn composed_and_decomposed_accents_are_one_password() {
         let mut rng = rng();
         let root = Keypair::generate(CryptoMode::Full, &mut rng);
-        let key = oprf_key(&root.secret_seed().unwrap());
+        let key = oprf_key(&root.secret_seed().unwrap(), 1);
         let composed = "caf\u{e9} au lait";
         let decomposed = "cafe\u{301} au lait";
         let output = oprf_output_with_key(&key, composed, &root.public());
@@ -1058,33 +1087,81 @@ mod tests {
     }
 
     #[test]
-    fn a_password_change_seals_a_newer_version() {
+    fn a_password_change_retires_the_old_password() {
         let mut rng = rng();
-        let account = account(&mut rng);
-        let account_key = account.root.public();
-        let output = oprf_output_with_key(&account.key, "new password", &account_key);
-        let version = account.bundle.body.version + 1;
-        let newer = seal_bundle(
-            &account.root,
-            "new password",
-            &output,
-            KDF_TINY,
-            SHARING,
-            version,
-            &mut rng,
-        )
-        .unwrap();
-        verify_bundle(CryptoMode::Full, &newer).unwrap();
-        assert_eq!(newer_bundle(&account.bundle, &newer), &newer);
-        assert_eq!(newer_bundle(&newer, &account.bundle), &newer);
-        // The same shares serve the new password.
-        let shares: Vec<&OprfShare> = account.shares.iter().skip(2).collect();
-        let login = login_output("new password", &account_key, &shares, &mut rng);
-        open_bundle(&newer, "new password", &login).unwrap();
+        let root = Keypair::generate(CryptoMode::Full, &mut rng);
+        let account_key = root.public();
+        let seed = root.secret_seed().unwrap();
+        let seal = |password: &str, version: u64, rng: &mut Pcg64Mcg| {
+            let output = oprf_output_with_key(&oprf_key(&seed, version), password, &account_key);
+            seal_bundle(&root, password, &output, KDF_TINY, SHARING, version, rng).unwrap()
+        };
+        let holders_for = |version: u64, epoch: u64, rng: &mut Pcg64Mcg| -> Vec<BundleHolder> {
+            deal(&root, version, epoch, SHARING, rng)
+                .unwrap()
+                .iter()
+                .map(|deal| {
+                    let mut holder = BundleHolder::new(CryptoMode::Full, 4);
+                    holder.accept_deal(Instant::ZERO, deal).unwrap();
+                    holder
+                })
+                .collect()
+        };
+        // Through three holders, as a client does.
+        let login = |holders: &mut [BundleHolder], password: &str, rng: &mut Pcg64Mcg| {
+            let (blinding, blinded) = blind(password, &account_key, rng);
+            let answers: Vec<(u8, Evaluation)> = holders[..3]
+                .iter_mut()
+                .map(|holder| {
+                    let answer = holder
+                        .evaluate(Instant::ZERO, &account_key, &blinded)
+                        .unwrap();
+                    (answer.index, answer.evaluation)
+                })
+                .collect();
+            finalize(&blinding, password, &account_key, &answers).unwrap()
+        };
+
+        let old = seal(PASSWORD, 1, &mut rng);
+        let mut holders = holders_for(1, 1, &mut rng);
+        let output = login(&mut holders, PASSWORD, &mut rng);
+        open_bundle(&old, PASSWORD, &output).unwrap();
+
+        // The password changes: version 2, its own key, dealt under epoch 2.
+        let new = seal(NEW_PASSWORD, 2, &mut rng);
+        verify_bundle(CryptoMode::Full, &new).unwrap();
+        assert_eq!(newer_bundle(&old, &new), &new);
+        assert_eq!(newer_bundle(&new, &old), &new);
+        for (holder, deal) in holders
+            .iter_mut()
+            .zip(deal(&root, 2, 2, SHARING, &mut rng).unwrap())
+        {
+            holder.accept_deal(Instant::ZERO, &deal).unwrap();
+        }
+        let output = login(&mut holders, NEW_PASSWORD, &mut rng);
         assert_eq!(
-            open_bundle(&newer, PASSWORD, &login).unwrap_err(),
+            open_bundle(&new, NEW_PASSWORD, &output).unwrap().public(),
+            account_key
+        );
+        // Whoever kept the old bundle cannot open it with the old password
+        // any more: the holders now answer with version 2's key.
+        let stale = login(&mut holders, PASSWORD, &mut rng);
+        assert_eq!(
+            open_bundle(&old, PASSWORD, &stale).unwrap_err(),
             BundleError::WrongPassword
         );
+        assert_eq!(
+            open_bundle(&new, PASSWORD, &stale).unwrap_err(),
+            BundleError::WrongPassword
+        );
+        let answer = holders[0]
+            .evaluate(
+                Instant::ZERO,
+                &account_key,
+                &blind(PASSWORD, &account_key, &mut rng).1,
+            )
+            .unwrap();
+        assert_eq!((answer.bundle_version, answer.epoch), (2, 2));
     }
 
     #[test]
@@ -1194,7 +1271,7 @@ mod tests {
             BundleError::NoSecret
         );
         assert_eq!(
-            deal(&root, 1, SHARING, &mut rng).unwrap_err(),
+            deal(&root, 1, 1, SHARING, &mut rng).unwrap_err(),
             BundleError::NoSecret
         );
     }
@@ -1285,7 +1362,7 @@ mod tests {
         accounts_max: usize,
     ) -> (BundleHolder, Keypair, Vec<ShareDeal>) {
         let root = Keypair::generate(CryptoMode::Full, rng);
-        let deals = deal(&root, 1, SHARING, rng).unwrap();
+        let deals = deal(&root, 1, 1, SHARING, rng).unwrap();
         let mut holder = BundleHolder::new(CryptoMode::Full, accounts_max);
         holder.accept_deal(Instant::ZERO, &deals[0]).unwrap();
         (holder, root, deals)
@@ -1296,10 +1373,10 @@ mod tests {
         let mut rng = rng();
         let root = Keypair::generate(CryptoMode::Full, &mut rng);
         let account_key = root.public();
-        let key = oprf_key(&root.secret_seed().unwrap());
+        let key = oprf_key(&root.secret_seed().unwrap(), 1);
         let output = oprf_output_with_key(&key, PASSWORD, &account_key);
         let bundle = seal_bundle(&root, PASSWORD, &output, KDF_TINY, SHARING, 1, &mut rng).unwrap();
-        let deals = deal(&root, 7, SHARING, &mut rng).unwrap();
+        let deals = deal(&root, 1, 7, SHARING, &mut rng).unwrap();
         assert_eq!(deals.len(), usize::from(BUNDLE_HOLDERS));
         let mut holders: Vec<BundleHolder> = deals
             .iter()
@@ -1383,10 +1460,10 @@ mod tests {
                 offered: 1
             })
         );
-        let second = deal(&root, 2, SHARING, &mut rng).unwrap();
+        let second = deal(&root, 1, 2, SHARING, &mut rng).unwrap();
         // A stranger cannot overwrite the share, even with a higher epoch.
         let stranger = Keypair::generate(CryptoMode::Full, &mut rng);
-        let mut forged = deal(&stranger, 9, SHARING, &mut rng).unwrap().remove(0);
+        let mut forged = deal(&stranger, 1, 9, SHARING, &mut rng).unwrap().remove(0);
         forged.body.account_key = account;
         assert_eq!(
             holder.accept_deal(t0, &forged),
@@ -1441,13 +1518,13 @@ mod tests {
         let mut rng = rng();
         let (mut holder, root, _) = holder_with_deals(&mut rng, 1);
         let other = Keypair::generate(CryptoMode::Full, &mut rng);
-        let deals = deal(&other, 1, SHARING, &mut rng).unwrap();
+        let deals = deal(&other, 1, 1, SHARING, &mut rng).unwrap();
         assert_eq!(
             holder.accept_deal(Instant::ZERO, &deals[0]),
             Err(HolderError::Full { accounts_max: 1 })
         );
         assert_eq!(holder.len(), 1);
-        let again = deal(&root, 2, SHARING, &mut rng).unwrap();
+        let again = deal(&root, 1, 2, SHARING, &mut rng).unwrap();
         holder.accept_deal(Instant::ZERO, &again[3]).unwrap();
         assert_eq!(
             holder.evaluate(Instant::ZERO, &other.public(), &BlindedElement([0; 32])),

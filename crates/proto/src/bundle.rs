@@ -72,6 +72,9 @@ pub struct Evaluation(pub [u8; 32]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
 pub struct ShareDealBody {
     pub account_key: PublicKey,
+    /// The bundle version whose OPRF key this is a share of (a password
+    /// change seals a new version with a new key).
+    pub bundle_version: u64,
     /// Grows with every re-deal; a holder replaces its share only with a
     /// higher epoch.
     pub epoch: u64,
@@ -115,6 +118,7 @@ mod tests {
         let deal = ShareDeal {
             body: ShareDealBody {
                 account_key: PublicKey([1; 32]),
+                bundle_version: 1,
                 epoch: 1,
                 index: 1,
                 commitment: [2; 32],

@@ -78,16 +78,17 @@ fn key_bundle() -> impl Strategy<Value = KeyBundle> {
 fn share_deal() -> impl Strategy<Value = ShareDeal> {
     (
         uniform32(any::<u8>()),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
         any::<u8>(),
         uniform32(any::<u8>()),
         signature(),
         uniform32(any::<u8>()),
     )
         .prop_map(
-            |(account, epoch, index, commitment, signature, share)| ShareDeal {
+            |(account, (bundle_version, epoch), index, commitment, signature, share)| ShareDeal {
                 body: ShareDealBody {
                     account_key: PublicKey(account),
+                    bundle_version,
                     epoch,
                     index,
                     commitment,
