@@ -92,9 +92,9 @@ pub const BUNDLE_HOLDERS_MAX: u8 = 16;
 /// second recommended option, with one lane: the client runs it on one
 /// thread). `cargo run --release -p peerline-core --example bundle_cost`
 /// measures what a seal or an open costs: on the development machine (2
-/// shared cores, load ~4.5, 2026-11-28) a median of 155–170 ms each (min
-/// ~140 ms; 335 ms while the other core's builds competed for memory
-/// bandwidth), against 0.4 ms for a whole OPRF round. So every offline
+/// shared cores, 2026-11-28) a median of ~150 ms each at load ~2 (min
+/// ~142 ms), 155–170 ms at load ~4.5, once 335 ms while other builds
+/// competed for memory bandwidth — against 0.4 ms for a whole OPRF round. So every offline
 /// guess of a coalition of `t` holders costs ~0.15 s of a core and 64 MiB,
 /// and a login pays it once.
 pub const KDF_PARAMS_PRODUCTION: KdfParams = KdfParams {
