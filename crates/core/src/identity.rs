@@ -24,6 +24,8 @@ pub mod domain {
     pub const RESUME: &[u8] = b"peerline/v1/resume";
     pub const ENVELOPE: &[u8] = b"peerline/v1/envelope";
     pub const RELAY: &[u8] = b"peerline/v1/relay";
+    pub const KEY_BUNDLE: &[u8] = b"peerline/v1/key-bundle";
+    pub const SHARE_DEAL: &[u8] = b"peerline/v1/share-deal";
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]

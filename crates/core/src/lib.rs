@@ -7,6 +7,7 @@
 //! [`Node::poll_transmit`], [`Node::poll_event`] and [`Node::poll_timeout`].
 
 mod attached;
+pub mod bundle;
 pub mod client;
 pub mod hostcache;
 pub mod identity;

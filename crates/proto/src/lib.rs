@@ -14,11 +14,16 @@
 //! before anything is allocated ([`BoundedVec`], [`MESSAGE_LEN_MAX`]).
 
 pub mod bounded;
+pub mod bundle;
 pub mod message;
 pub mod names;
 pub mod types;
 
 pub use bounded::BoundedVec;
+pub use bundle::{
+    BlindedElement, Evaluation, KdfParams, KeyBundle, KeyBundleBody, ShareDeal, ShareDealBody,
+    Sharing, BUNDLE_NONCE_LEN, BUNDLE_SALT_LEN, BUNDLE_TAG_LEN,
+};
 pub use message::{
     BusyReason, Message, MessageKind, RelayRequestBody, CONTACTS_PER_MESSAGE_MAX,
     GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, SYNC_PAGE_MEMBERS_MAX,
