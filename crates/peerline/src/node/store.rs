@@ -173,6 +173,12 @@ impl Store {
     /// 0600, synced, then renamed into place, so a crash leaves no file or
     /// a whole one.
     pub fn create(path: &Path, identity: &StoredIdentity, hosts: &[HostEntry]) -> Result<Store> {
+        if path.exists() {
+            bail!(
+                "the state database {} exists already; it is not replaced",
+                path.display()
+            );
+        }
         let side = side_path(path);
         // A side file left by a crash is half made: start afresh.
         match std::fs::remove_file(&side) {
