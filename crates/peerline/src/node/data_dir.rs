@@ -206,8 +206,15 @@ impl DataDir {
                 utc_time(expires_unix_s)
             );
         }
+        let keypair = Keypair::from_seed(CryptoMode::Full, stored.device_seed);
+        if keypair.public() != stored.cert.body.device_key {
+            bail!(
+                "the state database {} is damaged (its certificate is for another device key); restore it from a backup, or move it away to start as a new node (with a new device key and account)",
+                self.store.path().display()
+            );
+        }
         Ok(DeviceIdentity {
-            keypair: Keypair::from_seed(CryptoMode::Full, stored.device_seed),
+            keypair,
             cert: stored.cert,
         })
     }
@@ -526,6 +533,22 @@ mod tests {
                 "{what}: left as it was"
             );
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_certificate_for_another_device_key_is_damage() {
+        let dir = scratch("other-device");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut stored = certify([1; 32], [2; 32], NOW);
+        stored.device_seed = [3; 32];
+        drop(Store::create(&dir.join(STATE_FILE), &stored, &[]).unwrap());
+        let data = DataDir::open(&dir, NOW).unwrap();
+        let error = data.identity(NOW).unwrap_err().to_string();
+        assert!(
+            error.contains("is damaged (its certificate is for another device key)"),
+            "{error}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
