@@ -1,6 +1,7 @@
 //! `peerline node` as an operator meets it: bad settings and bad data
 //! directories get one clear sentence and exit 2; the identity is made once
-//! (in `state.redb`, mode 0600) and kept; SIGTERM stops the node with exit 0 and a saved host
+//! (in `state.redb`, mode 0600) and kept, an old `identity.key` moved into
+//! it without its root key; SIGTERM stops the node with exit 0 and a saved host
 //! cache, from which it bootstraps alone after a restart.
 
 mod common;
@@ -212,6 +213,64 @@ fn identity_is_created_0600_and_kept_across_restarts() {
         Some(printed.as_str()),
         "a new port (127.0.0.1:0), the same key"
     );
+}
+
+#[test]
+fn an_identity_key_is_moved_into_the_state_database_and_its_root_key_dropped() {
+    use peerline_core::{CryptoMode, Keypair};
+    let hex = |seed: [u8; 32]| -> String {
+        Keypair::from_seed(CryptoMode::Full, seed)
+            .public()
+            .0
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let (device_seed, account_seed) = ([0x11u8; 32], [0x22u8; 32]);
+    let mut fleet = Fleet::new("migrate");
+    let data_dir = fleet.dir.join("old");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("identity.key"),
+        format!(
+            "device_secret_key = \"{}\"\naccount_secret_key = \"{}\"\n",
+            "11".repeat(32),
+            "22".repeat(32)
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--role",
+        "supernode",
+        "--listen",
+        "127.0.0.1:0",
+        "--fast-timers",
+    ];
+    let messaging = format!("{}:{}", hex(device_seed), hex(account_seed));
+    let first = fleet.start_in("old", &data_dir, &args);
+    fleet.bootstrap_of(first, START_WITHIN);
+    assert_eq!(fleet.nodes[first].messaging.as_deref(), Some(&*messaging));
+    assert!(!data_dir.join("identity.key").exists());
+    let log = fleet.nodes[first].log();
+    assert!(
+        log.contains("the account's root key is no longer kept on this device"),
+        "{log}"
+    );
+    let state = std::fs::read(data_dir.join("state.redb")).unwrap();
+    assert!(
+        !state.windows(32).any(|window| window == account_seed),
+        "the root key is not in state.redb"
+    );
+    assert_eq!(
+        fleet.nodes[first]
+            .terminate(STOP_WITHIN)
+            .map(|s| s.success()),
+        Some(true)
+    );
+
+    let again = fleet.start_in("old-again", &data_dir, &args);
+    fleet.bootstrap_of(again, START_WITHIN);
+    assert_eq!(fleet.nodes[again].messaging.as_deref(), Some(&*messaging));
 }
 
 #[test]
