@@ -1,11 +1,12 @@
 //! `peerline node` as an operator meets it: bad settings and bad data
 //! directories get one clear sentence and exit 2; the identity is made once
-//! (mode 0600) and kept; SIGTERM stops the node with exit 0 and a saved host
+//! (in `state.redb`, mode 0600) and kept, an old `identity.key` moved into
+//! it without its root key; SIGTERM stops the node with exit 0 and a saved host
 //! cache, from which it bootstraps alone after a restart.
 
 mod common;
 
-use common::{assert_clear_error, attached, peerline, Fleet};
+use common::{assert_clear_error, attached, damage_host_cache, peerline, saved_host_keys, Fleet};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -150,6 +151,17 @@ fn unusable_data_dirs_and_damaged_identities_are_named() {
     std::fs::create_dir_all(&damaged).unwrap();
     std::fs::write(damaged.join("identity.key"), "device_secret_key = \"12\"\n").unwrap();
     assert_clear_error(&run(&damaged), "is damaged");
+
+    let damaged_state = dir.join("damaged-state");
+    std::fs::create_dir_all(&damaged_state).unwrap();
+    std::fs::write(damaged_state.join("state.redb"), "garbage".repeat(1_000)).unwrap();
+    assert_clear_error(
+        &run(&damaged_state),
+        &format!(
+            "the state database {} is damaged",
+            damaged_state.join("state.redb").display()
+        ),
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -167,9 +179,15 @@ fn identity_is_created_0600_and_kept_across_restarts() {
     let printed = fleet.bootstrap_of(first, START_WITHIN);
     let key = fleet.nodes[first].key().to_string();
     assert_eq!(key.len(), 64);
-    let identity = fleet.nodes[first].data_dir.join("identity.key");
-    let mode = std::fs::metadata(&identity).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600, "identity file mode {:o}", mode & 0o777);
+    let state = fleet.nodes[first].data_dir.join("state.redb");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "state database mode {:o}",
+        mode & 0o777
+    );
+    assert!(!fleet.nodes[first].data_dir.join("identity.key").exists());
 
     let status = fleet.nodes[first].terminate(STOP_WITHIN);
     assert!(
@@ -195,6 +213,64 @@ fn identity_is_created_0600_and_kept_across_restarts() {
         Some(printed.as_str()),
         "a new port (127.0.0.1:0), the same key"
     );
+}
+
+#[test]
+fn an_identity_key_is_moved_into_the_state_database_and_its_root_key_dropped() {
+    use peerline_core::{CryptoMode, Keypair};
+    let hex = |seed: [u8; 32]| -> String {
+        Keypair::from_seed(CryptoMode::Full, seed)
+            .public()
+            .0
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let (device_seed, account_seed) = ([0x11u8; 32], [0x22u8; 32]);
+    let mut fleet = Fleet::new("migrate");
+    let data_dir = fleet.dir.join("old");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("identity.key"),
+        format!(
+            "device_secret_key = \"{}\"\naccount_secret_key = \"{}\"\n",
+            "11".repeat(32),
+            "22".repeat(32)
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--role",
+        "supernode",
+        "--listen",
+        "127.0.0.1:0",
+        "--fast-timers",
+    ];
+    let messaging = format!("{}:{}", hex(device_seed), hex(account_seed));
+    let first = fleet.start_in("old", &data_dir, &args);
+    fleet.bootstrap_of(first, START_WITHIN);
+    assert_eq!(fleet.nodes[first].messaging.as_deref(), Some(&*messaging));
+    assert!(!data_dir.join("identity.key").exists());
+    let log = fleet.nodes[first].log();
+    assert!(
+        log.contains("the account's root key is no longer kept on this device"),
+        "{log}"
+    );
+    let state = std::fs::read(data_dir.join("state.redb")).unwrap();
+    assert!(
+        !state.windows(32).any(|window| window == account_seed),
+        "the root key is not in state.redb"
+    );
+    assert_eq!(
+        fleet.nodes[first]
+            .terminate(STOP_WITHIN)
+            .map(|s| s.success()),
+        Some(true)
+    );
+
+    let again = fleet.start_in("old-again", &data_dir, &args);
+    fleet.bootstrap_of(again, START_WITHIN);
+    assert_eq!(fleet.nodes[again].messaging.as_deref(), Some(&*messaging));
 }
 
 #[test]
@@ -233,11 +309,10 @@ fn a_client_saves_its_host_cache_and_restarts_from_it_alone() {
             .map(|s| s.success()),
         Some(true)
     );
-    let saved = std::fs::read_to_string(fleet.nodes[client].data_dir.join("hostcache.toml"))
-        .expect("host cache saved at shutdown");
+    let saved = saved_host_keys(&fleet.nodes[client].data_dir);
     for &index in &supernodes {
         let key = fleet.nodes[index].key().to_string();
-        assert!(saved.contains(&key), "{key} missing from {saved}");
+        assert!(saved.contains(&key), "{key} missing from {saved:?}");
     }
 
     // No --bootstrap: the saved host cache is all it has.
@@ -251,7 +326,7 @@ fn a_client_saves_its_host_cache_and_restarts_from_it_alone() {
 
     // A damaged host cache: a warning, then the seeds.
     let _ = fleet.nodes[again].terminate(STOP_WITHIN);
-    std::fs::write(data_dir.join("hostcache.toml"), "[[host]]\nkey = 5\n").unwrap();
+    damage_host_cache(&data_dir);
     let mut args = vec!["--role", "client"];
     args.extend(fast);
     args.extend(["--bootstrap", seeds[0].as_str()]);
@@ -259,7 +334,10 @@ fn a_client_saves_its_host_cache_and_restarts_from_it_alone() {
     fleet.bootstrap_of(third, START_WITHIN);
     assert!(at_two(&mut fleet, third), "{}", fleet.nodes[third].log());
     let log = fleet.nodes[third].log();
-    assert!(log.contains("ignoring the host cache"), "{log}");
+    assert!(
+        log.contains("of the host cache in") && log.contains("ignoring "),
+        "{log}"
+    );
 }
 
 #[test]
@@ -302,10 +380,10 @@ fn a_supernode_rejoins_through_saved_members_when_its_seed_is_gone() {
         Some(true)
     );
     let data_dir = fleet.nodes[leaver].data_dir.clone();
-    let saved = std::fs::read_to_string(data_dir.join("hostcache.toml")).unwrap();
+    let saved = saved_host_keys(&data_dir);
     assert!(
         saved.contains(&other_key),
-        "a member it was never told of is saved: {saved}"
+        "a member it was never told of is saved: {saved:?}"
     );
 
     // The only seed dies; the restart has no --bootstrap, only what it saved.

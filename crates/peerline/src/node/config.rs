@@ -31,8 +31,9 @@ pub struct NodeArgs {
     /// interface's address is the right one, which is then used and logged).
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<SocketAddr>,
-    /// Directory for the node's identity (identity.key, created on first
-    /// start, mode 0600), its host cache (hostcache.toml) and nothing else.
+    /// Directory for the node's state: state.redb (its device key and
+    /// certificate, contacts and host cache; made on first start, mode
+    /// 0600; an old identity.key is moved into it) and a lock file.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Supernodes to start from, as NODE_KEY@ADDR (the node key in 64 hex

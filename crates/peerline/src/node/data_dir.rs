@@ -1,90 +1,66 @@
-//! The node's data directory: its identity and its host cache.
+//! The node's data directory: opened (mode 0700 when created), locked while
+//! a node runs, and holding `state.redb` (`store`: the device key and
+//! certificate, contacts, host cache, owned names).
 //!
-//! - `identity.key` (TOML, mode 0600 from creation): the device's Ed25519
-//!   secret key and, as the current code certifies the device at every
-//!   start, the account's. Made on first start, reused after; a damaged file
-//!   is an error (a silently new identity would be a different node).
-//! - `hostcache.toml`: supernodes the node knew, best first. A hint, not a
-//!   truth: unreadable or damaged, it is reported as a warning and the node
-//!   starts from its seeds (a disk hiccup must not keep a node off the
-//!   network); it is rewritten whole (write to a side file, then rename).
+//! - First start: a new account and device. The account's root key is made,
+//!   certifies the device once (valid `DEVICE_CERT_TTL_S`), and is dropped:
+//!   it is never written. (Keeping the root key elsewhere — sealed in the
+//!   directory, opened with a password — comes with `peerline account
+//!   create` and `peerline login`.)
+//! - A directory from before the store (`identity.key` holds the device's
+//!   and the account's secret keys, `hostcache.toml` the host cache) is
+//!   migrated once: the account key certifies the device one last time, the
+//!   store is written, and both old files are removed (`identity.key`
+//!   overwritten first). The root key does not survive the migration.
+//! - After: the stored certificate is used as it is, so a device whose
+//!   certificate expired stops with an error telling to log in again; a
+//!   damaged `state.redb` is an error (a silently new identity would be a
+//!   different node and account).
 
-use super::config::{key_hex, parse_key_hex};
+mod legacy;
+
+use super::store::{self, LoadedHostCache, Store, StoredIdentity};
 use anyhow::{bail, Context, Result};
 use peerline_core::hostcache::HostEntry;
 use peerline_core::identity::issue_device_cert;
 use peerline_core::{CryptoMode, DeviceIdentity, Keypair};
-use peerline_proto::{Addr, Contact, PublicKey};
-use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-pub const IDENTITY_FILE: &str = "identity.key";
-pub const HOST_CACHE_FILE: &str = "hostcache.toml";
+pub use legacy::{HOST_CACHE_FILE, IDENTITY_FILE};
+pub use store::STATE_FILE;
+
 /// Locked while a node runs on the directory (holds its process ID).
 const LOCK_FILE: &str = "lock";
-/// Host-cache entries read back; a longer file is cut (the core keeps
-/// `host_cache_len_max` anyway).
-pub const HOST_CACHE_LOAD_LEN_MAX: usize = 1_024;
-/// A host cache file longer than this is not read.
-const HOST_CACHE_FILE_LEN_MAX: u64 = 1 << 20;
-/// An identity file longer than this is not read.
-const IDENTITY_FILE_LEN_MAX: u64 = 4_096;
+/// Lifetime of the certificate a device gets from its account. The device
+/// cannot renew it (it holds no root key), so it is long; a running node
+/// warns in its last `DEVICE_CERT_WARNING_S`. (The network's nodes in the
+/// simulator and the loopback demo re-certify at every start with
+/// `Params::device_cert_ttl_s`, 30 days.)
+pub const DEVICE_CERT_TTL_S: u64 = 365 * 24 * 3_600;
+pub const DEVICE_CERT_WARNING_S: u64 = 30 * 24 * 3_600;
 
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
+    store: Store,
+    origin: IdentityOrigin,
     /// Held (an exclusive advisory lock on `LOCK_FILE`) while the node
     /// runs: two nodes on one directory would share an identity and
-    /// overwrite each other's host cache.
+    /// overwrite each other's state.
     _lock: File,
 }
 
 /// Where the identity came from, for the start-up line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentityOrigin {
+    /// A new account and device, just made.
     Created,
+    /// Moved from an `identity.key` into the store.
+    Migrated,
     Loaded,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityFile {
-    device_secret_key: String,
-    account_secret_key: String,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostCacheFile {
-    #[serde(default)]
-    host: Vec<HostLine>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostLine {
-    key: String,
-    addr: SocketAddr,
-    /// The supernode's ID-puzzle nonce as last seen (0 when unknown).
-    #[serde(default)]
-    id_nonce: u64,
-    /// Failures since its last success, when saved.
-    #[serde(default)]
-    failures: u8,
-    /// Smoothed attach round-trip time, when measured.
-    #[serde(default)]
-    rtt_ms: Option<u16>,
-}
-
-/// A loaded host cache, best first, and what was wrong with the file.
-#[derive(Debug, Default)]
-pub struct LoadedHostCache {
-    pub contacts: Vec<Contact>,
-    pub warning: Option<String>,
 }
 
 /// Takes the directory's lock (released by the OS when the process ends,
@@ -122,33 +98,75 @@ fn lock(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Creates the directory (mode 0700) if missing and checks that it is a
+/// directory the node can read and write.
+fn prepare(path: &Path) -> Result<()> {
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("cannot create the data directory {}", path.display()))?;
+    }
+    if !path.is_dir() {
+        bail!(
+            "the data directory {} is not a directory; give --data-dir a directory",
+            path.display()
+        );
+    }
+    std::fs::read_dir(path)
+        .with_context(|| format!("cannot read the data directory {}", path.display()))?;
+    let probe = path.join(".peerline-write-test");
+    let _ = std::fs::remove_file(&probe);
+    File::create(&probe)
+        .with_context(|| format!("the data directory {} is not writable", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 impl DataDir {
-    /// Creates the directory (mode 0700) if missing and checks that it is
-    /// a directory the node can read and write.
-    pub fn open(path: &Path) -> Result<DataDir> {
-        if !path.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .with_context(|| format!("cannot create the data directory {}", path.display()))?;
-        }
-        if !path.is_dir() {
-            bail!(
-                "the data directory {} is not a directory; give --data-dir a directory",
-                path.display()
-            );
-        }
-        std::fs::read_dir(path)
-            .with_context(|| format!("cannot read the data directory {}", path.display()))?;
-        let probe = path.join(".peerline-write-test");
-        let _ = std::fs::remove_file(&probe);
-        File::create(&probe)
-            .with_context(|| format!("the data directory {} is not writable", path.display()))?;
-        let _ = std::fs::remove_file(&probe);
+    /// Opens (creating it if missing) and locks the directory, then opens
+    /// its store — made on first start (a new account certifying a new
+    /// device, valid from `now_unix_s`), migrated from `identity.key` once.
+    pub fn open(path: &Path, now_unix_s: u64) -> Result<DataDir> {
+        prepare(path)?;
         let lock = lock(path)?;
+        let state = path.join(STATE_FILE);
+        let old_identity = path.join(IDENTITY_FILE);
+        let old_host_cache = path.join(HOST_CACHE_FILE);
+        let (store, origin) = if state.exists() {
+            let store = Store::open(&state)?;
+            if old_identity.exists() {
+                finish_migration(&store, &old_identity, &old_host_cache)?;
+            }
+            (store, IdentityOrigin::Loaded)
+        } else if old_identity.exists() {
+            let old = legacy::read_identity(&old_identity)?;
+            let (hosts, warning) = legacy::read_host_cache(&old_host_cache);
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            let identity = certify(old.device_seed, old.account_seed, now_unix_s);
+            drop(old);
+            let store = Store::create(&state, &identity, &hosts)?;
+            remove_old_files(&old_identity, &old_host_cache)?;
+            tracing::info!(
+                "moved {} into {} (the account's root key is no longer kept on this device)",
+                old_identity.display(),
+                state.display()
+            );
+            (store, IdentityOrigin::Migrated)
+        } else {
+            let identity = certify(random_seed()?, random_seed()?, now_unix_s);
+            (
+                Store::create(&state, &identity, &[])?,
+                IdentityOrigin::Created,
+            )
+        };
         Ok(DataDir {
             path: path.to_path_buf(),
+            store,
+            origin,
             _lock: lock,
         })
     }
@@ -157,89 +175,103 @@ impl DataDir {
         &self.path
     }
 
-    pub fn identity_path(&self) -> PathBuf {
-        self.path.join(IDENTITY_FILE)
+    #[allow(dead_code)]
+    pub fn state_path(&self) -> &Path {
+        self.store.path()
     }
 
-    pub fn host_cache_path(&self) -> PathBuf {
-        self.path.join(HOST_CACHE_FILE)
+    #[allow(dead_code)]
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// The node's identity: loaded when the file exists, else made from
-    /// the operating system's randomness and written (mode 0600) first. The
-    /// device certificate is issued afresh, valid `cert_ttl_s` from `now_unix_s`.
-    pub fn identity(
-        &self,
-        now_unix_s: u64,
-        cert_ttl_s: u64,
-    ) -> Result<(DeviceIdentity, IdentityOrigin)> {
-        let path = self.identity_path();
-        let (device, account, origin) = if path.exists() {
-            let (device, account) = read_identity(&path)?;
-            (device, account, IdentityOrigin::Loaded)
-        } else {
-            let device = random_seed()?;
-            let account = random_seed()?;
-            write_identity(&path, &device, &account)?;
-            (device, account, IdentityOrigin::Created)
-        };
-        let device = Keypair::from_seed(CryptoMode::Full, device);
-        let account = Keypair::from_seed(CryptoMode::Full, account);
-        let cert = issue_device_cert(&account, device.public(), now_unix_s + cert_ttl_s);
-        Ok((
-            DeviceIdentity {
-                keypair: device,
-                cert,
-            },
-            origin,
-        ))
+    pub fn origin(&self) -> IdentityOrigin {
+        self.origin
     }
 
-    /// The saved host cache, best first; a missing file is an empty cache,
-    /// a bad one an empty cache and a warning.
-    pub fn load_host_cache(&self) -> LoadedHostCache {
-        let path = self.host_cache_path();
-        match read_host_cache(&path) {
-            Ok(contacts) => LoadedHostCache {
-                contacts,
-                warning: None,
-            },
-            Err(problem) => LoadedHostCache {
-                contacts: Vec::new(),
-                warning: Some(format!(
-                    "ignoring the host cache {} ({problem:#}); starting from the bootstrap list, and it will be rewritten",
-                    path.display()
-                )),
-            },
+    /// The device's key and certificate; an error once the certificate
+    /// has expired at `now_unix_s`, a warning in its last days.
+    pub fn identity(&self, now_unix_s: u64) -> Result<DeviceIdentity> {
+        let stored = self.store.identity()?;
+        let expires_unix_s = stored.cert.body.expires_unix_s;
+        if now_unix_s >= expires_unix_s {
+            bail!(
+                "this device's certificate expired on {}; log in again with `peerline login <name>`",
+                utc_time(expires_unix_s)
+            );
         }
+        if expires_unix_s - now_unix_s < DEVICE_CERT_WARNING_S {
+            tracing::warn!(
+                "this device's certificate expires on {}; log in again with `peerline login <name>` before then",
+                utc_time(expires_unix_s)
+            );
+        }
+        let keypair = Keypair::from_seed(CryptoMode::Full, stored.device_seed);
+        if keypair.public() != stored.cert.body.device_key {
+            bail!(
+                "the state database {} is damaged (its certificate is for another device key); restore it from a backup, or move it away to start as a new node (with a new device key and account)",
+                self.store.path().display()
+            );
+        }
+        Ok(DeviceIdentity {
+            keypair,
+            cert: stored.cert,
+        })
     }
 
-    /// Writes the host cache, best first (fewest failures, then fastest).
-    pub fn save_host_cache(&self, entries: &[HostEntry]) -> Result<()> {
-        let mut sorted: Vec<&HostEntry> = entries.iter().collect();
-        sorted.sort_by_key(|entry| (entry.failures, entry.rtt_ms));
-        let file = HostCacheFile {
-            host: sorted
-                .into_iter()
-                .take(HOST_CACHE_LOAD_LEN_MAX)
-                .map(|entry| HostLine {
-                    key: key_hex(&entry.contact.key),
-                    addr: entry.contact.addr.to_socket(),
-                    id_nonce: entry.contact.id_nonce,
-                    failures: entry.failures,
-                    rtt_ms: (entry.rtt_ms != u16::MAX).then_some(entry.rtt_ms),
-                })
-                .collect(),
-        };
-        let text = toml::to_string(&file).context("cannot encode the host cache")?;
-        let text = format!(
-            "# Supernodes this peerline node knew, best first; rewritten by the node.\n{}\n",
-            text.trim_end()
-        );
-        let path = self.host_cache_path();
-        replace_file(&path, text.as_bytes(), 0o644)
-            .with_context(|| format!("cannot save the host cache {}", path.display()))
+    /// The saved host cache, best first; damaged entries are skipped and
+    /// named in the warning.
+    pub fn load_host_cache(&self) -> LoadedHostCache {
+        self.store.load_host_cache()
     }
+
+    /// Replaces the host cache, best first (fewest failures, then fastest).
+    pub fn save_host_cache(&self, entries: &[HostEntry]) -> Result<()> {
+        self.store.save_host_cache(entries)
+    }
+}
+
+/// The account certifies the device, once; the account's key goes out of
+/// scope here.
+fn certify(device_seed: [u8; 32], account_seed: [u8; 32], now_unix_s: u64) -> StoredIdentity {
+    let device = Keypair::from_seed(CryptoMode::Full, device_seed);
+    let account = Keypair::from_seed(CryptoMode::Full, account_seed);
+    let cert = issue_device_cert(
+        &account,
+        device.public(),
+        now_unix_s.saturating_add(DEVICE_CERT_TTL_S),
+    );
+    StoredIdentity { device_seed, cert }
+}
+
+/// A crash between writing the store and removing `identity.key` left
+/// both: the store wins when it holds the same device; another device's
+/// file is the operator's to sort out.
+fn finish_migration(store: &Store, old_identity: &Path, old_host_cache: &Path) -> Result<()> {
+    let same_device = legacy::read_identity(old_identity).is_ok_and(|old| {
+        old.device_seed == store.identity().map(|s| s.device_seed).unwrap_or_default()
+    });
+    if !same_device {
+        bail!(
+            "the data directory holds both {} and {}, for different devices; move {} away (it holds an account's root key: keep it safe or delete it)",
+            store.path().display(),
+            old_identity.display(),
+            old_identity.display()
+        );
+    }
+    remove_old_files(old_identity, old_host_cache)?;
+    tracing::info!(
+        "finished moving {} into {}",
+        old_identity.display(),
+        store.path().display()
+    );
+    Ok(())
+}
+
+fn remove_old_files(old_identity: &Path, old_host_cache: &Path) -> Result<()> {
+    legacy::shred(old_identity)?;
+    legacy::remove(old_host_cache)?;
+    store::sync_dir(old_identity)
 }
 
 fn random_seed() -> Result<[u8; 32]> {
@@ -249,112 +281,41 @@ fn random_seed() -> Result<[u8; 32]> {
     Ok(seed)
 }
 
-fn damaged(path: &Path, problem: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "the identity file {} is damaged ({problem}); restore it from a backup, or move it away to start as a new node (with a new node key)",
-        path.display()
+/// `2027-11-28 01:10 UTC` (the proleptic Gregorian calendar, from days
+/// since 1970-01-01: Howard Hinnant's `civil_from_days`).
+pub fn utc_time(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let seconds = unix_s % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        seconds / 3_600,
+        seconds % 3_600 / 60
     )
-}
-
-fn read_identity(path: &Path) -> Result<([u8; 32], [u8; 32])> {
-    let metadata = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the identity file {}", path.display()))?;
-    if metadata.len() > IDENTITY_FILE_LEN_MAX {
-        return Err(damaged(path, "far too long"));
-    }
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            "the identity file {} is readable by others (mode {mode:o}): whoever reads it can act as this node; chmod 600 it",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the identity file {}", path.display()))?;
-    let file: IdentityFile =
-        toml::from_str(&text).map_err(|error| damaged(path, error.message().trim_end()))?;
-    let device = parse_key_hex(&file.device_secret_key)
-        .ok_or_else(|| damaged(path, "device_secret_key is not 64 hex digits"))?;
-    let account = parse_key_hex(&file.account_secret_key)
-        .ok_or_else(|| damaged(path, "account_secret_key is not 64 hex digits"))?;
-    Ok((device, account))
-}
-
-fn write_identity(path: &Path, device: &[u8; 32], account: &[u8; 32]) -> Result<()> {
-    let file = IdentityFile {
-        device_secret_key: key_hex(&PublicKey(*device)),
-        account_secret_key: key_hex(&PublicKey(*account)),
-    };
-    let text = toml::to_string(&file).context("cannot encode the identity")?;
-    let text = format!(
-        "# peerline node identity: whoever holds this file can act as this node. Keep it secret.\n{text}"
-    );
-    replace_file(path, text.as_bytes(), 0o600)
-        .with_context(|| format!("cannot write the identity file {}", path.display()))
-}
-
-/// Writes `bytes` to a side file created with `mode` (never wider, never
-/// chmod'ed after), syncs it, and renames it over `path`: a crash leaves
-/// the old file or the new one, not half of one.
-fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut side = path.as_os_str().to_owned();
-    side.push(".new");
-    let side = PathBuf::from(side);
-    // A side file left by a crash may have another mode: start afresh.
-    match std::fs::remove_file(&side) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&side)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&side, path)
-}
-
-fn read_host_cache(path: &Path) -> Result<Vec<Contact>> {
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error).context("cannot read it"),
-    };
-    if metadata.len() > HOST_CACHE_FILE_LEN_MAX {
-        bail!("longer than {} bytes", HOST_CACHE_FILE_LEN_MAX);
-    }
-    let text = std::fs::read_to_string(path).context("cannot read it")?;
-    let file: HostCacheFile =
-        toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}", error.message().trim_end()))?;
-    let mut contacts = Vec::with_capacity(file.host.len().min(HOST_CACHE_LOAD_LEN_MAX));
-    for (index, line) in file
-        .host
-        .into_iter()
-        .take(HOST_CACHE_LOAD_LEN_MAX)
-        .enumerate()
-    {
-        let key = parse_key_hex(&line.key)
-            .ok_or_else(|| anyhow::anyhow!("entry {}: key is not 64 hex digits", index + 1))?;
-        if line.addr.ip().is_unspecified() || line.addr.port() == 0 {
-            bail!("entry {}: {} cannot be dialed", index + 1, line.addr);
-        }
-        let contact = Contact {
-            key: PublicKey(key),
-            id_nonce: line.id_nonce,
-            addr: Addr::from_socket(line.addr),
-        };
-        if !contacts.iter().any(|c: &Contact| c.key == contact.key) {
-            contacts.push(contact);
-        }
-    }
-    Ok(contacts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peerline_core::identity::verify_device_cert;
+    use peerline_proto::{Addr, Contact, PublicKey};
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NOW: u64 = 1_800_000_000;
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
@@ -377,11 +338,21 @@ mod tests {
         }
     }
 
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Whether `needle` appears anywhere in the file's bytes.
+    fn file_contains(path: &Path, needle: &[u8]) -> bool {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(needle.len()).any(|window| window == needle)
+    }
+
     #[test]
     fn one_node_at_a_time_holds_a_data_directory() {
         let dir = scratch("lock");
-        let first = DataDir::open(&dir).unwrap();
-        let error = DataDir::open(&dir).unwrap_err().to_string();
+        let first = DataDir::open(&dir, NOW).unwrap();
+        let error = DataDir::open(&dir, NOW).unwrap_err().to_string();
         assert!(
             error.contains("is in use by another peerline node")
                 && error.contains(&format!("(process {})", std::process::id())),
@@ -389,76 +360,220 @@ mod tests {
         );
         // Released when the holder goes.
         drop(first);
-        DataDir::open(&dir).unwrap();
+        DataDir::open(&dir, NOW).unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
-    fn identity_is_made_once_with_mode_0600_and_reused() {
+    fn identity_is_made_once_in_a_0600_file_in_a_0700_directory_and_reused() {
         let dir = scratch("identity");
-        let data = DataDir::open(&dir).unwrap();
-        let (first, origin) = data.identity(1_000, 60).unwrap();
-        assert_eq!(origin, IdentityOrigin::Created);
-        let mode = std::fs::metadata(data.identity_path())
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let (again, origin) = data.identity(2_000, 60).unwrap();
-        assert_eq!(origin, IdentityOrigin::Loaded);
+        let data = DataDir::open(&dir, NOW).unwrap();
+        assert_eq!(data.origin(), IdentityOrigin::Created);
+        let first = data.identity(NOW).unwrap();
+        assert_eq!(mode(&dir), 0o700, "data directory");
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600, "state database");
+        assert!(!dir.join(IDENTITY_FILE).exists());
+        assert!(!dir.join(format!("{STATE_FILE}.new")).exists());
+        verify_device_cert(CryptoMode::Full, &first.cert, NOW, 0).unwrap();
+        assert_eq!(first.cert.body.expires_unix_s, NOW + DEVICE_CERT_TTL_S);
+        drop(data);
+
+        let data = DataDir::open(&dir, NOW + 5_000).unwrap();
+        assert_eq!(data.origin(), IdentityOrigin::Loaded);
+        let again = data.identity(NOW + 5_000).unwrap();
         assert_eq!(again.keypair.public(), first.keypair.public());
         assert_eq!(again.account(), first.account());
-        assert_eq!(again.cert.body.expires_unix_s, 2_060, "certified afresh");
+        assert_eq!(
+            again.cert, first.cert,
+            "the stored certificate, not a new one"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
-    fn a_damaged_identity_is_an_error_not_a_new_node() {
+    fn an_expired_certificate_is_an_error_that_says_to_log_in_again() {
+        let dir = scratch("expired");
+        let data = DataDir::open(&dir, NOW).unwrap();
+        let expires = NOW + DEVICE_CERT_TTL_S;
+        data.identity(expires - 1).unwrap();
+        let error = data.identity(expires).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "this device's certificate expired on 2028-01-15 08:00 UTC; log in again with `peerline login <name>`"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_identity_file_is_migrated_once_and_its_root_key_dropped() {
+        let dir = scratch("migrate");
+        std::fs::create_dir_all(&dir).unwrap();
+        let device_seed = [0x11u8; 32];
+        let account_seed = [0x22u8; 32];
+        std::fs::write(
+            dir.join(IDENTITY_FILE),
+            format!(
+                "device_secret_key = \"{}\"\naccount_secret_key = \"{}\"\n",
+                "11".repeat(32),
+                "22".repeat(32)
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(HOST_CACHE_FILE),
+            "[[host]]\nkey = \"0505050505050505050505050505050505050505050505050505050505050505\"\naddr = \"127.0.0.1:4005\"\nid_nonce = 15\nfailures = 1\n\
+             [[host]]\nkey = \"0606060606060606060606060606060606060606060606060606060606060606\"\naddr = \"127.0.0.1:4006\"\nrtt_ms = 30\n",
+        )
+        .unwrap();
+        let data = DataDir::open(&dir, NOW).unwrap();
+        assert_eq!(data.origin(), IdentityOrigin::Migrated);
+        let identity = data.identity(NOW).unwrap();
+        let device = Keypair::from_seed(CryptoMode::Full, device_seed);
+        let account = Keypair::from_seed(CryptoMode::Full, account_seed);
+        assert_eq!(identity.keypair.public(), device.public());
+        assert_eq!(identity.account(), account.public());
+        verify_device_cert(CryptoMode::Full, &identity.cert, NOW, 0).unwrap();
+        assert_eq!(identity.cert.body.expires_unix_s, NOW + DEVICE_CERT_TTL_S);
+        assert!(!dir.join(IDENTITY_FILE).exists(), "identity.key removed");
+        assert!(
+            !dir.join(HOST_CACHE_FILE).exists(),
+            "hostcache.toml removed"
+        );
+        let cached = data.load_host_cache();
+        assert!(cached.warning.is_none());
+        let keys: Vec<u8> = cached.contacts.iter().map(|c| c.key.0[0]).collect();
+        assert_eq!(keys, vec![6, 5], "best first");
+        assert_eq!(cached.contacts[1].id_nonce, 15);
+        drop(data);
+        assert!(
+            !file_contains(&dir.join(STATE_FILE), &account_seed),
+            "the root seed is not in the database"
+        );
+        assert!(file_contains(&dir.join(STATE_FILE), &device_seed));
+
+        let data = DataDir::open(&dir, NOW + 10).unwrap();
+        assert_eq!(data.origin(), IdentityOrigin::Loaded);
+        assert_eq!(data.identity(NOW + 10).unwrap().cert, identity.cert);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_migration_cut_short_is_finished_and_a_foreign_identity_file_refused() {
+        let dir = scratch("half-migrated");
+        let old = format!(
+            "device_secret_key = \"{}\"\naccount_secret_key = \"{}\"\n",
+            "33".repeat(32),
+            "44".repeat(32)
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(IDENTITY_FILE), &old).unwrap();
+        drop(DataDir::open(&dir, NOW).unwrap());
+        // The crash came after the store was written, before the removal.
+        std::fs::write(dir.join(IDENTITY_FILE), &old).unwrap();
+        let data = DataDir::open(&dir, NOW).unwrap();
+        assert_eq!(data.origin(), IdentityOrigin::Loaded);
+        assert!(!dir.join(IDENTITY_FILE).exists());
+        drop(data);
+
+        let other = old.replace(&"33".repeat(32), &"55".repeat(32));
+        std::fs::write(dir.join(IDENTITY_FILE), other).unwrap();
+        let error = DataDir::open(&dir, NOW).unwrap_err().to_string();
+        assert!(error.contains("for different devices"), "{error}");
+        assert!(dir.join(IDENTITY_FILE).exists(), "left for the operator");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_damaged_identity_file_is_an_error_not_a_new_node() {
         let dir = scratch("damaged");
-        let data = DataDir::open(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         for text in [
             "garbage",
             "device_secret_key = \"00\"\naccount_secret_key = \"00\"\n",
             "device_secret_key = 1\n",
         ] {
-            std::fs::write(data.identity_path(), text).unwrap();
-            let error = format!("{:#}", data.identity(0, 60).unwrap_err());
+            std::fs::write(dir.join(IDENTITY_FILE), text).unwrap();
+            let error = format!("{:#}", DataDir::open(&dir, NOW).unwrap_err());
             assert!(error.contains("is damaged"), "{text}: {error}");
+            assert!(!dir.join(STATE_FILE).exists(), "{text}: no new identity");
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_damaged_state_database_is_an_error_not_a_new_node() {
+        let dir = scratch("damaged-state");
+        drop(DataDir::open(&dir, NOW).unwrap());
+        let state = dir.join(STATE_FILE);
+        let good = std::fs::read(&state).unwrap();
+        let mut flipped = good.clone();
+        for byte in flipped.iter_mut().skip(4_096) {
+            *byte ^= 0x5a;
+        }
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("empty", Vec::new()),
+            ("garbage", b"not a database at all".repeat(100)),
+            ("truncated to a page", good[..4_096].to_vec()),
+            ("truncated to half", good[..good.len() / 2].to_vec()),
+            ("every page after the first flipped", flipped),
+        ];
+        for (what, bytes) in cases {
+            std::fs::write(&state, &bytes).unwrap();
+            let error = format!("{:#}", DataDir::open(&dir, NOW).unwrap_err());
+            assert!(
+                error.starts_with(&format!(
+                    "the state database {} is damaged",
+                    state.display()
+                )) && error.contains("restore it from a backup, or move it away"),
+                "{what}: {error}"
+            );
+            assert_eq!(
+                std::fs::read(&state).unwrap().len(),
+                bytes.len(),
+                "{what}: left as it was"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_certificate_for_another_device_key_is_damage() {
+        let dir = scratch("other-device");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut stored = certify([1; 32], [2; 32], NOW);
+        stored.device_seed = [3; 32];
+        drop(Store::create(&dir.join(STATE_FILE), &stored, &[]).unwrap());
+        let data = DataDir::open(&dir, NOW).unwrap();
+        let error = data.identity(NOW).unwrap_err().to_string();
+        assert!(
+            error.contains("is damaged (its certificate is for another device key)"),
+            "{error}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn host_cache_round_trips_best_first() {
         let dir = scratch("hostcache");
-        let data = DataDir::open(&dir).unwrap();
+        let data = DataDir::open(&dir, NOW).unwrap();
         assert!(data.load_host_cache().contacts.is_empty());
         data.save_host_cache(&[entry(1, 2, 5), entry(2, 0, u16::MAX), entry(3, 0, 40)])
             .unwrap();
+        drop(data);
+        let data = DataDir::open(&dir, NOW).unwrap();
         let loaded = data.load_host_cache();
         assert!(loaded.warning.is_none());
         let keys: Vec<u8> = loaded.contacts.iter().map(|c| c.key.0[0]).collect();
         assert_eq!(keys, vec![3, 2, 1], "fewest failures, then fastest, first");
         assert_eq!(loaded.contacts[0], entry(3, 0, 40).contact);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_damaged_host_cache_is_a_warning_and_an_empty_cache() {
-        let dir = scratch("badcache");
-        let data = DataDir::open(&dir).unwrap();
-        for text in [
-            "[[host]]\nkey = \"zz\"\naddr = \"127.0.0.1:1\"\n",
-            "[[host]]\nkey = 5\n",
-            "\u{0}\u{1}binary",
-            "hosts = []\n",
-        ] {
-            std::fs::write(data.host_cache_path(), text).unwrap();
-            let loaded = data.load_host_cache();
-            assert!(loaded.contacts.is_empty());
-            let warning = loaded.warning.expect("a warning");
-            assert!(warning.contains("ignoring the host cache"), "{warning}");
-        }
+        data.save_host_cache(&[entry(9, 0, 1)]).unwrap();
+        let keys: Vec<u8> = data
+            .load_host_cache()
+            .contacts
+            .iter()
+            .map(|c| c.key.0[0])
+            .collect();
+        assert_eq!(keys, vec![9], "replaced whole");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -468,13 +583,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("plain");
         std::fs::write(&file, "x").unwrap();
-        let error = DataDir::open(&file).unwrap_err().to_string();
+        let error = DataDir::open(&file, NOW).unwrap_err().to_string();
         assert!(error.contains("is not a directory"), "{error}");
-        let error = format!("{:#}", DataDir::open(&file.join("below")).unwrap_err());
+        let error = format!("{:#}", DataDir::open(&file.join("below"), NOW).unwrap_err());
         assert!(
             error.contains("cannot create the data directory"),
             "{error}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn utc_times_read_as_calendar_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_time(1_800_000_000), "2027-01-15 08:00 UTC");
+        assert_eq!(utc_time(951_868_799), "2000-02-29 23:59 UTC");
     }
 }

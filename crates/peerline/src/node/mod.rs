@@ -2,7 +2,7 @@
 //! around `peerline-net`'s driver that a person or a service manager runs.
 //!
 //! It only does what a shell must: settings (flags over a TOML file),
-//! the data directory (identity, host cache), logs, a status file, and
+//! the data directory (`state.redb`: identity, host cache), logs, a status file, and
 //! signals. Every protocol decision (which supernode, when to retry, when to
 //! promote) is the core's; the bootstrap list it hands the core is the saved
 //! host cache first, then the seeds, then supernodes found on the local
@@ -12,6 +12,7 @@ pub mod config;
 pub mod data_dir;
 pub mod lan;
 pub mod portmap;
+pub mod store;
 
 use anyhow::{bail, Context, Result};
 use config::{key_hex, NodeArgs, NodeRole, NodeSettings, Seed};
@@ -116,9 +117,9 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
-    let data = DataDir::open(&settings.data_dir)?;
+    let data = DataDir::open(&settings.data_dir, wall_clock_s())?;
     let params = node_params(settings.fast_timers);
-    let (identity, origin) = data.identity(wall_clock_s(), params.device_cert_ttl_s)?;
+    let identity = data.identity(wall_clock_s())?;
     let cached = data.load_host_cache();
     if let Some(warning) = &cached.warning {
         tracing::warn!("{warning}");
@@ -183,8 +184,9 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     );
     println!(
         "node key  {key} ({} identity)",
-        match origin {
+        match data.origin() {
             IdentityOrigin::Created => "new",
+            IdentityOrigin::Migrated => "saved, moved into the state database",
             IdentityOrigin::Loaded => "saved",
         }
     );

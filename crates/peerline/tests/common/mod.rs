@@ -288,3 +288,39 @@ pub fn attached(status: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The host cache a stopped node saved in its `state.redb`: the keys (hex)
+/// of its supernodes, best first. (The `host_cache` table maps a rank to a
+/// postcard value that begins with the supernode's 32-byte key.)
+pub fn saved_host_keys(data_dir: &Path) -> Vec<String> {
+    let db = redb::Database::open(data_dir.join("state.redb")).expect("a state database");
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let table = txn.open_table(HOST_CACHE).unwrap();
+    redb::ReadableTable::iter(&table)
+        .unwrap()
+        .map(|row| {
+            let (_, value) = row.unwrap();
+            value.value()[..32]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Replaces every saved host-cache entry of a stopped node with bytes that
+/// do not decode.
+pub fn damage_host_cache(data_dir: &Path) {
+    let db = redb::Database::open(data_dir.join("state.redb")).expect("a state database");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(HOST_CACHE).unwrap();
+        let len = redb::ReadableTableMetadata::len(&table).unwrap() as u32;
+        for rank in 0..len {
+            table.insert(rank, &b"\xff\xff\xff"[..]).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
+
+const HOST_CACHE: redb::TableDefinition<u32, &[u8]> = redb::TableDefinition::new("host_cache");
