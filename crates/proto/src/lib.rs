@@ -13,10 +13,12 @@
 //! never a panic, an unbounded allocation or a hang. Lengths are checked
 //! before anything is allocated ([`BoundedVec`], [`MESSAGE_LEN_MAX`]).
 
+pub mod account;
 pub mod bounded;
 pub mod message;
 pub mod types;
 
+pub use account::*;
 pub use bounded::BoundedVec;
 pub use message::{
     BusyReason, Message, MessageKind, RelayRequestBody, CONTACTS_PER_MESSAGE_MAX,

@@ -4,6 +4,7 @@
 //! reachability probes. Supernode ↔ supernode: membership gossip, directory
 //! store and find. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
 
+use crate::account::{DeviceList, RootRotation};
 use crate::bounded::BoundedVec;
 use crate::types::{
     Addr, Contact, DeviceCert, Envelope, EnvelopeId, MemberUpdate, NodeId, PresenceRecord,
@@ -256,6 +257,19 @@ pub enum Message {
         session: u64,
         retry_after_ms: u32,
     },
+
+    // ---- account statements, spread network-wide ----
+    /// A device → its supernodes, and supernode → supernode (epidemic):
+    /// the account's signed device list. A supernode that takes a newer
+    /// version passes it on and refuses the devices it revokes.
+    DeviceListPush {
+        list: DeviceList,
+    },
+    /// The same for a root rotation: certificates signed by the old root
+    /// are refused from then on.
+    RootRotationPush {
+        rotation: RootRotation,
+    },
 }
 
 /// What a [`Message::RelayRequest`] signs: the session, both devices, and
@@ -309,6 +323,8 @@ impl Message {
             Message::RelayRequest { .. } => MessageKind::RelayRequest,
             Message::RelayGranted { .. } => MessageKind::RelayGranted,
             Message::RelayRefused { .. } => MessageKind::RelayRefused,
+            Message::DeviceListPush { .. } => MessageKind::DeviceListPush,
+            Message::RootRotationPush { .. } => MessageKind::RootRotationPush,
         }
     }
 }
@@ -353,6 +369,8 @@ pub enum MessageKind {
     RelayRequest,
     RelayGranted,
     RelayRefused,
+    DeviceListPush,
+    RootRotationPush,
 }
 
 impl MessageKind {
@@ -396,6 +414,8 @@ impl MessageKind {
             34 => MessageKind::RelayRequest,
             35 => MessageKind::RelayGranted,
             36 => MessageKind::RelayRefused,
+            37 => MessageKind::DeviceListPush,
+            38 => MessageKind::RootRotationPush,
             _ => return None,
         })
     }
@@ -472,6 +492,29 @@ mod tests {
             Message::RelayRefused {
                 session: 12,
                 retry_after_ms: 1_000,
+            },
+            Message::DeviceListPush {
+                list: crate::DeviceList {
+                    body: crate::DeviceListBody {
+                        account_key: PublicKey([8; 32]),
+                        version: 3,
+                        devices: BoundedVec::truncating([PublicKey([9; 32])]),
+                        revoked: BoundedVec::truncating([PublicKey([10; 32])]),
+                        issued_unix_s: 1_800_000_000,
+                    },
+                    signature: Signature([11; 64]),
+                },
+            },
+            Message::RootRotationPush {
+                rotation: crate::RootRotation {
+                    body: crate::RootRotationBody {
+                        old_account: PublicKey([12; 32]),
+                        new_account: PublicKey([13; 32]),
+                        issued_unix_s: 1_800_000_000,
+                    },
+                    signature_old: Signature([14; 64]),
+                    signature_new: Signature([15; 64]),
+                },
             },
         ];
         for message in samples {

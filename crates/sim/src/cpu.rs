@@ -125,6 +125,10 @@ impl CostTable {
             // refused before its two checks.
             Store => frame_us + 2 * c.verify_us,
             MailPut | MailStore | RelayRequest => frame_us + c.verify_us,
+            // An upper bound: a version the supernode holds is ignored
+            // before its check (a rotation carries two signatures).
+            DeviceListPush => frame_us + c.verify_us,
+            RootRotationPush => frame_us + 2 * c.verify_us,
             AttachChallenge | AttachAccepted | Busy | Detach | Ping | Pong | NotAttached
             | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
