@@ -6,6 +6,7 @@
 //! and everything the node wants done comes out through
 //! [`Node::poll_transmit`], [`Node::poll_event`] and [`Node::poll_timeout`].
 
+pub mod account;
 mod attached;
 pub mod client;
 pub mod hostcache;

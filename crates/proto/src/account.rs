@@ -50,3 +50,17 @@ pub struct RootRotation {
     pub signature_old: Signature,
     pub signature_new: Signature,
 }
+
+impl DeviceList {
+    /// Whether the list names `device` as current (and not revoked).
+    pub fn is_current(&self, device: &PublicKey) -> bool {
+        self.body.devices.contains(device) && !self.body.revoked.contains(device)
+    }
+
+    /// Whether this list replaces one of version `held_version`: only a
+    /// strictly higher version does (an equal one is the same list or a
+    /// conflicting one, and the first seen stays).
+    pub fn supersedes(&self, held_version: u64) -> bool {
+        self.body.version > held_version
+    }
+}
