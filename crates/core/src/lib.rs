@@ -20,6 +20,7 @@ pub mod overload;
 pub mod params;
 pub mod punch;
 pub mod relay;
+pub mod revocation;
 pub mod supernode;
 pub mod time;
 
