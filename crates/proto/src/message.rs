@@ -2,7 +2,8 @@
 //!
 //! Client ↔ supernode: attach (= login), keepalive, presence, lookups,
 //! reachability probes. Supernode ↔ supernode: membership gossip, directory
-//! store and find. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
+//! store and find. Both: account statements (device lists, root rotations)
+//! spread network-wide. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
 
 use crate::account::{DeviceList, RootRotation};
 use crate::bounded::BoundedVec;
