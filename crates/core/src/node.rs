@@ -310,14 +310,12 @@ impl Node {
     /// `account::sign_device_list`): sent to the supernodes the device is
     /// attached to now and again on every attach, so that the network
     /// refuses the devices it revokes (`revocation.rs`). A newer version
-    /// replaces the one held; an older one is ignored.
+    /// (or a list of another account, after a rotation) replaces the one
+    /// held; an older one is ignored.
     pub fn set_device_list(&mut self, now: Now, list: DeviceList) {
-        if self
-            .accounts
-            .own_list
-            .as_ref()
-            .is_some_and(|held| !list.supersedes(held.body.version))
-        {
+        if self.accounts.own_list.as_ref().is_some_and(|held| {
+            held.body.account_key == list.body.account_key && !list.supersedes(held.body.version)
+        }) {
             return;
         }
         self.accounts.own_list = Some(Box::new(list.clone()));

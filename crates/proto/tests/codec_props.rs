@@ -1377,7 +1377,7 @@ fn write_seed_corpus() {
         "seed-unsupported-version".into(),
         encode_versioned(2, &Message::Ping { sequence: 1 }).unwrap(),
     ));
-    assert!(seeds.len() <= 40, "{} seeds", seeds.len());
+    assert!(seeds.len() <= 64, "{} seeds", seeds.len());
     for (name, bytes) in &seeds {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
