@@ -3384,6 +3384,10 @@ fn revoked_device_is_detached_and_refused_at_every_supernode() {
         params.attachments_target
     );
 
+    let stolen_ticket = *net.nodes[stolen_index]
+        .ticket()
+        .expect("a resumption ticket");
+
     // The owner, from the phone, revokes the stolen laptop.
     let list = device_list(
         &root,
@@ -3435,6 +3439,30 @@ fn revoked_device_is_detached_and_refused_at_every_supernode() {
             "supernode {index} let the stolen device in"
         );
         assert_eq!(net.nodes[index].stats().revoked_refused, refused + 1);
+        // Resuming with its ticket (from the address the ticket names) is refused too.
+        let raw = RawClient {
+            addr: stolen_addr,
+            keypair: stolen.keypair.clone(),
+            cert: stolen.cert,
+        };
+        let key = net.nodes[index].supernode_contact().unwrap().key;
+        let now = net.now();
+        deliver(
+            &mut net.nodes[index],
+            now,
+            stolen_addr,
+            &raw.resume(&stolen_ticket, u64::MAX / 2 + index as u64, &key),
+        );
+        let answers: Vec<Message> = sent(&mut net.nodes[index])
+            .into_iter()
+            .filter(|(to, _)| *to == stolen_addr)
+            .map(|(_, m)| m)
+            .collect();
+        assert!(
+            answers.is_empty(),
+            "supernode {index} answered a revoked resume: {answers:?}"
+        );
+        assert_eq!(net.nodes[index].stats().revoked_refused, refused + 2);
         assert_eq!(net.nodes[index].device_list_version(&account), Some(1));
         assert!(!net.nodes[index].refuses_device(&phone.keypair.public(), &account));
     }
