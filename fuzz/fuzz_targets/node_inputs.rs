@@ -15,6 +15,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use peerline_core::account::{sign_device_list, sign_root_rotation};
 use peerline_core::identity::{
     domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
     sign_ticket, solve_id_puzzle,
@@ -27,6 +28,7 @@ use peerline_proto::{
     Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
     PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
 };
+use peerline_proto::{DeviceList, DeviceListBody, RootRotation, RootRotationBody};
 use std::sync::{Arc, OnceLock};
 
 const UNIX0: u64 = 1_800_000_000;
@@ -65,6 +67,11 @@ struct Fixtures {
 }
 
 /// A deterministic account with one device (no RNG needed).
+/// The client's account root (see [`identity`]).
+fn client_root() -> Keypair {
+    Keypair::from_seed(CryptoMode::Full, [CLIENT_SEED.wrapping_mul(2); 32])
+}
+
 fn identity(seed: u8) -> DeviceIdentity {
     let account = Keypair::from_seed(CryptoMode::Full, [seed.wrapping_mul(2); 32]);
     let device = Keypair::from_seed(CryptoMode::Full, [seed.wrapping_mul(2) + 1; 32]);
@@ -475,6 +482,25 @@ enum MessageChoice {
     PunchCandidates(u64, KeyChoice, KeyChoice, AddrChoice, AddrChoice, bool, Vec<AddrChoice>),
     PathPing(u64),
     PathPong(u64),
+    /// Signed by the client's root when `signed` (revoking whom the keys
+    /// say), else with the signature given.
+    DeviceListPush {
+        signed: Option<()>,
+        account: KeyChoice,
+        version: u64,
+        devices: Vec<KeyChoice>,
+        revoked: Vec<KeyChoice>,
+        issued_unix_s: Option<u64>,
+        signature: SignatureChoice,
+    },
+    /// The client's root rotated to the key from `new_seed` when `signed`.
+    RootRotationPush {
+        signed: Option<()>,
+        old: KeyChoice,
+        new_seed: [u8; 32],
+        issued_unix_s: Option<u64>,
+        signatures: (SignatureChoice, SignatureChoice),
+    },
 }
 
 /// An envelope: signed by the stranger to the client or the reverse (valid
@@ -716,6 +742,63 @@ impl MessageChoice {
             },
             MessageChoice::PathPing(session) => Message::PathPing { session: *session },
             MessageChoice::PathPong(session) => Message::PathPong { session: *session },
+            MessageChoice::DeviceListPush {
+                signed,
+                account,
+                version,
+                devices,
+                revoked,
+                issued_unix_s,
+                signature,
+            } => {
+                let body = DeviceListBody {
+                    account_key: account.build(),
+                    version: *version,
+                    devices: BoundedVec::truncating(devices.iter().map(|k| k.build())),
+                    revoked: BoundedVec::truncating(revoked.iter().map(|k| k.build())),
+                    issued_unix_s: issued_unix_s.unwrap_or(UNIX0),
+                };
+                let list = match signed {
+                    Some(()) => {
+                        let root = client_root();
+                        sign_device_list(
+                            &root,
+                            DeviceListBody {
+                                account_key: root.public(),
+                                ..body
+                            },
+                        )
+                    }
+                    None => DeviceList {
+                        body,
+                        signature: signature.build(),
+                    },
+                };
+                Message::DeviceListPush { list }
+            }
+            MessageChoice::RootRotationPush {
+                signed,
+                old,
+                new_seed,
+                issued_unix_s,
+                signatures,
+            } => {
+                let issued_unix_s = issued_unix_s.unwrap_or(UNIX0);
+                let new_root = Keypair::from_seed(CryptoMode::Full, *new_seed);
+                let rotation = match signed {
+                    Some(()) => sign_root_rotation(&client_root(), &new_root, issued_unix_s),
+                    None => RootRotation {
+                        body: RootRotationBody {
+                            old_account: old.build(),
+                            new_account: new_root.public(),
+                            issued_unix_s,
+                        },
+                        signature_old: signatures.0.build(),
+                        signature_new: signatures.1.build(),
+                    },
+                };
+                Message::RootRotationPush { rotation }
+            }
         }
     }
 }

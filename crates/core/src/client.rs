@@ -527,9 +527,21 @@ impl ClientState {
             Self::keep_ticket(io, ticket);
         }
         io.event(Event::Attached { supernode: contact });
+        // The account's statements go to every supernode attached to: one
+        // that joined after they spread learns them now.
+        for push in io.accounts.own_pushes() {
+            io.send(contact.addr, &push);
+        }
         self.send_outbox(io);
         self.mark_presence_dirty(io);
         self.trim_surplus(io);
+    }
+
+    /// Sends `message` to every supernode attached now.
+    pub(crate) fn push_to_attached(&self, io: &mut Io, message: &Message) {
+        for contact in self.attached() {
+            io.send(contact.addr, message);
+        }
     }
 
     fn on_peer_down(&mut self, io: &mut Io, supernode: PublicKey) {

@@ -6,6 +6,7 @@
 //! and everything the node wants done comes out through
 //! [`Node::poll_transmit`], [`Node::poll_event`] and [`Node::poll_timeout`].
 
+pub mod account;
 mod attached;
 pub mod bundle;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod params;
 pub mod punch;
 pub mod registry;
 pub mod relay;
+pub mod revocation;
 pub mod supernode;
 pub mod time;
 

@@ -14,15 +14,16 @@ use crate::hostcache::HostCache;
 use crate::identity::{CryptoMode, DeviceIdentity};
 use crate::mail::{MailState, SendError};
 use crate::params::Params;
+use crate::revocation::AccountTable;
 use crate::supernode::SupernodeState;
 use crate::time::{Instant, Now};
 use peerline_proto::{
-    decode, encode, encode_version_info, Addr, Contact, DecodeError, Frame, Message,
-    NameCertificate, NameClaim, NodeId, PresenceRecord, PublicKey,
+    decode, encode, encode_version_info, Addr, Contact, DecodeError, DeviceList, Frame, Message,
+    NameCertificate, NameClaim, NodeId, PresenceRecord, PublicKey, RootRotation,
 };
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg32;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A datagram the node wants sent.
@@ -140,13 +141,23 @@ pub struct NodeStats {
     pub members_suspected: u64,
     /// Busy answers this supernode sent.
     pub busy_sent: u64,
-    /// Logins and resumes refused because the device is revoked.
+    /// Logins, resumes and presence records refused because the device is
+    /// revoked or its account's root was rotated away.
     pub revoked_refused: u64,
     /// Attachments this client made by resuming with a ticket, and by full login.
     pub resumed: u64,
     pub logged_in: u64,
     /// Envelopes a mailbox refused (full, or the sender over its quota).
     pub mail_refused: u64,
+    /// Device lists and root rotations this supernode took (new and valid).
+    pub device_lists_accepted: u64,
+    pub root_rotations_accepted: u64,
+    /// Account statements ignored unchecked: versions held already, and
+    /// pushes beyond the check budget (or from strangers).
+    pub account_pushes_stale: u64,
+    pub account_pushes_unchecked: u64,
+    /// Attached clients detached because a statement refuses them.
+    pub revoked_detached: u64,
 }
 
 /// What a device keeps on disk to re-attach cheaply after a restart: its
@@ -174,8 +185,9 @@ pub(crate) struct Io<'a> {
     pub mail: &'a mut MailState,
     /// A supernode's votes and name records (kept on disk: survive restarts).
     pub names: &'a mut crate::registry::NameBook,
-    /// Device keys this node refuses (revocations it learned).
-    pub revoked: &'a BTreeSet<PublicKey>,
+    /// Devices and roots this node refuses, the account statements it
+    /// spreads, and its own account's (`revocation.rs`).
+    pub accounts: &'a mut AccountTable,
 }
 
 impl Io<'_> {
@@ -252,7 +264,7 @@ pub struct Node {
     resumption: Resumption,
     mail: MailState,
     names: crate::registry::NameBook,
-    revoked: BTreeSet<PublicKey>,
+    accounts: AccountTable,
     /// Path commands of the node itself (a role change resets the relay).
     path_commands: VecDeque<crate::PathCommand>,
 }
@@ -282,7 +294,7 @@ impl Node {
             resumption: Resumption::default(),
             mail: MailState::default(),
             names: Default::default(),
-            revoked: BTreeSet::new(),
+            accounts: AccountTable::new(now.instant),
             path_commands: VecDeque::new(),
         };
         if config.policy == RolePolicy::SupernodeOnly {
@@ -303,6 +315,7 @@ impl Node {
         self.reachable = self.policy == RolePolicy::SupernodeOnly;
         self.role = Role::Client(Box::default());
         self.names.forget_pushes();
+        self.accounts.clear_rumors();
         if self.policy == RolePolicy::SupernodeOnly {
             self.become_supernode(now);
         } else {
@@ -310,11 +323,11 @@ impl Node {
         }
     }
 
-    /// Refuses this device from now on (logins and resumes). Revocations
-    /// reach the node from the account's signed device list (issue #5);
-    /// this is the hook they land in.
+    /// Refuses this device from now on (logins, resumes, presence), on
+    /// this node only. Network-wide revocation is the account's signed
+    /// device list ([`Node::set_device_list`]).
     pub fn revoke_device(&mut self, device_key: PublicKey) {
-        self.revoked.insert(device_key);
+        self.accounts.revoke_local(device_key);
         if let Role::Supernode(supernode) = &mut self.role {
             supernode.drop_device(&device_key);
         }
@@ -325,6 +338,50 @@ impl Node {
     /// its votes on disk for ever.
     pub fn forget_name_votes(&mut self) {
         self.names.forget_votes();
+    }
+
+    /// This device's account's signed device list (made with the root key,
+    /// `account::sign_device_list`): sent to the supernodes the device is
+    /// attached to now and again on every attach, so that the network
+    /// refuses the devices it revokes (`revocation.rs`). A newer version
+    /// (or a list of another account, after a rotation) replaces the one
+    /// held; an older one is ignored.
+    pub fn set_device_list(&mut self, now: Now, list: DeviceList) {
+        if self.accounts.own_list.as_ref().is_some_and(|held| {
+            held.body.account_key == list.body.account_key && !list.supersedes(held.body.version)
+        }) {
+            return;
+        }
+        self.accounts.own_list = Some(Box::new(list.clone()));
+        self.with_client(now, |client, io| {
+            client.push_to_attached(io, &Message::DeviceListPush { list })
+        });
+    }
+
+    /// The rotation of this device's account's root (signed by both roots,
+    /// `account::sign_root_rotation`), published like the device list:
+    /// supernodes then refuse certificates of the old root.
+    pub fn set_root_rotation(&mut self, now: Now, rotation: RootRotation) {
+        self.accounts.own_rotation = Some(Box::new(rotation));
+        self.with_client(now, |client, io| {
+            client.push_to_attached(io, &Message::RootRotationPush { rotation })
+        });
+    }
+
+    /// Whether this node refuses `device` of `account` (revoked, or the
+    /// account's root rotated away).
+    pub fn refuses_device(&self, device: &PublicKey, account: &PublicKey) -> bool {
+        self.accounts.is_refused(device, account)
+    }
+
+    /// The highest device-list version this node holds for `account`.
+    pub fn device_list_version(&self, account: &PublicKey) -> Option<u64> {
+        self.accounts.list_version(account)
+    }
+
+    /// Accounts with revocations or a rotation this node holds.
+    pub fn revocation_accounts(&self) -> usize {
+        self.accounts.len()
     }
 
     /// A supernode learnt of after start (the daemon's LAN discovery): it
@@ -691,7 +748,7 @@ impl Node {
             // The outbox can only be worked through a supernode.
             Role::Client(c) if c.is_attached() => c.next_deadline().min(self.mail.next_deadline()),
             Role::Client(c) => c.next_deadline(),
-            Role::Supernode(s) => s.next_deadline(),
+            Role::Supernode(s) => s.next_deadline().min(self.accounts.next_deadline()),
         };
         (deadline != Instant::NEVER).then_some(deadline)
     }
@@ -712,6 +769,7 @@ impl Node {
 
     fn change_role(&mut self, now: Now, promote: bool, demote: bool) {
         if promote || demote {
+            self.accounts.clear_rumors();
             self.path_commands.clear();
             self.path_commands.push_back(crate::PathCommand::RelayReset);
         }
@@ -772,7 +830,7 @@ impl Node {
             resumption: &mut self.resumption,
             mail: &mut self.mail,
             names: &mut self.names,
-            revoked: &self.revoked,
+            accounts: &mut self.accounts,
         };
         (&mut self.role, io)
     }

@@ -16,6 +16,7 @@ use crate::membership::{Change, Membership, FULL_LOAD_PCT};
 use crate::node::Io;
 use crate::overload::TokenBucket;
 use crate::params::Params;
+use crate::revocation::{Verdict, ACCOUNT_PUSH_FANOUT};
 use crate::time::{Instant, Now};
 use peerline_proto::{
     Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeId, MemberState,
@@ -63,6 +64,16 @@ const REQUEST_FORGET_MS: u64 = 10_000;
 /// A presence record correctly signed and not expired (and of `device`,
 /// when one is expected); anything else is counted as rejected.
 fn presence_valid(io: &mut Io, record: &PresenceRecord, device: Option<PublicKey>) -> bool {
+    let cert = &record.body.cert.body;
+    if io.accounts.refuses(
+        &cert.device_key,
+        &cert.account_key,
+        io.now.unix_s,
+        io.params,
+    ) {
+        io.stats.revoked_refused += 1;
+        return false;
+    }
     let valid = device.is_none_or(|device| record.body.cert.body.device_key == device)
         && verify_presence(
             io.mode,
@@ -520,6 +531,9 @@ impl SupernodeState {
             Message::RelayRequest { body, signature } => {
                 self.on_relay_request(io, from, body, &signature)
             }
+            message @ (Message::DeviceListPush { .. } | Message::RootRotationPush { .. }) => {
+                self.on_account_push(io, from, message)
+            }
             message @ Message::PunchCandidates { .. } => {
                 let own = self.contact().addr;
                 let membership = &self.membership;
@@ -580,6 +594,133 @@ impl SupernodeState {
             .is_some_and(|slot| slot.device_key == body.from_device);
         self.relays
             .on_request(io, from, own, attached, body, signature);
+    }
+
+    // ---- account statements (revocation.rs) ----
+
+    /// A device list or root rotation from an attached client or a member
+    /// (strangers are not worth a signature check): a new one is stored,
+    /// passed on and enforced at once.
+    fn on_account_push(&mut self, io: &mut Io, from: Addr, message: Message) {
+        if !self.clients.contains_key(&from) && !self.membership.alive_at(&from) {
+            io.stats.account_pushes_unchecked += 1;
+            return;
+        }
+        let verdict = match &message {
+            Message::DeviceListPush { list } => {
+                io.accounts.on_device_list(io.mode, list, io.now, io.params)
+            }
+            Message::RootRotationPush { rotation } => io
+                .accounts
+                .on_rotation(io.mode, rotation, io.now, io.params),
+            _ => return,
+        };
+        let account = match verdict {
+            Verdict::Stale => {
+                io.stats.account_pushes_stale += 1;
+                return;
+            }
+            Verdict::OverBudget => {
+                io.stats.account_pushes_unchecked += 1;
+                return;
+            }
+            Verdict::Invalid => {
+                io.stats.signatures_rejected += 1;
+                return;
+            }
+            Verdict::Taken { account } => account,
+        };
+        match message {
+            Message::DeviceListPush { .. } => io.stats.device_lists_accepted += 1,
+            _ => io.stats.root_rotations_accepted += 1,
+        }
+        for member in self.random_members(io, ACCOUNT_PUSH_FANOUT, from) {
+            io.send(member.addr, &message);
+        }
+        // Then a few rumour rounds, one member each: as many as membership
+        // gossip retransmits an update (3·log2 n), so that a member the
+        // first pushes missed hears it too.
+        let members = self.membership.len().max(2) as u32;
+        let rounds = io.params.gossip_retransmit_mult * (u32::BITS - members.leading_zeros());
+        let start = io.random_u64();
+        io.accounts.spread(message, rounds, start, io.now.instant);
+        self.enforce_account(io, &account);
+    }
+
+    /// Detaches the clients of `account` the table now refuses and drops
+    /// the account's presence record when it is theirs.
+    fn enforce_account(&mut self, io: &mut Io, account: &PublicKey) {
+        let refused: Vec<Addr> = self
+            .sorted_client_addrs()
+            .into_iter()
+            .filter(|addr| {
+                self.clients.get(addr).is_some_and(|slot| {
+                    slot.account_key == *account
+                        && io.accounts.is_refused(&slot.device_key, &slot.account_key)
+                })
+            })
+            .collect();
+        for addr in refused {
+            self.clients.remove(&addr);
+            io.stats.revoked_detached += 1;
+            io.send(
+                addr,
+                &Message::Detach {
+                    alternates: BoundedVec::new(),
+                },
+            );
+        }
+        let key = presence_key(account);
+        if self.records.get(&key).is_some_and(|record| {
+            let cert = &record.body.cert.body;
+            io.accounts.is_refused(&cert.device_key, &cert.account_key)
+        }) {
+            self.records.remove(&key);
+        }
+    }
+
+    /// Up to `count` distinct random members other than ourselves and `not`.
+    fn random_members(&self, io: &mut Io, count: usize, not: Addr) -> Vec<Contact> {
+        let mut picked: Vec<Contact> = Vec::with_capacity(count);
+        for _ in 0..count * 4 {
+            if picked.len() == count {
+                break;
+            }
+            let Some(member) = self.membership.random_other(io.rng) else {
+                break;
+            };
+            let contact = member.update.contact;
+            if contact.addr != not
+                && member.update.state == MemberState::Alive
+                && !picked.iter().any(|c| c.key == contact.key)
+            {
+                picked.push(contact);
+            }
+        }
+        picked
+    }
+
+    /// One rumour round: every statement being spread goes to one member,
+    /// the next one (in ID order, ourselves left out) after the member of
+    /// its previous round.
+    fn spread_account_rumors(&mut self, io: &mut Io) {
+        let round = io.accounts.take_rumor_round(io.now.instant);
+        if round.is_empty() {
+            return;
+        }
+        let members = self.membership.members();
+        let own = members.iter().position(|m| m.id == self.node_id);
+        let others = members.len() - usize::from(own.is_some());
+        if others == 0 {
+            return;
+        }
+        for (message, position) in round {
+            let mut index = (position % others as u64) as usize;
+            if own.is_some_and(|own| index >= own) {
+                index += 1;
+            }
+            io.send(members[index].update.contact.addr, &message);
+        }
     }
 
     // ---- attach (login) ----
@@ -703,7 +844,12 @@ impl SupernodeState {
             io.stats.signatures_rejected += 1;
             return;
         }
-        if io.revoked.contains(&cert.body.device_key) {
+        if io.accounts.refuses(
+            &cert.body.device_key,
+            &cert.body.account_key,
+            io.now.unix_s,
+            io.params,
+        ) {
             io.stats.revoked_refused += 1;
             return;
         }
@@ -881,7 +1027,12 @@ impl SupernodeState {
             io.params.clock_skew_tolerance_s,
         )
         .map_err(|_| ResumeRefusal::BadTicket)?;
-        if io.revoked.contains(&body.device_key) {
+        if io.accounts.refuses(
+            &body.device_key,
+            &body.account_key,
+            io.now.unix_s,
+            io.params,
+        ) {
             return Err(ResumeRefusal::Revoked);
         }
         let last = self.resume_counters.get(&body.device_key).map(|(c, _)| *c);
@@ -1860,6 +2011,7 @@ impl SupernodeState {
         }
         self.rediscover_if_due(io);
         self.re_store_if_due(io);
+        self.spread_account_rumors(io);
         self.push_urgent(io);
         if let Some((contact, sequence)) = self.membership.start_probe(
             now,
@@ -1917,6 +2069,7 @@ impl SupernodeState {
             });
             self.mailbox
                 .expire(now_unix_s.saturating_sub(params.mailbox_ttl_s));
+            io.accounts.expire(now_unix_s);
         }
         self.requests
             .retain(|_, request| now.since_ms(request.sent_at) < REQUEST_FORGET_MS);

@@ -15,6 +15,7 @@
 //! `PROPTEST_CASES=1 cargo test -p peerline-core --test node_fuzz`; set
 //! `PROPTEST_CASES=5000` for a longer run.
 
+use peerline_core::account::{sign_device_list, sign_root_rotation};
 use peerline_core::identity::{
     domain, envelope_id, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
     sign_ticket, solve_id_puzzle,
@@ -31,6 +32,10 @@ use peerline_proto::{
     NameCertificate, NameClaim, NameOutcome, NameRefusal, NameVote, NameVoteBody, NodeId,
     PresenceBody, PresenceRecord, PublicKey, RelayRequestBody, Signature, Ticket, TicketBody,
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX, SYNC_PAGE_MEMBERS_MAX,
+};
+use peerline_proto::{
+    DeviceList, DeviceListBody, RootRotation, RootRotationBody, DEVICE_LIST_DEVICES_MAX,
+    DEVICE_LIST_REVOKED_MAX,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -727,7 +732,100 @@ fn names() -> impl Strategy<Value = Message> {
                     certificate
                 }
             ),
+        account_statements(),
     ]
+}
+
+/// The client's account root: `DeviceIdentity::new_account` draws it
+/// first from the client's seed.
+fn client_root() -> Keypair {
+    let root = Keypair::generate(CryptoMode::Full, &mut Pcg64Mcg::seed_from_u64(CLIENT_SEED));
+    debug_assert_eq!(root.public(), fixtures().client.account());
+    root
+}
+
+/// Device lists and root rotations: validly signed by the client's root
+/// (revoking the client itself, the stranger or anyone; rotating it away),
+/// or noise.
+fn account_statements() -> impl Strategy<Value = Message> {
+    let device = prop_oneof![
+        Just(0u8).prop_map(|_| fixtures().client.keypair.public()),
+        Just(0u8).prop_map(|_| fixtures().stranger.keypair.public()),
+        public_key(),
+    ];
+    let issued = prop_oneof![3 => Just(UNIX0), 1 => small_or_any_u64()];
+    let signed_list = (
+        small_or_any_u64(),
+        vec(device.clone(), 0..3),
+        vec(device, 0..4),
+        issued.clone(),
+    )
+        .prop_map(|(version, devices, revoked, issued_unix_s)| {
+            let root = client_root();
+            Message::DeviceListPush {
+                list: sign_device_list(
+                    &root,
+                    DeviceListBody {
+                        account_key: root.public(),
+                        version,
+                        devices: BoundedVec::truncating(devices),
+                        revoked: BoundedVec::truncating(revoked),
+                        issued_unix_s,
+                    },
+                ),
+            }
+        });
+    let signed_rotation = (any::<[u8; 32]>(), issued).prop_map(|(seed, issued_unix_s)| {
+        let new_root = Keypair::from_seed(CryptoMode::Full, seed);
+        Message::RootRotationPush {
+            rotation: sign_root_rotation(&client_root(), &new_root, issued_unix_s),
+        }
+    });
+    let noise_list = (
+        public_key(),
+        small_or_any_u64(),
+        vec(public_key(), 0..DEVICE_LIST_DEVICES_MAX + 2),
+        vec(public_key(), 0..DEVICE_LIST_REVOKED_MAX + 2),
+        small_or_any_u64(),
+        signature(),
+    )
+        .prop_map(
+            |(account_key, version, devices, revoked, issued_unix_s, signature)| {
+                Message::DeviceListPush {
+                    list: DeviceList {
+                        body: DeviceListBody {
+                            account_key,
+                            version,
+                            devices: BoundedVec::truncating(devices),
+                            revoked: BoundedVec::truncating(revoked),
+                            issued_unix_s,
+                        },
+                        signature,
+                    },
+                }
+            },
+        );
+    let noise_rotation = (
+        (public_key(), public_key()),
+        small_or_any_u64(),
+        (signature(), signature()),
+    )
+        .prop_map(
+            |((old_account, new_account), issued_unix_s, (signature_old, signature_new))| {
+                Message::RootRotationPush {
+                    rotation: RootRotation {
+                        body: RootRotationBody {
+                            old_account,
+                            new_account,
+                            issued_unix_s,
+                        },
+                        signature_old,
+                        signature_new,
+                    },
+                }
+            },
+        );
+    prop_oneof![signed_list, signed_rotation, noise_list, noise_rotation]
 }
 
 /// Hole punching and relaying: offers, checks, and relay requests signed

@@ -8,6 +8,7 @@
 //! busy answers detaching clients, expiry overflow, incarnation wrap-around,
 //! LIFO transmits, nodes acting after shutdown).
 
+use peerline_core::account::{sign_device_list, sign_root_rotation};
 use peerline_core::client::NameFailure;
 use peerline_core::identity::{
     domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
@@ -22,10 +23,10 @@ use peerline_core::{
     Params, PathCommand, PathFailure, PathKind, RolePolicy,
 };
 use peerline_proto::{
-    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeBody,
-    EnvelopeKind, Frame, MemberState, MemberUpdate, Message, NameCertificate, NameClaim,
-    NameRefusal, NameVoteBody, NodeId, PresenceBody, PresenceRecord, PublicKey, RelayRequestBody,
-    Signature, Ticket, TicketBody, VersionInfo,
+    decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceListBody, Envelope,
+    EnvelopeBody, EnvelopeKind, Frame, MemberState, MemberUpdate, Message, NameCertificate,
+    NameClaim, NameRefusal, NameVoteBody, NodeId, PresenceBody, PresenceRecord, PublicKey,
+    RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
 };
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -3649,4 +3650,587 @@ fn a_supernode_registers_and_looks_up_names_itself() {
     register_as(&mut net, 5, &params, &account_key(951), "Relay-Op");
     net.run_until_ms(60_000);
     assert_eq!(registration_outcomes(&net, key).get(&5), Some(&Some(false)));
+}
+
+// ---------------------------------------------------------------------------
+// Signed device lists, network-wide revocation, root rotation
+// ---------------------------------------------------------------------------
+
+const REVOKE_SUPERNODES: usize = 8;
+
+/// A device of the account whose root is `root`.
+fn device_of(root: &Keypair, seed: u64) -> DeviceIdentity {
+    let keypair = Keypair::generate(CryptoMode::Full, &mut rng(seed));
+    let cert = issue_device_cert(root, keypair.public(), UNIX0 + CERT_TTL_S);
+    DeviceIdentity { keypair, cert }
+}
+
+fn client_node(
+    params: &Arc<Params>,
+    identity: DeviceIdentity,
+    address: Addr,
+    bootstrap: Vec<Contact>,
+    now: Now,
+    seed: u64,
+) -> Node {
+    let config = NodeConfig {
+        params: Arc::clone(params),
+        identity,
+        policy: RolePolicy::ClientOnly,
+        advertised_addr: address,
+        bootstrap,
+    };
+    Node::new(config, now, seed)
+}
+
+/// Eight supernodes joined through the first, settled for 20 s.
+fn revocation_network(params: &Arc<Params>) -> (Net, Vec<Contact>) {
+    let mut net = Net::new(10);
+    let first = supernode(params, 5_000, addr(5_000), Vec::new(), net.now());
+    let seed_contact = first.supernode_contact().unwrap();
+    let mut contacts = vec![seed_contact];
+    net.add(first, addr(5_000));
+    for i in 1..REVOKE_SUPERNODES {
+        let address = addr(5_000 + i as u32);
+        let node = supernode(
+            params,
+            5_000 + i as u64,
+            address,
+            vec![seed_contact],
+            net.now(),
+        );
+        contacts.push(node.supernode_contact().unwrap());
+        net.add(node, address);
+    }
+    net.run_until_ms(20_000);
+    for index in 0..REVOKE_SUPERNODES {
+        assert_eq!(
+            net.nodes[index].membership_len(),
+            REVOKE_SUPERNODES,
+            "supernode {index}"
+        );
+    }
+    (net, contacts)
+}
+
+fn device_list(
+    root: &Keypair,
+    version: u64,
+    devices: &[PublicKey],
+    revoked: &[PublicKey],
+) -> peerline_proto::DeviceList {
+    sign_device_list(
+        root,
+        DeviceListBody {
+            account_key: root.public(),
+            version,
+            devices: BoundedVec::truncating(devices.iter().copied()),
+            revoked: BoundedVec::truncating(revoked.iter().copied()),
+            issued_unix_s: UNIX0,
+        },
+    )
+}
+
+/// Runs in steps of 1 ms until every supernode refuses `device` of
+/// `account` (or `limit_ms` passes); returns the virtual ms it took.
+fn spread_time_ms(
+    net: &mut Net,
+    device: &PublicKey,
+    account: &PublicKey,
+    limit_ms: u64,
+) -> Option<u64> {
+    let start_ms = net.now_us / 1_000;
+    loop {
+        if (0..REVOKE_SUPERNODES).all(|i| net.nodes[i].refuses_device(device, account)) {
+            return Some(net.now_us / 1_000 - start_ms);
+        }
+        if net.now_us / 1_000 - start_ms >= limit_ms {
+            return None;
+        }
+        let next = net.now_us / 1_000 + 1;
+        net.run_until_ms(next);
+    }
+}
+
+/// A full login of `device` at supernode `index`, driven by hand: whether
+/// it was accepted.
+fn raw_login(net: &mut Net, index: usize, device: &DeviceIdentity, from: Addr) -> bool {
+    let raw = RawClient {
+        addr: from,
+        keypair: device.keypair.clone(),
+        cert: device.cert,
+    };
+    let now = net.now();
+    is_accepted(&raw.attach(&mut net.nodes[index], now))
+}
+
+/// Spread bound stated by the revocation tests: a statement reaches every
+/// supernode of the eight within this. The pushes (fanout 3) usually reach
+/// all in 2–3 hops of 10 ms; a member they all miss is told in a rumour
+/// round (one a second, each holder telling a different member each round,
+/// 12 rounds ≥ 7 others), so within 7 rounds of the first holder at worst.
+const REVOKE_SPREAD_BOUND_MS: u64 = (REVOKE_SUPERNODES as u64 - 1) * 1_000 + 100;
+
+#[test]
+fn revoked_device_is_detached_and_refused_at_every_supernode() {
+    let params = Arc::new(params());
+    let (mut net, contacts) = revocation_network(&params);
+    let root = Keypair::generate(CryptoMode::Full, &mut rng(70));
+    let account = root.public();
+    let phone = device_of(&root, 71);
+    let stolen = device_of(&root, 72);
+    let (phone_addr, stolen_addr) = (addr(6_001), addr(6_002));
+    let phone_index = net.add(
+        client_node(
+            &params,
+            phone.clone(),
+            phone_addr,
+            contacts.clone(),
+            net.now(),
+            71,
+        ),
+        phone_addr,
+    );
+    let stolen_index = net.add(
+        client_node(
+            &params,
+            stolen.clone(),
+            stolen_addr,
+            contacts.clone(),
+            net.now(),
+            72,
+        ),
+        stolen_addr,
+    );
+    net.run_until_ms(30_000);
+    assert_eq!(
+        net.nodes[stolen_index].attached_supernodes().len(),
+        params.attachments_target
+    );
+    assert_eq!(
+        net.nodes[phone_index].attached_supernodes().len(),
+        params.attachments_target
+    );
+
+    let stolen_ticket = *net.nodes[stolen_index]
+        .ticket()
+        .expect("a resumption ticket");
+
+    // The owner, from the phone, revokes the stolen laptop.
+    let list = device_list(
+        &root,
+        1,
+        &[phone.keypair.public()],
+        &[stolen.keypair.public()],
+    );
+    let now = net.now();
+    net.nodes[phone_index].set_device_list(now, list.clone());
+    net.flush(phone_index);
+    let started = net.events.len();
+    let spread_ms = spread_time_ms(&mut net, &stolen.keypair.public(), &account, 60_000)
+        .expect("the revocation reached every supernode");
+    println!("revocation spread to all {REVOKE_SUPERNODES} supernodes in {spread_ms} ms (virtual)");
+    assert!(
+        spread_ms <= REVOKE_SPREAD_BOUND_MS,
+        "spread took {spread_ms} ms"
+    );
+
+    // The stolen device was detached, and stays out: every re-login is refused.
+    net.run_until_ms(net.now_us / 1_000 + 60_000);
+    assert!(net.nodes[stolen_index].attached_supernodes().is_empty());
+    let detached = net.events[started..]
+        .iter()
+        .filter(|(i, _, e)| {
+            *i == stolen_index
+                && matches!(
+                    e,
+                    Event::Detached {
+                        reason: DetachReason::DetachedBySupernode,
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert!(detached >= 1, "the stolen device was told to go");
+    let detached_by: u64 = (0..REVOKE_SUPERNODES)
+        .map(|i| net.nodes[i].stats().revoked_detached)
+        .sum();
+    assert_eq!(detached_by, params.attachments_target as u64);
+    assert_eq!(
+        net.nodes[phone_index].attached_supernodes().len(),
+        params.attachments_target
+    );
+    for index in 0..REVOKE_SUPERNODES {
+        let refused = net.nodes[index].stats().revoked_refused;
+        assert!(
+            !raw_login(&mut net, index, &stolen, addr(6_100 + index as u32)),
+            "supernode {index} let the stolen device in"
+        );
+        assert_eq!(net.nodes[index].stats().revoked_refused, refused + 1);
+        // Resuming with its ticket (from the address the ticket names) is refused too.
+        let raw = RawClient {
+            addr: stolen_addr,
+            keypair: stolen.keypair.clone(),
+            cert: stolen.cert,
+        };
+        let key = net.nodes[index].supernode_contact().unwrap().key;
+        let now = net.now();
+        deliver(
+            &mut net.nodes[index],
+            now,
+            stolen_addr,
+            &raw.resume(&stolen_ticket, u64::MAX / 2 + index as u64, &key),
+        );
+        let answers: Vec<Message> = sent(&mut net.nodes[index])
+            .into_iter()
+            .filter(|(to, _)| *to == stolen_addr)
+            .map(|(_, m)| m)
+            .collect();
+        assert!(
+            answers.is_empty(),
+            "supernode {index} answered a revoked resume: {answers:?}"
+        );
+        assert_eq!(net.nodes[index].stats().revoked_refused, refused + 2);
+        assert_eq!(net.nodes[index].device_list_version(&account), Some(1));
+        assert!(!net.nodes[index].refuses_device(&phone.keypair.public(), &account));
+    }
+
+    // Its presence record is refused by every replica; lookups find the phone.
+    let record = sign_presence(
+        &stolen.keypair,
+        PresenceBody {
+            cert: stolen.cert,
+            sequence: u64::MAX / 2,
+            issued_unix_s: net.now().unix_s,
+            expires_unix_s: net.now().unix_s + 3_600,
+            supernodes: BoundedVec::truncating([contacts[0]]),
+        },
+    );
+    for index in 0..REVOKE_SUPERNODES {
+        let refused = net.nodes[index].stats().revoked_refused;
+        let now = net.now();
+        deliver(
+            &mut net.nodes[index],
+            now,
+            addr(5_000 + ((index as u32 + 1) % 8)),
+            &Message::Store {
+                record: record.clone(),
+            },
+        );
+        net.flush(index);
+        assert_eq!(
+            net.nodes[index].stats().revoked_refused,
+            refused + 1,
+            "supernode {index}"
+        );
+    }
+    let found = net
+        .lookup(&params, phone_index, account)
+        .expect("the phone's record");
+    assert_eq!(found.body.cert.body.device_key, phone.keypair.public());
+
+    // The stolen device cannot undo it: a list it signs does not verify.
+    let mut undo = device_list(&root, 2, &[stolen.keypair.public()], &[]);
+    undo.signature = stolen.keypair.sign(
+        b"peerline/v1/device-list",
+        &peerline_proto::to_signing_bytes(&undo.body),
+    );
+    let rejected: u64 = (0..REVOKE_SUPERNODES)
+        .map(|i| net.nodes[i].stats().signatures_rejected)
+        .sum();
+    let now = net.now();
+    deliver(
+        &mut net.nodes[0],
+        now,
+        addr(5_001),
+        &Message::DeviceListPush { list: undo },
+    );
+    net.flush(0);
+    net.run_until_ms(net.now_us / 1_000 + 5_000);
+    let rejected_after: u64 = (0..REVOKE_SUPERNODES)
+        .map(|i| net.nodes[i].stats().signatures_rejected)
+        .sum();
+    assert_eq!(
+        rejected_after,
+        rejected + 1,
+        "checked once, refused, not passed on"
+    );
+    assert!((0..REVOKE_SUPERNODES).all(|i| net.nodes[i].device_list_version(&account) == Some(1)));
+    assert!(!raw_login(&mut net, 3, &stolen, addr(6_200)));
+}
+
+#[test]
+fn forged_stale_and_strangers_device_lists_change_nothing() {
+    let params = Arc::new(params());
+    let (mut a, mut b) = two_supernodes(&params);
+    let b_addr = addr(2);
+    let root = Keypair::generate(CryptoMode::Full, &mut rng(80));
+    let victim = device_of(&root, 81);
+    let attacker = Keypair::generate(CryptoMode::Full, &mut rng(82));
+    // Signed by another key in the account's name: refused, not passed on.
+    let mut forged = device_list(&attacker, 5, &[], &[victim.keypair.public()]);
+    forged.body.account_key = root.public();
+    deliver(
+        &mut a,
+        at(100),
+        b_addr,
+        &Message::DeviceListPush { list: forged },
+    );
+    assert!(sent(&mut a).is_empty());
+    assert_eq!(a.stats().signatures_rejected, 1);
+    assert!(!a.refuses_device(&victim.keypair.public(), &root.public()));
+    // A genuine one is taken and passed on to the other member.
+    let v2 = device_list(&root, 2, &[], &[victim.keypair.public()]);
+    deliver(
+        &mut a,
+        at(200),
+        addr(3),
+        &Message::DeviceListPush { list: v2.clone() },
+    );
+    assert_eq!(
+        a.stats().account_pushes_unchecked,
+        1,
+        "a stranger's push is not checked"
+    );
+    deliver(
+        &mut a,
+        at(200),
+        b_addr,
+        &Message::DeviceListPush { list: v2.clone() },
+    );
+    assert_eq!(a.stats().device_lists_accepted, 1);
+    assert!(a.refuses_device(&victim.keypair.public(), &root.public()));
+    // Passed on to members other than the sender (here: none but b, so none).
+    assert!(sent(&mut a).iter().all(|(to, _)| *to != b_addr));
+    // The same version, or an older one, again: ignored before any check.
+    let v1 = device_list(&root, 1, &[victim.keypair.public()], &[]);
+    deliver(
+        &mut a,
+        at(300),
+        b_addr,
+        &Message::DeviceListPush { list: v2 },
+    );
+    deliver(
+        &mut a,
+        at(300),
+        b_addr,
+        &Message::DeviceListPush { list: v1 },
+    );
+    assert_eq!(a.stats().account_pushes_stale, 2);
+    assert_eq!(a.stats().signatures_rejected, 1);
+    assert_eq!(a.device_list_version(&root.public()), Some(2));
+    assert!(a.refuses_device(&victim.keypair.public(), &root.public()));
+    // b learns nothing from a's traffic here (a forwarded nothing to it).
+    assert!(!b.refuses_device(&victim.keypair.public(), &root.public()));
+    let _ = sent(&mut b);
+}
+
+#[test]
+fn root_rotation_refuses_old_root_devices_and_admits_the_new_roots() {
+    let params = Arc::new(params());
+    let (mut net, contacts) = revocation_network(&params);
+    let old_root = Keypair::generate(CryptoMode::Full, &mut rng(90));
+    let new_root = Keypair::generate(CryptoMode::Full, &mut rng(91));
+    let old_phone = device_of(&old_root, 92);
+    let old_addr = addr(6_010);
+    let old_index = net.add(
+        client_node(
+            &params,
+            old_phone.clone(),
+            old_addr,
+            contacts.clone(),
+            net.now(),
+            92,
+        ),
+        old_addr,
+    );
+    net.run_until_ms(net.now_us / 1_000 + 10_000);
+    assert_eq!(
+        net.nodes[old_index].attached_supernodes().len(),
+        params.attachments_target
+    );
+
+    let rotation = sign_root_rotation(&old_root, &new_root, net.now().unix_s);
+    let now = net.now();
+    net.nodes[old_index].set_root_rotation(now, rotation);
+    net.flush(old_index);
+    let spread_ms = spread_time_ms(
+        &mut net,
+        &old_phone.keypair.public(),
+        &old_root.public(),
+        60_000,
+    )
+    .expect("the rotation reached every supernode");
+    println!("rotation spread to all {REVOKE_SUPERNODES} supernodes in {spread_ms} ms (virtual)");
+    assert!(
+        spread_ms <= REVOKE_SPREAD_BOUND_MS,
+        "spread took {spread_ms} ms"
+    );
+    net.run_until_ms(net.now_us / 1_000 + 30_000);
+    assert!(
+        net.nodes[old_index].attached_supernodes().is_empty(),
+        "old-root devices are detached"
+    );
+
+    // Whoever holds the old root mints a fresh certificate: refused everywhere.
+    let minted = device_of(&old_root, 93);
+    for index in 0..REVOKE_SUPERNODES {
+        assert!(
+            !raw_login(&mut net, index, &minted, addr(6_300 + index as u32)),
+            "supernode {index}"
+        );
+    }
+    // A device certified by the new root logs in (as a node, and by hand everywhere).
+    let new_phone = device_of(&new_root, 94);
+    let new_addr = addr(6_020);
+    let new_index = net.add(
+        client_node(
+            &params,
+            new_phone.clone(),
+            new_addr,
+            contacts.clone(),
+            net.now(),
+            94,
+        ),
+        new_addr,
+    );
+    net.run_until_ms(net.now_us / 1_000 + 10_000);
+    assert_eq!(
+        net.nodes[new_index].attached_supernodes().len(),
+        params.attachments_target
+    );
+    let other = device_of(&new_root, 95);
+    for index in 0..REVOKE_SUPERNODES {
+        assert!(
+            raw_login(&mut net, index, &other, addr(6_400 + index as u32)),
+            "supernode {index}"
+        );
+        assert!(!net.nodes[index].refuses_device(&new_phone.keypair.public(), &new_root.public()));
+    }
+}
+
+#[test]
+fn a_supernode_that_joins_later_learns_the_list_when_a_device_attaches() {
+    let params = Arc::new(params());
+    let (mut net, contacts) = revocation_network(&params);
+    let root = Keypair::generate(CryptoMode::Full, &mut rng(100));
+    let phone = device_of(&root, 101);
+    let stolen = device_of(&root, 102);
+    let phone_addr = addr(6_030);
+    let phone_index = net.add(
+        client_node(
+            &params,
+            phone.clone(),
+            phone_addr,
+            contacts.clone(),
+            net.now(),
+            101,
+        ),
+        phone_addr,
+    );
+    net.run_until_ms(net.now_us / 1_000 + 10_000);
+    let now = net.now();
+    net.nodes[phone_index].set_device_list(
+        now,
+        device_list(
+            &root,
+            1,
+            &[phone.keypair.public()],
+            &[stolen.keypair.public()],
+        ),
+    );
+    net.flush(phone_index);
+    // Past the rumour rounds (3·log2 8 = 12 s).
+    net.run_until_ms(net.now_us / 1_000 + 20_000);
+    // A new supernode joins; the phone attaches to it (its only choice).
+    let late_addr = addr(5_100);
+    let late = supernode(&params, 5_100, late_addr, vec![contacts[0]], net.now());
+    let late_contact = late.supernode_contact().unwrap();
+    let late_index = net.add(late, late_addr);
+    net.run_until_ms(net.now_us / 1_000 + 10_000);
+    assert!(!net.nodes[late_index].refuses_device(&stolen.keypair.public(), &root.public()));
+    let again_addr = addr(6_031);
+    let again = net.add(
+        client_node(
+            &params,
+            phone.clone(),
+            again_addr,
+            vec![late_contact],
+            net.now(),
+            103,
+        ),
+        again_addr,
+    );
+    // The second instance holds the list too (the daemon sets it at start).
+    let now = net.now();
+    net.nodes[again].set_device_list(
+        now,
+        device_list(
+            &root,
+            1,
+            &[phone.keypair.public()],
+            &[stolen.keypair.public()],
+        ),
+    );
+    net.run_until_ms(net.now_us / 1_000 + 10_000);
+    assert!(net.nodes[again]
+        .attached_supernodes()
+        .contains(&late_contact));
+    assert!(net.nodes[late_index].refuses_device(&stolen.keypair.public(), &root.public()));
+}
+
+/// The spread time of a revocation over the eight supernodes, for twenty
+/// accounts pushed one after another by one attached device (each list
+/// goes to its 2 supernodes, then fanout 3 and rumour rounds).
+#[test]
+fn revocation_spread_time_in_a_small_network() {
+    let params = Arc::new(params());
+    let (mut net, contacts) = revocation_network(&params);
+    let root = Keypair::generate(CryptoMode::Full, &mut rng(110));
+    let pusher = device_of(&root, 111);
+    let pusher_addr = addr(6_040);
+    let index = net.add(
+        client_node(&params, pusher, pusher_addr, contacts, net.now(), 111),
+        pusher_addr,
+    );
+    net.run_until_ms(net.now_us / 1_000 + 10_000);
+    let mut times_ms = Vec::new();
+    for account in 0..20u64 {
+        let other_root = Keypair::generate(CryptoMode::Full, &mut rng(1_000 + account));
+        let revoked = Keypair::generate(CryptoMode::Full, &mut rng(2_000 + account)).public();
+        let now = net.now();
+        // A device list of another account: the supernodes check it like any.
+        net.nodes[index]
+            .set_device_list(now, device_list(&other_root, account + 1, &[], &[revoked]));
+        net.flush(index);
+        let spread_ms = spread_time_ms(&mut net, &revoked, &other_root.public(), 60_000)
+            .expect("every supernode learnt the revocation");
+        times_ms.push(spread_ms);
+        net.run_until_ms(net.now_us / 1_000 + 15_000);
+    }
+    times_ms.sort_unstable();
+    println!(
+        "revocation spread over {REVOKE_SUPERNODES} supernodes (10 ms links, fanout 3): \
+         min {} ms, median {} ms, max {} ms over {} lists",
+        times_ms[0],
+        times_ms[times_ms.len() / 2],
+        times_ms[times_ms.len() - 1],
+        times_ms.len()
+    );
+    assert!(times_ms[times_ms.len() - 1] <= REVOKE_SPREAD_BOUND_MS);
+    let stale: u64 = (0..REVOKE_SUPERNODES)
+        .map(|i| net.nodes[i].stats().account_pushes_stale)
+        .sum();
+    let accepted: u64 = (0..REVOKE_SUPERNODES)
+        .map(|i| net.nodes[i].stats().device_lists_accepted)
+        .sum();
+    assert_eq!(
+        accepted,
+        20 * REVOKE_SUPERNODES as u64,
+        "each supernode checks each list once"
+    );
+    println!(
+        "pushes per list: {:.1} ignored unchecked, 1 checked per supernode",
+        stale as f64 / 20.0
+    );
 }

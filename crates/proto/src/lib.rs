@@ -13,12 +13,14 @@
 //! never a panic, an unbounded allocation or a hang. Lengths are checked
 //! before anything is allocated ([`BoundedVec`], [`MESSAGE_LEN_MAX`]).
 
+pub mod account;
 pub mod bounded;
 pub mod bundle;
 pub mod message;
 pub mod names;
 pub mod types;
 
+pub use account::*;
 pub use bounded::BoundedVec;
 pub use bundle::{
     BlindedElement, Evaluation, KdfParams, KeyBundle, KeyBundleBody, ShareDeal, ShareDealBody,

@@ -2,8 +2,10 @@
 //!
 //! Client ↔ supernode: attach (= login), keepalive, presence, lookups,
 //! reachability probes. Supernode ↔ supernode: membership gossip, directory
-//! store and find. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
+//! store and find. Both: account statements (device lists, root rotations)
+//! spread network-wide. Every collection is bounded; see [`crate::MESSAGE_LEN_MAX`].
 
+use crate::account::{DeviceList, RootRotation};
 use crate::bounded::BoundedVec;
 use crate::names::{NameCertificate, NameClaim, NameOutcome, NameVote};
 use crate::types::{
@@ -305,6 +307,19 @@ pub enum Message {
         name_key: NodeId,
         certificate: Option<Box<NameCertificate>>,
     },
+
+    // ---- account statements, spread network-wide ----
+    /// A device → its supernodes, and supernode → supernode (epidemic):
+    /// the account's signed device list. A supernode that takes a newer
+    /// version passes it on and refuses the devices it revokes.
+    DeviceListPush {
+        list: DeviceList,
+    },
+    /// The same for a root rotation: certificates signed by the old root
+    /// are refused from then on.
+    RootRotationPush {
+        rotation: RootRotation,
+    },
 }
 
 /// What a [`Message::RelayRequest`] signs: the session, both devices, and
@@ -367,6 +382,8 @@ impl Message {
             Message::NameFind { .. } => MessageKind::NameFind,
             Message::NameFindResponse { .. } => MessageKind::NameFindResponse,
             Message::NameLookupResponse { .. } => MessageKind::NameLookupResponse,
+            Message::DeviceListPush { .. } => MessageKind::DeviceListPush,
+            Message::RootRotationPush { .. } => MessageKind::RootRotationPush,
         }
     }
 }
@@ -420,6 +437,8 @@ pub enum MessageKind {
     NameFind,
     NameFindResponse,
     NameLookupResponse,
+    DeviceListPush,
+    RootRotationPush,
 }
 
 impl MessageKind {
@@ -472,6 +491,8 @@ impl MessageKind {
             43 => MessageKind::NameFind,
             44 => MessageKind::NameFindResponse,
             45 => MessageKind::NameLookupResponse,
+            46 => MessageKind::DeviceListPush,
+            47 => MessageKind::RootRotationPush,
             _ => return None,
         })
     }
@@ -548,6 +569,29 @@ mod tests {
             Message::RelayRefused {
                 session: 12,
                 retry_after_ms: 1_000,
+            },
+            Message::DeviceListPush {
+                list: crate::DeviceList {
+                    body: crate::DeviceListBody {
+                        account_key: PublicKey([8; 32]),
+                        version: 3,
+                        devices: BoundedVec::truncating([PublicKey([9; 32])]),
+                        revoked: BoundedVec::truncating([PublicKey([10; 32])]),
+                        issued_unix_s: 1_800_000_000,
+                    },
+                    signature: Signature([11; 64]),
+                },
+            },
+            Message::RootRotationPush {
+                rotation: crate::RootRotation {
+                    body: crate::RootRotationBody {
+                        old_account: PublicKey([12; 32]),
+                        new_account: PublicKey([13; 32]),
+                        issued_unix_s: 1_800_000_000,
+                    },
+                    signature_old: Signature([14; 64]),
+                    signature_new: Signature([15; 64]),
+                },
             },
         ];
         for message in samples {

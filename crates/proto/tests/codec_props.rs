@@ -22,6 +22,10 @@ use peerline_proto::{
     VersionInfo, MESSAGE_LEN_MAX, NAME_BYTES_MAX, NAME_VOTES_MAX, PAYLOAD_LEN_MAX,
     PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
 };
+use peerline_proto::{
+    DeviceList, DeviceListBody, RootRotation, RootRotationBody, DEVICE_LIST_DEVICES_MAX,
+    DEVICE_LIST_REVOKED_MAX,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -525,6 +529,52 @@ fn message() -> impl Strategy<Value = Message> {
                     certificate,
                 }
             }),
+        (
+            public_key(),
+            varint_u64(),
+            bounded::<_, DEVICE_LIST_DEVICES_MAX>(public_key()),
+            bounded::<_, DEVICE_LIST_REVOKED_MAX>(public_key()),
+            varint_u64(),
+            signature(),
+        )
+            .prop_map(
+                |(account_key, version, devices, revoked, issued_unix_s, signature)| {
+                    Message::DeviceListPush {
+                        list: DeviceList {
+                            body: DeviceListBody {
+                                account_key,
+                                version,
+                                devices,
+                                revoked,
+                                issued_unix_s,
+                            },
+                            signature,
+                        },
+                    }
+                }
+            ),
+        (
+            public_key(),
+            public_key(),
+            varint_u64(),
+            signature(),
+            signature()
+        )
+            .prop_map(
+                |(old_account, new_account, issued_unix_s, signature_old, signature_new)| {
+                    Message::RootRotationPush {
+                        rotation: RootRotation {
+                            body: RootRotationBody {
+                                old_account,
+                                new_account,
+                                issued_unix_s,
+                            },
+                            signature_old,
+                            signature_new,
+                        },
+                    }
+                }
+            ),
     ]
 }
 
@@ -578,7 +628,9 @@ fn every_variant_is_covered(m: &Message) {
         | Message::NameLookup { .. }
         | Message::NameFind { .. }
         | Message::NameFindResponse { .. }
-        | Message::NameLookupResponse { .. } => {}
+        | Message::NameLookupResponse { .. }
+        | Message::DeviceListPush { .. }
+        | Message::RootRotationPush { .. } => {}
     }
 }
 
@@ -1104,6 +1156,33 @@ fn widest_messages() -> Vec<Message> {
             name_key: NodeId([0xb9; 32]),
             certificate: Some(widest_certificate()),
         },
+        Message::DeviceListPush {
+            list: DeviceList {
+                body: DeviceListBody {
+                    account_key: PublicKey([0xa2; 32]),
+                    version: u64::MAX,
+                    devices: BoundedVec::truncating(
+                        (0..DEVICE_LIST_DEVICES_MAX as u8).map(|i| PublicKey([i; 32])),
+                    ),
+                    revoked: BoundedVec::truncating(
+                        (0..DEVICE_LIST_REVOKED_MAX as u8).map(|i| PublicKey([0x80 | i; 32])),
+                    ),
+                    issued_unix_s: u64::MAX,
+                },
+                signature: Signature([0xa3; 64]),
+            },
+        },
+        Message::RootRotationPush {
+            rotation: RootRotation {
+                body: RootRotationBody {
+                    old_account: PublicKey([0xa4; 32]),
+                    new_account: PublicKey([0xa5; 32]),
+                    issued_unix_s: u64::MAX,
+                },
+                signature_old: Signature([0xa6; 64]),
+                signature_new: Signature([0xa7; 64]),
+            },
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1457,6 +1536,29 @@ fn typical_messages() -> Vec<Message> {
             name_key: NodeId([40; 32]),
             certificate: Some(typical_certificate()),
         },
+        Message::DeviceListPush {
+            list: DeviceList {
+                body: DeviceListBody {
+                    account_key: PublicKey([30; 32]),
+                    version: 2,
+                    devices: BoundedVec::truncating([PublicKey([31; 32])]),
+                    revoked: BoundedVec::truncating([PublicKey([32; 32])]),
+                    issued_unix_s: 1_800_000_000,
+                },
+                signature: Signature([33; 64]),
+            },
+        },
+        Message::RootRotationPush {
+            rotation: RootRotation {
+                body: RootRotationBody {
+                    old_account: PublicKey([34; 32]),
+                    new_account: PublicKey([35; 32]),
+                    issued_unix_s: 1_800_000_000,
+                },
+                signature_old: Signature([36; 64]),
+                signature_new: Signature([37; 64]),
+            },
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1519,7 +1621,7 @@ fn write_seed_corpus() {
         "seed-unsupported-version".into(),
         encode_versioned(2, &Message::Ping { sequence: 1 }).unwrap(),
     ));
-    assert!(seeds.len() <= 40, "{} seeds", seeds.len());
+    assert!(seeds.len() <= 64, "{} seeds", seeds.len());
     for (name, bytes) in &seeds {
         std::fs::write(dir.join(name), bytes).unwrap();
     }

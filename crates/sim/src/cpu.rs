@@ -132,6 +132,10 @@ impl CostTable {
             NameVoteRequest | NameVoteReply => frame_us + 2 * c.verify_us,
             NameStore | NameFindResponse => frame_us + 4 * c.verify_us,
             NameLookup | NameFind => c.lookup_local_us,
+            // An upper bound: a version the supernode holds is ignored
+            // before its check (a rotation carries two signatures).
+            DeviceListPush => frame_us + c.verify_us,
+            RootRotationPush => frame_us + 2 * c.verify_us,
             AttachChallenge | AttachAccepted | Busy | Detach | Ping | Pong | NotAttached
             | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
