@@ -204,7 +204,7 @@ impl Default for Params {
             relay_request_burst: 60,
             name_quorum_len: 5,
             name_pow_bits: 16,
-            name_vote_hold_s: 600,
+            name_vote_hold_s: 300,
             name_vote_timeout_ms: 3_000,
             name_vote_window_ms: 500,
             name_one_voter_per_network: true,

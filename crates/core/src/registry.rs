@@ -18,13 +18,17 @@
 //!    when it holds one). A vote for a claim that never gathered a quorum is
 //!    released after [`Params::name_vote_hold_s`], so a split vote does not
 //!    lock a name forever.
-//! 4. A claim with votes from a majority of the quorum (3 of 5) is
-//!    **certified**: the claim plus those signed votes is the name record,
-//!    stored on the voters and on the name key's replicas, and checkable by
-//!    anyone ([`verify_certificate`]). Two quorums drawn from the same view
-//!    intersect, and each voter votes once, so two people registering the
-//!    same name at the same moment get one certificate: one is told
-//!    "registered", the other "taken".
+//! 4. A claim with votes from a Byzantine quorum of the voters (4 of 5,
+//!    [`votes_needed`]) is **certified**: the claim plus those signed votes
+//!    is the name record, stored on the voters and on the name key's
+//!    replicas, and checkable by anyone ([`verify_certificate`]). Two such
+//!    sets drawn from one view share two voters, and an honest voter votes
+//!    once, so even with one lying voter two claims cannot both be
+//!    certified. A voter waits [`Params::name_vote_window_ms`] for
+//!    concurrent claims and votes for the lowest claim hash among them
+//!    ([`VoteWindows`]), so two people registering the same name at the
+//!    same moment get the same votes everywhere: one is told "registered",
+//!    the other "taken".
 //! 5. Views can differ (churn, a partition), and then two certificates for
 //!    one name can exist. **A deterministic rule decides between them**
 //!    ([`CertificateInfo::beats`]): the certificate whose quorum was
@@ -36,8 +40,11 @@
 //!
 //! Record holders also check that a certificate's voters are plausible:
 //! each voter's node ID (which costs an ID puzzle to choose) must be no
-//! farther from the name key than the `2·n`-th closest member of their own
-//! view — a quorum of random nodes cannot certify a name.
+//! farther from the name key than the `4·n`-th closest member of their own
+//! view — a quorum of random nodes cannot certify a name — and, to replace
+//! a record of another claim, that every counted voter is a member they
+//! know at the address its vote names ([`voters_current`]): invented
+//! voters with made-up addresses and backdated votes change nothing.
 //!
 //! Only registration needs a quorum; lookup reads any replica.
 
@@ -185,6 +192,8 @@ pub struct CertificateInfo {
     /// When the quorum was complete: the majority-th earliest vote time.
     pub quorum_unix_s: u64,
     pub voters: Vec<NodeId>,
+    /// The address each voter signed into its vote (same order).
+    pub voter_addrs: Vec<Addr>,
 }
 
 impl CertificateInfo {
@@ -222,6 +231,7 @@ pub fn verify_certificate(
         .map_err(CertificateError::Claim)?;
     let hash = claim_hash(&certificate.claim);
     let mut voters = Vec::with_capacity(certificate.votes.len());
+    let mut voter_addrs = Vec::with_capacity(certificate.votes.len());
     let mut networks = Vec::with_capacity(certificate.votes.len());
     let mut times = Vec::with_capacity(certificate.votes.len());
     for vote in certificate.votes.iter() {
@@ -241,6 +251,7 @@ pub fn verify_certificate(
             return Err(CertificateError::DuplicateVoter);
         }
         voters.push(id);
+        voter_addrs.push(body.voter.addr);
         networks.push(network);
         times.push(body.voted_unix_s);
     }
@@ -255,6 +266,7 @@ pub fn verify_certificate(
         owner: certificate.claim.body.account,
         quorum_unix_s: times[needed - 1],
         voters,
+        voter_addrs,
     })
 }
 
@@ -278,6 +290,38 @@ pub fn voters_plausible(membership: &Membership, params: &Params, info: &Certifi
     info.voters
         .iter()
         .all(|voter| voter.distance(&info.name_key) <= bound)
+}
+
+/// How many of a certificate's voters are members of `membership` at the
+/// address their vote names. A vote's address is the voter's own claim
+/// (it signs it), so the one-voter-per-network rule means something only
+/// for voters the network knows at that address: keys ground next to a
+/// name with made-up addresses in four /24s make a certificate that
+/// verifies, and are no members.
+pub fn voters_current(membership: &Membership, info: &CertificateInfo) -> usize {
+    info.voters
+        .iter()
+        .zip(&info.voter_addrs)
+        .filter(|(id, addr)| {
+            membership
+                .get(id)
+                .is_some_and(|m| m.update.contact.addr == **addr)
+        })
+        .count()
+}
+
+/// Current voters (see [`voters_current`]) a record holder wants before it
+/// takes a certificate: for a name it holds no record of, one (a record
+/// whose other voters died since is still taken over); to replace another
+/// claim's record, all the votes a certificate needs — whoever would take
+/// a held name must be a quorum the holder can see, so backdated votes of
+/// invented voters change nothing.
+pub fn current_voters_wanted(params: &Params, replaces_another_claim: bool) -> usize {
+    if replaces_another_claim {
+        votes_needed(params)
+    } else {
+        1
+    }
 }
 
 /// The supernodes asked to vote on a name: the closest alive members of
@@ -342,6 +386,9 @@ pub enum Stored {
     Lost(Box<NameCertificate>),
     /// No room.
     Full,
+    /// Not taken: too few of its voters are members the holder knows
+    /// ([`current_voters_wanted`]).
+    Refused,
 }
 
 impl NameBook {

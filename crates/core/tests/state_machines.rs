@@ -3595,6 +3595,45 @@ fn an_attacker_grinding_ids_next_to_a_name_gets_one_seat() {
     }
     net.run_until_ms(70_000);
     assert_eq!(net.owner_of(victim, key), Some(owner.public()));
+
+    // The same keys writing made-up addresses in four /24s into their
+    // votes, backdated to the epoch: a certificate that verifies (and
+    // would win the conflict rule) but whose voters the network does not
+    // know at those addresses. Nobody replaces the owner's record with it.
+    let invented = NameCertificate {
+        claim: forged_claim.clone(),
+        votes: BoundedVec::truncating(attackers.iter().enumerate().map(|(i, contact)| {
+            let identity = identity(candidates[i].0);
+            sign_vote(
+                &identity.keypair,
+                NameVoteBody {
+                    name_key: key,
+                    claim_hash: claim_hash(&forged_claim),
+                    account: attacker_account.public(),
+                    voter: Contact {
+                        addr: Addr::from_ipv4_u32(0x0c00_0001 + ((i as u32) << 8), 7_000),
+                        ..*contact
+                    },
+                    voted_unix_s: i as u64,
+                },
+            )
+        })),
+    };
+    let info = verify_certificate(CryptoMode::Full, &params, &invented).expect("it verifies");
+    assert_eq!(info.quorum_unix_s, 3, "and it would win on time");
+    for index in 0..honest.len() + attackers.len() {
+        let now = net.now();
+        deliver(
+            &mut net.nodes[index],
+            now,
+            attackers[0].addr,
+            &Message::NameStore {
+                certificate: Box::new(invented.clone()),
+            },
+        );
+    }
+    net.run_until_ms(80_000);
+    assert_eq!(net.owner_of(victim, key), Some(owner.public()));
 }
 
 #[test]

@@ -146,6 +146,11 @@ pub struct SimConfig {
     pub attackers: u32,
     pub contests_per_min: f64,
     pub names_check_before_end_s: u64,
+    /// No new contest this close to the end (a split vote needs the vote
+    /// hold and a retry to be decided again before the final lookups).
+    pub names_stop_before_end_s: u64,
+    /// Devices revoked per minute (`accounts`).
+    pub revocations_per_min: f64,
     pub accounts_crash_after_heal_s: u64,
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
@@ -173,7 +178,7 @@ impl SimConfig {
             // records need time to move).
             duration_s: match scenario {
                 Scenario::Partition => 2400,
-                Scenario::Accounts => 2700,
+                Scenario::Accounts => 3000,
                 _ => 1800,
             },
             crypto: if nodes <= 20_000 {
@@ -223,6 +228,12 @@ impl SimConfig {
             attackers: if scenario == Scenario::Accounts { 8 } else { 0 },
             contests_per_min: 30.0,
             names_check_before_end_s: 180,
+            names_stop_before_end_s: 780,
+            revocations_per_min: if scenario == Scenario::Accounts {
+                2.0
+            } else {
+                0.0
+            },
             accounts_crash_after_heal_s: 300,
             params,
         }

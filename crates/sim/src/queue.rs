@@ -41,6 +41,10 @@ pub enum EventKind {
     NameTick,
     /// …and, near the end, looks every contested name up.
     NameCheck,
+    /// Revoke the next device (`accounts`)…
+    RevokeTick,
+    /// …and see how far pending revocations spread.
+    RevocationCheck,
 }
 
 #[derive(Debug)]

@@ -585,7 +585,7 @@ impl Report {
             self.config.supernode_ramp_s
                 + self.config.join_ramp_s
                 + 60
-                + self.config.names_check_before_end_s,
+                + self.config.names_stop_before_end_s,
         );
         let min_contests = (self.config.contests_per_min * window_s as f64 / 60.0 * 0.8).max(1.0);
         vec![
@@ -619,6 +619,18 @@ impl Report {
                 ok: names.name_records_lost == 0,
                 value: names.name_records_lost as f64,
                 bound: "= 0".into(),
+            },
+            Check {
+                name: "revocations",
+                ok: self.config.revocations_per_min <= 0.0 || names.revocations > 0,
+                value: names.revocations as f64,
+                bound: "> 0 (devices must be revoked)".into(),
+            },
+            Check {
+                name: "revocation_spread_s_p99",
+                ok: names.revocations_unfinished == 0 && names.revocation_spread_s_p99 <= 60.0,
+                value: names.revocation_spread_s_p99,
+                bound: "<= 60, and every revocation refused by every live supernode".into(),
             },
             Check {
                 name: "names_targeted",
@@ -750,7 +762,7 @@ impl Report {
         if self.config.scenario == Scenario::Accounts {
             let n = &self.names;
             out += &format!(
-                "names: {} contested ({} targeted by the attacker's {} supernodes) · {} registered · duplicated {} · unresolved {} · records lost {} · both told registered {} ({} outside the partition) · owner not told {} · registration p50 {} ms p99 {} ms · claims without answer {} · final lookups failed {}\n",
+                "names: {} contested ({} targeted by the attacker's {} supernodes) · {} registered · duplicated {} · unresolved {} · records lost {} · both told registered {} ({} outside the partition) · owner not told {} · registration p50 {} ms p99 {} ms · claims without answer {} · final lookups failed {}\nrevocations: {} · refused by every live supernode after p50 {:.2} s p99 {:.2} s max {:.2} s · not everywhere within 300 s {}\n",
                 n.names_contested,
                 n.names_targeted,
                 self.config.attackers,
@@ -764,7 +776,12 @@ impl Report {
                 n.name_registration_ms_p50,
                 n.name_registration_ms_p99,
                 n.name_claims_failed,
-                n.name_lookups_failed
+                n.name_lookups_failed,
+                n.revocations,
+                n.revocation_spread_s_p50,
+                n.revocation_spread_s_p99,
+                n.revocation_spread_s_max,
+                n.revocations_unfinished
             );
         }
         if self.cpu_model == CpuModel::Measured {

@@ -412,6 +412,8 @@ impl World {
                 EventKind::CrashWave => self.crash_wave(),
                 EventKind::NameTick => self.name_tick(),
                 EventKind::NameCheck => self.name_check(),
+                EventKind::RevokeTick => self.revoke_tick(),
+                EventKind::RevocationCheck => self.revocation_check(),
             }
         }
         self.now_us = stop_us;
@@ -606,9 +608,7 @@ impl World {
     }
 
     fn create_node(&mut self, index: u32, now: Now, is_supernode: bool) -> Node {
-        let mut seed_rng = Pcg64Mcg::seed_from_u64(
-            self.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+        let mut seed_rng = node_seed_rng(self.config.seed, index);
         let identity = DeviceIdentity::new_account(
             self.config.crypto,
             &mut seed_rng,
@@ -1360,6 +1360,11 @@ impl World {
             .map(|n| n.stats().datagrams_malformed + n.stats().datagrams_unsupported_version)
             .sum()
     }
+}
+
+/// The random stream a node's keys come from.
+fn node_seed_rng(seed: u64, index: u32) -> Pcg64Mcg {
+    Pcg64Mcg::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn exponential_us(rng: &mut impl Rng, mean_us: f64) -> u64 {

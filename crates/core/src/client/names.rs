@@ -11,9 +11,10 @@ use peerline_proto::{Message, NameCertificate, NameClaim, NameOutcome, NameRefus
 /// Registrations and name lookups one client keeps open at once.
 const REGISTRATIONS_MAX: usize = 4;
 const NAME_LOOKUPS_MAX: usize = 16;
-/// Tries of one registration (each through an attached supernode) before
-/// giving up as unavailable.
-const REGISTER_TRIES_MAX: u32 = 12;
+/// How long a registration keeps trying before giving up as unavailable:
+/// longer than a voter holds an undecided vote (`name_vote_hold_s`), so a
+/// split vote is released and decided again while the claimants still try.
+const REGISTER_PATIENCE_MS: u64 = 900_000;
 /// Wait for a coordinator's answer (it waits `name_vote_timeout_ms` for votes).
 const REGISTER_ANSWER_MS: u64 = 8_000;
 /// Longest wait between tries, whatever the hint says.
@@ -72,11 +73,15 @@ impl ClientState {
     /// `registry::make_claim`); ends in `NameRegistered`, `NameTaken` or
     /// `NameFailed`.
     pub(crate) fn register_name(&mut self, io: &mut Io, claim: NameClaim, name_key: NodeId) {
-        if self.names.registrations.len() >= REGISTRATIONS_MAX {
-            return io.event(Event::NameFailed {
-                name_key,
-                reason: NameFailure::TooMany,
-            });
+        let failure = if self.names.registrations.len() >= REGISTRATIONS_MAX {
+            Some(NameFailure::TooMany)
+        } else if !self.is_attached() {
+            Some(NameFailure::NotAttached)
+        } else {
+            None
+        };
+        if let Some(reason) = failure {
+            return io.event(Event::NameFailed { name_key, reason });
         }
         self.names.registrations.push(PendingRegistration {
             name_key,
@@ -102,15 +107,17 @@ impl ClientState {
                 index += 1;
                 continue;
             }
-            if registration.tries >= REGISTER_TRIES_MAX || attached.is_empty() {
-                let reason = if attached.is_empty() {
-                    NameFailure::NotAttached
-                } else {
-                    NameFailure::Unavailable
-                };
+            if now.since_ms(registration.started) >= REGISTER_PATIENCE_MS {
                 let name_key = registration.name_key;
                 self.names.registrations.swap_remove(index);
+                let reason = NameFailure::Unavailable;
                 io.event(Event::NameFailed { name_key, reason });
+                continue;
+            }
+            if attached.is_empty() {
+                // Between attachments (a supernode of ours died): wait.
+                registration.deadline = now.add_ms(REGISTER_ANSWER_MS / 4);
+                index += 1;
                 continue;
             }
             let via = attached

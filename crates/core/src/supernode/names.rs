@@ -8,8 +8,9 @@ use crate::membership::Membership;
 use crate::node::{Event, Io};
 use crate::params::Params;
 use crate::registry::{
-    check_claim, claim_hash, quorum, verify_certificate, verify_vote, voters_plausible,
-    votes_needed, Asker, CertificateInfo, NameQuery, Registration, Stored, Tally, PLAUSIBLE_REACH,
+    check_claim, claim_hash, current_voters_wanted, quorum, verify_certificate, verify_vote,
+    voters_current, voters_plausible, votes_needed, Asker, CertificateInfo, NameQuery,
+    Registration, Stored, Tally, PLAUSIBLE_REACH,
 };
 use crate::time::Instant;
 use peerline_proto::{
@@ -356,6 +357,16 @@ impl SupernodeState {
         certificate: Box<NameCertificate>,
         info: CertificateInfo,
     ) -> Stored {
+        let held = io.names.record_info(&info.name_key);
+        let held_claim = held.map(|h| h.claim_hash);
+        let replaces_another = held_claim.is_some_and(|hash| hash != info.claim_hash);
+        let wanted = current_voters_wanted(io.params, replaces_another);
+        if held_claim != Some(info.claim_hash) && voters_current(&self.membership, &info) < wanted {
+            // Not answered with our record: two holders that each refuse
+            // the other's would answer each other for ever.
+            io.stats.signatures_rejected += 1;
+            return Stored::Refused;
+        }
         io.names.store(certificate, info)
     }
 

@@ -6,11 +6,13 @@
 //! then, near the end, lookups of every contested name from random
 //! clients: each name must have exactly one owner everywhere.
 
-use super::{exponential_us, World};
+use super::{exponential_us, node_seed_rng, World};
 use crate::queue::EventKind;
+use peerline_core::account::sign_device_list;
 use peerline_core::names::normalize;
 use peerline_core::registry::make_claim;
 use peerline_core::{Event, Keypair};
+use peerline_proto::{BoundedVec, DeviceListBody};
 use peerline_proto::{NodeId, PublicKey};
 use rand_core::Rng;
 use serde::Serialize;
@@ -64,6 +66,26 @@ pub struct Names {
     registration_ms: Vec<u64>,
     /// Set once the final lookups were sent.
     checking: bool,
+    /// Revoked devices, and when every live supernode refused them.
+    revocations: Vec<Revocation>,
+    revocation_check_due: bool,
+}
+
+/// How often the spread of pending revocations is checked, and how long
+/// a revocation may take before it counts as never spread.
+const REVOCATION_CHECK_MS: u64 = 250;
+const REVOCATION_GIVE_UP_S: u64 = 300;
+
+#[derive(Clone, Debug)]
+struct Revocation {
+    device: PublicKey,
+    account: PublicKey,
+    started_us: u64,
+    spread_us: Option<u64>,
+    /// The supernodes live when it was published: the ones it must reach
+    /// (one that joins later learns it when the account's devices attach
+    /// to it — not measured here).
+    supernodes: Vec<u32>,
 }
 
 /// The `accounts` scenario's report keys.
@@ -97,6 +119,14 @@ pub struct NameFigures {
     /// Names whose final owner was never told "registered" (it was told
     /// "taken", or got no answer): the owner learns it by looking up.
     pub names_owner_not_told: u64,
+    /// Devices revoked (their account's signed list published by another
+    /// client), and how long until every live supernode refused them.
+    pub revocations: u64,
+    pub revocation_spread_s_p50: f64,
+    pub revocation_spread_s_p99: f64,
+    pub revocation_spread_s_max: f64,
+    /// Revocations not everywhere within 300 s.
+    pub revocations_unfinished: u64,
 }
 
 impl World {
@@ -114,12 +144,20 @@ impl World {
             .end_us
             .saturating_sub(self.config.names_check_before_end_s * 1_000_000);
         self.queue.push(check_us, EventKind::NameCheck);
+        if self.config.revocations_per_min > 0.0 {
+            self.queue.push(start_us, EventKind::RevokeTick);
+        }
     }
 
     /// Starts the next contest: two random attached clients claim one
     /// fresh name at the same moment.
     pub(super) fn name_tick(&mut self) {
-        if self.names.checking {
+        // Contests stop early enough that a split vote is released and
+        // decided again before the final lookups.
+        let stop_us = self
+            .end_us
+            .saturating_sub(self.config.names_stop_before_end_s * 1_000_000);
+        if self.names.checking || self.now_us >= stop_us {
             return;
         }
         let mean_us = 60e6 / self.config.contests_per_min.max(1e-3);
@@ -341,7 +379,149 @@ impl World {
         };
         figures.name_registration_ms_p50 = quantile(0.5);
         figures.name_registration_ms_p99 = quantile(0.99);
+        let mut spreads: Vec<f64> = Vec::new();
+        for revocation in &self.names.revocations {
+            figures.revocations += 1;
+            match revocation.spread_us {
+                Some(at) => spreads.push((at - revocation.started_us) as f64 / 1e6),
+                None => figures.revocations_unfinished += 1,
+            }
+        }
+        spreads.sort_by(f64::total_cmp);
+        let spread = |q: f64| -> f64 {
+            if spreads.is_empty() {
+                return 0.0;
+            }
+            spreads[((spreads.len() - 1) as f64 * q).round() as usize]
+        };
+        figures.revocation_spread_s_p50 = spread(0.5);
+        figures.revocation_spread_s_p99 = spread(0.99);
+        figures.revocation_spread_s_max = spreads.last().copied().unwrap_or(0.0);
         figures
+    }
+
+    /// Revokes a random attached client's device: its account's list,
+    /// signed by the account's root key, is published through another
+    /// attached client (the owner's other device, say).
+    pub(super) fn revoke_tick(&mut self) {
+        let mean_us = 60e6 / self.config.revocations_per_min.max(1e-3);
+        let next = self.now_us + exponential_us(&mut self.rng, mean_us);
+        let stop_us = self
+            .end_us
+            .saturating_sub(self.config.names_check_before_end_s * 1_000_000);
+        if next < stop_us {
+            self.queue.push(next, EventKind::RevokeTick);
+        }
+        let mut picked: Vec<u32> = Vec::with_capacity(2);
+        for _ in 0..20 {
+            let Some(client) = self.live_clients.random(&mut self.rng) else {
+                return;
+            };
+            let attached = self.valid_attachments(client).next().is_some();
+            let revoked = self
+                .names
+                .revocations
+                .iter()
+                .any(|r| Some(r.device) == self.device_key(client));
+            if attached && !revoked && !picked.contains(&client) {
+                picked.push(client);
+            }
+            if picked.len() == 2 {
+                break;
+            }
+        }
+        let [victim, publisher] = picked[..] else {
+            return;
+        };
+        // Not while the network is split: the other side cannot hear of it
+        // until the heal (spread is measured in churn and the crash wave).
+        if self.partitioned {
+            return;
+        }
+        let Some(device) = self.device_key(victim) else {
+            return;
+        };
+        let root = self.account_root(victim);
+        let now = self.now_for(publisher);
+        let list = sign_device_list(
+            &root,
+            DeviceListBody {
+                account_key: root.public(),
+                version: 1,
+                devices: BoundedVec::new(),
+                revoked: BoundedVec::truncating([device]),
+                issued_unix_s: now.unix_s,
+            },
+        );
+        self.names.revocations.push(Revocation {
+            device,
+            account: root.public(),
+            started_us: self.now_us,
+            spread_us: None,
+            supernodes: self.live_supernodes.items.clone(),
+        });
+        if let Some(node) = self.nodes[publisher as usize].node.as_mut() {
+            node.set_device_list(now, list);
+        }
+        self.flush(publisher);
+        if !self.names.revocation_check_due {
+            self.names.revocation_check_due = true;
+            self.queue.push(
+                self.now_us + REVOCATION_CHECK_MS * 1_000,
+                EventKind::RevocationCheck,
+            );
+        }
+    }
+
+    /// Marks the revocations every live supernode now refuses.
+    pub(super) fn revocation_check(&mut self) {
+        self.names.revocation_check_due = false;
+        let mut pending = false;
+        for index in 0..self.names.revocations.len() {
+            let revocation = &self.names.revocations[index];
+            if revocation.spread_us.is_some()
+                || self.now_us - revocation.started_us > REVOCATION_GIVE_UP_S * 1_000_000
+            {
+                continue;
+            }
+            let (device, account) = (revocation.device, revocation.account);
+            // Every supernode of then that is still one and alive refuses it.
+            let everywhere = revocation.supernodes.iter().all(|&s| {
+                let slot = &self.nodes[s as usize];
+                !slot.alive
+                    || !slot.is_supernode()
+                    || slot
+                        .node
+                        .as_ref()
+                        .is_none_or(|n| n.refuses_device(&device, &account))
+            });
+            if everywhere {
+                self.names.revocations[index].spread_us = Some(self.now_us);
+            } else {
+                pending = true;
+            }
+        }
+        if pending {
+            self.names.revocation_check_due = true;
+            self.queue.push(
+                self.now_us + REVOCATION_CHECK_MS * 1_000,
+                EventKind::RevocationCheck,
+            );
+        }
+    }
+
+    fn device_key(&self, node: u32) -> Option<PublicKey> {
+        self.nodes[node as usize]
+            .node
+            .as_ref()
+            .map(|n| n.identity().keypair.public())
+    }
+
+    /// The account root key of a simulated node: made first from the
+    /// node's seed when the node was created (`World::create_node`).
+    fn account_root(&self, node: u32) -> Keypair {
+        let mut seed_rng = node_seed_rng(self.config.seed, node);
+        Keypair::generate(self.config.crypto, &mut seed_rng)
     }
 
     /// Whether `node` is one of the attacker's supernodes.
