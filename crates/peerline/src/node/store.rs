@@ -388,6 +388,24 @@ impl Store {
         })
     }
 
+    /// Makes this device one of a new account that owns `name`, in one
+    /// transaction: the identity replaced, the old account's device list
+    /// and names dropped (`peerline account create`; the host cache and
+    /// contacts stay).
+    pub fn set_account(&self, identity: &StoredIdentity, name: &str, cert: &[u8]) -> Result<()> {
+        if name.is_empty() || name.len() > OWNED_NAME_BYTES_MAX || cert.len() > NAME_CERT_BYTES_MAX
+        {
+            bail!("the name '{name}' or its certificate is too long to keep");
+        }
+        self.write("save the new account", |txn| {
+            put_identity(txn, identity)?;
+            txn.open_table(DEVICE)?.remove(DEVICE_LIST)?;
+            txn.delete_table(OWNED_NAMES)?;
+            txn.open_table(OWNED_NAMES)?.insert(name, cert)?;
+            Ok(())
+        })
+    }
+
     pub fn remove_owned_name(&self, name: &str) -> Result<bool> {
         self.write("remove a name", |txn| {
             Ok(txn.open_table(OWNED_NAMES)?.remove(name)?.is_some())
