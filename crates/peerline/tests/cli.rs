@@ -472,6 +472,18 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     });
     assert!(settled, "the supernodes did not all know each other");
 
+    // A running node holds its data directory: said, exit 3.
+    let held = fleet.nodes[first].data_dir.clone();
+    let pid = fleet.nodes[first].child.id();
+    assert_exit(
+        &peerline(&["whoami", "--data-dir", held.to_str().unwrap()]),
+        3,
+        &format!(
+            "the data directory {} is in use by a running peerline node (process {pid}); stop it first, or give another --data-dir",
+            held.display()
+        ),
+    );
+
     let network = |command: &[&str], data: Option<&PathBuf>| {
         let mut args: Vec<&str> = command.to_vec();
         if let Some(data) = data {

@@ -292,7 +292,7 @@ pub fn throwaway_identity(now_unix_s: u64) -> Result<DeviceIdentity> {
 pub fn device_identity(stored: &StoredIdentity) -> DeviceIdentity {
     DeviceIdentity {
         keypair: Keypair::from_seed(CryptoMode::Full, stored.device_seed),
-        cert: stored.cert.clone(),
+        cert: stored.cert,
     }
 }
 
