@@ -443,7 +443,7 @@ pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
         .map(|(name, _)| name)
         .collect();
     match names.is_empty() {
-        true => println!("names    none (register one with `peerline account create <name>` in a new --data-dir)"),
+        true => println!("names    none (`peerline account create <name>` here makes a new account with a name, and new keys for this device)"),
         false => println!("names    {}", names.join(", ")),
     }
     Ok(ExitCode::SUCCESS)
@@ -536,6 +536,10 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
             ))
         }
     };
+    let replaced = match &existing {
+        Some(store) => Some(store.identity()?.cert.body.account_key),
+        None => None,
+    };
     let store = save_account(path, existing, &stored, &name, &certificate)?;
     if let Some(report) = report {
         let known = known_supernodes(&report.host_cache, &report.members_sample);
@@ -545,6 +549,12 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
     }
     let body = &stored.cert.body;
     println!("registered {}", name.as_str());
+    if let Some(old) = replaced {
+        println!(
+            "replaced   the nameless account {} this directory held (its device key too)",
+            key_hex(&old)
+        );
+    }
     println!("account  {}", key_hex(&body.account_key));
     println!("device   {}", key_hex(&body.device_key));
     println!(
