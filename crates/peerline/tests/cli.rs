@@ -535,6 +535,25 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
         field(&stdout(&found), "account").as_deref(),
         Some(account.as_str())
     );
+    // A directory `peerline node` made holds a nameless account (its root
+    // key dropped): `account create` replaces it with one that has a name.
+    let client_args = ["--role", "client", "--bootstrap", &seed];
+    let mut args = client_args.to_vec();
+    args.extend(node_args);
+    let client = fleet.start("client", &args);
+    fleet.bootstrap_of(client, START_WITHIN);
+    let carol = fleet.nodes[client].data_dir.clone();
+    assert!(fleet.nodes[client].terminate(START_WITHIN).is_some());
+    let created = network(&["account", "create", "carol"], Some(&carol));
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(
+        stdout(&created).contains("replaced   the nameless account"),
+        "{}",
+        stdout(&created)
+    );
+    let whoami = peerline(&["whoami", "--data-dir", carol.to_str().unwrap()]);
+    assert_eq!(field(&stdout(&whoami), "names").as_deref(), Some("carol"));
+
     let nobody = network(&["lookup", "bob"], Some(&alice));
     assert_eq!(nobody.status.code(), Some(1), "{}", stderr(&nobody));
     assert_eq!(stdout(&nobody).trim(), "nobody has registered bob");
