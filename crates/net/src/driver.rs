@@ -18,7 +18,7 @@ use peerline_core::mail::SendError;
 use peerline_core::{
     DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, PathCommand, PathReport, RolePolicy,
 };
-use peerline_proto::{Addr, Contact, PresenceRecord, PublicKey};
+use peerline_proto::{Addr, Contact, NameClaim, NodeId, PresenceRecord, PublicKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,6 +166,8 @@ enum Command {
     ConnectPeer(Box<PresenceRecord>),
     AddBootstrap(Contact),
     SetMappedAddr(Option<SocketAddr>),
+    RegisterName(Box<NameClaim>),
+    LookupName(NodeId),
     Shutdown,
 }
 
@@ -189,6 +191,8 @@ impl std::fmt::Debug for Command {
             Command::ConnectPeer(_) => "ConnectPeer",
             Command::AddBootstrap(_) => "AddBootstrap",
             Command::SetMappedAddr(_) => "SetMappedAddr",
+            Command::RegisterName(_) => "RegisterName",
+            Command::LookupName(_) => "LookupName",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -280,6 +284,26 @@ impl Control {
     pub async fn set_mapped_addr(&self, mapped: Option<SocketAddr>) -> Result<(), NodeGone> {
         self.commands
             .send(Command::SetMappedAddr(mapped))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Registers a name with a claim the account's root key signed
+    /// (`peerline_core::registry::make_claim`); the outcome comes as
+    /// [`Event::NameRegistered`], [`Event::NameTaken`] or
+    /// [`Event::NameFailed`].
+    pub async fn register_name(&self, claim: NameClaim) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::RegisterName(Box::new(claim)))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Looks up who owns the name with this key (`Name::key`); the answer
+    /// comes as [`Event::NameLookupDone`].
+    pub async fn lookup_name(&self, name_key: NodeId) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::LookupName(name_key))
             .await
             .map_err(|_| NodeGone)
     }
@@ -655,6 +679,8 @@ impl Driver {
             Command::SetMappedAddr(mapped) => {
                 self.node.set_mapped_addr(mapped.map(Addr::from_socket));
             }
+            Command::RegisterName(claim) => self.node.register_name(now, *claim),
+            Command::LookupName(name_key) => self.node.lookup_name(now, name_key),
             Command::Shutdown => {}
         }
     }

@@ -1,5 +1,6 @@
 //! The `peerline` command.
 
+mod account;
 mod demo;
 mod node;
 mod timers;
@@ -53,6 +54,22 @@ enum Command {
     /// bootstrap from. Settings may also come from a TOML file (--config);
     /// flags win over it.
     Node(node::config::NodeArgs),
+    /// Manage this device's account (create one with its name).
+    #[command(subcommand)]
+    Account(account::AccountCommand),
+    /// Show the account in a data directory: its key, this device's key,
+    /// when the device's certificate expires, and the names it owns.
+    ///
+    /// Reads DIR/state.redb only; nothing goes to the network.
+    Whoami(account::WhoamiArgs),
+    /// Look up who owns a name on the network.
+    ///
+    /// Starts a short-lived client (with the data directory's identity, or
+    /// a throwaway one without --data-dir), attaches through the saved host
+    /// cache and --bootstrap, and asks the name's supernodes. Prints the
+    /// owning account's key and when its quorum was reached, or "nobody has
+    /// registered NAME" (exit 1).
+    Lookup(account::LookupArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -184,12 +201,18 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_sim(args),
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => node::run(args),
+        Command::Account(account::AccountCommand::Create(args)) => account::create(args),
+        Command::Whoami(args) => account::whoami(args),
+        Command::Lookup(args) => account::lookup(args),
     };
     match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            let code = error
+                .downcast_ref::<account::Failure>()
+                .map_or(account::EXIT_BAD_INPUT, |failure| failure.code);
+            ExitCode::from(code)
         }
     }
 }

@@ -46,3 +46,16 @@ pub fn fast() -> (Params, Vec<String>) {
     ];
     (params, overrides)
 }
+
+/// `--loopback-test-network` (`peerline node`, `account create`,
+/// `lookup`): [`fast`], and name certificates may carry several votes
+/// from one network. Every node of a loopback network shares 127.0.0.1,
+/// so production's one voter per /24 would leave a single voter and no
+/// name could reach its quorum; clients check certificates by the same
+/// rule, so they take the flag too.
+pub fn loopback_test_network() -> (Params, Vec<String>) {
+    let (mut params, mut overrides) = fast();
+    params.name_one_voter_per_network = false;
+    overrides.push("several name votes per network (production: one per /24 or /48)".into());
+    (params, overrides)
+}

@@ -1,8 +1,13 @@
 //! The `peerline` command as a user meets it: clear errors for bad input,
-//! and the same digest from the same seed in separate processes.
+//! the same digest from the same seed in separate processes, and the
+//! account commands (`account create`, `whoami`, `lookup`) against a small
+//! network of `peerline node` processes on loopback.
+
+mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn peerline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_peerline"))
@@ -273,4 +278,283 @@ fn demo_holds_every_claim_on_a_small_network() {
 fn demo_refuses_a_kill_that_leaves_too_few_supernodes() {
     let output = peerline(&["demo", "--supernodes", "3", "--kill-fraction", "0.9"]);
     assert_clear_error(&output, "--kill-fraction must kill at least one supernode");
+}
+
+/// The command failed with `code` and said exactly `sentence` (after
+/// `error: `), on one line.
+fn assert_exit(output: &Output, code: i32, sentence: &str) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "{text}");
+    assert_eq!(text.trim_end(), format!("error: {sentence}"), "{text}");
+}
+
+#[test]
+fn bad_names_are_refused_with_the_rule() {
+    let data = scratch("bad-names");
+    let data = data.to_str().unwrap();
+    let long = "a".repeat(40);
+    let cases = [
+        ("", "the name is empty".to_string()),
+        (
+            long.as_str(),
+            "the name is 40 characters; a name has at most 32".to_string(),
+        ),
+        (
+            // A Cyrillic а among Latin letters: it would imitate "paypal".
+            "p\u{430}ypal",
+            "\"p\u{430}ypal\" mixes scripts (e.g. Latin with Cyrillic letters); a name uses one script, so it cannot imitate another".to_string(),
+        ),
+    ];
+    for (name, sentence) in &cases {
+        let output = peerline(&["account", "create", name, "--data-dir", data]);
+        assert_exit(&output, 2, sentence);
+        let output = peerline(&["lookup", name]);
+        assert_exit(&output, 2, sentence);
+    }
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "nothing is made for a bad name"
+    );
+}
+
+#[test]
+fn whoami_without_an_account_says_how_to_make_one() {
+    let data = scratch("whoami-none");
+    let output = peerline(&["whoami", "--data-dir", data.to_str().unwrap()]);
+    assert_exit(
+        &output,
+        1,
+        &format!(
+            "no account in {}; create one with `peerline account create <name>`",
+            data.display()
+        ),
+    );
+    assert_exit(
+        &peerline(&["whoami"]),
+        2,
+        "no data directory: give --data-dir DIR (this device's keys live there)",
+    );
+}
+
+#[test]
+fn password_files_are_refused_until_password_login_exists() {
+    let data = scratch("password");
+    let output = peerline(&[
+        "account",
+        "create",
+        "alice",
+        "--password-file",
+        "/dev/null",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_exit(
+        &output,
+        2,
+        "password login is not available yet: this peerline cannot seal the account's root key; run without --password-file (the root key is then kept nowhere)",
+    );
+    assert!(!data.exists(), "nothing is made");
+}
+
+/// A node key nobody holds, at a loopback port nobody listens on.
+fn dead_seed() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    drop(socket);
+    format!("3fa4000000000000000000000000000000000000000000000000000000000001@127.0.0.1:{port}")
+}
+
+#[test]
+fn an_unreachable_network_is_named_with_what_was_tried() {
+    let seed = dead_seed();
+    let output = peerline(&["lookup", "alice", "--bootstrap", &seed, "--timeout", "2s"]);
+    assert_exit(
+        &output,
+        3,
+        "could not reach the network: no supernode answered within 2 s (tried 1)",
+    );
+    let data = scratch("unreachable");
+    let output = peerline(&[
+        "account",
+        "create",
+        "alice",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--bootstrap",
+        &seed,
+        "--timeout",
+        "2s",
+    ]);
+    assert_exit(
+        &output,
+        3,
+        "could not reach the network: no supernode answered within 2 s (tried 1)",
+    );
+    assert!(
+        !data.join("state.redb").exists(),
+        "no account is written without a name"
+    );
+    let _ = std::fs::remove_dir_all(data);
+    assert_exit(
+        &peerline(&["lookup", "alice"]),
+        2,
+        "no supernode to start from: give --bootstrap NODE_KEY@ADDR (a node prints its own at start), or a --data-dir whose node has run",
+    );
+}
+
+/// Supernodes of the loopback network: a quorum (5) and one more.
+const SUPERNODES: usize = 6;
+const START_WITHIN: Duration = Duration::from_secs(30);
+const SETTLE_WITHIN: Duration = Duration::from_secs(40);
+/// A command against the network: attaching, the proof of work, a vote.
+const COMMAND_WITHIN: Duration = Duration::from_secs(60);
+
+/// Runs `peerline` with a bound: killed (and the test failed) past `within`.
+fn peerline_within(args: &[&str], within: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peerline"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the peerline binary runs");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "peerline {args:?} did not finish within {within:?}: {}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The value on the line that starts with `label` (e.g. "account").
+fn field(text: &str, label: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(label))
+        .map(|value| value.split_whitespace().next().unwrap_or("").to_string())
+}
+
+#[test]
+fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
+    let mut fleet = common::Fleet::new("accounts");
+    let node_args = ["--listen", "127.0.0.1:0", "--loopback-test-network"];
+    let mut args = vec!["--role", "supernode"];
+    args.extend(node_args);
+    let first = fleet.start("super-0", &args);
+    let seed = fleet.bootstrap_of(first, START_WITHIN);
+    let mut supernodes = vec![first];
+    for i in 1..SUPERNODES {
+        let mut args = vec!["--role", "supernode", "--bootstrap", &seed];
+        args.extend(node_args);
+        supernodes.push(fleet.start(&format!("super-{i}"), &args));
+    }
+    let mut seeds = vec![seed.clone()];
+    for &index in &supernodes[1..] {
+        seeds.push(fleet.bootstrap_of(index, START_WITHIN));
+    }
+    let settled = fleet.wait_until(SETTLE_WITHIN, |nodes| {
+        nodes.iter().all(|node| {
+            node.status().is_some_and(|status| {
+                status["role"] == "supernode"
+                    && status["membership_len"].as_u64() == Some(SUPERNODES as u64)
+            })
+        })
+    });
+    assert!(settled, "the supernodes did not all know each other");
+
+    // A running node holds its data directory: said, exit 3.
+    let held = fleet.nodes[first].data_dir.clone();
+    let pid = fleet.nodes[first].child.id();
+    assert_exit(
+        &peerline(&["whoami", "--data-dir", held.to_str().unwrap()]),
+        3,
+        &format!(
+            "the data directory {} is in use by a running peerline node (process {pid}); stop it first, or give another --data-dir",
+            held.display()
+        ),
+    );
+
+    let network = |command: &[&str], data: Option<&PathBuf>| {
+        let mut args: Vec<&str> = command.to_vec();
+        if let Some(data) = data {
+            args.extend(["--data-dir", data.to_str().unwrap()]);
+        }
+        args.extend(["--loopback-test-network", "--timeout", "20s", "--bootstrap"]);
+        args.extend(seeds.iter().map(String::as_str));
+        peerline_within(&args, COMMAND_WITHIN)
+    };
+    let alice = fleet.dir.join("alice");
+    let created = network(&["account", "create", "Alice"], Some(&alice));
+    assert!(created.status.success(), "{}", stderr(&created));
+    let text = stdout(&created);
+    assert!(text.contains("registered alice"), "{text}");
+    let account = field(&text, "account").expect("the account key is printed");
+    assert_eq!(account.len(), 64, "{text}");
+
+    let whoami = peerline(&["whoami", "--data-dir", alice.to_str().unwrap()]);
+    assert!(whoami.status.success(), "{}", stderr(&whoami));
+    let text = stdout(&whoami);
+    assert_eq!(field(&text, "account").as_deref(), Some(account.as_str()));
+    assert_eq!(field(&text, "names").as_deref(), Some("alice"), "{text}");
+
+    let again = network(&["account", "create", "alice"], Some(&alice));
+    assert_exit(
+        &again,
+        1,
+        &format!(
+            "{} already holds the account named alice; give another --data-dir for a new account",
+            alice.display()
+        ),
+    );
+
+    let mallory = fleet.dir.join("mallory");
+    let taken = network(&["account", "create", "alice"], Some(&mallory));
+    assert_exit(
+        &taken,
+        1,
+        &format!("the name alice is taken (by account {account}); choose another"),
+    );
+    assert!(
+        !mallory.join("state.redb").exists(),
+        "a refused name writes no account"
+    );
+
+    let found = network(&["lookup", "alice"], None);
+    assert!(found.status.success(), "{}", stderr(&found));
+    assert_eq!(
+        field(&stdout(&found), "account").as_deref(),
+        Some(account.as_str())
+    );
+    // A directory `peerline node` made holds a nameless account (its root
+    // key dropped): `account create` replaces it with one that has a name.
+    let client_args = ["--role", "client", "--bootstrap", &seed];
+    let mut args = client_args.to_vec();
+    args.extend(node_args);
+    let client = fleet.start("client", &args);
+    fleet.bootstrap_of(client, START_WITHIN);
+    let carol = fleet.nodes[client].data_dir.clone();
+    assert!(fleet.nodes[client].terminate(START_WITHIN).is_some());
+    let created = network(&["account", "create", "carol"], Some(&carol));
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(
+        stdout(&created).contains("replaced   the nameless account"),
+        "{}",
+        stdout(&created)
+    );
+    let whoami = peerline(&["whoami", "--data-dir", carol.to_str().unwrap()]);
+    assert_eq!(field(&stdout(&whoami), "names").as_deref(), Some("carol"));
+
+    let nobody = network(&["lookup", "bob"], Some(&alice));
+    assert_eq!(nobody.status.code(), Some(1), "{}", stderr(&nobody));
+    assert_eq!(stdout(&nobody).trim(), "nobody has registered bob");
 }

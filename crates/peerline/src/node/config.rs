@@ -69,6 +69,16 @@ pub struct NodeArgs {
     /// nodes on the internet.
     #[arg(long)]
     pub fast_timers: bool,
+    /// For test networks whose nodes all share one address (loopback):
+    /// --fast-timers, and a name certificate may carry several votes from
+    /// one network (production counts at most one voter per /24 or /48,
+    /// so that one operator cannot vote a name through alone; on 127.0.0.1
+    /// that rule leaves one voter, and no name could ever be registered).
+    /// Clients give the same flag to `peerline account create` and
+    /// `peerline lookup`, as they check certificates by the same rule.
+    /// Never for nodes on the internet.
+    #[arg(long)]
+    pub loopback_test_network: bool,
     /// For tests: send a small message to this device every
     /// --test-traffic-interval-ms, as DEVICE_KEY:ACCOUNT_KEY (a node prints
     /// its own in its `messaging` line); the status file counts what was
@@ -276,6 +286,8 @@ pub struct NodeSettings {
     pub log_level: Option<String>,
     pub status_file: Option<PathBuf>,
     pub fast_timers: bool,
+    /// `--loopback-test-network`: fast timers and several voters per network.
+    pub loopback_test_network: bool,
     pub test_traffic_to: Option<Recipient>,
     pub test_traffic_interval_ms: u64,
     pub connect_to: Option<Recipient>,
@@ -339,6 +351,7 @@ pub fn settings(args: NodeArgs) -> Result<NodeSettings> {
         log_level,
         status_file: args.status_file.or_else(|| from_file(file.status_file)),
         fast_timers: args.fast_timers || file.fast_timers.unwrap_or(false),
+        loopback_test_network: args.loopback_test_network,
         test_traffic_to: args.test_traffic_to.or(file.test_traffic_to),
         connect_to: args.connect_to,
         test_traffic_interval_ms,

@@ -63,10 +63,28 @@ pub enum IdentityOrigin {
     Loaded,
 }
 
+/// Another process (a running node, or another command) holds the
+/// directory's lock.
+#[derive(Debug, thiserror::Error)]
+#[error("the data directory {} is in use by another peerline node{}; give each node its own --data-dir", .path.display(), holder_text(.holder))]
+pub struct InUse {
+    pub path: PathBuf,
+    /// The holder's process ID as it wrote it (empty when unknown).
+    pub holder: String,
+}
+
+/// ` (process 123)`, or nothing when the holder is unknown.
+pub fn holder_text(holder: &str) -> String {
+    match holder {
+        "" => String::new(),
+        pid => format!(" (process {pid})"),
+    }
+}
+
 /// Takes the directory's lock (released by the OS when the process ends,
 /// however it ends: a `kill -9` leaves no stale lock), and writes this
 /// process's ID into the file for the next one's error message.
-fn lock(path: &Path) -> Result<File> {
+pub fn lock(path: &Path) -> Result<File> {
     let lock_path = path.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -79,14 +97,11 @@ fn lock(path: &Path) -> Result<File> {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-            let holder = match holder.trim() {
-                "" => String::new(),
-                pid => format!(" (process {pid})"),
-            };
-            bail!(
-                "the data directory {} is in use by another peerline node{holder}; give each node its own --data-dir",
-                path.display()
-            );
+            return Err(InUse {
+                path: path.to_path_buf(),
+                holder: holder.trim().to_string(),
+            }
+            .into());
         }
         Err(std::fs::TryLockError::Error(error)) => {
             return Err(error).with_context(|| format!("cannot lock {}", lock_path.display()))
@@ -100,7 +115,7 @@ fn lock(path: &Path) -> Result<File> {
 
 /// Creates the directory (mode 0700) if missing and checks that it is a
 /// directory the node can read and write.
-fn prepare(path: &Path) -> Result<()> {
+pub fn prepare(path: &Path) -> Result<()> {
     if !path.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -171,6 +186,22 @@ impl DataDir {
         })
     }
 
+    /// Opens and locks a directory that holds a state database; `None`
+    /// (and nothing made) when it holds none.
+    pub fn open_existing(path: &Path) -> Result<Option<DataDir>> {
+        let state = path.join(STATE_FILE);
+        if !state.exists() {
+            return Ok(None);
+        }
+        let lock = lock(path)?;
+        Ok(Some(DataDir {
+            path: path.to_path_buf(),
+            store: Store::open(&state)?,
+            origin: IdentityOrigin::Loaded,
+            _lock: lock,
+        }))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -234,14 +265,35 @@ impl DataDir {
 /// The account certifies the device, once; the account's key goes out of
 /// scope here.
 fn certify(device_seed: [u8; 32], account_seed: [u8; 32], now_unix_s: u64) -> StoredIdentity {
-    let device = Keypair::from_seed(CryptoMode::Full, device_seed);
     let account = Keypair::from_seed(CryptoMode::Full, account_seed);
+    certify_device(device_seed, &account, now_unix_s)
+}
+
+/// The account's root key certifies the device (valid `DEVICE_CERT_TTL_S`
+/// from `now_unix_s`).
+pub fn certify_device(device_seed: [u8; 32], account: &Keypair, now_unix_s: u64) -> StoredIdentity {
+    let device = Keypair::from_seed(CryptoMode::Full, device_seed);
     let cert = issue_device_cert(
-        &account,
+        account,
         device.public(),
         now_unix_s.saturating_add(DEVICE_CERT_TTL_S),
     );
     StoredIdentity { device_seed, cert }
+}
+
+/// A device of a new account, for one command (`peerline lookup` without
+/// a data directory): nothing is written, and the account's key is dropped.
+pub fn throwaway_identity(now_unix_s: u64) -> Result<DeviceIdentity> {
+    let stored = certify(random_seed()?, random_seed()?, now_unix_s);
+    Ok(device_identity(&stored))
+}
+
+/// The running form of a stored identity.
+pub fn device_identity(stored: &StoredIdentity) -> DeviceIdentity {
+    DeviceIdentity {
+        keypair: Keypair::from_seed(CryptoMode::Full, stored.device_seed),
+        cert: stored.cert,
+    }
 }
 
 /// A crash between writing the store and removing `identity.key` left
@@ -274,7 +326,7 @@ fn remove_old_files(old_identity: &Path, old_host_cache: &Path) -> Result<()> {
     store::sync_dir(old_identity)
 }
 
-fn random_seed() -> Result<[u8; 32]> {
+pub fn random_seed() -> Result<[u8; 32]> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
         .map_err(|error| anyhow::anyhow!("the operating system gave no randomness: {error}"))?;

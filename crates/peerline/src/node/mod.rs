@@ -118,7 +118,7 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
     let data = DataDir::open(&settings.data_dir, wall_clock_s())?;
-    let params = node_params(settings.fast_timers);
+    let params = node_params(settings.fast_timers, settings.loopback_test_network);
     let identity = data.identity(wall_clock_s())?;
     let cached = data.load_host_cache();
     if let Some(warning) = &cached.warning {
@@ -296,7 +296,15 @@ fn start_port_mapping(settings: &NodeSettings, node: &RunningNode) -> Option<por
     }
 }
 
-fn node_params(fast_timers: bool) -> Params {
+fn node_params(fast_timers: bool, loopback_test_network: bool) -> Params {
+    if loopback_test_network {
+        let (params, overrides) = crate::timers::loopback_test_network();
+        tracing::warn!(
+            "--loopback-test-network: for test networks on one machine only; changed from production: {}",
+            overrides.join("; ")
+        );
+        return params;
+    }
     if !fast_timers {
         return Params::default();
     }
@@ -337,7 +345,7 @@ fn advertised_addr(settings: &NodeSettings) -> Result<Option<SocketAddr>> {
 
 /// The local address the kernel would send from towards the internet. A
 /// UDP `connect` only looks the route up: nothing is sent.
-fn outgoing_ip(v6: bool) -> Option<IpAddr> {
+pub fn outgoing_ip(v6: bool) -> Option<IpAddr> {
     let (local, remote) = if v6 {
         ("[::]:0", "[2001:db8::1]:9")
     } else {

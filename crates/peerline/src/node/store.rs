@@ -32,8 +32,9 @@
 //! checksum (the file is small): a damaged file is one error sentence, never
 //! a panic, a half-read state or a silently new identity.
 
-// Contacts, owned names and the device list have no command yet (`peerline
-// account`, `login` and `contacts` come with the rest of issue #5).
+// Contacts and the device list have no command yet (`login`, `devices` and
+// `contacts` come with the rest of issue #5); owned names are written by
+// `peerline account create` and read by `peerline whoami`.
 #![allow(dead_code)]
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -388,6 +389,24 @@ impl Store {
         })
     }
 
+    /// Makes this device one of a new account that owns `name`, in one
+    /// transaction: the identity replaced, the old account's device list
+    /// and names dropped (`peerline account create`; the host cache and
+    /// contacts stay).
+    pub fn set_account(&self, identity: &StoredIdentity, name: &str, cert: &[u8]) -> Result<()> {
+        if name.is_empty() || name.len() > OWNED_NAME_BYTES_MAX || cert.len() > NAME_CERT_BYTES_MAX
+        {
+            bail!("the name '{name}' or its certificate is too long to keep");
+        }
+        self.write("save the new account", |txn| {
+            put_identity(txn, identity)?;
+            txn.open_table(DEVICE)?.remove(DEVICE_LIST)?;
+            txn.delete_table(OWNED_NAMES)?;
+            txn.open_table(OWNED_NAMES)?.insert(name, cert)?;
+            Ok(())
+        })
+    }
+
     pub fn remove_owned_name(&self, name: &str) -> Result<bool> {
         self.write("remove a name", |txn| {
             Ok(txn.open_table(OWNED_NAMES)?.remove(name)?.is_some())
@@ -649,6 +668,31 @@ mod tests {
             .is_err());
         assert!(store
             .put_owned_name("big", &vec![0; NAME_CERT_BYTES_MAX + 1])
+            .is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_new_account_replaces_the_identity_its_device_list_and_names_at_once() {
+        let (dir, store) = new_store("set-account");
+        store.put_device_list(b"old list").unwrap();
+        store.put_owned_name("old", b"old cert").unwrap();
+        let mut new = identity();
+        new.device_seed = [17; 32];
+        new.cert.body.device_key = PublicKey([18; 32]);
+        new.cert.body.account_key = PublicKey([19; 32]);
+        store.set_account(&new, "alice", b"cert-a").unwrap();
+        drop(store);
+        let store = Store::open(&dir.join(STATE_FILE)).unwrap();
+        assert_eq!(store.identity().unwrap().cert, new.cert);
+        assert_eq!(store.identity().unwrap().device_seed, [17; 32]);
+        assert_eq!(store.device_list().unwrap(), None);
+        assert_eq!(
+            store.owned_names().unwrap(),
+            vec![("alice".to_string(), b"cert-a".to_vec())]
+        );
+        assert!(store
+            .set_account(&new, "big", &vec![0; NAME_CERT_BYTES_MAX + 1])
             .is_err());
         let _ = std::fs::remove_dir_all(dir);
     }

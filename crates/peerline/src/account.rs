@@ -1,0 +1,639 @@
+//! `peerline account create`, `peerline whoami` and `peerline lookup`: the
+//! first commands a person runs, each one short-lived.
+//!
+//! A command that needs the network starts a client node of its own (the
+//! same `peerline-net` driver as `peerline node`, `RolePolicy::ClientOnly`)
+//! with the data directory's identity, attaches through the saved host
+//! cache and the `--bootstrap` seeds, asks the core one thing
+//! (`Node::register_name` or `Node::lookup_name`), waits for the event that
+//! answers it, and stops. Every wait is bounded; every failure is a
+//! [`Failure`]: one sentence and an exit code (`EXIT_CODES`).
+//!
+//! **The root key.** `account create` makes the account's root key in
+//! memory, signs the name claim and the device's certificate with it, and
+//! drops it when the command ends: it is not written anywhere. The
+//! password-sealed key bundle that will keep it (and `peerline login` on a
+//! new device) is not built yet, so `--password-file` is refused, and until
+//! then an account cannot add devices, renew its certificate or rotate.
+
+use crate::node::config::{key_hex, Seed};
+use crate::node::data_dir::{self, DataDir, InUse};
+use crate::node::store::{Store, StoredIdentity, STATE_FILE};
+use crate::node::{bootstrap_order, known_supernodes};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use peerline_core::client::NameFailure;
+use peerline_core::names::{normalize, Name};
+use peerline_core::registry::{make_claim, verify_certificate};
+use peerline_core::{CryptoMode, DeviceIdentity, Event, Keypair, Params, RolePolicy};
+use peerline_net::clock::wall_clock_s;
+use peerline_net::{DriverConfig, DriverLimits, Events, RunningNode};
+use peerline_proto::{Contact, NameCertificate, NodeId};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The answer is no: nobody owns the name, the name is taken, no account.
+pub const EXIT_NO: u8 = 1;
+/// Bad input: a name the rules refuse, a missing or unusable flag.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Not now: the network did not answer or decide, or a running node holds
+/// the data directory. Trying again later may work.
+pub const EXIT_NOT_NOW: u8 = 3;
+
+/// The exit codes, for the commands' `--help`.
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done
+  1  the answer is no: nobody has registered the name, the name is taken,
+     or the data directory holds no account (or already holds one)
+  2  bad input: a name the naming rules refuse, a missing or bad flag
+  3  not now: no supernode answered within --timeout, the network could not
+     decide, or a running `peerline node` holds the data directory
+
+Every error is one sentence on stderr.";
+
+/// How long a registration may take once attached (the core retries
+/// through other supernodes within this).
+const REGISTER_WAIT: Duration = Duration::from_secs(120);
+/// How long a name lookup may take once attached.
+const LOOKUP_WAIT: Duration = Duration::from_secs(60);
+/// A short-lived client says goodbye to its supernodes for at most this.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
+
+/// A command's failure: one sentence and its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+#[derive(clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct NetworkArgs {
+    /// This device's data directory (as for `peerline node`): its identity
+    /// and host cache are used, and the host cache is saved back.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Supernodes to start from, as NODE_KEY@ADDR (a node prints its own
+    /// at start); tried after the data directory's saved host cache.
+    #[arg(long, value_name = "NODE_KEY@ADDR", num_args = 1.., value_parser = Seed::from_str)]
+    pub bootstrap: Vec<Seed>,
+    /// Give up when no supernode answered within this long (e.g. 20s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::parse_duration_s)]
+    pub timeout: u64,
+    /// Talk to a `peerline node --loopback-test-network` network (tests
+    /// on one machine only): its timers and its rule for name votes.
+    #[arg(long, hide = true)]
+    pub loopback_test_network: bool,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct LookupArgs {
+    /// The name to look up; it is normalized first as at registration
+    /// (case, width and compatibility forms folded), so `Alice` finds
+    /// `alice`.
+    pub name: String,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum AccountCommand {
+    /// Create an account and register its name on the network.
+    ///
+    /// Makes the account's root key, a key for this device and the root
+    /// key's certificate for it; solves the name claim's proof of work;
+    /// attaches to the network and has the name's supernodes vote (a
+    /// quorum of 5; 4 votes make the name this account's). On success the
+    /// device key, its certificate and the name's certificate go into
+    /// DIR/state.redb.
+    ///
+    /// The root key is NOT kept anywhere yet: it is dropped when the
+    /// command ends. Keeping it sealed with a password (and logging in on
+    /// other devices with it) comes with `peerline login`; until then such
+    /// an account cannot add devices, renew this device's certificate (it
+    /// lasts a year) or rotate its keys, and --password-file is refused.
+    #[command(after_help = EXIT_CODES)]
+    Create(CreateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The name to register: 3 to 32 letters or digits of one script, with
+    /// `.`, `-` or `_` between them; stored in its normal form (lower
+    /// case, compatibility forms folded).
+    pub name: String,
+    /// A file holding the password that will seal the account's root key.
+    /// Not available yet: given, the command stops before doing anything.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct WhoamiArgs {
+    /// This device's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A name the rules refuse: their sentence, exit 2.
+fn checked_name(text: &str) -> Result<Name> {
+    normalize(text).map_err(|error| fail(EXIT_BAD_INPUT, error.to_string()))
+}
+
+fn required_data_dir(data_dir: &Option<PathBuf>) -> Result<&Path> {
+    data_dir.as_deref().ok_or_else(|| {
+        fail(
+            EXIT_BAD_INPUT,
+            "no data directory: give --data-dir DIR (this device's keys live there)",
+        )
+    })
+}
+
+/// A lock held by a running node becomes exit 3 with what to do.
+fn in_use(error: anyhow::Error) -> anyhow::Error {
+    match error.downcast_ref::<InUse>() {
+        Some(in_use) => fail(
+            EXIT_NOT_NOW,
+            format!(
+                "the data directory {} is in use by a running peerline node{}; stop it first, or give another --data-dir",
+                in_use.path.display(),
+                data_dir::holder_text(&in_use.holder)
+            ),
+        ),
+        None => error,
+    }
+}
+
+fn client_params(loopback_test_network: bool) -> Params {
+    match loopback_test_network {
+        true => crate::timers::loopback_test_network().0,
+        false => Params::default(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+/// A spinner on stderr while the command waits (nothing when stderr is
+/// not a terminal: logs and tests stay clean).
+fn spinner() -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// A short-lived client node, attached.
+struct Session {
+    node: RunningNode,
+    events: Events,
+}
+
+impl Session {
+    /// Starts a client with `identity` and waits until it is attached to a
+    /// supernode; exit 3 when none answered within `timeout_s`.
+    async fn attach(
+        identity: DeviceIdentity,
+        bootstrap: Vec<Contact>,
+        params: Params,
+        timeout_s: u64,
+    ) -> Result<Session> {
+        let Some(first) = bootstrap.first() else {
+            return Err(fail(
+                EXIT_BAD_INPUT,
+                "no supernode to start from: give --bootstrap NODE_KEY@ADDR (a node prints its own at start), or a --data-dir whose node has run",
+            ));
+        };
+        let tried = bootstrap.len();
+        let config = DriverConfig {
+            listen: listen_addr(first.addr.to_socket())?,
+            advertised: None,
+            params: Arc::new(params),
+            identity,
+            policy: RolePolicy::ClientOnly,
+            bootstrap,
+            rng_seed: None,
+            limits: DriverLimits {
+                shutdown_flush: SHUTDOWN_FLUSH,
+                ..DriverLimits::default()
+            },
+        };
+        let (node, mut events) = RunningNode::start(config)
+            .await
+            .map_err(|error| fail(EXIT_NOT_NOW, format!("the client could not start: {error}")))?;
+        let attached = tokio::time::timeout(Duration::from_secs(timeout_s), async {
+            while let Some(event) = events.recv().await {
+                if matches!(event, Event::Attached { .. }) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if !matches!(attached, Ok(true)) {
+            node.kill().await;
+            return Err(fail(
+                EXIT_NOT_NOW,
+                format!(
+                    "could not reach the network: no supernode answered within {timeout_s} s (tried {tried})"
+                ),
+            ));
+        }
+        Ok(Session { node, events })
+    }
+
+    /// Waits for the first event `answer` takes, at most `within`.
+    async fn wait_for<T>(
+        &mut self,
+        within: Duration,
+        mut answer: impl FnMut(Event) -> Option<T>,
+    ) -> Option<T> {
+        tokio::time::timeout(within, async {
+            while let Some(event) = self.events.recv().await {
+                if let Some(value) = answer(event) {
+                    return Some(value);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Stops the client and saves what it learnt of the network into the
+    /// data directory's host cache (a warning when that fails).
+    async fn finish(self, data: Option<&DataDir>) {
+        let report = self.node.shutdown().await;
+        if let (Ok(report), Some(data)) = (report, data) {
+            let known = known_supernodes(&report.host_cache, &report.members_sample);
+            if let Err(error) = data.save_host_cache(&known) {
+                eprintln!("warning: {error:#}");
+            }
+        }
+    }
+}
+
+/// Where the client listens: loopback towards a loopback network, else
+/// the address of the interface that routes outwards (dialable by the
+/// supernodes, unlike 0.0.0.0), on a free port.
+fn listen_addr(towards: SocketAddr) -> Result<SocketAddr> {
+    let ip = match towards.ip() {
+        ip if ip.is_loopback() && ip.is_ipv4() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => crate::node::outgoing_ip(ip.is_ipv6()).ok_or_else(|| {
+            fail(
+                EXIT_NOT_NOW,
+                "could not reach the network: this machine has no route towards the supernodes",
+            )
+        })?,
+    };
+    Ok(SocketAddr::new(ip, 0))
+}
+
+/// The data directory named by `--data-dir`, when it holds a state
+/// database (nothing is created).
+fn existing_data_dir(data_dir: &Option<PathBuf>) -> Result<Option<DataDir>> {
+    match data_dir {
+        Some(path) => DataDir::open_existing(path).map_err(in_use),
+        None => Ok(None),
+    }
+}
+
+/// `peerline lookup <name>`.
+pub fn lookup(args: LookupArgs) -> Result<ExitCode> {
+    let name = checked_name(&args.name)?;
+    let network = &args.network;
+    let params = client_params(network.loopback_test_network);
+    let data = existing_data_dir(&network.data_dir)?;
+    let now = wall_clock_s();
+    let (identity, cached) = match &data {
+        Some(data) => (data.identity(now)?, data.load_host_cache().contacts),
+        None => (data_dir::throwaway_identity(now)?, Vec::new()),
+    };
+    let bootstrap = bootstrap_order(&cached, &network.bootstrap, params.host_cache_len_max);
+    let bar = spinner();
+    bar.set_message("reaching the network");
+    let outcome = runtime()?.block_on(async {
+        let mut session =
+            Session::attach(identity, bootstrap, params.clone(), network.timeout).await?;
+        bar.set_message(format!("looking up {}", name.as_str()));
+        let key = name.key();
+        session
+            .node
+            .control
+            .lookup_name(key)
+            .await
+            .map_err(|_| fail(EXIT_NOT_NOW, "the client stopped on its own"))?;
+        let result = session
+            .wait_for(LOOKUP_WAIT, |event| match event {
+                Event::NameLookupDone {
+                    name_key, result, ..
+                } if name_key == key => Some(result),
+                _ => None,
+            })
+            .await;
+        session.finish(data.as_ref()).await;
+        Ok::<_, anyhow::Error>(result)
+    });
+    bar.finish_and_clear();
+    match outcome? {
+        Some(Ok(Some(certificate))) => {
+            print_owner(&name, &certificate, &params);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Ok(None)) => {
+            println!("nobody has registered {}", name.as_str());
+            Ok(ExitCode::from(EXIT_NO))
+        }
+        Some(Err(failure)) => Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "the network could not answer for {} ({}); try again in a minute",
+                name.as_str(),
+                failure_text(failure)
+            ),
+        )),
+        None => Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "the network did not answer for {} within {} s; try again in a minute",
+                name.as_str(),
+                LOOKUP_WAIT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn print_owner(name: &Name, certificate: &NameCertificate, params: &Params) {
+    println!("name     {}", name.as_str());
+    println!("account  {}", key_hex(&certificate.claim.body.account));
+    // The core checked the certificate before handing it out.
+    if let Ok(info) = verify_certificate(CryptoMode::Full, params, certificate) {
+        println!(
+            "quorum   {} ({} votes)",
+            data_dir::utc_time(info.quorum_unix_s),
+            info.voters.len()
+        );
+    }
+}
+
+fn failure_text(failure: NameFailure) -> String {
+    match failure {
+        NameFailure::Refused(reason) => format!("the claim was refused: {reason:?}"),
+        NameFailure::Unavailable => {
+            "too few of the name's supernodes answered, or their votes split".into()
+        }
+        NameFailure::NotAttached => "the client lost its supernodes".into(),
+        NameFailure::TooMany => "too many requests at once".into(),
+    }
+}
+
+/// `peerline whoami`: the data directory's account, from the store only.
+pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
+    let path = required_data_dir(&args.data_dir)?;
+    let Some(data) = DataDir::open_existing(path).map_err(in_use)? else {
+        return Err(fail(
+            EXIT_NO,
+            format!(
+                "no account in {}; create one with `peerline account create <name>`",
+                path.display()
+            ),
+        ));
+    };
+    let stored = data.store().identity()?;
+    let body = &stored.cert.body;
+    println!("account  {}", key_hex(&body.account_key));
+    println!("device   {}", key_hex(&body.device_key));
+    println!(
+        "expires  {} (this device's certificate)",
+        data_dir::utc_time(body.expires_unix_s)
+    );
+    let names: Vec<String> = data
+        .store()
+        .owned_names()?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    match names.is_empty() {
+        true => println!("names    none (`peerline account create <name>` here makes a new account with a name, and new keys for this device)"),
+        false => println!("names    {}", names.join(", ")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `peerline account create <name>`.
+pub fn create(args: CreateArgs) -> Result<ExitCode> {
+    if args.password_file.is_some() {
+        return Err(fail(
+            EXIT_BAD_INPUT,
+            "password login is not available yet: this peerline cannot seal the account's root key; run without --password-file (the root key is then kept nowhere)",
+        ));
+    }
+    let name = checked_name(&args.name)?;
+    let network = &args.network;
+    let path = required_data_dir(&network.data_dir)?;
+    let params = client_params(network.loopback_test_network);
+    data_dir::prepare(path)?;
+    let _lock = data_dir::lock(path).map_err(in_use)?;
+    let existing = existing_store(path)?;
+    let cached = existing
+        .as_ref()
+        .map(|store| store.load_host_cache().contacts)
+        .unwrap_or_default();
+    let bootstrap = bootstrap_order(&cached, &network.bootstrap, params.host_cache_len_max);
+
+    let bar = spinner();
+    bar.set_message(format!("solving the proof of work for {}", name.as_str()));
+    let now = wall_clock_s();
+    let (stored, claim) = {
+        // The root key lives in this block only.
+        let account = Keypair::from_seed(CryptoMode::Full, data_dir::random_seed()?);
+        let stored = data_dir::certify_device(data_dir::random_seed()?, &account, now);
+        let claim = make_claim(&account, &name, now, params.name_pow_bits);
+        (stored, claim)
+    };
+    bar.set_message("reaching the network");
+    let key = name.key();
+    let outcome = runtime()?.block_on(async {
+        let identity = data_dir::device_identity(&stored);
+        let mut session = Session::attach(identity, bootstrap, params, network.timeout).await?;
+        bar.set_message(format!(
+            "registering {} (its supernodes vote)",
+            name.as_str()
+        ));
+        session
+            .node
+            .control
+            .register_name(claim)
+            .await
+            .map_err(|_| fail(EXIT_NOT_NOW, "the client stopped on its own"))?;
+        let outcome = session
+            .wait_for(REGISTER_WAIT, |event| registration_outcome(event, key))
+            .await;
+        let report = session.node.shutdown().await.ok();
+        Ok::<_, anyhow::Error>((outcome, report))
+    });
+    bar.finish_and_clear();
+    let (outcome, report) = outcome?;
+    let certificate = match outcome {
+        Some(Registration::Registered(certificate)) => certificate,
+        Some(Registration::Taken(owner)) => {
+            return Err(fail(
+                EXIT_NO,
+                format!(
+                    "the name {} is taken (by account {}); choose another",
+                    name.as_str(),
+                    key_hex(&owner)
+                ),
+            ))
+        }
+        Some(Registration::Failed(failure)) => {
+            return Err(fail(
+                EXIT_NOT_NOW,
+                format!(
+                    "the network could not register {} ({}); try again in a minute",
+                    name.as_str(),
+                    failure_text(failure)
+                ),
+            ))
+        }
+        None => {
+            return Err(fail(
+                EXIT_NOT_NOW,
+                format!(
+                    "the network did not decide on {} within {} s; try again in a minute",
+                    name.as_str(),
+                    REGISTER_WAIT.as_secs()
+                ),
+            ))
+        }
+    };
+    let replaced = match &existing {
+        Some(store) => Some(store.identity()?.cert.body.account_key),
+        None => None,
+    };
+    let store = save_account(path, existing, &stored, &name, &certificate)?;
+    if let Some(report) = report {
+        let known = known_supernodes(&report.host_cache, &report.members_sample);
+        if let Err(error) = store.save_host_cache(&known) {
+            eprintln!("warning: {error:#}");
+        }
+    }
+    let body = &stored.cert.body;
+    println!("registered {}", name.as_str());
+    if let Some(old) = replaced {
+        println!(
+            "replaced   the nameless account {} this directory held (its device key too)",
+            key_hex(&old)
+        );
+    }
+    println!("account  {}", key_hex(&body.account_key));
+    println!("device   {}", key_hex(&body.device_key));
+    println!(
+        "expires  {} (this device's certificate)",
+        data_dir::utc_time(body.expires_unix_s)
+    );
+    println!("note: the account's root key was not kept (password-sealed keys come with `peerline login`): this account cannot add devices or renew this device's certificate");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The data directory's store, if it has one; refused when it already
+/// holds an account with a name, or an identity from before the store.
+fn existing_store(path: &Path) -> Result<Option<Store>> {
+    let state = path.join(STATE_FILE);
+    if !state.exists() {
+        if path.join(data_dir::IDENTITY_FILE).exists() {
+            return Err(fail(
+                EXIT_BAD_INPUT,
+                format!(
+                    "{} holds an identity from an older peerline; give another --data-dir for a new account",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    let store = Store::open(&state)?;
+    if let Some((owned, _)) = store.owned_names()?.into_iter().next() {
+        return Err(fail(
+            EXIT_NO,
+            format!(
+                "{} already holds the account named {owned}; give another --data-dir for a new account",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(store))
+}
+
+/// Writes the new identity and its name: into the existing store (whose
+/// nameless account it replaces), or a new one.
+fn save_account(
+    path: &Path,
+    existing: Option<Store>,
+    stored: &StoredIdentity,
+    name: &Name,
+    certificate: &NameCertificate,
+) -> Result<Store> {
+    let bytes = postcard::to_allocvec(certificate).context("cannot encode the name certificate")?;
+    let store = match existing {
+        Some(store) => store,
+        None => Store::create(&path.join(STATE_FILE), stored, &[])?,
+    };
+    store.set_account(stored, name.as_str(), &bytes)?;
+    Ok(store)
+}
+
+enum Registration {
+    Registered(Box<NameCertificate>),
+    Taken(peerline_proto::PublicKey),
+    Failed(NameFailure),
+}
+
+fn registration_outcome(event: Event, key: NodeId) -> Option<Registration> {
+    match event {
+        Event::NameRegistered {
+            name_key,
+            certificate,
+            ..
+        } if name_key == key => Some(Registration::Registered(certificate)),
+        Event::NameTaken {
+            name_key, owner, ..
+        } if name_key == key => Some(Registration::Taken(owner)),
+        // A claim the core refuses before sending carries no name key.
+        Event::NameFailed { name_key, reason }
+            if name_key == key || name_key == NodeId::default() =>
+        {
+            Some(Registration::Failed(reason))
+        }
+        _ => None,
+    }
+}
