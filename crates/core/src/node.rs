@@ -745,10 +745,14 @@ impl Node {
     }
 
     /// The device key a dial to `addr` must meet, when `addr` is a punching
-    /// peer's candidate.
+    /// peer's candidate, or the supernode key, when it is a share holder a
+    /// bundle fetch named (a share deal or a blinded password goes there).
     pub fn path_peer_key(&self, addr: &Addr) -> Option<PublicKey> {
         match &self.role {
-            Role::Client(client) => client.punch.peer_at(addr),
+            Role::Client(client) => client
+                .punch
+                .peer_at(addr)
+                .or_else(|| client.bundle_holder_key(addr)),
             Role::Supernode(_) => None,
         }
     }

@@ -4409,6 +4409,14 @@ fn a_new_device_opens_the_bundle_and_the_holders_budget_stops_guessing() {
         "fetch through the supernode (2) and one evaluation round"
     );
     assert!(elapsed_ms <= 60, "{elapsed_ms} ms");
+    // The driver pins a dial to each holder to the holder's key.
+    for &holder in holders.values().flatten() {
+        let key = net.nodes[holder].supernode_contact().unwrap().key;
+        assert_eq!(
+            net.nodes[device].path_peer_key(&net.addrs[holder]),
+            Some(key)
+        );
+    }
     // Wrong passwords: each one spends a guess at every holder asked.
     for guess in 2..=GUESS_BURST {
         let login = net.login(device, account, &format!("wrong password {guess}"));

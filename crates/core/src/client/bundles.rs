@@ -131,13 +131,40 @@ impl std::fmt::Debug for PendingLogin {
     }
 }
 
+/// Holder contacts remembered for pinning dials (the last fetch answers').
+const HOLDER_KEYS_MAX: usize = 2 * SHARE_HOLDERS_PER_MESSAGE_MAX;
+
 #[derive(Debug, Default)]
 pub(crate) struct ClientBundles {
     publishes: Vec<PendingPublish>,
     logins: Vec<PendingLogin>,
+    /// The keys of the holders the last fetches named, by address: the
+    /// driver pins a dial to a holder to its key (`Node::path_peer_key`),
+    /// so a share or a blinded password reaches that holder and nobody else.
+    holder_keys: std::collections::VecDeque<(Addr, PublicKey)>,
 }
 
 impl ClientBundles {
+    /// The key a dial to `addr` must meet, when a fetch named a holder there.
+    pub(crate) fn holder_key(&self, addr: &Addr) -> Option<PublicKey> {
+        self.holder_keys
+            .iter()
+            .rev()
+            .find(|(at, _)| at == addr)
+            .map(|(_, key)| *key)
+    }
+
+    fn remember_holders(&mut self, holders: &[ShareHolder]) {
+        for holder in holders {
+            let contact = holder.contact;
+            self.holder_keys.retain(|(at, _)| *at != contact.addr);
+            if self.holder_keys.len() >= HOLDER_KEYS_MAX {
+                self.holder_keys.pop_front();
+            }
+            self.holder_keys.push_back((contact.addr, contact.key));
+        }
+    }
+
     pub(crate) fn next_deadline(&self) -> Instant {
         let publishes = self.publishes.iter().map(|p| p.deadline);
         let logins = self.logins.iter().map(|login| match &login.stage {
@@ -153,6 +180,10 @@ impl ClientBundles {
 }
 
 impl ClientState {
+    pub(crate) fn bundle_holder_key(&self, addr: &Addr) -> Option<PublicKey> {
+        self.bundles.holder_key(addr)
+    }
+
     fn next_bundle_query_id(&mut self) -> u32 {
         self.next_query_id = self.next_query_id.wrapping_add(1);
         self.next_query_id
@@ -263,6 +294,15 @@ impl ClientState {
         bundle: Option<Box<KeyBundle>>,
         holders: BoundedVec<ShareHolder, SHARE_HOLDERS_PER_MESSAGE_MAX>,
     ) {
+        let known = self.bundles.publishes.iter().any(|p| p.query_id == query_id)
+            || self.bundles.logins.iter().any(|login| {
+                matches!(login.stage, LoginStage::Fetching { query_id: id, .. } if id == query_id)
+            });
+        if !known {
+            io.stats.messages_unexpected += 1;
+            return;
+        }
+        self.bundles.remember_holders(holders.as_slice());
         if let Some(slot) = self
             .bundles
             .publishes
