@@ -178,7 +178,16 @@ impl SupernodeState {
     pub(super) fn on_bundle_store(&mut self, io: &mut Io, from: Addr, bundle: Box<KeyBundle>) {
         let key = bundle_key(&bundle.body.account_key);
         if self.clients.contains_key(&from) {
-            // From a device: every replica gets it (ourselves included).
+            // From a device: checked here first (no forwarding junk to
+            // `replication_k` replicas), then every replica gets it
+            // (ourselves included).
+            if !self.bundle_work(io) {
+                return;
+            }
+            if verify_bundle(io.mode, &bundle).is_err() {
+                io.stats.signatures_rejected += 1;
+                return;
+            }
             let replicas = closest_contacts(&self.membership, &key, io.params.replication_k);
             for (id, contact) in replicas {
                 if id == self.node_id {
@@ -211,6 +220,10 @@ impl SupernodeState {
         indices: u8,
     ) {
         if !self.clients.contains_key(&from) {
+            if indices > 0 {
+                // A device asks through a supernode it is attached to.
+                return io.send(from, &Message::NotAttached);
+            }
             // A replica's answer: what it holds, no holders.
             let bundle = io.bundles.bundle(&account).cloned().map(Box::new);
             let answer = Message::BundleFetchResponse {
