@@ -73,7 +73,7 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
 use peerline_proto::{
     to_signing_bytes, BlindedElement, Evaluation, KdfParams, KeyBundle, KeyBundleBody, NodeId,
-    PublicKey, ShareDeal, ShareDealBody, Sharing, BUNDLE_NONCE_LEN, BUNDLE_SALT_LEN,
+    PublicKey, ShareDeal, ShareDealBody, Sharing, Signature, BUNDLE_NONCE_LEN, BUNDLE_SALT_LEN,
 };
 use rand_core::Rng;
 use std::collections::BTreeMap;
@@ -174,6 +174,79 @@ pub enum BundleError {
     #[error("no evaluations to combine")]
     NoEvaluations,
 }
+
+// ---------------------------------------------------------------------------
+// Secrets handed across the node's API
+// ---------------------------------------------------------------------------
+
+/// An account's 32-byte root seed, unsealed from its bundle: wiped when
+/// dropped, never printed. `Keypair::from_seed(CryptoMode::Full, *seed.expose())`
+/// is the root key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RootSeed(Zeroizing<[u8; 32]>);
+
+impl RootSeed {
+    pub fn new(seed: [u8; 32]) -> RootSeed {
+        RootSeed(Zeroizing::new(seed))
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RootSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("RootSeed(<secret>)")
+    }
+}
+
+/// A random number generator for secrets (blinding factors, share
+/// polynomials) from 32 bytes of the caller's entropy: a BLAKE3 XOF keyed
+/// by them. The node's own RNG is a PCG seeded with 64 bits — fine for
+/// jitter, predictable for secrets — so the driver hands in fresh bytes
+/// from its operating system's generator for each login.
+pub struct SecretRng {
+    reader: blake3::OutputReader,
+}
+
+impl SecretRng {
+    pub fn new(entropy: &[u8; 32]) -> SecretRng {
+        let hasher = blake3::Hasher::new_keyed(entropy);
+        SecretRng {
+            reader: hasher.finalize_xof(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("SecretRng(<secret>)")
+    }
+}
+
+impl rand_core::TryRng for SecretRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut bytes = [0u8; 4];
+        self.reader.fill(&mut bytes);
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut bytes = [0u8; 8];
+        self.reader.fill(&mut bytes);
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.reader.fill(dst);
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for SecretRng {}
 
 // ---------------------------------------------------------------------------
 // Scalars, points, hashes
@@ -717,6 +790,10 @@ struct HeldShare {
     share: OprfShare,
     bundle_version: u64,
     epoch: u64,
+    /// The deal's signed part, kept to hand the share on to the other
+    /// holders of its index ([`BundleHolder::deal`]).
+    body: ShareDealBody,
+    signature: Signature,
     budget: GuessBudget,
 }
 
@@ -760,6 +837,26 @@ impl BundleHolder {
         self.shares.get(account).map(|held| held.epoch)
     }
 
+    /// The index of the share held for `account`, if any.
+    pub fn index(&self, account: &PublicKey) -> Option<u8> {
+        self.shares.get(account).map(|held| held.share.index)
+    }
+
+    /// The accounts this holder holds a share of, in key order.
+    pub fn accounts(&self) -> impl Iterator<Item = &PublicKey> {
+        self.shares.keys()
+    }
+
+    /// The signed deal of the share held for `account`, to hand to another
+    /// holder of its index — over an encrypted connection only.
+    pub fn deal(&self, account: &PublicKey) -> Option<ShareDeal> {
+        self.shares.get(account).map(|held| ShareDeal {
+            body: held.body,
+            signature: held.signature,
+            share: held.share.scalar.to_bytes(),
+        })
+    }
+
     /// Takes a share deal: the root key's signature, an index in range, the
     /// share matching its commitment, and an epoch above the held one. A
     /// replaced share keeps its account's guess budget.
@@ -792,6 +889,8 @@ impl BundleHolder {
                 held.share = share;
                 held.bundle_version = body.bundle_version;
                 held.epoch = body.epoch;
+                held.body = *body;
+                held.signature = deal.signature;
             }
             None => {
                 self.shares.insert(
@@ -800,6 +899,8 @@ impl BundleHolder {
                         share,
                         bundle_version: body.bundle_version,
                         epoch: body.epoch,
+                        body: *body,
+                        signature: deal.signature,
                         budget: GuessBudget::full(now),
                     },
                 );

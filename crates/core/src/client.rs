@@ -3,7 +3,9 @@
 //! signed presence record, run lookups through a supernode, check
 //! reachability and decide on promotion.
 
+mod bundles;
 mod names;
+pub use bundles::BundleFailure;
 pub use names::NameFailure;
 
 use crate::hostcache::backoff_ms;
@@ -75,7 +77,7 @@ const OUTBOX_PACE_MS: u64 = 1_000;
 /// again (instead of the regular period).
 const PROMOTE_BUSY_RECHECK_MS: u64 = 10_000;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct ClientState {
     attachments: Vec<Attachment>,
     presence_sequence: u64,
@@ -111,6 +113,8 @@ pub struct ClientState {
     pub(crate) punch: crate::punch::Punch,
     /// Name registrations and lookups in flight (`client/names.rs`).
     names: names::ClientNames,
+    /// Bundle publications and password logins in flight (`client/bundles.rs`).
+    bundles: bundles::ClientBundles,
 }
 
 impl ClientState {
@@ -141,7 +145,11 @@ impl ClientState {
     }
 
     pub(crate) fn next_deadline(&self) -> Instant {
-        let mut deadline = self.punch.next_deadline().min(self.names.next_deadline());
+        let mut deadline = self
+            .punch
+            .next_deadline()
+            .min(self.names.next_deadline())
+            .min(self.bundles.next_deadline());
         for attachment in &self.attachments {
             deadline = deadline.min(attachment.deadline);
         }
@@ -329,6 +337,13 @@ impl ClientState {
             self.punch.handle(io, from, message, &supernodes);
             return;
         }
+        // Share holders answer straight, whether attached to or not.
+        if matches!(
+            message,
+            Message::OprfAnswer { .. } | Message::OprfRefused { .. }
+        ) {
+            return self.on_oprf_reply(io, from, message);
+        }
         let Some(index) = self.attachment_index(&from) else {
             match message {
                 Message::Probe { token } if token == self.probe_token && token != 0 => {
@@ -440,6 +455,11 @@ impl ClientState {
                 name_key,
                 certificate,
             } => self.on_name_lookup_response(io, query_id, name_key, certificate),
+            Message::BundleFetchResponse {
+                query_id,
+                bundle,
+                holders,
+            } => self.on_bundle_fetch_response(io, query_id, bundle, holders),
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -617,6 +637,7 @@ impl ClientState {
         self.send_outbox(io);
         self.expire_lookups(io);
         self.names_timeout(io);
+        self.bundles_timeout(io);
         self.probe_if_due(io);
         self.check_promotion(io);
     }

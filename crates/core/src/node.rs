@@ -102,6 +102,27 @@ pub enum Event {
         result: Result<Option<Box<NameCertificate>>, crate::client::NameFailure>,
         elapsed_ms: u64,
     },
+    /// The account's bundle went to its supernode for its replicas, and
+    /// each share deal to the holders of its index (`holders` deals sent).
+    AccountSecretsPublished {
+        account: PublicKey,
+        holders: usize,
+    },
+    /// The password opened the account's bundle: here is the root key's
+    /// seed (`Keypair::from_seed(CryptoMode::Full, *root_seed.expose())`).
+    /// The node re-dealt the shares to the current holders already.
+    BundleOpened {
+        account: PublicKey,
+        root_seed: crate::bundle::RootSeed,
+        elapsed_ms: u64,
+        /// Sequential round trips: the fetch (device → supernode →
+        /// replicas and back counts 2) and the evaluation rounds.
+        round_trips: u32,
+    },
+    BundleFailed {
+        account: PublicKey,
+        reason: crate::client::BundleFailure,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +209,9 @@ pub(crate) struct Io<'a> {
     /// Devices and roots this node refuses, the account statements it
     /// spreads, and its own account's (`revocation.rs`).
     pub accounts: &'a mut AccountTable,
+    /// A supernode's key bundles and OPRF shares (kept on disk: survive
+    /// restarts; `supernode/bundles.rs`).
+    pub bundles: &'a mut crate::supernode::bundles::BundleBook,
 }
 
 impl Io<'_> {
@@ -264,6 +288,7 @@ pub struct Node {
     resumption: Resumption,
     mail: MailState,
     names: crate::registry::NameBook,
+    bundles: crate::supernode::bundles::BundleBook,
     accounts: AccountTable,
     /// Path commands of the node itself (a role change resets the relay).
     path_commands: VecDeque<crate::PathCommand>,
@@ -276,6 +301,7 @@ impl Node {
         for contact in &config.bootstrap {
             host_cache.insert(*contact, config.params.host_cache_len_max);
         }
+        let mode = config.identity.mode();
         let mut node = Node {
             params: config.params,
             identity: config.identity,
@@ -294,6 +320,7 @@ impl Node {
             resumption: Resumption::default(),
             mail: MailState::default(),
             names: Default::default(),
+            bundles: crate::supernode::bundles::BundleBook::new(mode),
             accounts: AccountTable::new(now.instant),
             path_commands: VecDeque::new(),
         };
@@ -315,6 +342,7 @@ impl Node {
         self.reachable = self.policy == RolePolicy::SupernodeOnly;
         self.role = Role::Client(Box::default());
         self.names.forget_pushes();
+        self.bundles.forget_pushes();
         self.accounts.clear_rumors();
         if self.policy == RolePolicy::SupernodeOnly {
             self.become_supernode(now);
@@ -580,6 +608,67 @@ impl Node {
         }
     }
 
+    /// After account creation or a password change (made with the root
+    /// key: `bundle::seal_bundle`, `bundle::deal` with a higher epoch):
+    /// stores the bundle at its replicas and deals each share straight to
+    /// the holders of its index. Ends in [`Event::AccountSecretsPublished`]
+    /// or [`Event::BundleFailed`]. Clients only.
+    pub fn publish_account_secrets(
+        &mut self,
+        now: Now,
+        bundle: peerline_proto::KeyBundle,
+        deals: Vec<peerline_proto::ShareDeal>,
+    ) {
+        let account = bundle.body.account_key;
+        if self.closed || self.is_supernode() {
+            return self.events.push_back(Event::BundleFailed {
+                account,
+                reason: crate::client::BundleFailure::NotAClient,
+            });
+        }
+        self.with_client(now, |client, io| {
+            client.publish_account_secrets(io, bundle, deals)
+        });
+    }
+
+    /// Password login on a device that holds nothing of the account but
+    /// its key (from the name record): fetches the bundle, blinds the
+    /// password, asks the holders of each share index, combines `t`
+    /// answers, opens the bundle, then re-deals the shares under a higher
+    /// epoch. Ends in [`Event::BundleOpened`] or [`Event::BundleFailed`].
+    /// `entropy`: 32 fresh bytes from the operating system's generator (the
+    /// blinding factor and the re-dealt polynomial come from them). Opening
+    /// runs Argon2id within the call that completes the login — ~150 ms on
+    /// `KDF_PARAMS_PRODUCTION`. Clients only.
+    pub fn open_bundle(&mut self, now: Now, account: PublicKey, password: &str, entropy: [u8; 32]) {
+        if self.closed || self.is_supernode() {
+            return self.events.push_back(Event::BundleFailed {
+                account,
+                reason: crate::client::BundleFailure::NotAClient,
+            });
+        }
+        self.with_client(now, |client, io| {
+            client.open_bundle(io, account, password, entropy)
+        });
+    }
+
+    /// The account's bundle this supernode replicates, if any.
+    pub fn held_bundle(&self, account: &PublicKey) -> Option<&peerline_proto::KeyBundle> {
+        self.bundles.bundle(account)
+    }
+
+    /// The index of the account's OPRF share this node holds, if any.
+    pub fn held_share_index(&self, account: &PublicKey) -> Option<u8> {
+        self.bundles.share_index(account)
+    }
+
+    /// Replaces the bundle this node replicates with `bundle`, unchecked:
+    /// the simulation of a corrupt replica (tests only; an honest node
+    /// stores only bundles that verify).
+    pub fn replace_bundle_unchecked(&mut self, bundle: peerline_proto::KeyBundle) {
+        self.bundles.replace_bundle_unchecked(bundle);
+    }
+
     /// Looks up an account's presence (clients only; a supernode answers
     /// with an immediate empty result).
     pub fn lookup(&mut self, now: Now, account: PublicKey) {
@@ -656,10 +745,14 @@ impl Node {
     }
 
     /// The device key a dial to `addr` must meet, when `addr` is a punching
-    /// peer's candidate.
+    /// peer's candidate, or the supernode key, when it is a share holder a
+    /// bundle fetch named (a share deal or a blinded password goes there).
     pub fn path_peer_key(&self, addr: &Addr) -> Option<PublicKey> {
         match &self.role {
-            Role::Client(client) => client.punch.peer_at(addr),
+            Role::Client(client) => client
+                .punch
+                .peer_at(addr)
+                .or_else(|| client.bundle_holder_key(addr)),
             Role::Supernode(_) => None,
         }
     }
@@ -831,6 +924,7 @@ impl Node {
             mail: &mut self.mail,
             names: &mut self.names,
             accounts: &mut self.accounts,
+            bundles: &mut self.bundles,
         };
         (&mut self.role, io)
     }

@@ -26,6 +26,7 @@ use peerline_proto::{
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
+pub mod bundles;
 mod names;
 
 /// Alternates named in a busy answer or an acceptance.
@@ -171,6 +172,10 @@ pub struct SupernodeState {
     name_queries: BTreeMap<u32, crate::registry::NameQuery>,
     claim_limits: crate::registry::ClaimLimits,
     vote_windows: crate::registry::VoteWindows,
+    /// Bundle fetches this supernode runs for its clients, and the budget
+    /// of bundle and deal checks and evaluations (`supernode/bundles.rs`).
+    bundle_queries: BTreeMap<u32, bundles::BundleQuery>,
+    bundle_budget: crate::overload::TokenBucket,
 }
 
 impl SupernodeState {
@@ -251,6 +256,12 @@ impl SupernodeState {
             name_queries: BTreeMap::new(),
             claim_limits: Default::default(),
             vote_windows: Default::default(),
+            bundle_queries: BTreeMap::new(),
+            bundle_budget: crate::overload::TokenBucket::new(
+                bundles::BUNDLE_WORK_PER_S,
+                bundles::BUNDLE_WORK_BURST,
+                now.instant,
+            ),
         }
     }
 
@@ -329,6 +340,7 @@ impl SupernodeState {
             .min(self.next_sweep_at)
             .min(self.lookup_check_at)
             .min(self.names_deadline())
+            .min(self.bundles_deadline())
             .min(join)
     }
 
@@ -561,6 +573,21 @@ impl SupernodeState {
                 query_id,
                 certificate,
             } => self.on_name_find_response(io, from, query_id, certificate),
+            Message::BundleStore { bundle } => self.on_bundle_store(io, from, bundle),
+            Message::BundleFetch {
+                query_id,
+                account,
+                indices,
+            } => self.on_bundle_fetch(io, from, query_id, account, indices),
+            Message::BundleFetchResponse {
+                query_id, bundle, ..
+            } => self.on_bundle_fetch_response(io, from, query_id, bundle),
+            Message::ShareDealPush { deal } => self.on_share_deal_push(io, deal),
+            Message::OprfEvaluate {
+                query_id,
+                account,
+                blinded,
+            } => self.on_oprf_evaluate(io, from, query_id, account, blinded),
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -2043,6 +2070,7 @@ impl SupernodeState {
         }
         self.expire_lookup_rounds(io);
         self.expire_names(io);
+        self.expire_bundle_queries(io);
         if now >= self.next_sweep_at {
             self.sweep(io);
         }
@@ -2056,6 +2084,7 @@ impl SupernodeState {
         self.next_sweep_at = now.add_ms(params.sweep_interval_ms);
         self.relays.expire(now);
         self.re_replicate_names(io);
+        self.re_replicate_bundles(io);
         self.clients
             .retain(|_, slot| now.since_ms(slot.last_seen) < params.client_idle_timeout_ms);
         let now_unix_s = io.now.unix_s;

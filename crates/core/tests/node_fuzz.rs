@@ -34,6 +34,10 @@ use peerline_proto::{
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, RECORD_SUPERNODES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use peerline_proto::{
+    BlindedElement, Evaluation, KdfParams, KeyBundle, KeyBundleBody, ShareDeal, ShareDealBody,
+    ShareHolder, Sharing,
+};
+use peerline_proto::{
     DeviceList, DeviceListBody, RootRotation, RootRotationBody, DEVICE_LIST_DEVICES_MAX,
     DEVICE_LIST_REVOKED_MAX,
 };
@@ -581,6 +585,7 @@ fn message() -> impl Strategy<Value = Message> {
         mail(),
         paths(),
         names(),
+        bundles(),
     ]
 }
 
@@ -828,6 +833,193 @@ fn account_statements() -> impl Strategy<Value = Message> {
     prop_oneof![signed_list, signed_rotation, noise_list, noise_rotation]
 }
 
+const BUNDLE_PASSWORD: &str = "fuzzed password";
+
+/// The client's account's bundle (sealed with the simulation's cost) and
+/// two deals of its shares (epochs 1 and 2), made once.
+fn client_secrets() -> &'static (KeyBundle, Vec<ShareDeal>) {
+    static SECRETS: OnceLock<(KeyBundle, Vec<ShareDeal>)> = OnceLock::new();
+    SECRETS.get_or_init(|| {
+        use peerline_core::bundle::*;
+        let root = client_root();
+        let mut rng = Pcg64Mcg::seed_from_u64(77);
+        let sharing = Sharing {
+            threshold: BUNDLE_THRESHOLD,
+            holders: BUNDLE_HOLDERS,
+        };
+        let key = oprf_key(&root.secret_seed().unwrap(), 1);
+        let output = oprf_output_with_key(&key, BUNDLE_PASSWORD, &root.public());
+        let bundle = seal_bundle(
+            &root,
+            BUNDLE_PASSWORD,
+            &output,
+            KDF_PARAMS_SIMULATION,
+            sharing,
+            1,
+            &mut rng,
+        )
+        .unwrap();
+        let mut deals = deal(&root, 1, 1, sharing, &mut rng).unwrap();
+        deals.extend(deal(&root, 1, 2, sharing, &mut rng).unwrap());
+        (bundle, deals)
+    })
+}
+
+fn noise_bundle() -> impl Strategy<Value = KeyBundle> {
+    (
+        (public_key(), small_or_any_u64(), any::<(u8, u8)>()),
+        (small_or_any_u32(), small_or_any_u32(), small_or_any_u32()),
+        (any::<[u8; 16]>(), any::<[u8; 24]>(), any::<[u8; 32]>()),
+        (any::<[u8; 16]>(), signature()),
+    )
+        .prop_map(
+            |(
+                (account_key, version, (threshold, holders)),
+                (memory_kib, iterations, parallelism),
+                (salt, nonce, sealed_seed),
+                (tag, signature),
+            )| KeyBundle {
+                body: KeyBundleBody {
+                    account_key,
+                    version,
+                    sharing: Sharing { threshold, holders },
+                    kdf: KdfParams {
+                        memory_kib,
+                        iterations,
+                        parallelism,
+                    },
+                    salt,
+                    nonce,
+                    sealed_seed,
+                    tag,
+                },
+                signature,
+            },
+        )
+}
+
+/// The client's valid bundle, a copy with one byte changed, or noise.
+fn a_bundle() -> impl Strategy<Value = Box<KeyBundle>> {
+    prop_oneof![
+        Just(0u8).prop_map(|_| Box::new(client_secrets().0)),
+        (0usize..32, any::<u8>()).prop_map(|(at, flip)| {
+            let mut bundle = client_secrets().0;
+            bundle.body.sealed_seed[at] ^= flip.max(1);
+            Box::new(bundle)
+        }),
+        noise_bundle().prop_map(Box::new),
+    ]
+}
+
+/// One of the client's valid deals, a copy with its share changed, or noise.
+fn a_deal() -> impl Strategy<Value = Box<ShareDeal>> {
+    let valid = 0..client_secrets().1.len();
+    prop_oneof![
+        valid
+            .clone()
+            .prop_map(|i| Box::new(client_secrets().1[i].clone())),
+        (valid, any::<u8>()).prop_map(|(i, flip)| {
+            let mut deal = client_secrets().1[i].clone();
+            deal.share[0] ^= flip.max(1);
+            Box::new(deal)
+        }),
+        (
+            (
+                public_key(),
+                small_or_any_u64(),
+                small_or_any_u64(),
+                any::<u8>()
+            ),
+            (any::<[u8; 32]>(), signature(), any::<[u8; 32]>()),
+        )
+            .prop_map(
+                |((account_key, bundle_version, epoch, index), (commitment, signature, share))| {
+                    Box::new(ShareDeal {
+                        body: ShareDealBody {
+                            account_key,
+                            bundle_version,
+                            epoch,
+                            index,
+                            commitment,
+                        },
+                        signature,
+                        share,
+                    })
+                }
+            ),
+    ]
+}
+
+/// A blinded password element (valid point) or 32 arbitrary bytes.
+fn blinded() -> impl Strategy<Value = BlindedElement> {
+    prop_oneof![
+        any::<u64>().prop_map(|seed| {
+            let mut rng = Pcg64Mcg::seed_from_u64(seed);
+            peerline_core::bundle::blind(BUNDLE_PASSWORD, &client_root().public(), &mut rng).1
+        }),
+        any::<[u8; 32]>().prop_map(BlindedElement),
+    ]
+}
+
+/// Key-bundle messages: the client's valid bundle and deals, tampered
+/// copies, noise; fetches, evaluations and answers for its account or any.
+fn bundles() -> impl Strategy<Value = Message> {
+    let account = prop_oneof![Just(0u8).prop_map(|_| client_root().public()), public_key(),];
+    let holders = vec(
+        (1u8..=6, contact()).prop_map(|(index, contact)| ShareHolder { index, contact }),
+        0..8,
+    );
+    prop_oneof![
+        a_bundle().prop_map(|bundle| Message::BundleStore { bundle }),
+        (small_or_any_u32(), account.clone(), any::<u8>()).prop_map(
+            |(query_id, account, indices)| Message::BundleFetch {
+                query_id,
+                account,
+                indices
+            }
+        ),
+        (
+            small_or_any_u32(),
+            proptest::option::of(a_bundle()),
+            holders
+        )
+            .prop_map(|(query_id, bundle, holders)| Message::BundleFetchResponse {
+                query_id,
+                bundle,
+                holders: BoundedVec::truncating(holders),
+            }),
+        a_deal().prop_map(|deal| Message::ShareDealPush { deal }),
+        (small_or_any_u32(), account, blinded()).prop_map(|(query_id, account, blinded)| {
+            Message::OprfEvaluate {
+                query_id,
+                account,
+                blinded,
+            }
+        }),
+        (
+            small_or_any_u32(),
+            0u8..=6,
+            (small_or_any_u64(), small_or_any_u64()),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(query_id, index, (bundle_version, epoch), evaluation)| {
+                Message::OprfAnswer {
+                    query_id,
+                    index,
+                    bundle_version,
+                    epoch,
+                    evaluation: Evaluation(evaluation),
+                }
+            }),
+        (small_or_any_u32(), small_or_any_u32()).prop_map(|(query_id, retry_after_ms)| {
+            Message::OprfRefused {
+                query_id,
+                retry_after_ms,
+            }
+        }),
+    ]
+}
+
 /// Hole punching and relaying: offers, checks, and relay requests signed
 /// by the client or a stranger for the real supernode, or noise.
 fn paths() -> impl Strategy<Value = Message> {
@@ -970,6 +1162,15 @@ enum Input {
         to_supernode: bool,
         len: usize,
     },
+    /// The application publishes the client's account secrets.
+    PublishSecrets {
+        to_supernode: bool,
+    },
+    /// The application logs in with the right password or a wrong one.
+    OpenBundle {
+        to_supernode: bool,
+        right_password: bool,
+    },
 }
 
 fn datagram() -> impl Strategy<Value = Datagram> {
@@ -998,6 +1199,8 @@ fn input() -> impl Strategy<Value = Input> {
         1 => any::<bool>().prop_map(|to_supernode| Input::Shutdown { to_supernode }),
         1 => any::<bool>().prop_map(|to_supernode| Input::Restart { to_supernode }),
         2 => (any::<bool>(), 0usize..1100).prop_map(|(to_supernode, len)| Input::Send { to_supernode, len }),
+        1 => any::<bool>().prop_map(|to_supernode| Input::PublishSecrets { to_supernode }),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(to_supernode, right_password)| Input::OpenBundle { to_supernode, right_password }),
     ]
 }
 
@@ -1172,6 +1375,28 @@ impl Pair {
                 if *len > peerline_proto::PAYLOAD_LEN_MAX || *to_supernode {
                     prop_assert!(outcome.is_err(), "{outcome:?}");
                 }
+                self.exchange()
+            }
+            Input::PublishSecrets { to_supernode } => {
+                let now = self.now_of(*to_supernode);
+                let (bundle, deals) = client_secrets();
+                self.node(*to_supernode)
+                    .publish_account_secrets(now, *bundle, deals[..5].to_vec());
+                self.exchange()
+            }
+            Input::OpenBundle {
+                to_supernode,
+                right_password,
+            } => {
+                let now = self.now_of(*to_supernode);
+                let password = if *right_password {
+                    BUNDLE_PASSWORD
+                } else {
+                    "wrong"
+                };
+                let account = client_root().public();
+                self.node(*to_supernode)
+                    .open_bundle(now, account, password, [5; 32]);
                 self.exchange()
             }
             Input::Restart { to_supernode } => {

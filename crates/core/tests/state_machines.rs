@@ -9,7 +9,11 @@
 //! LIFO transmits, nodes acting after shutdown).
 
 use peerline_core::account::{sign_device_list, sign_root_rotation};
-use peerline_core::client::NameFailure;
+use peerline_core::bundle::{
+    deal, oprf_key, oprf_output_with_key, seal_bundle, RootSeed, BUNDLE_HOLDERS, BUNDLE_THRESHOLD,
+    GUESS_BURST, KDF_PARAMS_SIMULATION,
+};
+use peerline_core::client::{BundleFailure, NameFailure};
 use peerline_core::identity::{
     domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
     sign_ticket, solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
@@ -18,6 +22,7 @@ use peerline_core::names::normalize;
 use peerline_core::registry::{
     claim_hash, make_claim, sign_vote, verify_certificate, CertificateError,
 };
+use peerline_core::supernode::bundles::SHARE_REPLICAS;
 use peerline_core::{
     CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
     Params, PathCommand, PathFailure, PathKind, RolePolicy,
@@ -28,10 +33,11 @@ use peerline_proto::{
     NameClaim, NameRefusal, NameVoteBody, NodeId, PresenceBody, PresenceRecord, PublicKey,
     RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
 };
+use peerline_proto::{KeyBundle, ShareDeal, Sharing};
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------
@@ -4272,4 +4278,351 @@ fn revocation_spread_time_in_a_small_network() {
         "pushes per list: {:.1} ignored unchecked, 1 checked per supernode",
         stale as f64 / 20.0
     );
+}
+
+// ---------------------------------------------------------------------------
+// Key bundles: password login on a new device (`bundle.rs`,
+// `supernode/bundles.rs`, `client/bundles.rs`)
+// ---------------------------------------------------------------------------
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct AccountSecrets {
+    root: Keypair,
+    bundle: KeyBundle,
+    deals: Vec<ShareDeal>,
+}
+
+/// A fresh account's root key, its bundle sealed under `PASSWORD` (with the
+/// simulation's Argon2id cost) and the first deal of its OPRF shares.
+fn account_secrets(seed: u64) -> AccountSecrets {
+    let mut rng = rng(70_000 + seed);
+    let root = Keypair::generate(CryptoMode::Full, &mut rng);
+    let sharing = Sharing {
+        threshold: BUNDLE_THRESHOLD,
+        holders: BUNDLE_HOLDERS,
+    };
+    let key = oprf_key(&root.secret_seed().unwrap(), 1);
+    let output = oprf_output_with_key(&key, PASSWORD, &root.public());
+    let bundle = seal_bundle(
+        &root,
+        PASSWORD,
+        &output,
+        KDF_PARAMS_SIMULATION,
+        sharing,
+        1,
+        &mut rng,
+    )
+    .unwrap();
+    let deals = deal(&root, 1, 1, sharing, &mut rng).unwrap();
+    AccountSecrets {
+        root,
+        bundle,
+        deals,
+    }
+}
+
+/// `count` supernodes and the device that creates the account, attached
+/// and with its secrets published.
+fn bundle_network(count: usize, secrets: &AccountSecrets) -> (Net, Arc<Params>, Vec<Contact>) {
+    let params = Arc::new(params());
+    let (mut net, supernodes) = names_network(&params, count);
+    let creator = add_client(&mut net, &params, 800, supernodes[..3].to_vec());
+    net.run_until_ms(20_000);
+    let now = net.now();
+    net.nodes[creator].publish_account_secrets(now, secrets.bundle, secrets.deals.clone());
+    net.flush(creator);
+    net.run_until_ms(25_000);
+    let published = net.events.iter().any(|(i, _, e)| {
+        *i == creator
+            && matches!(e, Event::AccountSecretsPublished { holders, .. }
+                if *holders == usize::from(BUNDLE_HOLDERS) * SHARE_REPLICAS)
+    });
+    assert!(published, "the creator dealt every share: {:?}", net.events);
+    (net, params, supernodes)
+}
+
+/// What a login ended in.
+#[derive(Debug)]
+enum Login {
+    Opened {
+        root_seed: RootSeed,
+        elapsed_ms: u64,
+        round_trips: u32,
+    },
+    Failed(BundleFailure),
+}
+
+impl Net {
+    /// Runs a password login on `device` to its end.
+    fn login(&mut self, device: usize, account: PublicKey, password: &str) -> Login {
+        let started = self.events.len();
+        let now = self.now();
+        let entropy = [device as u8 ^ (started as u8); 32];
+        self.nodes[device].open_bundle(now, account, password, entropy);
+        self.flush(device);
+        self.run_until_ms(now.instant.as_ms() + 30_000);
+        let ends: Vec<Login> = self.events[started..]
+            .iter()
+            .filter(|(i, _, _)| *i == device)
+            .filter_map(|(_, _, e)| match e {
+                Event::BundleOpened {
+                    account: a,
+                    root_seed,
+                    elapsed_ms,
+                    round_trips,
+                } if *a == account => Some(Login::Opened {
+                    root_seed: root_seed.clone(),
+                    elapsed_ms: *elapsed_ms,
+                    round_trips: *round_trips,
+                }),
+                Event::BundleFailed { account: a, reason } if *a == account => {
+                    Some(Login::Failed(*reason))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends.len(), 1, "one end per login: {ends:?}");
+        ends.into_iter().next().unwrap()
+    }
+
+    /// The live nodes holding a share of `account`, by share index.
+    fn share_holders(&self, account: &PublicKey) -> BTreeMap<u8, Vec<usize>> {
+        let mut out: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if self.crashed[index] {
+                continue;
+            }
+            if let Some(share) = node.held_share_index(account) {
+                out.entry(share).or_default().push(index);
+            }
+        }
+        out
+    }
+
+    /// The live nodes replicating `account`'s bundle.
+    fn bundle_replicas(&self, account: &PublicKey) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| !self.crashed[*i] && self.nodes[*i].held_bundle(account).is_some())
+            .collect()
+    }
+}
+
+fn assert_opened(login: Login, root: &Keypair) -> (u64, u32) {
+    match login {
+        Login::Opened {
+            root_seed,
+            elapsed_ms,
+            round_trips,
+        } => {
+            assert_eq!(root_seed.expose(), &root.secret_seed().unwrap());
+            (elapsed_ms, round_trips)
+        }
+        Login::Failed(reason) => panic!("the login failed: {reason:?}"),
+    }
+}
+
+#[test]
+fn a_new_device_opens_the_bundle_and_the_holders_budget_stops_guessing() {
+    let secrets = account_secrets(1);
+    let account = secrets.root.public();
+    let (mut net, params, supernodes) = bundle_network(16, &secrets);
+    let holders = net.share_holders(&account);
+    assert_eq!(
+        holders.keys().copied().collect::<Vec<u8>>(),
+        (1..=BUNDLE_HOLDERS).collect::<Vec<u8>>(),
+        "every index has a holder: {holders:?}"
+    );
+    assert!(holders.values().all(|h| h.len() <= SHARE_REPLICAS));
+    assert!(!net.bundle_replicas(&account).is_empty());
+    // A device that knows only the account key and the password.
+    let device = add_client(&mut net, &params, 801, supernodes[8..11].to_vec());
+    net.run_until_ms(40_000);
+    let (elapsed_ms, round_trips) =
+        assert_opened(net.login(device, account, PASSWORD), &secrets.root);
+    println!(
+        "login on a new device: {round_trips} round trips, {elapsed_ms} ms virtual (10 ms links)"
+    );
+    assert_eq!(
+        round_trips, 3,
+        "fetch through the supernode (2) and one evaluation round"
+    );
+    assert!(elapsed_ms <= 60, "{elapsed_ms} ms");
+    // The driver pins a dial to each holder to the holder's key.
+    for &holder in holders.values().flatten() {
+        let key = net.nodes[holder].supernode_contact().unwrap().key;
+        assert_eq!(
+            net.nodes[device].path_peer_key(&net.addrs[holder]),
+            Some(key)
+        );
+    }
+    // Wrong passwords: each one spends a guess at every holder asked.
+    for guess in 2..=GUESS_BURST {
+        let login = net.login(device, account, &format!("wrong password {guess}"));
+        assert!(
+            matches!(login, Login::Failed(BundleFailure::WrongPassword)),
+            "guess {guess}: {login:?}"
+        );
+    }
+    // The burst is spent: refused, even with the right password.
+    for password in ["wrong password again", PASSWORD] {
+        match net.login(device, account, password) {
+            Login::Failed(BundleFailure::Refused { retry_after_ms }) => {
+                assert!(
+                    retry_after_ms > 0 && retry_after_ms <= 360_000,
+                    "{retry_after_ms}"
+                )
+            }
+            other => panic!("expected a refusal: {other:?}"),
+        }
+    }
+    // One guess comes back every 6 minutes.
+    net.run_until_ms(net.now().instant.as_ms() + 361_000);
+    assert_opened(net.login(device, account, PASSWORD), &secrets.root);
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_by_devices_replicas_and_fetches() {
+    let secrets = account_secrets(2);
+    let account = secrets.root.public();
+    let (mut net, params, supernodes) = bundle_network(16, &secrets);
+    let device = add_client(&mut net, &params, 802, supernodes[6..9].to_vec());
+    net.run_until_ms(30_000);
+    let mut tampered = secrets.bundle;
+    tampered.body.version = 2;
+    tampered.body.sealed_seed[0] ^= 1;
+    // A device will not publish it...
+    let now = net.now();
+    net.nodes[device].publish_account_secrets(now, tampered, Vec::new());
+    let refused = net.nodes[device].drain_events().any(|e| {
+        matches!(
+            e,
+            Event::BundleFailed {
+                reason: BundleFailure::Tampered,
+                ..
+            }
+        )
+    });
+    assert!(refused);
+    // ...replicas will not store it...
+    let replicas = net.bundle_replicas(&account);
+    assert!(!replicas.is_empty());
+    for &replica in &replicas {
+        let rejected = net.nodes[replica].stats().signatures_rejected;
+        let bytes = encode(&Message::BundleStore {
+            bundle: Box::new(tampered),
+        })
+        .unwrap();
+        net.nodes[replica].handle(now, addr(9_999), &bytes);
+        assert_eq!(
+            net.nodes[replica].held_bundle(&account),
+            Some(&secrets.bundle)
+        );
+        assert_eq!(net.nodes[replica].stats().signatures_rejected, rejected + 1);
+    }
+    // ...and one that a corrupt replica holds anyway is dropped by the
+    // supernode that fetches it: the login uses an honest copy.
+    for &replica in &replicas[1..] {
+        net.nodes[replica].replace_bundle_unchecked(tampered);
+    }
+    assert_opened(net.login(device, account, PASSWORD), &secrets.root);
+    // With every replica corrupt there is no bundle to open.
+    net.nodes[replicas[0]].replace_bundle_unchecked(tampered);
+    let login = net.login(device, account, PASSWORD);
+    assert!(
+        matches!(login, Login::Failed(BundleFailure::Unavailable)),
+        "{login:?}"
+    );
+}
+
+#[test]
+fn with_fewer_than_t_share_indices_alive_the_password_cannot_be_tested() {
+    let secrets = account_secrets(3);
+    let account = secrets.root.public();
+    let (mut net, params, supernodes) = bundle_network(24, &secrets);
+    let holders = net.share_holders(&account);
+    // Every holder of indices 3, 4 and 5 crashes: t - 1 indices are left.
+    let doomed: BTreeSet<usize> = holders
+        .iter()
+        .filter(|(index, _)| **index > BUNDLE_THRESHOLD - 1)
+        .flat_map(|(_, nodes)| nodes.iter().copied())
+        .collect();
+    for &node in &doomed {
+        net.crash(node);
+    }
+    net.run_until_ms(net.now().instant.as_ms() + 40_000);
+    let left = net.share_holders(&account);
+    assert_eq!(
+        left.keys().copied().collect::<Vec<u8>>(),
+        vec![1, 2],
+        "re-replication cannot bring back a share nobody holds: {left:?}"
+    );
+    assert!(
+        !net.bundle_replicas(&account).is_empty(),
+        "the bundle is still there"
+    );
+    let alive: Vec<Contact> = supernodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !doomed.contains(i))
+        .map(|(_, c)| *c)
+        .take(3)
+        .collect();
+    let device = add_client(&mut net, &params, 803, alive);
+    net.run_until_ms(net.now().instant.as_ms() + 20_000);
+    for password in [PASSWORD, "a wrong guess"] {
+        let login = net.login(device, account, password);
+        assert!(
+            matches!(login, Login::Failed(BundleFailure::Unavailable)),
+            "the right and a wrong password end alike: {login:?}"
+        );
+    }
+}
+
+#[test]
+fn login_survives_losing_every_holder_of_two_indices_and_re_deals_them() {
+    let secrets = account_secrets(4);
+    let account = secrets.root.public();
+    let (mut net, params, supernodes) = bundle_network(20, &secrets);
+    // Any supernode may hold a share: the device knows them all, to
+    // re-attach when the crashes take its own.
+    let device = add_client(&mut net, &params, 804, supernodes.clone());
+    net.run_until_ms(30_000);
+    // One holder of index 5 crashes: re-replication hands its share on.
+    let before = net.share_holders(&account);
+    let lost = before[&5][0];
+    net.crash(lost);
+    net.run_until_ms(net.now().instant.as_ms() + 30_000);
+    let after = net.share_holders(&account);
+    assert!(
+        after[&5].len() >= before[&5].len() - 1
+            && after[&5].iter().any(|n| !before[&5].contains(n)),
+        "a new node holds index 5: {before:?} → {after:?}"
+    );
+    // Every holder of indices 1 and 2 crashes.
+    let crash_indices = |net: &mut Net, indices: [u8; 2]| {
+        let holders = net.share_holders(&account);
+        for index in indices {
+            for &node in holders.get(&index).into_iter().flatten() {
+                net.crash(node);
+            }
+        }
+    };
+    crash_indices(&mut net, [1, 2]);
+    net.run_until_ms(net.now().instant.as_ms() + 30_000);
+    assert!(!net.bundle_replicas(&account).is_empty());
+    assert_opened(net.login(device, account, PASSWORD), &secrets.root);
+    // The login re-dealt every index to the current holders.
+    net.run_until_ms(net.now().instant.as_ms() + 20_000);
+    let redealt = net.share_holders(&account);
+    assert_eq!(
+        redealt.keys().copied().collect::<Vec<u8>>(),
+        (1..=BUNDLE_HOLDERS).collect::<Vec<u8>>(),
+        "{redealt:?}"
+    );
+    // So losing every holder of two other indices is survivable too.
+    crash_indices(&mut net, [3, 4]);
+    net.run_until_ms(net.now().instant.as_ms() + 30_000);
+    assert!(!net.bundle_replicas(&account).is_empty());
+    assert_opened(net.login(device, account, PASSWORD), &secrets.root);
 }

@@ -7,6 +7,7 @@
 
 use crate::account::{DeviceList, RootRotation};
 use crate::bounded::BoundedVec;
+use crate::bundle::{BlindedElement, Evaluation, KeyBundle, ShareDeal};
 use crate::names::{NameCertificate, NameClaim, NameOutcome, NameVote};
 use crate::types::{
     Addr, Contact, DeviceCert, Envelope, EnvelopeId, MemberUpdate, NodeId, PresenceRecord,
@@ -26,6 +27,17 @@ pub const MAIL_BATCH_MAX: usize = 4;
 pub const MAIL_IDS_MAX: usize = 16;
 /// Most address candidates a device offers for hole punching.
 pub const PUNCH_CANDIDATES_MAX: usize = 8;
+/// Most share holders named in one answer: 16 share indices (the most a
+/// bundle may have) × 3 holders each.
+pub const SHARE_HOLDERS_PER_MESSAGE_MAX: usize = 48;
+
+/// A supernode that should hold share `index` of an account's OPRF key
+/// (one of the closest to `share_key(account, index)`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ShareHolder {
+    pub index: u8,
+    pub contact: Contact,
+}
 
 /// Why a supernode turned a request away.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
@@ -320,6 +332,57 @@ pub enum Message {
     RootRotationPush {
         rotation: RootRotation,
     },
+
+    // ---- the password-sealed key bundle (issue #5, part 3) ----
+    /// Device → its supernode, which passes it to the replicas of
+    /// `bundle_key(account)`; each keeps the newer valid bundle.
+    BundleStore {
+        bundle: Box<KeyBundle>,
+    },
+    /// Device → its supernode: the account's bundle, and the holders of
+    /// share indices `1..=indices` (or the bundle's count, if higher).
+    /// Supernode → replica: your bundle (`indices` 0).
+    BundleFetch {
+        query_id: u32,
+        account: PublicKey,
+        indices: u8,
+    },
+    /// Replica → supernode: its bundle (no holders). Supernode → device:
+    /// the newest valid bundle the replicas hold and the holders of each
+    /// share index, closest first.
+    BundleFetchResponse {
+        query_id: u32,
+        bundle: Option<Box<KeyBundle>>,
+        holders: BoundedVec<ShareHolder, SHARE_HOLDERS_PER_MESSAGE_MAX>,
+    },
+    /// Device → a share holder, directly; holder → the other holders of
+    /// the same index (re-replication). Carries the secret share: never
+    /// sent through a third node (see `ShareDeal`).
+    ShareDealPush {
+        deal: Box<ShareDeal>,
+    },
+    /// Device → a share holder, directly: evaluate the OPRF on a blinded
+    /// password for this account (spends one guess of its budget).
+    OprfEvaluate {
+        query_id: u32,
+        account: PublicKey,
+        blinded: BlindedElement,
+    },
+    /// Holder → device: its share's index, deal and evaluation.
+    OprfAnswer {
+        query_id: u32,
+        index: u8,
+        bundle_version: u64,
+        epoch: u64,
+        evaluation: Evaluation,
+    },
+    /// Holder → device: no answer. `retry_after_ms` 0: it holds no share
+    /// of the account (or the element was invalid); otherwise the
+    /// account's guess budget is spent until then.
+    OprfRefused {
+        query_id: u32,
+        retry_after_ms: u32,
+    },
 }
 
 /// What a [`Message::RelayRequest`] signs: the session, both devices, and
@@ -384,6 +447,13 @@ impl Message {
             Message::NameLookupResponse { .. } => MessageKind::NameLookupResponse,
             Message::DeviceListPush { .. } => MessageKind::DeviceListPush,
             Message::RootRotationPush { .. } => MessageKind::RootRotationPush,
+            Message::BundleStore { .. } => MessageKind::BundleStore,
+            Message::BundleFetch { .. } => MessageKind::BundleFetch,
+            Message::BundleFetchResponse { .. } => MessageKind::BundleFetchResponse,
+            Message::ShareDealPush { .. } => MessageKind::ShareDealPush,
+            Message::OprfEvaluate { .. } => MessageKind::OprfEvaluate,
+            Message::OprfAnswer { .. } => MessageKind::OprfAnswer,
+            Message::OprfRefused { .. } => MessageKind::OprfRefused,
         }
     }
 }
@@ -439,6 +509,13 @@ pub enum MessageKind {
     NameLookupResponse,
     DeviceListPush,
     RootRotationPush,
+    BundleStore,
+    BundleFetch,
+    BundleFetchResponse,
+    ShareDealPush,
+    OprfEvaluate,
+    OprfAnswer,
+    OprfRefused,
 }
 
 impl MessageKind {
@@ -493,6 +570,13 @@ impl MessageKind {
             45 => MessageKind::NameLookupResponse,
             46 => MessageKind::DeviceListPush,
             47 => MessageKind::RootRotationPush,
+            48 => MessageKind::BundleStore,
+            49 => MessageKind::BundleFetch,
+            50 => MessageKind::BundleFetchResponse,
+            51 => MessageKind::ShareDealPush,
+            52 => MessageKind::OprfEvaluate,
+            53 => MessageKind::OprfAnswer,
+            54 => MessageKind::OprfRefused,
             _ => return None,
         })
     }

@@ -23,6 +23,10 @@ use peerline_proto::{
     PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RECORD_SUPERNODES_MAX, VERSION_INFO_BYTE,
 };
 use peerline_proto::{
+    BlindedElement, Evaluation, KdfParams, KeyBundle, KeyBundleBody, ShareDeal, ShareDealBody,
+    ShareHolder, Sharing, SHARE_HOLDERS_PER_MESSAGE_MAX,
+};
+use peerline_proto::{
     DeviceList, DeviceListBody, RootRotation, RootRotationBody, DEVICE_LIST_DEVICES_MAX,
     DEVICE_LIST_REVOKED_MAX,
 };
@@ -296,8 +300,122 @@ fn name_outcome() -> impl Strategy<Value = NameOutcome> {
     ]
 }
 
+fn key_bundle() -> impl Strategy<Value = Box<KeyBundle>> {
+    (
+        (public_key(), varint_u64(), any::<(u8, u8)>()),
+        (varint_u32(), varint_u32(), varint_u32()),
+        (any::<[u8; 16]>(), any::<[u8; 24]>(), any::<[u8; 32]>()),
+        (any::<[u8; 16]>(), signature()),
+    )
+        .prop_map(
+            |(
+                (account_key, version, (threshold, holders)),
+                (memory_kib, iterations, parallelism),
+                (salt, nonce, sealed_seed),
+                (tag, signature),
+            )| {
+                Box::new(KeyBundle {
+                    body: KeyBundleBody {
+                        account_key,
+                        version,
+                        sharing: Sharing { threshold, holders },
+                        kdf: KdfParams {
+                            memory_kib,
+                            iterations,
+                            parallelism,
+                        },
+                        salt,
+                        nonce,
+                        sealed_seed,
+                        tag,
+                    },
+                    signature,
+                })
+            },
+        )
+}
+
+fn share_deal() -> impl Strategy<Value = Box<ShareDeal>> {
+    (
+        (public_key(), varint_u64(), varint_u64(), any::<u8>()),
+        (any::<[u8; 32]>(), signature(), any::<[u8; 32]>()),
+    )
+        .prop_map(
+            |((account_key, bundle_version, epoch, index), (commitment, signature, share))| {
+                Box::new(ShareDeal {
+                    body: ShareDealBody {
+                        account_key,
+                        bundle_version,
+                        epoch,
+                        index,
+                        commitment,
+                    },
+                    signature,
+                    share,
+                })
+            },
+        )
+}
+
+fn share_holder() -> impl Strategy<Value = ShareHolder> {
+    (any::<u8>(), contact()).prop_map(|(index, contact)| ShareHolder { index, contact })
+}
+
+fn bundle_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        key_bundle().prop_map(|bundle| Message::BundleStore { bundle }),
+        (varint_u32(), public_key(), any::<u8>()).prop_map(|(query_id, account, indices)| {
+            Message::BundleFetch {
+                query_id,
+                account,
+                indices,
+            }
+        }),
+        (
+            varint_u32(),
+            proptest::option::of(key_bundle()),
+            bounded::<_, SHARE_HOLDERS_PER_MESSAGE_MAX>(share_holder())
+        )
+            .prop_map(|(query_id, bundle, holders)| Message::BundleFetchResponse {
+                query_id,
+                bundle,
+                holders,
+            }),
+        share_deal().prop_map(|deal| Message::ShareDealPush { deal }),
+        (varint_u32(), public_key(), any::<[u8; 32]>()).prop_map(|(query_id, account, blinded)| {
+            Message::OprfEvaluate {
+                query_id,
+                account,
+                blinded: BlindedElement(blinded),
+            }
+        }),
+        (
+            varint_u32(),
+            any::<u8>(),
+            (varint_u64(), varint_u64()),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(query_id, index, (bundle_version, epoch), evaluation)| {
+                Message::OprfAnswer {
+                    query_id,
+                    index,
+                    bundle_version,
+                    epoch,
+                    evaluation: Evaluation(evaluation),
+                }
+            }),
+        (varint_u32(), varint_u32()).prop_map(|(query_id, retry_after_ms)| {
+            Message::OprfRefused {
+                query_id,
+                retry_after_ms,
+            }
+        }),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
+        bundle_message(),
         device_cert().prop_map(|cert| Message::AttachHello { cert }),
         (contact(), any::<[u8; 32]>()).prop_map(|(supernode, challenge)| {
             Message::AttachChallenge {
@@ -630,7 +748,14 @@ fn every_variant_is_covered(m: &Message) {
         | Message::NameFindResponse { .. }
         | Message::NameLookupResponse { .. }
         | Message::DeviceListPush { .. }
-        | Message::RootRotationPush { .. } => {}
+        | Message::RootRotationPush { .. }
+        | Message::BundleStore { .. }
+        | Message::BundleFetch { .. }
+        | Message::BundleFetchResponse { .. }
+        | Message::ShareDealPush { .. }
+        | Message::OprfEvaluate { .. }
+        | Message::OprfAnswer { .. }
+        | Message::OprfRefused { .. } => {}
     }
 }
 
@@ -1183,9 +1308,81 @@ fn widest_messages() -> Vec<Message> {
                 signature_new: Signature([0xa7; 64]),
             },
         },
+        Message::BundleStore {
+            bundle: example_bundle(u64::MAX, u32::MAX, 0xb0),
+        },
+        Message::BundleFetch {
+            query_id: u32::MAX,
+            account: PublicKey([0xb1; 32]),
+            indices: u8::MAX,
+        },
+        Message::BundleFetchResponse {
+            query_id: u32::MAX,
+            bundle: Some(example_bundle(u64::MAX, u32::MAX, 0xb2)),
+            holders: BoundedVec::truncating((0..=255).map(|i| ShareHolder {
+                index: i,
+                contact: widest_contact(i),
+            })),
+        },
+        Message::ShareDealPush {
+            deal: example_deal(u64::MAX, 0xb3),
+        },
+        Message::OprfEvaluate {
+            query_id: u32::MAX,
+            account: PublicKey([0xb4; 32]),
+            blinded: BlindedElement([0xb5; 32]),
+        },
+        Message::OprfAnswer {
+            query_id: u32::MAX,
+            index: u8::MAX,
+            bundle_version: u64::MAX,
+            epoch: u64::MAX,
+            evaluation: Evaluation([0xb6; 32]),
+        },
+        Message::OprfRefused {
+            query_id: u32::MAX,
+            retry_after_ms: u32::MAX,
+        },
     ];
     assert_one_per_variant(&out);
     out
+}
+
+fn example_bundle(version: u64, memory_kib: u32, fill: u8) -> Box<KeyBundle> {
+    Box::new(KeyBundle {
+        body: KeyBundleBody {
+            account_key: PublicKey([fill; 32]),
+            version,
+            sharing: Sharing {
+                threshold: 3,
+                holders: 5,
+            },
+            kdf: KdfParams {
+                memory_kib,
+                iterations: 3,
+                parallelism: 1,
+            },
+            salt: [fill; 16],
+            nonce: [fill; 24],
+            sealed_seed: [fill; 32],
+            tag: [fill; 16],
+        },
+        signature: Signature([fill; 64]),
+    })
+}
+
+fn example_deal(epoch: u64, fill: u8) -> Box<ShareDeal> {
+    Box::new(ShareDeal {
+        body: ShareDealBody {
+            account_key: PublicKey([fill; 32]),
+            bundle_version: epoch / 2,
+            epoch,
+            index: 5,
+            commitment: [fill; 32],
+        },
+        signature: Signature([fill; 64]),
+        share: [fill; 32],
+    })
 }
 
 fn typical_envelope() -> Envelope {
@@ -1558,6 +1755,45 @@ fn typical_messages() -> Vec<Message> {
                 signature_old: Signature([36; 64]),
                 signature_new: Signature([37; 64]),
             },
+        },
+        Message::BundleStore {
+            bundle: example_bundle(2, 65_536, 40),
+        },
+        Message::BundleFetch {
+            query_id: 7,
+            account: PublicKey([41; 32]),
+            indices: 5,
+        },
+        Message::BundleFetchResponse {
+            query_id: 7,
+            bundle: Some(example_bundle(2, 65_536, 42)),
+            holders: BoundedVec::truncating((1..=5).map(|i| ShareHolder {
+                index: i,
+                contact: Contact {
+                    key: PublicKey([43 + i; 32]),
+                    id_nonce: 9,
+                    addr: Addr::from_ipv4_u32(0x0a00_0001 + u32::from(i), 7_000),
+                },
+            })),
+        },
+        Message::ShareDealPush {
+            deal: example_deal(1_800_000_000_000, 50),
+        },
+        Message::OprfEvaluate {
+            query_id: 8,
+            account: PublicKey([51; 32]),
+            blinded: BlindedElement([52; 32]),
+        },
+        Message::OprfAnswer {
+            query_id: 8,
+            index: 3,
+            bundle_version: 2,
+            epoch: 1_800_000_000_000,
+            evaluation: Evaluation([53; 32]),
+        },
+        Message::OprfRefused {
+            query_id: 8,
+            retry_after_ms: 360_000,
         },
     ];
     assert_one_per_variant(&out);

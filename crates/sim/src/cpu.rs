@@ -136,6 +136,15 @@ impl CostTable {
             // before its check (a rotation carries two signatures).
             DeviceListPush => frame_us + c.verify_us,
             RootRotationPush => frame_us + 2 * c.verify_us,
+            // A bundle and a share deal carry one root signature each (a
+            // deal also a scalar multiplication, about a check's cost); an
+            // evaluation is one scalar multiplication. A fetch from a client
+            // fans out to the replicas like a name lookup; a reply is checked.
+            BundleStore | BundleFetchResponse => frame_us + c.verify_us,
+            ShareDealPush => frame_us + 2 * c.verify_us,
+            OprfEvaluate => frame_us + c.verify_us,
+            BundleFetch => c.lookup_local_us,
+            OprfAnswer | OprfRefused => frame_us,
             AttachChallenge | AttachAccepted | Busy | Detach | Ping | Pong | NotAttached
             | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver

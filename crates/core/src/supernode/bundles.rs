@@ -1,0 +1,533 @@
+//! The supernode's part in password login (`bundle.rs` has the
+//! cryptography): replicating key bundles at `bundle_key(account)`,
+//! holding OPRF key shares at `share_key(account, i)` and answering
+//! evaluations within each account's guess budget, and fetching a bundle
+//! and the names of its share holders for an attached device.
+//!
+//! **The shares never pass through a third node.** The device sends each
+//! `ShareDealPush` straight to the holders its supernode named (over the
+//! QUIC connection pinned to the holder's key), and a holder hands a share
+//! on only to the supernodes closest to that share's own key. A supernode
+//! that relayed deals would see all `n` shares, hence the OPRF key: it could
+//! then guess passwords offline at Argon2id's cost, which is what the
+//! threshold exists to prevent. Evaluations go straight to the holders too
+//! (one round trip instead of two; a blinded element and its answer reveal
+//! nothing to anyone else either way).
+//!
+//! **Re-replication.** Every sweep, a bundle or share whose replica set
+//! changed since it was last pushed from here is pushed to the new set
+//! (`due_pushes`, like name records). A holder that accepts a new deal
+//! pushes it to the other holders of its index at its next sweep (they
+//! ignore a deal they hold, before any check), so a deal one of them missed
+//! still reaches it. When *every* holder of an index dies between two
+//! sweeps, that share is gone: logins still work with `t` of the other
+//! indices, and each successful login re-deals all `n` indices under a
+//! higher epoch (`client/bundles.rs`), which restores it. With fewer than
+//! `t` indices alive nobody can open the bundle — not even with the right
+//! password — until the account's root key re-deals from a device that
+//! still holds it.
+//!
+//! A holder keeps one share per account (`BundleHolder`: one node must
+//! never count twice towards `t`), so the holders of index `i` are the
+//! closest to its share key *that hold no lower index*
+//! ([`share_holder_sets`]). In a network with fewer than
+//! `n × SHARE_REPLICAS` supernodes the last indices get fewer holders; after
+//! churn moves a node from one index's set to another's, it keeps the
+//! share it has until a re-deal (a higher epoch) gives it the other.
+
+use super::SupernodeState;
+use crate::bundle::{
+    bundle_key, newer_bundle, share_key, verify_bundle, BundleHolder, HolderError,
+    BUNDLE_HOLDERS_MAX, HELD_SHARES_MAX,
+};
+use crate::identity::CryptoMode;
+use crate::membership::Membership;
+use crate::node::Io;
+use crate::registry::PLAUSIBLE_REACH;
+use crate::time::Instant;
+use peerline_proto::{
+    Addr, BlindedElement, BoundedVec, Contact, KeyBundle, Message, NodeId, PublicKey, ShareDeal,
+    ShareHolder,
+};
+use std::collections::BTreeMap;
+
+/// Supernodes each share index is kept on (the closest to its share key).
+/// Three: one loss is repaired at the next sweep, and each replica keeps
+/// its own guess budget, so more replicas would mean more guesses.
+pub const SHARE_REPLICAS: usize = 3;
+/// Most key bundles one supernode replicates (~330 bytes each: ~66 MiB).
+pub const BUNDLES_HELD_MAX: usize = 200_000;
+/// Bundle fetches one supernode runs for its clients at once.
+const BUNDLE_QUERIES_IN_FLIGHT_MAX: usize = 512;
+/// Signature checks (bundles, deals) and evaluations per second, across
+/// every account: each costs about one signature check.
+pub(super) const BUNDLE_WORK_PER_S: u64 = 100;
+pub(super) const BUNDLE_WORK_BURST: u64 = 200;
+
+/// A bundle this supernode replicates, checked.
+#[derive(Clone, Debug)]
+struct HeldBundle {
+    bundle: Box<KeyBundle>,
+    /// Fingerprint of the replica set it was last pushed to (0: never).
+    pushed_to: u64,
+}
+
+/// What a supernode keeps on disk about key bundles: the bundles it
+/// replicates and the OPRF shares it holds (with their guess budgets).
+/// Kept by `Node`: survives restarts and role changes, like the `NameBook`.
+#[derive(Debug)]
+pub struct BundleBook {
+    holder: BundleHolder,
+    bundles: BTreeMap<PublicKey, HeldBundle>,
+    /// Per held share, the fingerprint of the holder set it was last
+    /// pushed to (absent or 0: never).
+    shares_pushed_to: BTreeMap<PublicKey, u64>,
+}
+
+impl BundleBook {
+    pub fn new(mode: CryptoMode) -> BundleBook {
+        BundleBook {
+            holder: BundleHolder::new(mode, HELD_SHARES_MAX),
+            bundles: BTreeMap::new(),
+            shares_pushed_to: BTreeMap::new(),
+        }
+    }
+
+    /// After a restart nothing was pushed from here yet.
+    pub fn forget_pushes(&mut self) {
+        self.shares_pushed_to.clear();
+        for held in self.bundles.values_mut() {
+            held.pushed_to = 0;
+        }
+    }
+
+    pub fn bundle(&self, account: &PublicKey) -> Option<&KeyBundle> {
+        self.bundles.get(account).map(|held| &*held.bundle)
+    }
+
+    /// The index of the share held for `account` (diagnostics and tests).
+    pub fn share_index(&self, account: &PublicKey) -> Option<u8> {
+        self.holder.index(account)
+    }
+
+    /// Replaces a bundle held by a tampered copy (the simulation of a
+    /// corrupt replica; tests only).
+    pub fn replace_bundle_unchecked(&mut self, bundle: KeyBundle) {
+        self.bundles.insert(
+            bundle.body.account_key,
+            HeldBundle {
+                bundle: Box::new(bundle),
+                pushed_to: u64::MAX,
+            },
+        );
+    }
+}
+
+/// A bundle fetch run for a client: the replicas' answers.
+#[derive(Debug)]
+pub(crate) struct BundleQuery {
+    client: Addr,
+    client_query_id: u32,
+    account: PublicKey,
+    indices: u8,
+    best: Option<Box<KeyBundle>>,
+    outstanding: Vec<Addr>,
+    deadline: Instant,
+}
+
+impl SupernodeState {
+    /// Takes one unit of the bundle work budget.
+    fn bundle_work(&mut self, io: &mut Io) -> bool {
+        self.bundle_budget.try_take(io.now.instant, 1, 0)
+    }
+
+    /// Keeps a valid bundle when it is newer than the one held. Older and
+    /// equal versions are ignored before their check.
+    fn keep_bundle(&mut self, io: &mut Io, bundle: Box<KeyBundle>) -> bool {
+        let account = bundle.body.account_key;
+        let held = io.bundles.bundles.get(&account);
+        if held.is_some_and(|held| held.bundle.body.version >= bundle.body.version) {
+            return false;
+        }
+        if held.is_none() && io.bundles.bundles.len() >= BUNDLES_HELD_MAX {
+            return false;
+        }
+        if !self.bundle_work(io) {
+            return false;
+        }
+        if verify_bundle(io.mode, &bundle).is_err() {
+            io.stats.signatures_rejected += 1;
+            return false;
+        }
+        let keep = match io.bundles.bundles.get(&account) {
+            Some(held) => std::ptr::eq(newer_bundle(&held.bundle, &bundle), &*bundle),
+            None => true,
+        };
+        if keep {
+            io.bundles.bundles.insert(
+                account,
+                HeldBundle {
+                    bundle,
+                    pushed_to: 0,
+                },
+            );
+        }
+        keep
+    }
+
+    pub(super) fn on_bundle_store(&mut self, io: &mut Io, from: Addr, bundle: Box<KeyBundle>) {
+        let key = bundle_key(&bundle.body.account_key);
+        if self.clients.contains_key(&from) {
+            // From a device: checked here first (no forwarding junk to
+            // `replication_k` replicas), then every replica gets it
+            // (ourselves included).
+            if !self.bundle_work(io) {
+                return;
+            }
+            if verify_bundle(io.mode, &bundle).is_err() {
+                io.stats.signatures_rejected += 1;
+                return;
+            }
+            let replicas = closest_contacts(&self.membership, &key, io.params.replication_k);
+            for (id, contact) in replicas {
+                if id == self.node_id {
+                    self.keep_bundle(io, bundle.clone());
+                } else {
+                    let store = Message::BundleStore {
+                        bundle: bundle.clone(),
+                    };
+                    io.send(contact.addr, &store);
+                }
+            }
+            return;
+        }
+        let reach = PLAUSIBLE_REACH * io.params.replication_k;
+        if self
+            .membership
+            .surely_outside_closest(&key, &self.node_id, reach)
+        {
+            return;
+        }
+        self.keep_bundle(io, bundle);
+    }
+
+    pub(super) fn on_bundle_fetch(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        query_id: u32,
+        account: PublicKey,
+        indices: u8,
+    ) {
+        if !self.clients.contains_key(&from) {
+            if indices > 0 {
+                // A device asks through a supernode it is attached to.
+                return io.send(from, &Message::NotAttached);
+            }
+            // A replica's answer: what it holds, no holders.
+            let bundle = io.bundles.bundle(&account).cloned().map(Box::new);
+            let answer = Message::BundleFetchResponse {
+                query_id,
+                bundle,
+                holders: BoundedVec::new(),
+            };
+            return io.send(from, &answer);
+        }
+        let mut query = BundleQuery {
+            client: from,
+            client_query_id: query_id,
+            account,
+            indices: indices.min(BUNDLE_HOLDERS_MAX),
+            best: None,
+            outstanding: Vec::new(),
+            deadline: io.now.instant.add_ms(io.params.find_request_timeout_ms),
+        };
+        // Our own copy is checked like a replica's answer.
+        if let Some(held) = io.bundles.bundle(&account).cloned() {
+            if self.bundle_work(io) && verify_bundle(io.mode, &held).is_ok() {
+                query.best = Some(Box::new(held));
+            }
+        }
+        if self.bundle_queries.len() >= BUNDLE_QUERIES_IN_FLIGHT_MAX {
+            return self.answer_bundle_fetch(io, query);
+        }
+        let own_query_id = self.next_bundle_query_id();
+        let key = bundle_key(&account);
+        for (id, contact) in closest_contacts(&self.membership, &key, io.params.replication_k) {
+            if id != self.node_id {
+                query.outstanding.push(contact.addr);
+                let fetch = Message::BundleFetch {
+                    query_id: own_query_id,
+                    account,
+                    indices: 0,
+                };
+                io.send(contact.addr, &fetch);
+            }
+        }
+        self.bundle_queries.insert(own_query_id, query);
+        self.finish_bundle_query_if_done(io, own_query_id);
+    }
+
+    fn next_bundle_query_id(&mut self) -> u32 {
+        self.next_query_id = self.next_query_id.wrapping_add(1);
+        self.next_query_id
+    }
+
+    pub(super) fn on_bundle_fetch_response(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        query_id: u32,
+        bundle: Option<Box<KeyBundle>>,
+    ) {
+        let Some(query) = self.bundle_queries.get_mut(&query_id) else {
+            return;
+        };
+        let Some(slot) = query.outstanding.iter().position(|addr| *addr == from) else {
+            return;
+        };
+        query.outstanding.swap_remove(slot);
+        let account = query.account;
+        let held_version = query.best.as_ref().map(|b| b.body.version);
+        if let Some(bundle) = bundle {
+            let newer = held_version.is_none_or(|held| bundle.body.version > held);
+            if bundle.body.account_key == account && newer && self.bundle_work(io) {
+                if verify_bundle(io.mode, &bundle).is_ok() {
+                    if let Some(query) = self.bundle_queries.get_mut(&query_id) {
+                        query.best = Some(bundle);
+                    }
+                } else {
+                    // A replica holding a bundle that does not verify is lying.
+                    io.stats.signatures_rejected += 1;
+                }
+            }
+        }
+        self.finish_bundle_query_if_done(io, query_id);
+    }
+
+    fn finish_bundle_query_if_done(&mut self, io: &mut Io, query_id: u32) {
+        let done = self
+            .bundle_queries
+            .get(&query_id)
+            .is_some_and(|q| q.outstanding.is_empty() || q.deadline <= io.now.instant);
+        if done {
+            if let Some(query) = self.bundle_queries.remove(&query_id) {
+                self.answer_bundle_fetch(io, query);
+            }
+        }
+    }
+
+    /// Tells the client the newest bundle found and the holders of each
+    /// share index (the bundle's count, at least the one asked for).
+    fn answer_bundle_fetch(&mut self, io: &mut Io, query: BundleQuery) {
+        let bundle_indices = query.best.as_ref().map_or(0, |b| b.body.sharing.holders);
+        let indices = query.indices.max(bundle_indices).min(BUNDLE_HOLDERS_MAX);
+        let mut holders = BoundedVec::new();
+        for (index, set) in share_holder_sets(&self.membership, &query.account, indices) {
+            for (_, contact) in set {
+                let holder = ShareHolder { index, contact };
+                if !holders.push(holder) {
+                    debug_assert!(false, "16 indices × 3 holders fit");
+                }
+            }
+        }
+        let answer = Message::BundleFetchResponse {
+            query_id: query.client_query_id,
+            bundle: query.best,
+            holders,
+        };
+        io.send(query.client, &answer);
+    }
+
+    /// A share from its account's device or from another holder of its
+    /// index. Taken only when this node may be among the closest to the
+    /// share's key; a deal of an epoch held already is ignored unchecked.
+    pub(super) fn on_share_deal_push(&mut self, io: &mut Io, deal: Box<ShareDeal>) {
+        let body = &deal.body;
+        let key = share_key(&body.account_key, body.index);
+        let reach = PLAUSIBLE_REACH * SHARE_REPLICAS * usize::from(body.index.max(1));
+        if self
+            .membership
+            .surely_outside_closest(&key, &self.node_id, reach)
+        {
+            return;
+        }
+        let held = io.bundles.holder.epoch(&body.account_key);
+        if held.is_some_and(|epoch| epoch >= body.epoch) || !self.bundle_work(io) {
+            return;
+        }
+        match io.bundles.holder.accept_deal(io.now.instant, &deal) {
+            Ok(()) => {
+                // Pushed to the other holders of the index at the next sweep.
+                io.bundles.shares_pushed_to.insert(body.account_key, 0);
+            }
+            Err(HolderError::BadSignature | HolderError::BadShare) => {
+                io.stats.signatures_rejected += 1
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub(super) fn on_oprf_evaluate(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        query_id: u32,
+        account: PublicKey,
+        blinded: BlindedElement,
+    ) {
+        if !self.bundle_work(io) {
+            let wait_ms = self.bundle_budget.wait_ms(io.now.instant, 1, 0).max(1);
+            let retry_after_ms = u32::try_from(wait_ms).unwrap_or(u32::MAX);
+            let refused = Message::OprfRefused {
+                query_id,
+                retry_after_ms,
+            };
+            return io.send(from, &refused);
+        }
+        let answer = match io
+            .bundles
+            .holder
+            .evaluate(io.now.instant, &account, &blinded)
+        {
+            Ok(answer) => Message::OprfAnswer {
+                query_id,
+                index: answer.index,
+                bundle_version: answer.bundle_version,
+                epoch: answer.epoch,
+                evaluation: answer.evaluation,
+            },
+            Err(HolderError::Refused { retry_after_ms }) => Message::OprfRefused {
+                query_id,
+                retry_after_ms: u32::try_from(retry_after_ms.max(1)).unwrap_or(u32::MAX),
+            },
+            Err(_) => Message::OprfRefused {
+                query_id,
+                retry_after_ms: 0,
+            },
+        };
+        io.send(from, &answer);
+    }
+
+    pub(super) fn expire_bundle_queries(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        let late: Vec<u32> = self
+            .bundle_queries
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for query_id in late {
+            self.finish_bundle_query_if_done(io, query_id);
+        }
+    }
+
+    pub(super) fn bundles_deadline(&self) -> Instant {
+        self.bundle_queries
+            .values()
+            .map(|q| q.deadline)
+            .min()
+            .unwrap_or(Instant::NEVER)
+    }
+
+    /// Pushes each bundle and share this node holds to its replica set
+    /// when that set changed (or, for a share, when a new deal came), so
+    /// they outlive their holders. A share goes only to the holders of its
+    /// own index.
+    pub(super) fn re_replicate_bundles(&mut self, io: &mut Io) {
+        let replication_k = io.params.replication_k;
+        let mut sends: Vec<(Addr, Message)> = Vec::new();
+        for (account, held) in io.bundles.bundles.iter_mut() {
+            let targets = closest_contacts(&self.membership, &bundle_key(account), replication_k);
+            let fingerprint = fingerprint(&targets);
+            if fingerprint == held.pushed_to {
+                continue;
+            }
+            held.pushed_to = fingerprint;
+            for (id, contact) in targets {
+                if id != self.node_id {
+                    let store = Message::BundleStore {
+                        bundle: held.bundle.clone(),
+                    };
+                    sends.push((contact.addr, store));
+                }
+            }
+        }
+        let accounts: Vec<PublicKey> = io.bundles.holder.accounts().copied().collect();
+        for account in accounts {
+            let (Some(index), Some(deal)) = (
+                io.bundles.holder.index(&account),
+                io.bundles.holder.deal(&account),
+            ) else {
+                continue;
+            };
+            let targets = share_holder_sets(&self.membership, &account, index)
+                .pop()
+                .map_or_else(Vec::new, |(_, set)| set);
+            let fingerprint = fingerprint(&targets);
+            let pushed = io.bundles.shares_pushed_to.entry(account).or_insert(0);
+            if *pushed == fingerprint {
+                continue;
+            }
+            *pushed = fingerprint;
+            for (id, contact) in targets {
+                if id != self.node_id {
+                    let push = Message::ShareDealPush {
+                        deal: Box::new(deal.clone()),
+                    };
+                    sends.push((contact.addr, push));
+                }
+            }
+        }
+        for (to, message) in sends {
+            io.send(to, &message);
+        }
+    }
+}
+
+/// The holders of share indices `1..=indices` of `account`: for each index
+/// in turn, the `SHARE_REPLICAS` members closest to its share key that
+/// hold no lower index (ourselves included). With XOR distance the
+/// closest sets of unrelated keys coincide often in a small network (16
+/// supernodes have only ~5 distinct closest-3 sets), and a node keeps one
+/// share per account: without the exclusion, indices went unheld.
+/// Every node with the same view computes the same sets; the set of index
+/// `i` depends only on the indices below it.
+pub fn share_holder_sets(
+    membership: &Membership,
+    account: &PublicKey,
+    indices: u8,
+) -> Vec<(u8, Vec<(NodeId, Contact)>)> {
+    let mut taken: Vec<NodeId> = Vec::new();
+    let mut sets = Vec::with_capacity(usize::from(indices));
+    for index in 1..=indices.min(BUNDLE_HOLDERS_MAX) {
+        let wanted = SHARE_REPLICAS * usize::from(index);
+        let set: Vec<(NodeId, Contact)> =
+            closest_contacts(membership, &share_key(account, index), wanted)
+                .into_iter()
+                .filter(|(id, _)| !taken.contains(id))
+                .take(SHARE_REPLICAS)
+                .collect();
+        taken.extend(set.iter().map(|(id, _)| *id));
+        sets.push((index, set));
+    }
+    sets
+}
+
+/// The `k` members closest to `key` (ourselves included), nearest first.
+fn closest_contacts(membership: &Membership, key: &NodeId, k: usize) -> Vec<(NodeId, Contact)> {
+    membership
+        .closest(key, k)
+        .into_iter()
+        .map(|member| (member.id, member.update.contact))
+        .collect()
+}
+
+fn fingerprint(targets: &[(NodeId, Contact)]) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    for (id, _) in targets {
+        hasher.update(&id.0);
+    }
+    let bytes = hasher.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or_default()).max(1)
+}
