@@ -6,6 +6,7 @@
 mod bundles;
 mod names;
 pub use bundles::BundleFailure;
+pub(crate) use names::outcome_event;
 pub use names::NameFailure;
 
 use crate::hostcache::backoff_ms;

@@ -518,7 +518,7 @@ impl NameBook {
         let mut out = Vec::new();
         for (key, held) in self.records.iter_mut() {
             let targets = replicas(key);
-            let fingerprint = fingerprint(&targets);
+            let fingerprint = replica_fingerprint(&targets);
             if fingerprint != held.pushed_to {
                 held.pushed_to = fingerprint;
                 out.push((held.certificate.clone(), targets));
@@ -531,7 +531,9 @@ impl NameBook {
 /// The supernodes a record goes to, with their node IDs.
 pub type Replicas = Vec<(NodeId, Contact)>;
 
-fn fingerprint(targets: &[(NodeId, Contact)]) -> u64 {
+/// A replica set in 64 bits (never 0, which means "not pushed yet"):
+/// a record is pushed again when its set's fingerprint changes.
+pub(crate) fn replica_fingerprint(targets: &[(NodeId, Contact)]) -> u64 {
     let mut hasher = blake3::Hasher::new();
     for (id, _) in targets {
         hasher.update(&id.0);

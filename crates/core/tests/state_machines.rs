@@ -1992,28 +1992,27 @@ impl Net {
 }
 
 const NET_SUPERNODES: usize = 6;
+
+/// `count` supernodes at hosts (and seeds) `base`, `base + 1`, …, all
+/// joined through the first.
+fn joined_supernodes(params: &Arc<Params>, count: usize, base: u32) -> (Net, Vec<Contact>) {
+    let mut net = Net::new(10);
+    let mut contacts: Vec<Contact> = Vec::new();
+    for i in 0..count as u32 {
+        let address = addr(base + i);
+        let seeds = contacts.first().copied().into_iter().collect();
+        let node = supernode(params, (base + i) as u64, address, seeds, net.now());
+        contacts.push(node.supernode_contact().unwrap());
+        net.add(node, address);
+    }
+    (net, contacts)
+}
 const NET_CLIENTS: usize = 10;
 
 /// Six supernodes (all joined through the first) and ten clients that come
 /// up over the first two seconds, each knowing every supernode.
 fn small_network(params: &Arc<Params>) -> (Net, Vec<Contact>, Vec<usize>) {
-    let mut net = Net::new(10);
-    let first = supernode(params, 1_000, addr(1_000), Vec::new(), net.now());
-    let seed_contact = first.supernode_contact().unwrap();
-    let mut supernode_contacts = vec![seed_contact];
-    net.add(first, addr(1_000));
-    for i in 1..NET_SUPERNODES {
-        let address = addr(1_000 + i as u32);
-        let node = supernode(
-            params,
-            1_000 + i as u64,
-            address,
-            vec![seed_contact],
-            net.now(),
-        );
-        supernode_contacts.push(node.supernode_contact().unwrap());
-        net.add(node, address);
-    }
+    let (mut net, supernode_contacts) = joined_supernodes(params, NET_SUPERNODES, 1_000);
     let mut clients = Vec::new();
     for i in 0..NET_CLIENTS {
         net.run_until_ms(200 * i as u64);
@@ -3730,23 +3729,7 @@ fn client_node(
 
 /// Eight supernodes joined through the first, settled for 20 s.
 fn revocation_network(params: &Arc<Params>) -> (Net, Vec<Contact>) {
-    let mut net = Net::new(10);
-    let first = supernode(params, 5_000, addr(5_000), Vec::new(), net.now());
-    let seed_contact = first.supernode_contact().unwrap();
-    let mut contacts = vec![seed_contact];
-    net.add(first, addr(5_000));
-    for i in 1..REVOKE_SUPERNODES {
-        let address = addr(5_000 + i as u32);
-        let node = supernode(
-            params,
-            5_000 + i as u64,
-            address,
-            vec![seed_contact],
-            net.now(),
-        );
-        contacts.push(node.supernode_contact().unwrap());
-        net.add(node, address);
-    }
+    let (mut net, contacts) = joined_supernodes(params, REVOKE_SUPERNODES, 5_000);
     net.run_until_ms(20_000);
     for index in 0..REVOKE_SUPERNODES {
         assert_eq!(

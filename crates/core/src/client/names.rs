@@ -68,6 +68,30 @@ impl ClientNames {
     }
 }
 
+/// The event that tells the application how a registration ended.
+pub(crate) fn outcome_event(name_key: NodeId, outcome: NameOutcome, elapsed_ms: u64) -> Event {
+    match outcome {
+        NameOutcome::Registered { certificate } => Event::NameRegistered {
+            name_key,
+            certificate,
+            elapsed_ms,
+        },
+        NameOutcome::Taken { owner } => Event::NameTaken {
+            name_key,
+            owner,
+            elapsed_ms,
+        },
+        NameOutcome::Unavailable { .. } => Event::NameFailed {
+            name_key,
+            reason: NameFailure::Unavailable,
+        },
+        NameOutcome::Refused { reason } => Event::NameFailed {
+            name_key,
+            reason: NameFailure::Refused(reason),
+        },
+    }
+}
+
 impl ClientState {
     /// Registers `claim` (made with the account's root key by
     /// `registry::make_claim`); ends in `NameRegistered`, `NameTaken` or
@@ -148,36 +172,24 @@ impl ClientState {
         };
         let registration = &mut self.names.registrations[index];
         let elapsed_ms = io.now.instant.since_ms(registration.started);
-        let event = match outcome {
+        match &outcome {
             NameOutcome::Registered { certificate } => {
-                let ours = verify_certificate(io.mode, io.params, &certificate)
+                let ours = verify_certificate(io.mode, io.params, certificate)
                     .is_ok_and(|info| info.claim_hash == claim_hash(&registration.claim));
                 if !ours {
                     io.stats.signatures_rejected += 1;
                     return;
                 }
-                Event::NameRegistered {
-                    name_key,
-                    certificate,
-                    elapsed_ms,
-                }
             }
-            NameOutcome::Taken { owner } => Event::NameTaken {
-                name_key,
-                owner,
-                elapsed_ms,
-            },
-            NameOutcome::Refused { reason } => Event::NameFailed {
-                name_key,
-                reason: NameFailure::Refused(reason),
-            },
             NameOutcome::Unavailable { retry_after_ms } => {
-                let wait_ms = (retry_after_ms as u64).min(REGISTER_RETRY_MAX_MS);
+                let wait_ms = (*retry_after_ms as u64).min(REGISTER_RETRY_MAX_MS);
                 let wait_ms = wait_ms + io.jitter_ms(wait_ms / 2 + 1);
                 registration.deadline = io.now.instant.add_ms(wait_ms);
                 return;
             }
-        };
+            NameOutcome::Taken { .. } | NameOutcome::Refused { .. } => {}
+        }
+        let event = outcome_event(name_key, outcome, elapsed_ms);
         self.names.registrations.swap_remove(index);
         io.event(event);
     }

@@ -439,7 +439,7 @@ impl SupernodeState {
         let mut sends: Vec<(Addr, Message)> = Vec::new();
         for (account, held) in io.bundles.bundles.iter_mut() {
             let targets = closest_contacts(&self.membership, &bundle_key(account), replication_k);
-            let fingerprint = fingerprint(&targets);
+            let fingerprint = crate::registry::replica_fingerprint(&targets);
             if fingerprint == held.pushed_to {
                 continue;
             }
@@ -464,7 +464,7 @@ impl SupernodeState {
             let targets = share_holder_sets(&self.membership, &account, index)
                 .pop()
                 .map_or_else(Vec::new, |(_, set)| set);
-            let fingerprint = fingerprint(&targets);
+            let fingerprint = crate::registry::replica_fingerprint(&targets);
             let pushed = io.bundles.shares_pushed_to.entry(account).or_insert(0);
             if *pushed == fingerprint {
                 continue;
@@ -521,13 +521,4 @@ fn closest_contacts(membership: &Membership, key: &NodeId, k: usize) -> Vec<(Nod
         .into_iter()
         .map(|member| (member.id, member.update.contact))
         .collect()
-}
-
-fn fingerprint(targets: &[(NodeId, Contact)]) -> u64 {
-    let mut hasher = blake3::Hasher::new();
-    for (id, _) in targets {
-        hasher.update(&id.0);
-    }
-    let bytes = hasher.finalize();
-    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or_default()).max(1)
 }

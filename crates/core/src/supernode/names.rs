@@ -3,7 +3,6 @@
 //! re-replicating name records, answering lookups.
 
 use super::SupernodeState;
-use crate::client::NameFailure;
 use crate::membership::Membership;
 use crate::node::{Event, Io};
 use crate::params::Params;
@@ -310,26 +309,7 @@ impl SupernodeState {
             return io.send(client, &Message::NameResult { name_key, outcome });
         }
         let elapsed_ms = io.now.instant.since_ms(started);
-        io.event(match outcome {
-            NameOutcome::Registered { certificate } => Event::NameRegistered {
-                name_key,
-                certificate,
-                elapsed_ms,
-            },
-            NameOutcome::Taken { owner } => Event::NameTaken {
-                name_key,
-                owner,
-                elapsed_ms,
-            },
-            NameOutcome::Unavailable { .. } => Event::NameFailed {
-                name_key,
-                reason: NameFailure::Unavailable,
-            },
-            NameOutcome::Refused { reason } => Event::NameFailed {
-                name_key,
-                reason: NameFailure::Refused(reason),
-            },
-        });
+        io.event(crate::client::outcome_event(name_key, outcome, elapsed_ms));
     }
 
     /// Sends a record to every supernode that should hold it.
