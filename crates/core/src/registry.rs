@@ -71,6 +71,8 @@ pub mod domain {
 pub const NAME_VOTES_KEPT_MAX: usize = 65_536;
 /// Name records one supernode keeps.
 pub const NAME_RECORDS_MAX: usize = 65_536;
+/// Every record is pushed to its replica set again at least this often.
+pub const NAME_REPUSH_S: u64 = 600;
 /// Accounts whose recent registrations a coordinator counts.
 pub const NAME_ACCOUNTS_TRACKED_MAX: usize = 4_096;
 /// Claims (distinct names) one account may have coordinated per hour by one supernode.
@@ -364,6 +366,8 @@ struct HeldName {
     info: CertificateInfo,
     /// Fingerprint of the replica set it was last pushed to (0: never).
     pushed_to: u64,
+    /// When it was last pushed (wall clock, s).
+    pushed_unix_s: u64,
 }
 
 /// What a supernode keeps on disk about names: the votes it cast (one per
@@ -497,6 +501,7 @@ impl NameBook {
                 certificate,
                 info,
                 pushed_to: 0,
+                pushed_unix_s: 0,
             },
         );
         Stored::Kept
@@ -513,20 +518,29 @@ impl NameBook {
     /// here, with the new set (`replicas` gives it for a key); marks them pushed.
     pub fn due_pushes(
         &mut self,
+        now_unix_s: u64,
         mut replicas: impl FnMut(&NodeId) -> Vec<(NodeId, Contact)>,
     ) -> Vec<(Box<NameCertificate>, Replicas)> {
         let mut out = Vec::new();
         for (key, held) in self.records.iter_mut() {
             let targets = replicas(key);
             let fingerprint = replica_fingerprint(&targets);
-            if fingerprint != held.pushed_to {
+            // Also now and then whatever changed: a push is one datagram
+            // nobody acknowledges, and a lost one would leave a replica
+            // with the loser of a conflict for good.
+            let stale = now_unix_s.saturating_sub(held.pushed_unix_s) >= NAME_REPUSH_S;
+            if fingerprint != held.pushed_to || stale {
                 held.pushed_to = fingerprint;
+                held.pushed_unix_s = now_unix_s;
                 out.push((held.certificate.clone(), targets));
             }
         }
         out
     }
 }
+
+/// A certificate set aside until its voters are known, and since when.
+pub(crate) type SetAside = (Box<NameCertificate>, CertificateInfo, Instant);
 
 /// The supernodes a record goes to, with their node IDs.
 pub type Replicas = Vec<(NodeId, Contact)>;

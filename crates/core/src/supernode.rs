@@ -172,6 +172,8 @@ pub struct SupernodeState {
     name_queries: BTreeMap<u32, crate::registry::NameQuery>,
     claim_limits: crate::registry::ClaimLimits,
     vote_windows: crate::registry::VoteWindows,
+    /// Certificates that would win but whose voters are not known yet.
+    name_challengers: BTreeMap<NodeId, crate::registry::SetAside>,
     /// Bundle fetches this supernode runs for its clients, and the budget
     /// of bundle and deal checks and evaluations (`supernode/bundles.rs`).
     bundle_queries: BTreeMap<u32, bundles::BundleQuery>,
@@ -256,6 +258,7 @@ impl SupernodeState {
             name_queries: BTreeMap::new(),
             claim_limits: Default::default(),
             vote_windows: Default::default(),
+            name_challengers: BTreeMap::new(),
             bundle_queries: BTreeMap::new(),
             bundle_budget: crate::overload::TokenBucket::new(
                 bundles::BUNDLE_WORK_PER_S,

@@ -26,6 +26,9 @@ fn main() {
     for line in world.undelivered().iter().take(20) {
         println!("{line}");
     }
+    for line in world.name_conflicts().iter().take(12) {
+        println!("{line}");
+    }
     for line in world.underattached().iter().take(12) {
         println!("{line}");
     }

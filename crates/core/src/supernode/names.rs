@@ -19,6 +19,10 @@ use peerline_proto::{
 /// Registrations one supernode coordinates at once, and name lookups it runs.
 const REGISTRATIONS_IN_FLIGHT_MAX: usize = 256;
 const NAME_QUERIES_IN_FLIGHT_MAX: usize = 512;
+/// Certificates set aside for voters this node does not know yet: how
+/// many names, and for how long.
+const CHALLENGERS_MAX: usize = 1_024;
+const CHALLENGER_KEEP_MS: u64 = 3_600_000;
 /// Retry hint after a registration found no decision, before jitter.
 const UNDECIDED_RETRY_MS: u64 = 2_000;
 
@@ -343,11 +347,56 @@ impl SupernodeState {
         let wanted = current_voters_wanted(io.params, replaces_another);
         if held_claim != Some(info.claim_hash) && voters_current(&self.membership, &info) < wanted {
             // Not answered with our record: two holders that each refuse
-            // the other's would answer each other for ever.
+            // the other's would answer each other for ever. Kept aside
+            // instead, when it would win: its voters may only be unknown
+            // for now (a partition healing), and it is checked again on
+            // every sweep.
             io.stats.signatures_rejected += 1;
+            let wins = held.is_none_or(|h| info.beats(h));
+            if wins {
+                self.set_aside(io, certificate, info);
+            }
             return Stored::Refused;
         }
         io.names.store(certificate, info)
+    }
+
+    /// Keeps a certificate refused for unknown voters for a later look
+    /// (the best one per name, a bounded number of names, for a while).
+    fn set_aside(&mut self, io: &mut Io, certificate: Box<NameCertificate>, info: CertificateInfo) {
+        let now = io.now.instant;
+        self.name_challengers
+            .retain(|_, (_, _, at)| now.since_ms(*at) < CHALLENGER_KEEP_MS);
+        if let Some((_, held, _)) = self.name_challengers.get(&info.name_key) {
+            if !info.beats(held) {
+                return;
+            }
+        } else if self.name_challengers.len() >= CHALLENGERS_MAX {
+            return;
+        }
+        self.name_challengers
+            .insert(info.name_key, (certificate, info, now));
+    }
+
+    /// Takes the certificates set aside whose voters are now known.
+    fn retry_challengers(&mut self, io: &mut Io) {
+        let keys: Vec<NodeId> = self.name_challengers.keys().copied().collect();
+        for key in keys {
+            let Some((certificate, info, at)) = self.name_challengers.remove(&key) else {
+                continue;
+            };
+            let held = io.names.record_info(&key);
+            let replaces_another = held.is_some_and(|h| h.claim_hash != info.claim_hash);
+            if held.is_some_and(|h| !info.beats(h)) {
+                continue;
+            }
+            let wanted = current_voters_wanted(io.params, replaces_another);
+            if voters_current(&self.membership, &info) >= wanted {
+                io.names.store(certificate, info);
+            } else if io.now.instant.since_ms(at) < CHALLENGER_KEEP_MS {
+                self.name_challengers.insert(key, (certificate, info, at));
+            }
+        }
     }
 
     pub(super) fn on_name_store(
@@ -573,11 +622,13 @@ impl SupernodeState {
     pub(super) fn re_replicate_names(&mut self, io: &mut Io) {
         io.names
             .release_votes(io.now.unix_s, io.params.name_vote_hold_s);
+        self.retry_challengers(io);
         let due = {
             let this = &*self;
             let params = io.params;
+            let now_unix_s = io.now.unix_s;
             io.names
-                .due_pushes(|key| replicas_of(&this.membership, params, key))
+                .due_pushes(now_unix_s, |key| replicas_of(&this.membership, params, key))
         };
         for (certificate, targets) in due {
             for (id, contact) in targets {

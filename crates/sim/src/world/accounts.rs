@@ -524,6 +524,34 @@ impl World {
         Keypair::generate(self.config.crypto, &mut seed_rng)
     }
 
+    /// The contested names the final lookups saw with more than one owner
+    /// (or none), one line each: for debugging a failed run.
+    pub fn name_conflicts(&self) -> Vec<String> {
+        self.names
+            .contests
+            .iter()
+            .filter(|c| {
+                let mut owners: Vec<_> = c.final_owners.iter().collect();
+                owners.sort();
+                owners.dedup();
+                owners.len() != 1 || owners[0].is_none()
+            })
+            .map(|c| {
+                format!(
+                    "name {} started at {} s (targeted: {}): claimants {:?}; final lookups {:?}",
+                    c.name_key,
+                    c.started_s,
+                    c.targeted,
+                    c.claimants
+                        .iter()
+                        .map(|m| (m.node, m.account, m.outcome))
+                        .collect::<Vec<_>>(),
+                    c.final_owners
+                )
+            })
+            .collect()
+    }
+
     /// Whether `node` is one of the attacker's supernodes.
     pub(super) fn is_attacker(&self, node: u32) -> bool {
         self.names.attackers.binary_search(&node).is_ok()
