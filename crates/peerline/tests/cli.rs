@@ -337,23 +337,34 @@ fn whoami_without_an_account_says_how_to_make_one() {
 }
 
 #[test]
-fn password_files_are_refused_until_password_login_exists() {
+fn empty_or_missing_passwords_are_refused_before_anything_is_made() {
     let data = scratch("password");
-    let output = peerline(&[
-        "account",
-        "create",
-        "alice",
-        "--password-file",
-        "/dev/null",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert_exit(
-        &output,
-        2,
-        "password login is not available yet: this peerline cannot seal the account's root key; run without --password-file (the root key is then kept nowhere)",
-    );
+    let data_arg = data.to_str().unwrap();
+    let empty = scratch("empty-password");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty_arg = empty.to_str().unwrap();
+    for command in ["create", "login"] {
+        let mut args = match command {
+            "create" => vec!["account", "create", "alice"],
+            _ => vec!["login", "alice"],
+        };
+        args.extend(["--data-dir", data_arg]);
+        let mut with_file = args.clone();
+        with_file.extend(["--password-file", empty_arg]);
+        assert_exit(
+            &peerline(&with_file),
+            2,
+            "the password is empty; choose one (it seals the account's root key)",
+        );
+        // No file, and stdin is no terminal: nothing to ask on.
+        assert_exit(
+            &peerline(&args),
+            2,
+            "no password: give --password-file FILE (there is no terminal to ask on)",
+        );
+    }
     assert!(!data.exists(), "nothing is made");
+    let _ = std::fs::remove_file(empty);
 }
 
 /// A node key nobody holds, at a loopback port nobody listens on.
@@ -374,26 +385,33 @@ fn an_unreachable_network_is_named_with_what_was_tried() {
         "could not reach the network: no supernode answered within 2 s (tried 1)",
     );
     let data = scratch("unreachable");
-    let output = peerline(&[
-        "account",
-        "create",
-        "alice",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--bootstrap",
-        &seed,
-        "--timeout",
-        "2s",
-    ]);
-    assert_exit(
-        &output,
-        3,
-        "could not reach the network: no supernode answered within 2 s (tried 1)",
-    );
-    assert!(
-        !data.join("state.redb").exists(),
-        "no account is written without a name"
-    );
+    let password = scratch("unreachable-password");
+    std::fs::write(&password, "a password").unwrap();
+    let password = password.to_str().unwrap();
+    let account_create = ["account", "create", "alice", "--password-file", password];
+    let login = ["login", "alice", "--password-file", password];
+    for command in [&account_create[..], &login[..]] {
+        let mut args = command.to_vec();
+        let data_arg = data.to_str().unwrap();
+        args.extend([
+            "--data-dir",
+            data_arg,
+            "--bootstrap",
+            &seed,
+            "--timeout",
+            "2s",
+        ]);
+        assert_exit(
+            &peerline(&args),
+            3,
+            "could not reach the network: no supernode answered within 2 s (tried 1)",
+        );
+        assert!(
+            !data.join("state.redb").exists(),
+            "no account is written without a name"
+        );
+    }
+    let _ = std::fs::remove_file(password);
     let _ = std::fs::remove_dir_all(data);
     assert_exit(
         &peerline(&["lookup", "alice"]),
@@ -402,8 +420,11 @@ fn an_unreachable_network_is_named_with_what_was_tried() {
     );
 }
 
-/// Supernodes of the loopback network: a quorum (5) and one more.
-const SUPERNODES: usize = 6;
+/// Supernodes of the loopback network: a name quorum (5) and more, and
+/// enough for password login: a supernode holds one OPRF share per
+/// account, 3 per share index, so 10 hold indices 1–3 three times and
+/// index 4 once (login needs 3 indices; 6 supernodes would hold only 2).
+const SUPERNODES: usize = 10;
 const START_WITHIN: Duration = Duration::from_secs(30);
 const SETTLE_WITHIN: Duration = Duration::from_secs(40);
 /// A command against the network: attaching, the proof of work, a vote.
@@ -494,10 +515,23 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
         peerline_within(&args, COMMAND_WITHIN)
     };
     let alice = fleet.dir.join("alice");
-    let created = network(&["account", "create", "Alice"], Some(&alice));
+    let password = fleet.dir.join("alice-password");
+    std::fs::write(&password, "correct horse battery staple\n").unwrap();
+    let password_arg = password.to_str().unwrap();
+    let created = network(
+        &[
+            "account",
+            "create",
+            "Alice",
+            "--password-file",
+            password_arg,
+        ],
+        Some(&alice),
+    );
     assert!(created.status.success(), "{}", stderr(&created));
     let text = stdout(&created);
     assert!(text.contains("registered alice"), "{text}");
+    assert!(text.contains("password set"), "{text}");
     let account = field(&text, "account").expect("the account key is printed");
     assert_eq!(account.len(), 64, "{text}");
 
@@ -507,7 +541,10 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     assert_eq!(field(&text, "account").as_deref(), Some(account.as_str()));
     assert_eq!(field(&text, "names").as_deref(), Some("alice"), "{text}");
 
-    let again = network(&["account", "create", "alice"], Some(&alice));
+    let again = network(
+        &["account", "create", "alice", "--no-password"],
+        Some(&alice),
+    );
     assert_exit(
         &again,
         1,
@@ -518,7 +555,10 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     );
 
     let mallory = fleet.dir.join("mallory");
-    let taken = network(&["account", "create", "alice"], Some(&mallory));
+    let taken = network(
+        &["account", "create", "alice", "--no-password"],
+        Some(&mallory),
+    );
     assert_exit(
         &taken,
         1,
@@ -544,7 +584,10 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     fleet.bootstrap_of(client, START_WITHIN);
     let carol = fleet.nodes[client].data_dir.clone();
     assert!(fleet.nodes[client].terminate(START_WITHIN).is_some());
-    let created = network(&["account", "create", "carol"], Some(&carol));
+    let created = network(
+        &["account", "create", "carol", "--no-password"],
+        Some(&carol),
+    );
     assert!(created.status.success(), "{}", stderr(&created));
     assert!(
         stdout(&created).contains("replaced   the nameless account"),
@@ -557,4 +600,85 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     let nobody = network(&["lookup", "bob"], Some(&alice));
     assert_eq!(nobody.status.code(), Some(1), "{}", stderr(&nobody));
     assert_eq!(stdout(&nobody).trim(), "nobody has registered bob");
+
+    logins_on_new_devices(&fleet, &network, &alice, &account, password_arg);
+}
+
+/// `peerline login` against the network of the test above, where alice was
+/// created with `password_file` (and carol without a password).
+fn logins_on_new_devices(
+    fleet: &common::Fleet,
+    network: &dyn Fn(&[&str], Option<&PathBuf>) -> Output,
+    alice: &std::path::Path,
+    account: &str,
+    password_file: &str,
+) {
+    let phone = fleet.dir.join("alice-phone");
+    let login = network(
+        &["login", "alice", "--password-file", password_file],
+        Some(&phone),
+    );
+    assert!(login.status.success(), "{}", stderr(&login));
+    let text = stdout(&login);
+    assert!(
+        text.starts_with("logged in as alice on a new device ("),
+        "{text}"
+    );
+    assert!(text.contains("round trips"), "the time it took: {text}");
+    let on_phone = stdout(&peerline(&[
+        "whoami",
+        "--data-dir",
+        phone.to_str().unwrap(),
+    ]));
+    let on_laptop = stdout(&peerline(&[
+        "whoami",
+        "--data-dir",
+        alice.to_str().unwrap(),
+    ]));
+    assert_eq!(field(&on_phone, "account").as_deref(), Some(account));
+    assert_eq!(field(&on_phone, "names").as_deref(), Some("alice"));
+    let phone_device = field(&on_phone, "device").expect("a device key");
+    assert_eq!(phone_device.len(), 64, "{on_phone}");
+    assert_ne!(Some(phone_device), field(&on_laptop, "device"));
+
+    let wrong = fleet.dir.join("wrong-password");
+    std::fs::write(&wrong, "Tr0ub4dor&3").unwrap();
+    let elsewhere = fleet.dir.join("alice-tablet");
+    let login = network(
+        &["login", "alice", "--password-file", wrong.to_str().unwrap()],
+        Some(&elsewhere),
+    );
+    assert_exit(&login, 1, "wrong password for alice");
+    assert!(
+        !elsewhere.join("state.redb").exists(),
+        "a failed login writes no account"
+    );
+    let login = network(
+        &["login", "nobody", "--password-file", password_file],
+        Some(&elsewhere),
+    );
+    assert_exit(&login, 1, "nobody has registered nobody");
+    let login = network(
+        &["login", "alice", "--password-file", password_file],
+        Some(&phone),
+    );
+    assert_exit(
+        &login,
+        1,
+        &format!(
+            "{} already holds the account named alice; give another --data-dir for a new account",
+            phone.display()
+        ),
+    );
+    // carol kept no password: there is nothing to open.
+    let login = network(
+        &["login", "carol", "--password-file", password_file],
+        Some(&elsewhere),
+    );
+    assert_eq!(login.status.code(), Some(3), "{}", stderr(&login));
+    assert!(
+        stderr(&login).contains("holds no password-sealed key for carol"),
+        "{}",
+        stderr(&login)
+    );
 }
