@@ -17,6 +17,7 @@ use crate::account::{
 };
 use crate::node::config::key_hex;
 use crate::node::data_dir;
+use crate::node::store::{Store, StoredIdentity};
 use crate::node::{bootstrap_order, known_supernodes};
 use crate::password::{self, Prompt};
 use anyhow::Result;
@@ -26,7 +27,7 @@ use peerline_core::{CryptoMode, Event, Keypair};
 use peerline_net::clock::wall_clock_s;
 use peerline_net::DriverReport;
 use peerline_proto::{NameCertificate, PublicKey};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -49,10 +50,15 @@ pub struct LoginArgs {
     pub network: NetworkArgs,
 }
 
-/// What the network part of a login answered, and how long each step took.
+/// What the network part of a login answered.
 struct Opened {
     certificate: Box<NameCertificate>,
     root_seed: peerline_core::bundle::RootSeed,
+    timings: Timings,
+}
+
+/// How long each step of the network part took.
+struct Timings {
     attach_ms: u64,
     lookup_ms: u64,
     /// From asking the node to open the bundle until it did (fetch, OPRF
@@ -83,8 +89,7 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         .map(|store| store.load_host_cache().contacts)
         .unwrap_or_default();
     let bootstrap = bootstrap_order(&cached, &network.bootstrap, params.host_cache_len_max);
-    let now = wall_clock_s();
-    let identity = data_dir::throwaway_identity(now)?;
+    let identity = data_dir::throwaway_identity(wall_clock_s())?;
     let bar = spinner();
     bar.set_message("reaching the network");
     let outcome = runtime()?.block_on(async {
@@ -93,14 +98,68 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
             Session::attach(identity, bootstrap, params, network.timeout, SECRETS_FLUSH).await?;
         let attach_ms = elapsed_ms(attaching);
         bar.set_message(format!("looking up {}", name.as_str()));
-        let outcome = open(&mut session, &name, &password, attach_ms).await;
+        // Saved as soon as the key opened: logged in from then on.
+        let logged_in = match open(&mut session, &name, &password, attach_ms).await {
+            Ok(opened) => keep(path, existing, &name, opened),
+            Err(error) => Err(error),
+        };
+        let logged_in_ms = elapsed_ms(started);
+        let stopping = Instant::now();
+        if logged_in.is_ok() {
+            // The node re-dealt the shares to the current holders: let the
+            // deals go out before it stops (a missed one only costs that
+            // share its refresh).
+            session.wait_sent(SECRETS_SENT_WAIT).await;
+        }
         let report = session.node.shutdown().await.ok();
-        Ok::<_, anyhow::Error>((outcome, report))
+        let stop_ms = elapsed_ms(stopping);
+        Ok::<_, anyhow::Error>((logged_in, report, logged_in_ms, stop_ms))
     });
     bar.finish_and_clear();
     drop(password);
-    let (outcome, report) = outcome?;
-    let opened = outcome?;
+    let (logged_in, report, logged_in_ms, stop_ms) = outcome?;
+    let login = logged_in?;
+    save_host_cache(&login.store, report);
+    let body = &login.stored.cert.body;
+    println!(
+        "logged in as {} on a new device ({})",
+        name.as_str(),
+        key_hex(&body.device_key)
+    );
+    if let Some(old) = login.replaced {
+        println!(
+            "replaced   the nameless account {} this directory held (its device key too)",
+            key_hex(&old)
+        );
+    }
+    println!("account  {}", key_hex(&body.account_key));
+    println!("device   {}", key_hex(&body.device_key));
+    println!(
+        "expires  {} (this device's certificate)",
+        data_dir::utc_time(body.expires_unix_s)
+    );
+    let opened = &login.opened;
+    println!(
+        "took     {logged_in_ms} ms: attach {} ms, name lookup {} ms, opening the key {} ms (network {} ms over {} round trips, then Argon2id), saving {} ms; then stopping the client {stop_ms} ms",
+        opened.attach_ms, opened.lookup_ms, opened.open_ms, opened.network_ms, opened.round_trips, login.save_ms
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A login written to the data directory.
+struct LoggedIn {
+    opened: Timings,
+    stored: StoredIdentity,
+    store: Store,
+    /// The nameless account the directory held before, if any.
+    replaced: Option<PublicKey>,
+    save_ms: u64,
+}
+
+/// The root key certifies a new device key (and is dropped); the device
+/// and the name's certificate go into the store.
+fn keep(path: &Path, existing: Option<Store>, name: &Name, opened: Opened) -> Result<LoggedIn> {
+    let saving = Instant::now();
     let account = opened.certificate.claim.body.account;
     let stored = {
         // The root key lives in this block only.
@@ -120,39 +179,21 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         Some(store) => Some(store.identity()?.cert.body.account_key),
         None => None,
     };
-    let store = save_account(path, existing, &stored, &name, &opened.certificate)?;
-    let logged_in_ms = elapsed_ms(started);
-    save_host_cache(&store, report);
-    let body = &stored.cert.body;
-    println!(
-        "logged in as {} on a new device ({})",
-        name.as_str(),
-        key_hex(&body.device_key)
-    );
-    if let Some(old) = replaced {
-        println!(
-            "replaced   the nameless account {} this directory held (its device key too)",
-            key_hex(&old)
-        );
-    }
-    println!("account  {}", key_hex(&account));
-    println!("device   {}", key_hex(&body.device_key));
-    println!(
-        "expires  {} (this device's certificate)",
-        data_dir::utc_time(body.expires_unix_s)
-    );
-    println!(
-        "took     {logged_in_ms} ms: attach {} ms, name lookup {} ms, opening the key {} ms (network {} ms over {} round trips, then Argon2id)",
-        opened.attach_ms, opened.lookup_ms, opened.open_ms, opened.network_ms, opened.round_trips
-    );
-    Ok(ExitCode::SUCCESS)
+    let store = save_account(path, existing, &stored, name, &opened.certificate)?;
+    Ok(LoggedIn {
+        opened: opened.timings,
+        stored,
+        store,
+        replaced,
+        save_ms: elapsed_ms(saving),
+    })
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn save_host_cache(store: &crate::node::store::Store, report: Option<DriverReport>) {
+fn save_host_cache(store: &Store, report: Option<DriverReport>) {
     if let Some(report) = report {
         let known = known_supernodes(&report.host_cache, &report.members_sample);
         if let Err(error) = store.save_host_cache(&known) {
@@ -192,21 +233,17 @@ async fn open(
         })
         .await;
     let open_ms = elapsed_ms(opening);
-    if matches!(answer, Some(Ok(_))) {
-        // The node re-dealt the shares to the current holders: let the
-        // deals go out before it stops (a missed one only costs the share
-        // its refresh).
-        session.wait_sent(SECRETS_SENT_WAIT).await;
-    }
     match answer {
         Some(Ok((root_seed, network_ms, round_trips))) => Ok(Opened {
             certificate,
             root_seed,
-            attach_ms,
-            lookup_ms,
-            open_ms,
-            network_ms,
-            round_trips,
+            timings: Timings {
+                attach_ms,
+                lookup_ms,
+                open_ms,
+                network_ms,
+                round_trips,
+            },
         }),
         Some(Err(reason)) => Err(bundle_failure(name, &account, reason)),
         None => Err(fail(

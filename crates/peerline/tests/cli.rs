@@ -465,18 +465,19 @@ fn field(text: &str, label: &str) -> Option<String> {
         .map(|value| value.split_whitespace().next().unwrap_or("").to_string())
 }
 
-#[test]
-fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
-    let mut fleet = common::Fleet::new("accounts");
-    let node_args = ["--listen", "127.0.0.1:0", "--loopback-test-network"];
+const NODE_ARGS: [&str; 3] = ["--listen", "127.0.0.1:0", "--loopback-test-network"];
+
+/// Starts `SUPERNODES` supernodes on loopback (the first is node 0) and
+/// waits until they all know each other; their NODE_KEY@ADDR seeds.
+fn loopback_supernodes(fleet: &mut common::Fleet) -> Vec<String> {
     let mut args = vec!["--role", "supernode"];
-    args.extend(node_args);
+    args.extend(NODE_ARGS);
     let first = fleet.start("super-0", &args);
     let seed = fleet.bootstrap_of(first, START_WITHIN);
     let mut supernodes = vec![first];
     for i in 1..SUPERNODES {
         let mut args = vec!["--role", "supernode", "--bootstrap", &seed];
-        args.extend(node_args);
+        args.extend(NODE_ARGS);
         supernodes.push(fleet.start(&format!("super-{i}"), &args));
     }
     let mut seeds = vec![seed.clone()];
@@ -492,6 +493,26 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
         })
     });
     assert!(settled, "the supernodes did not all know each other");
+    seeds
+}
+
+/// Runs a command against the loopback network of `seeds`, bounded.
+fn on_network(seeds: &[String], command: &[&str], data: Option<&PathBuf>) -> Output {
+    let mut args: Vec<&str> = command.to_vec();
+    if let Some(data) = data {
+        args.extend(["--data-dir", data.to_str().unwrap()]);
+    }
+    args.extend(["--loopback-test-network", "--timeout", "20s", "--bootstrap"]);
+    args.extend(seeds.iter().map(String::as_str));
+    peerline_within(&args, COMMAND_WITHIN)
+}
+
+#[test]
+fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
+    let mut fleet = common::Fleet::new("accounts");
+    let node_args = NODE_ARGS;
+    let seeds = loopback_supernodes(&mut fleet);
+    let (first, seed) = (0, seeds[0].clone());
 
     // A running node holds its data directory: said, exit 3.
     let held = fleet.nodes[first].data_dir.clone();
@@ -505,15 +526,7 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
         ),
     );
 
-    let network = |command: &[&str], data: Option<&PathBuf>| {
-        let mut args: Vec<&str> = command.to_vec();
-        if let Some(data) = data {
-            args.extend(["--data-dir", data.to_str().unwrap()]);
-        }
-        args.extend(["--loopback-test-network", "--timeout", "20s", "--bootstrap"]);
-        args.extend(seeds.iter().map(String::as_str));
-        peerline_within(&args, COMMAND_WITHIN)
-    };
+    let network = |command: &[&str], data: Option<&PathBuf>| on_network(&seeds, command, data);
     let alice = fleet.dir.join("alice");
     let password = fleet.dir.join("alice-password");
     std::fs::write(&password, "correct horse battery staple\n").unwrap();
@@ -681,4 +694,104 @@ fn logins_on_new_devices(
         "{}",
         stderr(&login)
     );
+}
+
+/// The numbers in `peerline login`'s "took" line, in order: total, attach,
+/// name lookup, opening the key, its network part, round trips, saving,
+/// then stopping the client.
+fn login_figures(text: &str) -> Vec<u64> {
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("took"))
+        .expect("a took line");
+    line.split_whitespace()
+        .filter_map(|word| word.trim_matches([':', ',', '(', ')']).parse().ok())
+        .collect()
+}
+
+/// p50 and p99 by nearest rank (p99 of 20 samples is the largest).
+fn percentiles(mut samples: Vec<u64>) -> (u64, u64) {
+    samples.sort_unstable();
+    let rank = |p: f64| {
+        let index = (p * samples.len() as f64).ceil() as usize;
+        samples[index.clamp(1, samples.len()) - 1]
+    };
+    (rank(0.50), rank(0.99))
+}
+
+/// Password login on a new device over loopback QUIC, measured: 20 logins,
+/// each a fresh `peerline login` process and data directory, against 10
+/// supernodes (`peerline node --loopback-test-network`), the bundles sealed
+/// at the production Argon2id cost (64 MiB, 3 passes, 1 lane). 5 accounts
+/// with 4 logins each: every login spends one guess at each holder asked,
+/// and a holder allows 5 at once per account (`GUESS_BURST`).
+///
+/// `cargo test -p peerline --test cli -- --ignored --nocapture password_login_is_measured`
+#[test]
+#[ignore = "a measurement (about a minute): prints figures, asserts only that logins succeed"]
+fn password_login_is_measured() {
+    const ACCOUNTS: usize = 5;
+    const LOGINS_PER_ACCOUNT: usize = 4;
+    let mut fleet = common::Fleet::new("login-measure");
+    let seeds = loopback_supernodes(&mut fleet);
+    let password = fleet.dir.join("password");
+    std::fs::write(&password, "correct horse battery staple").unwrap();
+    let password = password.to_str().unwrap();
+    let names: Vec<String> = (0..ACCOUNTS).map(|i| format!("measured{i}")).collect();
+    for name in &names {
+        let home = fleet.dir.join(name);
+        let created = on_network(
+            &seeds,
+            &["account", "create", name, "--password-file", password],
+            Some(&home),
+        );
+        assert!(created.status.success(), "{}", stderr(&created));
+    }
+    let (mut process_ms, mut took_ms, mut open_ms, mut network_ms) =
+        (vec![], vec![], vec![], vec![]);
+    let (mut attach_ms, mut lookup_ms, mut round_trips) = (vec![], vec![], vec![]);
+    let (mut stop_ms, mut save_ms) = (vec![], vec![]);
+    for round in 0..LOGINS_PER_ACCOUNT {
+        for name in &names {
+            let device = fleet.dir.join(format!("{name}-device-{round}"));
+            let started = Instant::now();
+            let login = on_network(
+                &seeds,
+                &["login", name, "--password-file", password],
+                Some(&device),
+            );
+            process_ms.push(started.elapsed().as_millis() as u64);
+            assert!(login.status.success(), "{}", stderr(&login));
+            let figures = login_figures(&stdout(&login));
+            assert_eq!(figures.len(), 8, "{}", stdout(&login));
+            took_ms.push(figures[0]);
+            attach_ms.push(figures[1]);
+            lookup_ms.push(figures[2]);
+            open_ms.push(figures[3]);
+            network_ms.push(figures[4]);
+            round_trips.push(figures[5]);
+            save_ms.push(figures[6]);
+            stop_ms.push(figures[7]);
+        }
+    }
+    let logins = process_ms.len();
+    println!("password login on a new device, loopback, {SUPERNODES} supernodes, {logins} logins, Argon2id 64 MiB x 3 passes x 1 lane:");
+    for (what, samples) in [
+        ("whole `peerline login` process", process_ms),
+        ("time to logged in (the command's own count)", took_ms),
+        ("attaching to a supernode", attach_ms),
+        ("looking the name up", lookup_ms),
+        ("opening the key (fetch + OPRF + Argon2id)", open_ms),
+        ("its network part (the core's elapsed_ms)", network_ms),
+        ("certifying the device and saving the store", save_ms),
+        (
+            "then stopping the client (re-dealt shares out, goodbyes)",
+            stop_ms,
+        ),
+    ] {
+        let (p50, p99) = percentiles(samples);
+        println!("  {what}: p50 {p50} ms, p99 {p99} ms");
+    }
+    let (p50, p99) = percentiles(round_trips);
+    println!("  round trips: p50 {p50}, p99 {p99}");
 }
