@@ -617,6 +617,10 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     logins_on_new_devices(&fleet, &network, &alice, &account, password_arg);
 }
 
+/// Wrong guesses after which the holders must have refused (their burst
+/// is 5 per account; two guesses were spent before).
+const GUESSES_UNTIL_REFUSED_MAX: usize = 6;
+
 /// `peerline login` against the network of the test above, where alice was
 /// created with `password_file` (and carol without a password).
 fn logins_on_new_devices(
@@ -682,6 +686,27 @@ fn logins_on_new_devices(
             "{} already holds the account named alice; give another --data-dir for a new account",
             phone.display()
         ),
+    );
+    // Guessing: each holder allows an account 5 evaluations at once
+    // (`GUESS_BURST`; alice spent 2 above), then refuses for minutes.
+    let mut refused = None;
+    for _ in 0..GUESSES_UNTIL_REFUSED_MAX {
+        let login = network(
+            &["login", "alice", "--password-file", wrong.to_str().unwrap()],
+            Some(&elsewhere),
+        );
+        if login.status.code() == Some(3) {
+            refused = Some(stderr(&login));
+            break;
+        }
+        assert_exit(&login, 1, "wrong password for alice");
+    }
+    let refused = refused.expect("the holders refused more guesses");
+    let sentence = refused.trim_end();
+    assert!(
+        sentence.starts_with("error: too many password attempts for alice; try again in ")
+            && sentence.ends_with(" minutes"),
+        "{refused}"
     );
     // carol kept no password: there is nothing to open.
     let login = network(
