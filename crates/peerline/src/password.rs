@@ -11,7 +11,7 @@ use peerline_core::bundle::{
 };
 use peerline_core::Keypair;
 use peerline_proto::{KeyBundle, ShareDeal, Sharing};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -27,8 +27,8 @@ pub enum Prompt {
     Password,
 }
 
-/// The password from `file` (its first line: one trailing newline is not
-/// part of it), else from the terminal; bad input (exit 2) when empty,
+/// The password from `file` (its first line, without the line end), else
+/// from the terminal; bad input (exit 2) when empty,
 /// too long, unreadable, or when there is no file and no terminal.
 pub fn read(file: Option<&Path>, name: &str, prompt: Prompt) -> Result<Zeroizing<String>> {
     let password = match file {
@@ -50,29 +50,36 @@ pub fn read(file: Option<&Path>, name: &str, prompt: Prompt) -> Result<Zeroizing
     Ok(password)
 }
 
+/// The file's first line, read no further than `PASSWORD_BYTES_MAX` and a
+/// line end (a longer line is refused as too long by `read`).
 fn from_file(path: &Path) -> Result<Zeroizing<String>> {
-    let bytes = std::fs::read(path).map_err(|error| {
+    let cannot_read = |error: std::io::Error| {
         fail(
             EXIT_BAD_INPUT,
             format!("cannot read the password file {}: {error}", path.display()),
         )
-    })?;
-    let bytes = Zeroizing::new(bytes);
-    let mut text = Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|error| {
-        let mut bytes = error.into_bytes();
-        bytes.zeroize();
-        fail(
+    };
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    let limit = PASSWORD_BYTES_MAX as u64 + 2;
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(cannot_read)?;
+    let line_len = bytes
+        .iter()
+        .position(|byte| *byte == b'\n')
+        .unwrap_or(bytes.len());
+    let mut line = &bytes[..line_len];
+    if let Some(stripped) = line.strip_suffix(b"\r") {
+        line = stripped;
+    }
+    match std::str::from_utf8(line) {
+        Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+        Err(_) => Err(fail(
             EXIT_BAD_INPUT,
             format!("the password file {} is not UTF-8 text", path.display()),
-        )
-    })?);
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
+        )),
     }
-    Ok(text)
 }
 
 fn from_terminal(name: &str, prompt: Prompt) -> Result<Zeroizing<String>> {
@@ -139,4 +146,57 @@ pub fn seal(root: &Keypair, password: &str, now_unix_s: u64) -> Result<AccountSe
     let deals = deal(root, FIRST_BUNDLE_VERSION, epoch, sharing, &mut rng)
         .context("cannot deal the password's key shares")?;
     Ok(AccountSecrets { bundle, deals })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("peerline-password-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn read_file(name: &str, bytes: &[u8]) -> std::result::Result<String, String> {
+        let path = file_with(name, bytes);
+        let outcome = read(Some(&path), "alice", Prompt::Password)
+            .map(|password| password.to_string())
+            .map_err(|error| error.to_string());
+        let _ = std::fs::remove_file(path);
+        outcome
+    }
+
+    #[test]
+    fn a_password_file_gives_its_first_line_without_the_line_end() {
+        assert_eq!(read_file("plain", b"hunter2").unwrap(), "hunter2");
+        assert_eq!(read_file("lf", b"hunter2\n").unwrap(), "hunter2");
+        assert_eq!(read_file("crlf", b"hunter2\r\nrest").unwrap(), "hunter2");
+        assert_eq!(read_file("spaces", b" a b \n").unwrap(), " a b ");
+    }
+
+    #[test]
+    fn bad_password_files_are_one_sentence() {
+        assert_eq!(
+            read_file("empty", b"\nsecond line").unwrap_err(),
+            "the password is empty; choose one (it seals the account's root key)"
+        );
+        assert_eq!(
+            read_file("long", &[b'a'; PASSWORD_BYTES_MAX + 1]).unwrap_err(),
+            "the password is longer than 1024 bytes; choose a shorter one"
+        );
+        assert_eq!(
+            read_file("max", &[b'a'; PASSWORD_BYTES_MAX]).unwrap().len(),
+            PASSWORD_BYTES_MAX
+        );
+        assert!(read_file("binary", b"\xff\xfe")
+            .unwrap_err()
+            .ends_with("is not UTF-8 text"));
+        let missing = std::env::temp_dir().join("peerline-password-missing-file");
+        let error = read(Some(&missing), "alice", Prompt::Password).unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("cannot read the password file"));
+    }
 }
