@@ -308,13 +308,14 @@ fn bundle_failure(name: &Name, account: &PublicKey, reason: BundleFailure) -> an
     let name = name.as_str();
     match reason {
         BundleFailure::WrongPassword => fail(EXIT_NO, format!("wrong password for {name}")),
-        BundleFailure::Refused { retry_after_ms } => fail(
-            EXIT_NOT_NOW,
-            format!(
-                "too many password attempts for {name}; try again in {} minutes",
-                retry_after_ms.div_ceil(60_000).max(1)
-            ),
-        ),
+        BundleFailure::Refused { retry_after_ms } => {
+            let minutes = retry_after_ms.div_ceil(60_000).max(1);
+            let unit = if minutes == 1 { "minute" } else { "minutes" };
+            fail(
+                EXIT_NOT_NOW,
+                format!("too many password attempts for {name}; try again in {minutes} {unit}"),
+            )
+        }
         BundleFailure::Unavailable => fail(
             EXIT_NOT_NOW,
             format!(
