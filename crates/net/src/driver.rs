@@ -18,7 +18,9 @@ use peerline_core::mail::SendError;
 use peerline_core::{
     DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, PathCommand, PathReport, RolePolicy,
 };
-use peerline_proto::{Addr, Contact, NameClaim, NodeId, PresenceRecord, PublicKey};
+use peerline_proto::{
+    Addr, Contact, KeyBundle, NameClaim, NodeId, PresenceRecord, PublicKey, ShareDeal,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +170,15 @@ enum Command {
     SetMappedAddr(Option<SocketAddr>),
     RegisterName(Box<NameClaim>),
     LookupName(NodeId),
+    PublishAccountSecrets {
+        bundle: Box<KeyBundle>,
+        deals: Vec<ShareDeal>,
+    },
+    OpenBundle {
+        account: PublicKey,
+        password: zeroize::Zeroizing<String>,
+        entropy: zeroize::Zeroizing<[u8; 32]>,
+    },
     Shutdown,
 }
 
@@ -193,6 +204,8 @@ impl std::fmt::Debug for Command {
             Command::SetMappedAddr(_) => "SetMappedAddr",
             Command::RegisterName(_) => "RegisterName",
             Command::LookupName(_) => "LookupName",
+            Command::PublishAccountSecrets { .. } => "PublishAccountSecrets",
+            Command::OpenBundle { .. } => "OpenBundle",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -307,6 +320,62 @@ impl Control {
             .await
             .map_err(|_| NodeGone)
     }
+
+    /// Publishes an account's password-sealed key bundle and the first
+    /// deal of its OPRF shares (made with the root key:
+    /// `peerline_core::bundle::seal_bundle` and `deal`); the outcome comes
+    /// as [`Event::AccountSecretsPublished`] (the deals went out: the
+    /// shutdown flush sees them acknowledged) or [`Event::BundleFailed`].
+    pub async fn publish_account_secrets(
+        &self,
+        bundle: KeyBundle,
+        deals: Vec<ShareDeal>,
+    ) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::PublishAccountSecrets {
+                bundle: Box::new(bundle),
+                deals,
+            })
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Password login: opens the account's key bundle with `password`;
+    /// the outcome comes as [`Event::BundleOpened`] (with the root seed)
+    /// or [`Event::BundleFailed`]. The 32 bytes of entropy the core needs
+    /// (blinding, re-dealt shares) come from the operating system here.
+    ///
+    /// Argon2id (~150 ms at `KDF_PARAMS_PRODUCTION`) runs inside the
+    /// node's handling of the last holder's answer, on the driver's task:
+    /// the node answers nothing else meanwhile. Acceptable for a
+    /// short-lived client (`peerline login`); a long-running node that
+    /// logs in should move the stretch off the task first.
+    pub async fn open_bundle(
+        &self,
+        account: PublicKey,
+        password: &str,
+    ) -> Result<(), OpenBundleError> {
+        let mut entropy = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(entropy.as_mut_slice())
+            .map_err(|error| OpenBundleError::NoEntropy(error.to_string()))?;
+        self.commands
+            .send(Command::OpenBundle {
+                account,
+                password: zeroize::Zeroizing::new(password.to_owned()),
+                entropy,
+            })
+            .await
+            .map_err(|_| OpenBundleError::Gone(NodeGone))
+    }
+}
+
+/// Why a password login could not even start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenBundleError {
+    #[error(transparent)]
+    Gone(#[from] NodeGone),
+    #[error("the operating system gave no randomness: {0}")]
+    NoEntropy(String),
 }
 
 /// What happened at a node, in order. Keep reading it: when it is full
@@ -681,6 +750,14 @@ impl Driver {
             }
             Command::RegisterName(claim) => self.node.register_name(now, *claim),
             Command::LookupName(name_key) => self.node.lookup_name(now, name_key),
+            Command::PublishAccountSecrets { bundle, deals } => {
+                self.node.publish_account_secrets(now, *bundle, deals);
+            }
+            Command::OpenBundle {
+                account,
+                password,
+                entropy,
+            } => self.node.open_bundle(now, account, &password, *entropy),
             Command::Shutdown => {}
         }
     }

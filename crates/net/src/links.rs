@@ -75,6 +75,10 @@ impl Default for LinkLimits {
 /// What the transport counted (diagnostics; the core keeps its own).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Frames the node handed to the links; each ends as sent or dropped, so
+    /// `frames_queued - frames_sent - frames_dropped_out` are still on their
+    /// way out (`LinkStats::frames_in_flight`).
+    pub frames_queued: u64,
     pub frames_sent: u64,
     pub frames_received: u64,
     /// Dropped on the way out: queue full, too many peers, dial failed,
@@ -99,6 +103,7 @@ pub struct LinkStats {
 
 #[derive(Default)]
 struct Counters {
+    frames_queued: AtomicU64,
     frames_sent: AtomicU64,
     frames_received: AtomicU64,
     frames_dropped_out: AtomicU64,
@@ -112,6 +117,18 @@ struct Counters {
     connections_refused: AtomicU64,
 }
 
+impl LinkStats {
+    /// Frames queued or being dialled for, not yet sent or dropped (a
+    /// short-lived client waits for 0 before it stops: a dial still running
+    /// at shutdown is abandoned). A sender that idles out in the instant a
+    /// frame reaches it loses the frame uncounted: wait with a bound.
+    pub fn frames_in_flight(&self) -> u64 {
+        self.frames_queued
+            .saturating_sub(self.frames_sent)
+            .saturating_sub(self.frames_dropped_out)
+    }
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -120,6 +137,7 @@ impl Counters {
     fn snapshot(&self) -> LinkStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         LinkStats {
+            frames_queued: read(&self.frames_queued),
             frames_sent: read(&self.frames_sent),
             frames_received: read(&self.frames_received),
             frames_dropped_out: read(&self.frames_dropped_out),
@@ -246,6 +264,7 @@ impl Links {
     /// `expected` names the key the node believes `to` has (asked only when
     /// a sender starts); a bootstrap pin for the address overrides it.
     pub fn send(&mut self, to: Addr, frame: Vec<u8>, expected: impl FnOnce() -> Option<PublicKey>) {
+        bump(&self.shared.counters.frames_queued);
         let frame = match self.senders.get(&to) {
             None => frame,
             Some(sender) => match sender.try_send(frame) {

@@ -10,16 +10,21 @@
 //! [`Failure`]: one sentence and an exit code (`EXIT_CODES`).
 //!
 //! **The root key.** `account create` makes the account's root key in
-//! memory, signs the name claim and the device's certificate with it, and
-//! drops it when the command ends: it is not written anywhere. The
-//! password-sealed key bundle that will keep it (and `peerline login` on a
-//! new device) is not built yet, so `--password-file` is refused, and until
-//! then an account cannot add devices, renew its certificate or rotate.
+//! memory, signs the name claim and the device's certificate with it,
+//! seals it under the password (`password::seal`: a key bundle, Argon2id
+//! at the production cost over a threshold OPRF, and the OPRF key's shares
+//! dealt 3 of 5), and drops it when the command ends: no device keeps it.
+//! Once the name is registered the bundle and the deals go to the network
+//! (`Control::publish_account_secrets`), and the command reports success
+//! only when they went out. `peerline login` (`login.rs`) opens the bundle
+//! on a new device. With `--no-password` the root key is kept nowhere: the
+//! account can then never add devices, renew its certificate or rotate.
 
 use crate::node::config::{key_hex, Seed};
 use crate::node::data_dir::{self, DataDir, InUse};
 use crate::node::store::{Store, StoredIdentity, STATE_FILE};
 use crate::node::{bootstrap_order, known_supernodes};
+use crate::password::{self, AccountSecrets, Prompt};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use peerline_core::client::NameFailure;
@@ -60,8 +65,18 @@ Every error is one sentence on stderr.";
 const REGISTER_WAIT: Duration = Duration::from_secs(120);
 /// How long a name lookup may take once attached.
 const LOOKUP_WAIT: Duration = Duration::from_secs(60);
+/// How long publishing the password-sealed root key may take once the
+/// name is registered.
+const PUBLISH_WAIT: Duration = Duration::from_secs(60);
 /// A short-lived client says goodbye to its supernodes for at most this.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
+/// ...and this, when it dealt OPRF shares (`account create`, `login`):
+/// the deals must be acknowledged by holders it dialled only now.
+pub(crate) const SECRETS_FLUSH: Duration = Duration::from_secs(3);
+/// How long the deals may take to be sent (dials included).
+pub(crate) const SECRETS_SENT_WAIT: Duration = Duration::from_secs(10);
+/// How often a client waiting for its frames to go out looks.
+const SENT_POLL: Duration = Duration::from_millis(10);
 
 /// A command's failure: one sentence and its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +86,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
     Failure {
         code,
         message: message.into(),
@@ -121,11 +136,14 @@ pub enum AccountCommand {
     /// device key, its certificate and the name's certificate go into
     /// DIR/state.redb.
     ///
-    /// The root key is NOT kept anywhere yet: it is dropped when the
-    /// command ends. Keeping it sealed with a password (and logging in on
-    /// other devices with it) comes with `peerline login`; until then such
-    /// an account cannot add devices, renew this device's certificate (it
-    /// lasts a year) or rotate its keys, and --password-file is refused.
+    /// The root key is kept on no device: it is sealed under the password
+    /// (Argon2id, 64 MiB, over a threshold OPRF whose key shares 5
+    /// supernodes hold, 3 needed, each limiting guesses) and stored on the
+    /// network, so `peerline login <name>` opens it on a new device. The
+    /// command succeeds only once the sealed key is stored. With
+    /// --no-password it is dropped instead: such an account cannot log in
+    /// elsewhere, renew this device's certificate (it lasts a year) or
+    /// rotate its keys.
     #[command(after_help = EXIT_CODES)]
     Create(CreateArgs),
 }
@@ -136,10 +154,15 @@ pub struct CreateArgs {
     /// `.`, `-` or `_` between them; stored in its normal form (lower
     /// case, compatibility forms folded).
     pub name: String,
-    /// A file holding the password that will seal the account's root key.
-    /// Not available yet: given, the command stops before doing anything.
+    /// A file holding the password that will seal the account's root key
+    /// (its first line; for scripts). Without it the password is asked for
+    /// on the terminal, twice, without echo.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Keep the root key nowhere: no password, and no `peerline login` on
+    /// other devices (nor renewing this device's certificate) ever.
+    #[arg(long)]
+    pub no_password: bool,
     #[command(flatten)]
     pub network: NetworkArgs,
 }
@@ -153,11 +176,11 @@ pub struct WhoamiArgs {
 }
 
 /// A name the rules refuse: their sentence, exit 2.
-fn checked_name(text: &str) -> Result<Name> {
+pub(crate) fn checked_name(text: &str) -> Result<Name> {
     normalize(text).map_err(|error| fail(EXIT_BAD_INPUT, error.to_string()))
 }
 
-fn required_data_dir(data_dir: &Option<PathBuf>) -> Result<&Path> {
+pub(crate) fn required_data_dir(data_dir: &Option<PathBuf>) -> Result<&Path> {
     data_dir.as_deref().ok_or_else(|| {
         fail(
             EXIT_BAD_INPUT,
@@ -167,7 +190,7 @@ fn required_data_dir(data_dir: &Option<PathBuf>) -> Result<&Path> {
 }
 
 /// A lock held by a running node becomes exit 3 with what to do.
-fn in_use(error: anyhow::Error) -> anyhow::Error {
+pub(crate) fn in_use(error: anyhow::Error) -> anyhow::Error {
     match error.downcast_ref::<InUse>() {
         Some(in_use) => fail(
             EXIT_NOT_NOW,
@@ -181,14 +204,14 @@ fn in_use(error: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn client_params(loopback_test_network: bool) -> Params {
+pub(crate) fn client_params(loopback_test_network: bool) -> Params {
     match loopback_test_network {
         true => crate::timers::loopback_test_network().0,
         false => Params::default(),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -198,7 +221,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A spinner on stderr while the command waits (nothing when stderr is
 /// not a terminal: logs and tests stay clean).
-fn spinner() -> ProgressBar {
+pub(crate) fn spinner() -> ProgressBar {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return ProgressBar::hidden();
     }
@@ -211,19 +234,20 @@ fn spinner() -> ProgressBar {
 }
 
 /// A short-lived client node, attached.
-struct Session {
-    node: RunningNode,
+pub(crate) struct Session {
+    pub(crate) node: RunningNode,
     events: Events,
 }
 
 impl Session {
     /// Starts a client with `identity` and waits until it is attached to a
     /// supernode; exit 3 when none answered within `timeout_s`.
-    async fn attach(
+    pub(crate) async fn attach(
         identity: DeviceIdentity,
         bootstrap: Vec<Contact>,
         params: Params,
         timeout_s: u64,
+        shutdown_flush: Duration,
     ) -> Result<Session> {
         let Some(first) = bootstrap.first() else {
             return Err(fail(
@@ -241,7 +265,7 @@ impl Session {
             bootstrap,
             rng_seed: None,
             limits: DriverLimits {
-                shutdown_flush: SHUTDOWN_FLUSH,
+                shutdown_flush,
                 ..DriverLimits::default()
             },
         };
@@ -270,7 +294,7 @@ impl Session {
     }
 
     /// Waits for the first event `answer` takes, at most `within`.
-    async fn wait_for<T>(
+    pub(crate) async fn wait_for<T>(
         &mut self,
         within: Duration,
         mut answer: impl FnMut(Event) -> Option<T>,
@@ -288,9 +312,75 @@ impl Session {
         .flatten()
     }
 
+    /// Publishes the account's sealed root key and its OPRF shares; waits
+    /// until the deals went out (`Event::AccountSecretsPublished`) or why not.
+    async fn publish(&mut self, secrets: AccountSecrets) -> std::result::Result<(), String> {
+        let account = secrets.bundle.body.account_key;
+        let dropped_before = self.frames_dropped_out().await;
+        if self
+            .node
+            .control
+            .publish_account_secrets(secrets.bundle, secrets.deals)
+            .await
+            .is_err()
+        {
+            return Err("the client stopped on its own".into());
+        }
+        let outcome = self
+            .wait_for(PUBLISH_WAIT, |event| match event {
+                Event::AccountSecretsPublished { account: a, .. } if a == account => Some(Ok(())),
+                Event::BundleFailed { account: a, reason } if a == account => {
+                    Some(Err(format!("{reason:?}")))
+                }
+                _ => None,
+            })
+            .await;
+        outcome.unwrap_or_else(|| Err(format!("no answer within {} s", PUBLISH_WAIT.as_secs())))?;
+        if !self.wait_sent(SECRETS_SENT_WAIT).await {
+            return Err(format!(
+                "the key shares were not all sent within {} s",
+                SECRETS_SENT_WAIT.as_secs()
+            ));
+        }
+        // Any 3 of the 5 share indices open the bundle, and each index
+        // has up to 3 holders: a few undelivered deals are a warning.
+        let dropped = self
+            .frames_dropped_out()
+            .await
+            .saturating_sub(dropped_before);
+        if dropped > 0 {
+            eprintln!("warning: {dropped} messages (key share deals among them) could not be delivered; the shares are dealt again at every login");
+        }
+        Ok(())
+    }
+
+    async fn frames_dropped_out(&self) -> u64 {
+        match self.node.control.status().await {
+            Ok(status) => status.links.frames_dropped_out,
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits until the links sent (or dropped) every frame the node handed
+    /// them, at most `within`; false when some were still on their way.
+    /// The share deals go to holders the client dials only now, and a dial
+    /// still running at shutdown is abandoned.
+    pub(crate) async fn wait_sent(&self, within: Duration) -> bool {
+        let sent = tokio::time::timeout(within, async {
+            loop {
+                match self.node.control.status().await {
+                    Ok(status) if status.links.frames_in_flight() > 0 => {}
+                    _ => return,
+                }
+                tokio::time::sleep(SENT_POLL).await;
+            }
+        });
+        sent.await.is_ok()
+    }
+
     /// Stops the client and saves what it learnt of the network into the
     /// data directory's host cache (a warning when that fails).
-    async fn finish(self, data: Option<&DataDir>) {
+    pub(crate) async fn finish(self, data: Option<&DataDir>) {
         let report = self.node.shutdown().await;
         if let (Ok(report), Some(data)) = (report, data) {
             let known = known_supernodes(&report.host_cache, &report.members_sample);
@@ -342,8 +432,14 @@ pub fn lookup(args: LookupArgs) -> Result<ExitCode> {
     let bar = spinner();
     bar.set_message("reaching the network");
     let outcome = runtime()?.block_on(async {
-        let mut session =
-            Session::attach(identity, bootstrap, params.clone(), network.timeout).await?;
+        let mut session = Session::attach(
+            identity,
+            bootstrap,
+            params.clone(),
+            network.timeout,
+            SHUTDOWN_FLUSH,
+        )
+        .await?;
         bar.set_message(format!("looking up {}", name.as_str()));
         let key = name.key();
         session
@@ -392,7 +488,7 @@ pub fn lookup(args: LookupArgs) -> Result<ExitCode> {
     }
 }
 
-fn print_owner(name: &Name, certificate: &NameCertificate, params: &Params) {
+pub(crate) fn print_owner(name: &Name, certificate: &NameCertificate, params: &Params) {
     println!("name     {}", name.as_str());
     println!("account  {}", key_hex(&certificate.claim.body.account));
     // The core checked the certificate before handing it out.
@@ -405,7 +501,7 @@ fn print_owner(name: &Name, certificate: &NameCertificate, params: &Params) {
     }
 }
 
-fn failure_text(failure: NameFailure) -> String {
+pub(crate) fn failure_text(failure: NameFailure) -> String {
     match failure {
         NameFailure::Refused(reason) => format!("the claim was refused: {reason:?}"),
         NameFailure::Unavailable => {
@@ -451,15 +547,23 @@ pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
 
 /// `peerline account create <name>`.
 pub fn create(args: CreateArgs) -> Result<ExitCode> {
-    if args.password_file.is_some() {
-        return Err(fail(
-            EXIT_BAD_INPUT,
-            "password login is not available yet: this peerline cannot seal the account's root key; run without --password-file (the root key is then kept nowhere)",
-        ));
-    }
     let name = checked_name(&args.name)?;
     let network = &args.network;
     let path = required_data_dir(&network.data_dir)?;
+    let password = match (&args.password_file, args.no_password) {
+        (Some(_), true) => {
+            return Err(fail(
+                EXIT_BAD_INPUT,
+                "--password-file and --no-password exclude each other; give one",
+            ))
+        }
+        (_, true) => None,
+        (file, false) => Some(password::read(
+            file.as_deref(),
+            name.as_str(),
+            Prompt::NewPassword,
+        )?),
+    };
     let params = client_params(network.loopback_test_network);
     data_dir::prepare(path)?;
     let _lock = data_dir::lock(path).map_err(in_use)?;
@@ -473,18 +577,24 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
     let bar = spinner();
     bar.set_message(format!("solving the proof of work for {}", name.as_str()));
     let now = wall_clock_s();
-    let (stored, claim) = {
+    let (stored, claim, secrets) = {
         // The root key lives in this block only.
         let account = Keypair::from_seed(CryptoMode::Full, data_dir::random_seed()?);
         let stored = data_dir::certify_device(data_dir::random_seed()?, &account, now);
         let claim = make_claim(&account, &name, now, params.name_pow_bits);
-        (stored, claim)
+        let secrets = match &password {
+            Some(password) => Some(password::seal(&account, password, now)?),
+            None => None,
+        };
+        (stored, claim, secrets)
     };
+    drop(password);
     bar.set_message("reaching the network");
     let key = name.key();
     let outcome = runtime()?.block_on(async {
         let identity = data_dir::device_identity(&stored);
-        let mut session = Session::attach(identity, bootstrap, params, network.timeout).await?;
+        let mut session =
+            Session::attach(identity, bootstrap, params, network.timeout, SECRETS_FLUSH).await?;
         bar.set_message(format!(
             "registering {} (its supernodes vote)",
             name.as_str()
@@ -498,44 +608,19 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
         let outcome = session
             .wait_for(REGISTER_WAIT, |event| registration_outcome(event, key))
             .await;
+        let published = match (&outcome, secrets) {
+            (Some(Registration::Registered(_)), Some(secrets)) => {
+                bar.set_message("storing the password-sealed root key");
+                Some(session.publish(secrets).await)
+            }
+            _ => None,
+        };
         let report = session.node.shutdown().await.ok();
-        Ok::<_, anyhow::Error>((outcome, report))
+        Ok::<_, anyhow::Error>((outcome, published, report))
     });
     bar.finish_and_clear();
-    let (outcome, report) = outcome?;
-    let certificate = match outcome {
-        Some(Registration::Registered(certificate)) => certificate,
-        Some(Registration::Taken(owner)) => {
-            return Err(fail(
-                EXIT_NO,
-                format!(
-                    "the name {} is taken (by account {}); choose another",
-                    name.as_str(),
-                    key_hex(&owner)
-                ),
-            ))
-        }
-        Some(Registration::Failed(failure)) => {
-            return Err(fail(
-                EXIT_NOT_NOW,
-                format!(
-                    "the network could not register {} ({}); try again in a minute",
-                    name.as_str(),
-                    failure_text(failure)
-                ),
-            ))
-        }
-        None => {
-            return Err(fail(
-                EXIT_NOT_NOW,
-                format!(
-                    "the network did not decide on {} within {} s; try again in a minute",
-                    name.as_str(),
-                    REGISTER_WAIT.as_secs()
-                ),
-            ))
-        }
-    };
+    let (outcome, published, report) = outcome?;
+    let certificate = registered_certificate(&name, outcome)?;
     let replaced = match &existing {
         Some(store) => Some(store.identity()?.cert.body.account_key),
         None => None,
@@ -561,13 +646,66 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
         "expires  {} (this device's certificate)",
         data_dir::utc_time(body.expires_unix_s)
     );
-    println!("note: the account's root key was not kept (password-sealed keys come with `peerline login`): this account cannot add devices or renew this device's certificate");
-    Ok(ExitCode::SUCCESS)
+    match published {
+        Some(Ok(())) => {
+            println!(
+                "password set: `peerline login {}` on another device opens the root key with it",
+                name.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Err(reason)) => Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "registered {name}, but the network did not keep its password-sealed root key ({reason}); this device works, but `peerline login {name}` will not",
+                name = name.as_str()
+            ),
+        )),
+        None => {
+            println!("note: no password, so the account's root key was kept nowhere: this account cannot log in on other devices or renew this device's certificate");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The certificate of a registration that succeeded; the sentence of one
+/// that did not.
+fn registered_certificate(
+    name: &Name,
+    outcome: Option<Registration>,
+) -> Result<Box<NameCertificate>> {
+    match outcome {
+        Some(Registration::Registered(certificate)) => Ok(certificate),
+        Some(Registration::Taken(owner)) => Err(fail(
+            EXIT_NO,
+            format!(
+                "the name {} is taken (by account {}); choose another",
+                name.as_str(),
+                key_hex(&owner)
+            ),
+        )),
+        Some(Registration::Failed(failure)) => Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "the network could not register {} ({}); try again in a minute",
+                name.as_str(),
+                failure_text(failure)
+            ),
+        )),
+        None => Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "the network did not decide on {} within {} s; try again in a minute",
+                name.as_str(),
+                REGISTER_WAIT.as_secs()
+            ),
+        )),
+    }
 }
 
 /// The data directory's store, if it has one; refused when it already
 /// holds an account with a name, or an identity from before the store.
-fn existing_store(path: &Path) -> Result<Option<Store>> {
+pub(crate) fn existing_store(path: &Path) -> Result<Option<Store>> {
     let state = path.join(STATE_FILE);
     if !state.exists() {
         if path.join(data_dir::IDENTITY_FILE).exists() {
@@ -596,7 +734,7 @@ fn existing_store(path: &Path) -> Result<Option<Store>> {
 
 /// Writes the new identity and its name: into the existing store (whose
 /// nameless account it replaces), or a new one.
-fn save_account(
+pub(crate) fn save_account(
     path: &Path,
     existing: Option<Store>,
     stored: &StoredIdentity,

@@ -2,7 +2,9 @@
 
 mod account;
 mod demo;
+mod login;
 mod node;
+mod password;
 mod timers;
 
 use anyhow::{bail, Context, Result};
@@ -70,6 +72,17 @@ enum Command {
     /// owning account's key and when its quorum was reached, or "nobody has
     /// registered NAME" (exit 1).
     Lookup(account::LookupArgs),
+    /// Log in on a new device with the account's name and password.
+    ///
+    /// Starts a short-lived client, looks the name up (its account's key),
+    /// and opens the account's password-sealed root key: the bundle from
+    /// its replicas, the password checked with 3 of the 5 holders of its
+    /// key shares (each limits guesses per account), then Argon2id (64
+    /// MiB, ~150 ms). The root key certifies a new key for this device and
+    /// is dropped: it is never written. DIR/state.redb then holds the new
+    /// device key, its certificate and the name's certificate. Refused
+    /// when DIR already holds an account with a name.
+    Login(login::LoginArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,6 +217,7 @@ fn main() -> ExitCode {
         Command::Account(account::AccountCommand::Create(args)) => account::create(args),
         Command::Whoami(args) => account::whoami(args),
         Command::Lookup(args) => account::lookup(args),
+        Command::Login(args) => login::login(args),
     };
     match outcome {
         Ok(code) => code,
