@@ -300,16 +300,57 @@ pub fn voters_plausible(membership: &Membership, params: &Params, info: &Certifi
 /// for voters the network knows at that address: keys ground next to a
 /// name with made-up addresses in four /24s make a certificate that
 /// verifies, and are no members.
-pub fn voters_current(membership: &Membership, info: &CertificateInfo) -> usize {
+pub fn voters_current(
+    membership: &Membership,
+    departed: &Departed,
+    info: &CertificateInfo,
+) -> usize {
     info.voters
         .iter()
         .zip(&info.voter_addrs)
         .filter(|(id, addr)| {
             membership
                 .get(id)
-                .is_some_and(|m| m.update.contact.addr == **addr)
+                .map(|m| m.update.contact.addr)
+                .or_else(|| departed.addr_of(id))
+                == Some(**addr)
         })
         .count()
+}
+
+/// Members that left recently, with the address they had: a certificate
+/// whose voters died since (a crash wave right after a partition healed)
+/// still counts them, so conflicts settle; invented voters were never
+/// members, and stay unknown.
+#[derive(Clone, Debug, Default)]
+pub struct Departed {
+    members: BTreeMap<NodeId, (Addr, Instant)>,
+}
+
+/// Departed members remembered, and for how long.
+pub const DEPARTED_MAX: usize = 16_384;
+pub const DEPARTED_KEEP_MS: u64 = 3_600_000;
+
+impl Departed {
+    pub fn left(&mut self, id: NodeId, addr: Addr, now: Instant) {
+        if self.members.len() >= DEPARTED_MAX {
+            self.members
+                .retain(|_, (_, at)| now.since_ms(*at) < DEPARTED_KEEP_MS);
+            if self.members.len() >= DEPARTED_MAX {
+                return;
+            }
+        }
+        self.members.insert(id, (addr, now));
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        self.members
+            .retain(|_, (_, at)| now.since_ms(*at) < DEPARTED_KEEP_MS);
+    }
+
+    fn addr_of(&self, id: &NodeId) -> Option<Addr> {
+        self.members.get(id).map(|(addr, _)| *addr)
+    }
 }
 
 /// Current voters (see [`voters_current`]) a record holder wants before it

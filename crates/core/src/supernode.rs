@@ -174,6 +174,8 @@ pub struct SupernodeState {
     vote_windows: crate::registry::VoteWindows,
     /// Certificates that would win but whose voters are not known yet.
     name_challengers: BTreeMap<NodeId, crate::registry::SetAside>,
+    /// Members that left in the last hour, for checking name votes.
+    departed: crate::registry::Departed,
     /// Bundle fetches this supernode runs for its clients, and the budget
     /// of bundle and deal checks and evaluations (`supernode/bundles.rs`).
     bundle_queries: BTreeMap<u32, bundles::BundleQuery>,
@@ -259,6 +261,7 @@ impl SupernodeState {
             claim_limits: Default::default(),
             vote_windows: Default::default(),
             name_challengers: BTreeMap::new(),
+            departed: Default::default(),
             bundle_queries: BTreeMap::new(),
             bundle_budget: crate::overload::TokenBucket::new(
                 bundles::BUNDLE_WORK_PER_S,
@@ -1867,6 +1870,7 @@ impl SupernodeState {
     /// replaces it, and warn our clients whose records name it.
     fn on_member_left(&mut self, io: &mut Io, left: NodeId, contact: Contact) {
         let left_key = contact.key;
+        self.departed.left(left, contact.addr, io.now.instant);
         self.remember_lost(io, contact);
         self.re_replicate_mail(io, left);
         self.re_store_own_clients(io, left);

@@ -345,7 +345,9 @@ impl SupernodeState {
         let held_claim = held.map(|h| h.claim_hash);
         let replaces_another = held_claim.is_some_and(|hash| hash != info.claim_hash);
         let wanted = current_voters_wanted(io.params, replaces_another);
-        if held_claim != Some(info.claim_hash) && voters_current(&self.membership, &info) < wanted {
+        if held_claim != Some(info.claim_hash)
+            && voters_current(&self.membership, &self.departed, &info) < wanted
+        {
             // Not answered with our record: two holders that each refuse
             // the other's would answer each other for ever. Kept aside
             // instead, when it would win: its voters may only be unknown
@@ -391,7 +393,7 @@ impl SupernodeState {
                 continue;
             }
             let wanted = current_voters_wanted(io.params, replaces_another);
-            if voters_current(&self.membership, &info) >= wanted {
+            if voters_current(&self.membership, &self.departed, &info) >= wanted {
                 io.names.store(certificate, info);
             } else if io.now.instant.since_ms(at) < CHALLENGER_KEEP_MS {
                 self.name_challengers.insert(key, (certificate, info, at));
@@ -622,6 +624,7 @@ impl SupernodeState {
     pub(super) fn re_replicate_names(&mut self, io: &mut Io) {
         io.names
             .release_votes(io.now.unix_s, io.params.name_vote_hold_s);
+        self.departed.expire(io.now.instant);
         self.retry_challengers(io);
         let due = {
             let this = &*self;
