@@ -33,7 +33,9 @@ enum Command {
     /// Scenarios: steady (joins, churn, lookups); restart-storm (the 2007
     /// login storm: 60% of all nodes reboot within 10 minutes);
     /// supernode-crash (the 2010 crash wave: 40% of supernodes die at once);
-    /// partition (the Americas cut off for 10 minutes); sweep (peerline and
+    /// partition (the Americas cut off for 10 minutes); accounts (contested
+    /// name registrations through churn, a partition, a crash wave and an
+    /// ID-grinding attacker, plus device revocations); sweep (peerline and
     /// the naive baseline across restart fractions 20–100% and crash
     /// fractions 10–70%). Add --naive for the baseline without overload control. The same seed
     /// gives the same run, byte for byte; the report's `digest` proves it.
@@ -105,8 +107,8 @@ enum CpuModelArg {
 
 #[derive(clap::Args)]
 struct SimArgs {
-    /// Scenario to run: steady, restart-storm, supernode-crash, partition, or
-    /// sweep (both modes across outage sizes, with charts).
+    /// Scenario to run: steady, restart-storm, supernode-crash, partition,
+    /// accounts, or sweep (both modes across outage sizes, with charts).
     scenario: String,
     /// Number of clients (default 100,000; 2,000 for the sweep, which runs 18 simulations).
     #[arg(long)]
