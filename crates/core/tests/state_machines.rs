@@ -3566,22 +3566,25 @@ fn an_attacker_grinding_ids_next_to_a_name_gets_one_seat() {
     // attacker's claim is refused by checkers: they share a /24.
     let attacker_account = account_key(801);
     let forged_claim = claim_for(&net, &params, &attacker_account, "victim");
-    let forged = NameCertificate {
+    // Votes of the attacker's supernodes for its own claim, with the
+    // address and time each writes into its vote.
+    let forge = |vote_of: &dyn Fn(usize, Contact) -> (Addr, u64)| NameCertificate {
         claim: forged_claim.clone(),
         votes: BoundedVec::truncating(attackers.iter().enumerate().map(|(i, contact)| {
-            let identity = identity(candidates[i].0);
+            let (addr, voted_unix_s) = vote_of(i, *contact);
             sign_vote(
-                &identity.keypair,
+                &identity(candidates[i].0).keypair,
                 NameVoteBody {
                     name_key: key,
                     claim_hash: claim_hash(&forged_claim),
                     account: attacker_account.public(),
-                    voter: *contact,
-                    voted_unix_s: UNIX0,
+                    voter: Contact { addr, ..*contact },
+                    voted_unix_s,
                 },
             )
         })),
     };
+    let forged = forge(&|_, contact| (contact.addr, UNIX0));
     assert_eq!(
         verify_certificate(CryptoMode::Full, &params, &forged),
         Err(CertificateError::DuplicateVoter)
@@ -3605,25 +3608,10 @@ fn an_attacker_grinding_ids_next_to_a_name_gets_one_seat() {
     // votes, backdated to the epoch: a certificate that verifies (and
     // would win the conflict rule) but whose voters the network does not
     // know at those addresses. Nobody replaces the owner's record with it.
-    let invented = NameCertificate {
-        claim: forged_claim.clone(),
-        votes: BoundedVec::truncating(attackers.iter().enumerate().map(|(i, contact)| {
-            let identity = identity(candidates[i].0);
-            sign_vote(
-                &identity.keypair,
-                NameVoteBody {
-                    name_key: key,
-                    claim_hash: claim_hash(&forged_claim),
-                    account: attacker_account.public(),
-                    voter: Contact {
-                        addr: Addr::from_ipv4_u32(0x0c00_0001 + ((i as u32) << 8), 7_000),
-                        ..*contact
-                    },
-                    voted_unix_s: i as u64,
-                },
-            )
-        })),
-    };
+    let invented = forge(&|i, _| {
+        let addr = Addr::from_ipv4_u32(0x0c00_0001 + ((i as u32) << 8), 7_000);
+        (addr, i as u64)
+    });
     let info = verify_certificate(CryptoMode::Full, &params, &invented).expect("it verifies");
     assert_eq!(info.quorum_unix_s, 3, "and it would win on time");
     for index in 0..honest.len() + attackers.len() {

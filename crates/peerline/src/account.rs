@@ -312,6 +312,29 @@ impl Session {
         .flatten()
     }
 
+    /// Looks a name up: its owner's certificate (`Some(Ok(None))`: nobody
+    /// has it; `Some(Err(_))`: the network could not answer; `None`: no
+    /// answer within `LOOKUP_WAIT`).
+    pub(crate) async fn lookup_name(
+        &mut self,
+        name: &Name,
+    ) -> Result<Option<std::result::Result<Option<Box<NameCertificate>>, NameFailure>>> {
+        let key = name.key();
+        self.node
+            .control
+            .lookup_name(key)
+            .await
+            .map_err(|_| fail(EXIT_NOT_NOW, "the client stopped on its own"))?;
+        Ok(self
+            .wait_for(LOOKUP_WAIT, |event| match event {
+                Event::NameLookupDone {
+                    name_key, result, ..
+                } if name_key == key => Some(result),
+                _ => None,
+            })
+            .await)
+    }
+
     /// Publishes the account's sealed root key and its OPRF shares; waits
     /// until the deals went out (`Event::AccountSecretsPublished`) or why not.
     async fn publish(&mut self, secrets: AccountSecrets) -> std::result::Result<(), String> {
@@ -441,21 +464,7 @@ pub fn lookup(args: LookupArgs) -> Result<ExitCode> {
         )
         .await?;
         bar.set_message(format!("looking up {}", name.as_str()));
-        let key = name.key();
-        session
-            .node
-            .control
-            .lookup_name(key)
-            .await
-            .map_err(|_| fail(EXIT_NOT_NOW, "the client stopped on its own"))?;
-        let result = session
-            .wait_for(LOOKUP_WAIT, |event| match event {
-                Event::NameLookupDone {
-                    name_key, result, ..
-                } if name_key == key => Some(result),
-                _ => None,
-            })
-            .await;
+        let result = session.lookup_name(&name).await?;
         session.finish(data.as_ref()).await;
         Ok::<_, anyhow::Error>(result)
     });

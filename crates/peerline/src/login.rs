@@ -259,21 +259,7 @@ async fn open(
 
 /// The owner's certificate; "nobody has registered" is exit 1.
 async fn lookup(session: &mut Session, name: &Name) -> Result<Box<NameCertificate>> {
-    let key = name.key();
-    session
-        .node
-        .control
-        .lookup_name(key)
-        .await
-        .map_err(|_| fail(EXIT_NOT_NOW, "the client stopped on its own"))?;
-    let result = session
-        .wait_for(LOOKUP_WAIT, |event| match event {
-            Event::NameLookupDone {
-                name_key, result, ..
-            } if name_key == key => Some(result),
-            _ => None,
-        })
-        .await;
+    let result = session.lookup_name(name).await?;
     match result {
         Some(Ok(Some(certificate))) => Ok(certificate),
         Some(Ok(None)) => Err(fail(

@@ -333,30 +333,20 @@ pub fn random_seed() -> Result<[u8; 32]> {
     Ok(seed)
 }
 
-/// `2027-11-28 01:10 UTC` (the proleptic Gregorian calendar, from days
-/// since 1970-01-01: Howard Hinnant's `civil_from_days`).
+/// `2027-11-28 01:10 UTC`; a time past the calendar's range (it came
+/// from a file or the network) is shown as seconds.
 pub fn utc_time(unix_s: u64) -> String {
-    let days = (unix_s / 86_400) as i64;
-    let seconds = unix_s % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        seconds / 3_600,
-        seconds % 3_600 / 60
-    )
+    match i64::try_from(unix_s).map(time::OffsetDateTime::from_unix_timestamp) {
+        Ok(Ok(t)) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        _ => format!("{unix_s} s after 1970 (beyond the calendar)"),
+    }
 }
 
 #[cfg(test)]
@@ -650,5 +640,9 @@ mod tests {
         assert_eq!(utc_time(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc_time(1_800_000_000), "2027-01-15 08:00 UTC");
         assert_eq!(utc_time(951_868_799), "2000-02-29 23:59 UTC");
+        assert_eq!(
+            utc_time(u64::MAX),
+            "18446744073709551615 s after 1970 (beyond the calendar)"
+        );
     }
 }
