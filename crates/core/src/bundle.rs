@@ -721,7 +721,7 @@ pub enum HolderError {
     Refused { retry_after_ms: u64 },
     #[error("holding shares for {accounts_max} accounts already; no room for another")]
     Full { accounts_max: usize },
-    #[error("share deal of epoch {offered} is not newer than the held epoch {held}")]
+    #[error("share deal of epoch {offered} is not newer than the held share (epoch {held}, or a newer bundle)")]
     StaleEpoch { held: u64, offered: u64 },
     #[error("share deal not signed by the account's root key")]
     BadSignature,
@@ -837,6 +837,16 @@ impl BundleHolder {
         self.shares.get(account).map(|held| held.epoch)
     }
 
+    /// Whether a deal of (`bundle_version`, `epoch`) would replace the
+    /// share held for `account`: a deal of a newer bundle (a password
+    /// change) always does, one of the same bundle only with a higher
+    /// epoch. True when nothing is held.
+    pub fn would_take(&self, account: &PublicKey, bundle_version: u64, epoch: u64) -> bool {
+        self.shares
+            .get(account)
+            .is_none_or(|held| (bundle_version, epoch) > (held.bundle_version, held.epoch))
+    }
+
     /// The index of the share held for `account`, if any.
     pub fn index(&self, account: &PublicKey) -> Option<u8> {
         self.shares.get(account).map(|held| held.share.index)
@@ -864,7 +874,7 @@ impl BundleHolder {
         let body = &deal.body;
         let held_epoch = self.epoch(&body.account_key);
         if let Some(held) = held_epoch {
-            if body.epoch <= held {
+            if !self.would_take(&body.account_key, body.bundle_version, body.epoch) {
                 return Err(HolderError::StaleEpoch {
                     held,
                     offered: body.epoch,
@@ -1610,6 +1620,19 @@ mod tests {
             Err(HolderError::StaleEpoch {
                 held: 2,
                 offered: 1
+            })
+        );
+        // A password change seals bundle version 2: its deal replaces the
+        // share even under a lower epoch, and version 1's deals no longer do.
+        let changed = deal(&root, 2, 1, SHARING, &mut rng).unwrap();
+        holder.accept_deal(t0, &changed[0]).unwrap();
+        assert_eq!(holder.epoch(&account), Some(1));
+        let old_version = deal(&root, 1, 9, SHARING, &mut rng).unwrap();
+        assert_eq!(
+            holder.accept_deal(t0, &old_version[0]),
+            Err(HolderError::StaleEpoch {
+                held: 1,
+                offered: 9
             })
         );
     }

@@ -4,6 +4,7 @@
 //! reachability and decide on promotion.
 
 mod bundles;
+mod device_lists;
 mod names;
 pub use bundles::BundleFailure;
 pub(crate) use names::outcome_event;
@@ -116,6 +117,8 @@ pub struct ClientState {
     names: names::ClientNames,
     /// Bundle publications and password logins in flight (`client/bundles.rs`).
     bundles: bundles::ClientBundles,
+    /// Device-list fetches in flight (`client/device_lists.rs`).
+    device_lists: device_lists::ClientDeviceLists,
 }
 
 impl ClientState {
@@ -150,7 +153,8 @@ impl ClientState {
             .punch
             .next_deadline()
             .min(self.names.next_deadline())
-            .min(self.bundles.next_deadline());
+            .min(self.bundles.next_deadline())
+            .min(self.device_lists.next_deadline());
         for attachment in &self.attachments {
             deadline = deadline.min(attachment.deadline);
         }
@@ -461,6 +465,9 @@ impl ClientState {
                 bundle,
                 holders,
             } => self.on_bundle_fetch_response(io, query_id, bundle, holders),
+            Message::DeviceListFetchResponse { query_id, list } => {
+                self.on_device_list_fetch_response(io, query_id, list)
+            }
             _ => io.stats.messages_unexpected += 1,
         }
     }
@@ -639,6 +646,7 @@ impl ClientState {
         self.expire_lookups(io);
         self.names_timeout(io);
         self.bundles_timeout(io);
+        self.device_lists_timeout(io);
         self.probe_if_due(io);
         self.check_promotion(io);
     }

@@ -113,6 +113,8 @@ pub enum Event {
     /// The node re-dealt the shares to the current holders already.
     BundleOpened {
         account: PublicKey,
+        /// The version of the bundle opened (a password change seals the next).
+        bundle_version: u64,
         root_seed: crate::bundle::RootSeed,
         elapsed_ms: u64,
         /// Sequential round trips: the fetch (device → supernode →
@@ -122,6 +124,12 @@ pub enum Event {
     BundleFailed {
         account: PublicKey,
         reason: crate::client::BundleFailure,
+    },
+    /// The account's newest device list its replicas hold, checked
+    /// (`Ok(None)`: they hold none), or why the fetch failed.
+    DeviceListFetched {
+        account: PublicKey,
+        result: Result<Option<Box<DeviceList>>, crate::client::BundleFailure>,
     },
 }
 
@@ -371,7 +379,9 @@ impl Node {
     /// This device's account's signed device list (made with the root key,
     /// `account::sign_device_list`): sent to the supernodes the device is
     /// attached to now and again on every attach, so that the network
-    /// refuses the devices it revokes (`revocation.rs`). A newer version
+    /// refuses the devices it revokes (`revocation.rs`), and stored now at
+    /// the account's bundle replicas, where every device of the account
+    /// reads it back ([`Node::fetch_device_list`]). A newer version
     /// (or a list of another account, after a rotation) replaces the one
     /// held; an older one is ignored.
     pub fn set_device_list(&mut self, now: Now, list: DeviceList) {
@@ -382,8 +392,27 @@ impl Node {
         }
         self.accounts.own_list = Some(Box::new(list.clone()));
         self.with_client(now, |client, io| {
+            client.store_device_list(io, &list);
             client.push_to_attached(io, &Message::DeviceListPush { list })
         });
+    }
+
+    /// Fetches `account`'s newest device list from its replicas (the
+    /// account's bundle replicas). Ends in [`Event::DeviceListFetched`].
+    /// Clients only.
+    pub fn fetch_device_list(&mut self, now: Now, account: PublicKey) {
+        if self.closed || self.is_supernode() {
+            let result = Err(crate::client::BundleFailure::NotAClient);
+            return self
+                .events
+                .push_back(Event::DeviceListFetched { account, result });
+        }
+        self.with_client(now, |client, io| client.fetch_device_list(io, account));
+    }
+
+    /// The account's device list this supernode replicates, if any.
+    pub fn held_device_list(&self, account: &PublicKey) -> Option<&DeviceList> {
+        self.bundles.device_list(account)
     }
 
     /// The rotation of this device's account's root (signed by both roots,

@@ -588,6 +588,13 @@ impl SupernodeState {
             Message::BundleFetchResponse {
                 query_id, bundle, ..
             } => self.on_bundle_fetch_response(io, from, query_id, bundle),
+            Message::DeviceListStore { list } => self.on_device_list_store(io, from, list),
+            Message::DeviceListFetch { query_id, account } => {
+                self.on_device_list_fetch(io, from, query_id, account)
+            }
+            Message::DeviceListFetchResponse { query_id, list } => {
+                self.on_device_list_fetch_response(io, from, query_id, list)
+            }
             Message::ShareDealPush { deal } => self.on_share_deal_push(io, deal),
             Message::OprfEvaluate {
                 query_id,

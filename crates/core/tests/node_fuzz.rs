@@ -779,7 +779,8 @@ fn account_statements() -> impl Strategy<Value = Message> {
                     },
                 ),
             }
-        });
+        })
+        .boxed();
     let signed_rotation = (any::<[u8; 32]>(), issued).prop_map(|(seed, issued_unix_s)| {
         let new_root = Keypair::from_seed(CryptoMode::Full, seed);
         Message::RootRotationPush {
@@ -809,7 +810,8 @@ fn account_statements() -> impl Strategy<Value = Message> {
                     },
                 }
             },
-        );
+        )
+        .boxed();
     let noise_rotation = (
         (public_key(), public_key()),
         small_or_any_u64(),
@@ -830,7 +832,38 @@ fn account_statements() -> impl Strategy<Value = Message> {
                 }
             },
         );
-    prop_oneof![signed_list, signed_rotation, noise_list, noise_rotation]
+    // The same lists offered for storage at the replicas, and fetches.
+    let stored = (signed_list.clone(), noise_list.clone(), any::<bool>()).prop_map(
+        |(signed, noise, pick_signed)| match if pick_signed { signed } else { noise } {
+            Message::DeviceListPush { list } => Message::DeviceListStore {
+                list: Box::new(list),
+            },
+            other => other,
+        },
+    );
+    let account = prop_oneof![Just(0u8).prop_map(|_| client_root().public()), public_key(),];
+    let fetch = (small_or_any_u32(), account)
+        .prop_map(|(query_id, account)| Message::DeviceListFetch { query_id, account });
+    let fetched = (
+        small_or_any_u32(),
+        proptest::option::of(signed_list.clone()),
+    )
+        .prop_map(|(query_id, list)| Message::DeviceListFetchResponse {
+            query_id,
+            list: list.and_then(|message| match message {
+                Message::DeviceListPush { list } => Some(Box::new(list)),
+                _ => None,
+            }),
+        });
+    prop_oneof![
+        signed_list,
+        signed_rotation,
+        noise_list,
+        noise_rotation,
+        stored,
+        fetch,
+        fetched
+    ]
 }
 
 const BUNDLE_PASSWORD: &str = "fuzzed password";

@@ -4342,6 +4342,7 @@ impl Net {
                     root_seed,
                     elapsed_ms,
                     round_trips,
+                    ..
                 } if *a == account => Some(Login::Opened {
                     root_seed: root_seed.clone(),
                     elapsed_ms: *elapsed_ms,
@@ -4596,4 +4597,102 @@ fn login_survives_losing_every_holder_of_two_indices_and_re_deals_them() {
     net.run_until_ms(net.now().instant.as_ms() + 30_000);
     assert!(!net.bundle_replicas(&account).is_empty());
     assert_opened(net.login(device, account, PASSWORD), &secrets.root);
+}
+
+impl Net {
+    /// Fetches `account`'s device list from `device`: what the fetch ended in.
+    fn fetch_device_list(
+        &mut self,
+        device: usize,
+        account: PublicKey,
+    ) -> Result<Option<Box<peerline_proto::DeviceList>>, BundleFailure> {
+        let started = self.events.len();
+        let now = self.now();
+        self.nodes[device].fetch_device_list(now, account);
+        self.flush(device);
+        self.run_until_ms(now.instant.as_ms() + 10_000);
+        let ends: Vec<_> = self.events[started..]
+            .iter()
+            .filter(|(i, _, _)| *i == device)
+            .filter_map(|(_, _, e)| match e {
+                Event::DeviceListFetched { account: a, result } if *a == account => {
+                    Some(result.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends.len(), 1, "one end per fetch: {ends:?}");
+        ends.into_iter().next().unwrap()
+    }
+
+    /// The live nodes replicating `account`'s device list, with its version.
+    fn device_list_replicas(&self, account: &PublicKey) -> Vec<(usize, u64)> {
+        (0..self.nodes.len())
+            .filter(|i| !self.crashed[*i])
+            .filter_map(|i| {
+                let list = self.nodes[i].held_device_list(account)?;
+                Some((i, list.body.version))
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn the_device_list_is_kept_with_the_bundle_and_outlives_its_replicas() {
+    let secrets = account_secrets(4);
+    let root = &secrets.root;
+    let account = root.public();
+    let (mut net, params, supernodes) = bundle_network(16, &secrets);
+    let laptop = add_client(&mut net, &params, 803, supernodes[2..5].to_vec());
+    let phone = add_client(&mut net, &params, 804, supernodes[9..12].to_vec());
+    let stranger = add_client(&mut net, &params, 805, supernodes[5..8].to_vec());
+    net.run_until_ms(30_000);
+    assert_eq!(net.fetch_device_list(phone, account), Ok(None));
+    // The laptop publishes version 1: both devices current.
+    let laptop_key = net.nodes[laptop].identity().keypair.public();
+    let phone_key = net.nodes[phone].identity().keypair.public();
+    let first = device_list(root, 1, &[laptop_key, phone_key], &[]);
+    let now = net.now();
+    net.nodes[laptop].set_device_list(now, first.clone());
+    net.flush(laptop);
+    net.run_until_ms(now.instant.as_ms() + 2_000);
+    let replicas = net.device_list_replicas(&account);
+    assert_eq!(replicas.len(), params.replication_k, "{replicas:?}");
+    assert_eq!(
+        net.fetch_device_list(phone, account),
+        Ok(Some(Box::new(first.clone())))
+    );
+    // The phone revokes a lost tablet: version 2 replaces version 1.
+    let tablet = PublicKey([77; 32]);
+    let second = device_list(root, 2, &[laptop_key, phone_key], &[tablet]);
+    let now = net.now();
+    net.nodes[phone].set_device_list(now, second.clone());
+    net.flush(phone);
+    net.run_until_ms(now.instant.as_ms() + 2_000);
+    // A replay of version 1 and a list the root did not sign change nothing.
+    let forger = Keypair::generate(CryptoMode::Full, &mut rng(806));
+    let mut forged = device_list(&forger, 3, &[tablet], &[]);
+    forged.body.account_key = account;
+    for list in [first, forged] {
+        let now = net.now();
+        net.nodes[stranger].set_device_list(now, list);
+        net.flush(stranger);
+        net.run_until_ms(now.instant.as_ms() + 2_000);
+    }
+    let expected = Ok(Some(Box::new(second)));
+    assert_eq!(net.fetch_device_list(laptop, account), expected);
+    assert!(net
+        .device_list_replicas(&account)
+        .iter()
+        .all(|(_, version)| *version == 2));
+    // Every replica but one crashes: the survivor re-replicates it to the
+    // new replica set, and the fetch still finds version 2.
+    let replicas = net.device_list_replicas(&account);
+    for &(replica, _) in &replicas[1..] {
+        net.crash(replica);
+    }
+    net.run_until_ms(net.now().instant.as_ms() + 40_000);
+    let replicas = net.device_list_replicas(&account);
+    assert!(replicas.len() >= params.replication_k - 1, "{replicas:?}");
+    assert_eq!(net.fetch_device_list(phone, account), expected);
 }

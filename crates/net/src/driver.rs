@@ -19,7 +19,8 @@ use peerline_core::{
     DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, PathCommand, PathReport, RolePolicy,
 };
 use peerline_proto::{
-    Addr, Contact, KeyBundle, NameClaim, NodeId, PresenceRecord, PublicKey, ShareDeal,
+    Addr, Contact, DeviceList, KeyBundle, NameClaim, NodeId, PresenceRecord, PublicKey,
+    RootRotation, ShareDeal,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -179,6 +180,9 @@ enum Command {
         password: zeroize::Zeroizing<String>,
         entropy: zeroize::Zeroizing<[u8; 32]>,
     },
+    SetDeviceList(Box<DeviceList>),
+    SetRootRotation(Box<RootRotation>),
+    FetchDeviceList(PublicKey),
     Shutdown,
 }
 
@@ -206,6 +210,9 @@ impl std::fmt::Debug for Command {
             Command::LookupName(_) => "LookupName",
             Command::PublishAccountSecrets { .. } => "PublishAccountSecrets",
             Command::OpenBundle { .. } => "OpenBundle",
+            Command::SetDeviceList(_) => "SetDeviceList",
+            Command::SetRootRotation(_) => "SetRootRotation",
+            Command::FetchDeviceList(_) => "FetchDeviceList",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -366,6 +373,36 @@ impl Control {
             })
             .await
             .map_err(|_| OpenBundleError::Gone(NodeGone))
+    }
+}
+
+impl Control {
+    /// This device's account's signed device list: pushed to the attached
+    /// supernodes (which spread what it revokes) and stored at the
+    /// account's replicas ([`peerline_core::Node::set_device_list`]).
+    pub async fn set_device_list(&self, list: DeviceList) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::SetDeviceList(Box::new(list)))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// This device's account's root rotation, published like the device
+    /// list ([`peerline_core::Node::set_root_rotation`]).
+    pub async fn set_root_rotation(&self, rotation: RootRotation) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::SetRootRotation(Box::new(rotation)))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Fetches an account's newest device list from its replicas; the
+    /// answer comes as [`Event::DeviceListFetched`].
+    pub async fn fetch_device_list(&self, account: PublicKey) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::FetchDeviceList(account))
+            .await
+            .map_err(|_| NodeGone)
     }
 }
 
@@ -758,6 +795,9 @@ impl Driver {
                 password,
                 entropy,
             } => self.node.open_bundle(now, account, &password, *entropy),
+            Command::SetDeviceList(list) => self.node.set_device_list(now, *list),
+            Command::SetRootRotation(rotation) => self.node.set_root_rotation(now, *rotation),
+            Command::FetchDeviceList(account) => self.node.fetch_device_list(now, account),
             Command::Shutdown => {}
         }
     }

@@ -20,6 +20,7 @@
 //! on a new device. With `--no-password` the root key is kept nowhere: the
 //! account can then never add devices, renew its certificate or rotate.
 
+use crate::devices::{self, ListChange};
 use crate::node::config::{key_hex, Seed};
 use crate::node::data_dir::{self, DataDir, InUse};
 use crate::node::store::{Store, StoredIdentity, STATE_FILE};
@@ -337,7 +338,10 @@ impl Session {
 
     /// Publishes the account's sealed root key and its OPRF shares; waits
     /// until the deals went out (`Event::AccountSecretsPublished`) or why not.
-    async fn publish(&mut self, secrets: AccountSecrets) -> std::result::Result<(), String> {
+    pub(crate) async fn publish(
+        &mut self,
+        secrets: AccountSecrets,
+    ) -> std::result::Result<(), String> {
         let account = secrets.bundle.body.account_key;
         let dropped_before = self.frames_dropped_out().await;
         if self
@@ -586,7 +590,7 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
     let bar = spinner();
     bar.set_message(format!("solving the proof of work for {}", name.as_str()));
     let now = wall_clock_s();
-    let (stored, claim, secrets) = {
+    let (stored, claim, secrets, list) = {
         // The root key lives in this block only.
         let account = Keypair::from_seed(CryptoMode::Full, data_dir::random_seed()?);
         let stored = data_dir::certify_device(data_dir::random_seed()?, &account, now);
@@ -595,7 +599,9 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
             Some(password) => Some(password::seal(&account, password, now)?),
             None => None,
         };
-        (stored, claim, secrets)
+        let device = stored.cert.body.device_key;
+        let list = devices::next_list(&account, None, device, ListChange::Add(device), now)?;
+        (stored, claim, secrets, list)
     };
     drop(password);
     bar.set_message("reaching the network");
@@ -624,6 +630,14 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
             }
             _ => None,
         };
+        if matches!(outcome, Some(Registration::Registered(_))) {
+            bar.set_message("publishing the device list");
+            if let Err(error) = devices::publish_list(&mut session, list.clone()).await {
+                eprintln!(
+                    "warning: {error:#}; `peerline login` on another device publishes it again"
+                );
+            }
+        }
         let report = session.node.shutdown().await.ok();
         Ok::<_, anyhow::Error>((outcome, published, report))
     });
@@ -635,6 +649,7 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
         None => None,
     };
     let store = save_account(path, existing, &stored, &name, &certificate)?;
+    devices::save_list(&store, &list)?;
     if let Some(report) = report {
         let known = known_supernodes(&report.host_cache, &report.members_sample);
         if let Err(error) = store.save_host_cache(&known) {

@@ -15,6 +15,7 @@ use crate::account::{
     save_account, spinner, NetworkArgs, Session, EXIT_CODES, EXIT_NO, EXIT_NOT_NOW, SECRETS_FLUSH,
     SECRETS_SENT_WAIT,
 };
+use crate::devices::{self, ListChange};
 use crate::node::config::key_hex;
 use crate::node::data_dir;
 use crate::node::store::{Store, StoredIdentity};
@@ -26,7 +27,7 @@ use peerline_core::names::Name;
 use peerline_core::{CryptoMode, Event, Keypair};
 use peerline_net::clock::wall_clock_s;
 use peerline_net::DriverReport;
-use peerline_proto::{NameCertificate, PublicKey};
+use peerline_proto::{DeviceList, NameCertificate, PublicKey};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ struct Opened {
     certificate: Box<NameCertificate>,
     root_seed: peerline_core::bundle::RootSeed,
     timings: Timings,
+    /// The account's newest device list (or why it could not be fetched).
+    device_list: std::result::Result<Option<DeviceList>, String>,
 }
 
 /// How long each step of the network part took.
@@ -104,6 +107,18 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
             Err(error) => Err(error),
         };
         let logged_in_ms = elapsed_ms(started);
+        if let Ok(login) = &logged_in {
+            bar.set_message("publishing the device list");
+            let published = match &login.list {
+                Ok(list) => devices::publish_list(&mut session, list.clone())
+                    .await
+                    .and_then(|()| devices::save_list(&login.store, list)),
+                Err(error) => Err(fail(EXIT_NOT_NOW, error.clone())),
+            };
+            if let Err(error) = published {
+                eprintln!("warning: the device list was not updated: {error:#}; the device works, but other devices' `peerline devices list` will not show it");
+            }
+        }
         let stopping = Instant::now();
         if logged_in.is_ok() {
             // The node re-dealt the shares to the current holders: let the
@@ -154,6 +169,9 @@ struct LoggedIn {
     /// The nameless account the directory held before, if any.
     replaced: Option<PublicKey>,
     save_ms: u64,
+    /// The account's next device list, with this device among the
+    /// current ones (or why there is none).
+    list: std::result::Result<DeviceList, String>,
 }
 
 /// The root key certifies a new device key (and is dropped); the device
@@ -161,7 +179,7 @@ struct LoggedIn {
 fn keep(path: &Path, existing: Option<Store>, name: &Name, opened: Opened) -> Result<LoggedIn> {
     let saving = Instant::now();
     let account = opened.certificate.claim.body.account;
-    let stored = {
+    let (stored, list) = {
         // The root key lives in this block only.
         let root = Keypair::from_seed(CryptoMode::Full, *opened.root_seed.expose());
         if root.public() != account {
@@ -173,7 +191,20 @@ fn keep(path: &Path, existing: Option<Store>, name: &Name, opened: Opened) -> Re
                 ),
             ));
         }
-        data_dir::certify_device(data_dir::random_seed()?, &root, wall_clock_s())
+        let stored = data_dir::certify_device(data_dir::random_seed()?, &root, wall_clock_s());
+        let device = stored.cert.body.device_key;
+        let list = match &opened.device_list {
+            Ok(held) => devices::next_list(
+                &root,
+                held.as_ref(),
+                device,
+                ListChange::Add(device),
+                wall_clock_s(),
+            )
+            .map_err(|error| error.to_string()),
+            Err(error) => Err(error.clone()),
+        };
+        (stored, list)
     };
     let replaced = match &existing {
         Some(store) => Some(store.identity()?.cert.body.account_key),
@@ -186,6 +217,7 @@ fn keep(path: &Path, existing: Option<Store>, name: &Name, opened: Opened) -> Re
         store,
         replaced,
         save_ms: elapsed_ms(saving),
+        list,
     })
 }
 
@@ -214,43 +246,79 @@ async fn open(
     let lookup_ms = elapsed_ms(looking);
     let account = certificate.claim.body.account;
     let opening = Instant::now();
+    let root = open_root(session, name.as_str(), account, password).await?;
+    let open_ms = elapsed_ms(opening);
+    let device_list = devices::fetch_list(session, account)
+        .await
+        .map_err(|error| error.to_string());
+    Ok(Opened {
+        certificate,
+        device_list,
+        root_seed: root.seed,
+        timings: Timings {
+            attach_ms,
+            lookup_ms,
+            open_ms,
+            network_ms: root.network_ms,
+            round_trips: root.round_trips,
+        },
+    })
+}
+
+/// The account's root key, opened with the password.
+pub(crate) struct OpenedRoot {
+    pub(crate) seed: peerline_core::bundle::RootSeed,
+    /// The version of the bundle it came from.
+    pub(crate) bundle_version: u64,
+    /// The core's own count: the network part, without Argon2id.
+    network_ms: u64,
+    round_trips: u32,
+}
+
+/// Opens `account`'s password-sealed root key through an attached session
+/// (`who`: the account's name, or its key, for the messages).
+pub(crate) async fn open_root(
+    session: &mut Session,
+    who: &str,
+    account: PublicKey,
+    password: &str,
+) -> Result<OpenedRoot> {
     session
         .node
         .control
         .open_bundle(account, password)
         .await
-        .map_err(|error| fail(EXIT_NOT_NOW, format!("the login could not start: {error}")))?;
+        .map_err(|error| {
+            fail(
+                EXIT_NOT_NOW,
+                format!("opening the key could not start: {error}"),
+            )
+        })?;
     let answer = session
         .wait_for(OPEN_WAIT, |event| match event {
             Event::BundleOpened {
                 account: a,
+                bundle_version,
                 root_seed,
                 elapsed_ms,
                 round_trips,
-            } if a == account => Some(Ok((root_seed, elapsed_ms, round_trips))),
+            } if a == account => Some(Ok(OpenedRoot {
+                seed: root_seed,
+                bundle_version,
+                network_ms: elapsed_ms,
+                round_trips,
+            })),
             Event::BundleFailed { account: a, reason } if a == account => Some(Err(reason)),
             _ => None,
         })
         .await;
-    let open_ms = elapsed_ms(opening);
     match answer {
-        Some(Ok((root_seed, network_ms, round_trips))) => Ok(Opened {
-            certificate,
-            root_seed,
-            timings: Timings {
-                attach_ms,
-                lookup_ms,
-                open_ms,
-                network_ms,
-                round_trips,
-            },
-        }),
-        Some(Err(reason)) => Err(bundle_failure(name, &account, reason)),
+        Some(Ok(opened)) => Ok(opened),
+        Some(Err(reason)) => Err(bundle_failure(who, &account, reason)),
         None => Err(fail(
             EXIT_NOT_NOW,
             format!(
-                "the network did not open the key of {} within {} s; try again in a minute",
-                name.as_str(),
+                "the network did not open the key of {who} within {} s; try again in a minute",
                 OPEN_WAIT.as_secs()
             ),
         )),
@@ -289,9 +357,12 @@ fn lookup_failure_text(failure: NameFailure) -> String {
     crate::account::failure_text(failure)
 }
 
-/// One sentence per way a login fails.
-fn bundle_failure(name: &Name, account: &PublicKey, reason: BundleFailure) -> anyhow::Error {
-    let name = name.as_str();
+/// One sentence per way opening the root key fails.
+pub(crate) fn bundle_failure(
+    name: &str,
+    account: &PublicKey,
+    reason: BundleFailure,
+) -> anyhow::Error {
     match reason {
         BundleFailure::WrongPassword => fail(EXIT_NO, format!("wrong password for {name}")),
         BundleFailure::Refused { retry_after_ms } => {
@@ -317,7 +388,7 @@ fn bundle_failure(name: &Name, account: &PublicKey, reason: BundleFailure) -> an
         ),
         BundleFailure::NotAttached | BundleFailure::NotAClient | BundleFailure::TooMany => fail(
             EXIT_NOT_NOW,
-            format!("the login of {name} could not run ({reason:?}); try again in a minute"),
+            format!("opening the key of {name} could not run ({reason:?}); try again in a minute"),
         ),
     }
 }

@@ -2,6 +2,7 @@
 
 mod account;
 mod demo;
+mod devices;
 mod login;
 mod node;
 mod password;
@@ -85,6 +86,18 @@ enum Command {
     /// device key, its certificate and the name's certificate. Refused
     /// when DIR already holds an account with a name.
     Login(login::LoginArgs),
+    /// See and revoke the account's devices.
+    #[command(subcommand)]
+    Devices(devices::DevicesCommand),
+    /// Change the password that seals the account's root key.
+    ///
+    /// Opens the root key with the current password (as `peerline login`
+    /// does), seals it again under the new one (Argon2id, 64 MiB, over a
+    /// new threshold OPRF key whose shares go to the 5 holders), and
+    /// stores the new seal: replicas replace the old one, holders replace
+    /// the old key shares, and from then on only the new password opens
+    /// the key. The devices stay logged in.
+    Passwd(devices::PasswdArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -220,6 +233,9 @@ fn main() -> ExitCode {
         Command::Whoami(args) => account::whoami(args),
         Command::Lookup(args) => account::lookup(args),
         Command::Login(args) => login::login(args),
+        Command::Devices(devices::DevicesCommand::List(args)) => devices::list(args),
+        Command::Devices(devices::DevicesCommand::Revoke(args)) => devices::revoke(args),
+        Command::Passwd(args) => devices::passwd(args),
     };
     match outcome {
         Ok(code) => code,

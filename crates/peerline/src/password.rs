@@ -117,6 +117,17 @@ pub struct AccountSecrets {
 }
 
 pub fn seal(root: &Keypair, password: &str, now_unix_s: u64) -> Result<AccountSecrets> {
+    seal_version(root, password, now_unix_s, FIRST_BUNDLE_VERSION)
+}
+
+/// [`seal`] as bundle `version` (a password change seals the version after
+/// the one it opened; holders replace the shares of an older version).
+pub fn seal_version(
+    root: &Keypair,
+    password: &str,
+    now_unix_s: u64,
+    version: u64,
+) -> Result<AccountSecrets> {
     let entropy = Zeroizing::new(data_dir::random_seed()?);
     let mut rng = SecretRng::new(&entropy);
     let sharing = Sharing {
@@ -127,7 +138,7 @@ pub fn seal(root: &Keypair, password: &str, now_unix_s: u64) -> Result<AccountSe
         root.secret_seed()
             .context("the account's root key has no secret")?,
     );
-    let mut key = oprf_key(&seed, FIRST_BUNDLE_VERSION);
+    let mut key = oprf_key(&seed, version);
     let output = Zeroizing::new(oprf_output_with_key(&key, password, &root.public()));
     key.zeroize();
     let bundle = seal_bundle(
@@ -136,14 +147,14 @@ pub fn seal(root: &Keypair, password: &str, now_unix_s: u64) -> Result<AccountSe
         &output,
         KDF_PARAMS_PRODUCTION,
         sharing,
-        FIRST_BUNDLE_VERSION,
+        version,
         &mut rng,
     )
     .context("cannot seal the root key")?;
     // The epoch only has to grow: the wall clock in ms (a login re-deals
     // above it).
     let epoch = now_unix_s.saturating_mul(1_000);
-    let deals = deal(root, FIRST_BUNDLE_VERSION, epoch, sharing, &mut rng)
+    let deals = deal(root, version, epoch, sharing, &mut rng)
         .context("cannot deal the password's key shares")?;
     Ok(AccountSecrets { bundle, deals })
 }

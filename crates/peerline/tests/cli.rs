@@ -615,6 +615,124 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
     assert_eq!(stdout(&nobody).trim(), "nobody has registered bob");
 
     logins_on_new_devices(&fleet, &network, &alice, &account, password_arg);
+    devices_and_a_password_change(&fleet, &network);
+}
+
+/// The keys `devices list` prints on its `label` lines.
+fn listed(text: &str, label: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(label))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// dave makes an account, logs in on a phone, lists both devices, revokes
+/// the phone, and changes the password: the new one opens the key, the
+/// old one no longer does. Five password uses: the holders' burst.
+fn devices_and_a_password_change(
+    fleet: &common::Fleet,
+    network: &dyn Fn(&[&str], Option<&PathBuf>) -> Output,
+) {
+    let (laptop, phone) = (fleet.dir.join("dave"), fleet.dir.join("dave-phone"));
+    let (old, new) = (fleet.dir.join("dave-old"), fleet.dir.join("dave-new"));
+    std::fs::write(&old, "old dave secret\n").unwrap();
+    std::fs::write(&new, "new dave secret\n").unwrap();
+    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let created = network(
+        &["account", "create", "dave", "--password-file", old],
+        Some(&laptop),
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let laptop_key = field(&stdout(&created), "device").unwrap();
+    let login = network(&["login", "dave", "--password-file", old], Some(&phone));
+    assert!(login.status.success(), "{}", stderr(&login));
+    let phone_key = field(&stdout(&login), "device").unwrap();
+
+    // Both devices are current, whichever device asks.
+    for dir in [&laptop, &phone] {
+        let list = network(&["devices", "list"], Some(dir));
+        assert!(list.status.success(), "{}", stderr(&list));
+        let text = stdout(&list);
+        let mut current = listed(&text, "current  ");
+        current.sort();
+        let mut expected = vec![laptop_key.clone(), phone_key.clone()];
+        expected.sort();
+        assert_eq!(current, expected, "{text}");
+        assert!(listed(&text, "revoked  ").is_empty(), "{text}");
+        assert_eq!(field(&text, "version").as_deref(), Some("2"), "{text}");
+    }
+    // Bad device names are refused before the password is used.
+    let revoke = |device: &str, dir: &PathBuf| {
+        network(
+            &["devices", "revoke", device, "--password-file", old],
+            Some(dir),
+        )
+    };
+    assert_exit(
+        &revoke("xyz", &laptop),
+        2,
+        "\"xyz\" is not a device key: give the key as `peerline devices list` prints it, or at least 8 of its first hex digits",
+    );
+    assert_exit(
+        &revoke(&laptop_key[..12], &laptop),
+        2,
+        "that is this device: revoke it from another of the account's devices (or log in on one first)",
+    );
+    let unknown = "0123456789abcdef";
+    let unknown = if phone_key.starts_with(unknown) || laptop_key.starts_with(unknown) {
+        "fedcba9876543210"
+    } else {
+        unknown
+    };
+    assert_exit(
+        &revoke(unknown, &laptop),
+        1,
+        &format!(
+            "no current device of the account starts with {unknown}; see `peerline devices list`"
+        ),
+    );
+    // The laptop revokes the phone.
+    let revoked = revoke(&phone_key[..10], &laptop);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert_eq!(
+        field(&stdout(&revoked), "revoked").as_deref(),
+        Some(phone_key.as_str())
+    );
+    let text = stdout(&network(&["devices", "list"], Some(&laptop)));
+    assert_eq!(
+        listed(&text, "current  "),
+        vec![laptop_key.clone()],
+        "{text}"
+    );
+    assert_eq!(
+        listed(&text, "revoked  "),
+        vec![phone_key.clone()],
+        "{text}"
+    );
+
+    // A new password: it opens the key on a new device, the old one no longer.
+    let same = network(
+        &["passwd", "--password-file", old, "--new-password-file", old],
+        Some(&laptop),
+    );
+    assert_exit(&same, 2, "the new password is the old one; choose another");
+    let changed = network(
+        &["passwd", "--password-file", old, "--new-password-file", new],
+        Some(&laptop),
+    );
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    assert!(
+        stdout(&changed).starts_with("password changed for dave"),
+        "{}",
+        stdout(&changed)
+    );
+    let tablet = fleet.dir.join("dave-tablet");
+    let login = network(&["login", "dave", "--password-file", new], Some(&tablet));
+    assert!(login.status.success(), "{}", stderr(&login));
+    let other = fleet.dir.join("dave-other");
+    let login = network(&["login", "dave", "--password-file", old], Some(&other));
+    assert_exit(&login, 1, "wrong password for dave");
 }
 
 /// Wrong guesses after which the holders must have refused (their burst

@@ -383,6 +383,27 @@ pub enum Message {
         query_id: u32,
         retry_after_ms: u32,
     },
+
+    // ---- the account's device list, kept with its bundle (issue #5) ----
+    /// Device → its supernode, which passes it to the replicas of
+    /// `bundle_key(account)`; each keeps the highest valid version. Every
+    /// device of the account (and nobody else's) can then read which
+    /// devices are current and which are revoked.
+    DeviceListStore {
+        list: Box<DeviceList>,
+    },
+    /// Device → its supernode: the account's newest device list.
+    /// Supernode → replica: yours.
+    DeviceListFetch {
+        query_id: u32,
+        account: PublicKey,
+    },
+    /// Replica → supernode, supernode → device: the newest valid list
+    /// held or found (`None`: none).
+    DeviceListFetchResponse {
+        query_id: u32,
+        list: Option<Box<DeviceList>>,
+    },
 }
 
 /// What a [`Message::RelayRequest`] signs: the session, both devices, and
@@ -454,6 +475,9 @@ impl Message {
             Message::OprfEvaluate { .. } => MessageKind::OprfEvaluate,
             Message::OprfAnswer { .. } => MessageKind::OprfAnswer,
             Message::OprfRefused { .. } => MessageKind::OprfRefused,
+            Message::DeviceListStore { .. } => MessageKind::DeviceListStore,
+            Message::DeviceListFetch { .. } => MessageKind::DeviceListFetch,
+            Message::DeviceListFetchResponse { .. } => MessageKind::DeviceListFetchResponse,
         }
     }
 }
@@ -516,6 +540,9 @@ pub enum MessageKind {
     OprfEvaluate,
     OprfAnswer,
     OprfRefused,
+    DeviceListStore,
+    DeviceListFetch,
+    DeviceListFetchResponse,
 }
 
 impl MessageKind {
@@ -577,6 +604,9 @@ impl MessageKind {
             52 => MessageKind::OprfEvaluate,
             53 => MessageKind::OprfAnswer,
             54 => MessageKind::OprfRefused,
+            55 => MessageKind::DeviceListStore,
+            56 => MessageKind::DeviceListFetch,
+            57 => MessageKind::DeviceListFetchResponse,
             _ => return None,
         })
     }

@@ -410,7 +410,41 @@ fn bundle_message() -> impl Strategy<Value = Message> {
                 retry_after_ms,
             }
         }),
+        device_list().prop_map(|list| Message::DeviceListStore {
+            list: Box::new(list)
+        }),
+        (varint_u32(), public_key())
+            .prop_map(|(query_id, account)| Message::DeviceListFetch { query_id, account }),
+        (varint_u32(), proptest::option::of(device_list())).prop_map(|(query_id, list)| {
+            Message::DeviceListFetchResponse {
+                query_id,
+                list: list.map(Box::new),
+            }
+        }),
     ]
+}
+
+fn device_list() -> impl Strategy<Value = DeviceList> {
+    (
+        public_key(),
+        varint_u64(),
+        bounded::<_, DEVICE_LIST_DEVICES_MAX>(public_key()),
+        bounded::<_, DEVICE_LIST_REVOKED_MAX>(public_key()),
+        varint_u64(),
+        signature(),
+    )
+        .prop_map(
+            |(account_key, version, devices, revoked, issued_unix_s, signature)| DeviceList {
+                body: DeviceListBody {
+                    account_key,
+                    version,
+                    devices,
+                    revoked,
+                    issued_unix_s,
+                },
+                signature,
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -755,7 +789,10 @@ fn every_variant_is_covered(m: &Message) {
         | Message::ShareDealPush { .. }
         | Message::OprfEvaluate { .. }
         | Message::OprfAnswer { .. }
-        | Message::OprfRefused { .. } => {}
+        | Message::OprfRefused { .. }
+        | Message::DeviceListStore { .. }
+        | Message::DeviceListFetch { .. }
+        | Message::DeviceListFetchResponse { .. } => {}
     }
 }
 
@@ -1282,20 +1319,7 @@ fn widest_messages() -> Vec<Message> {
             certificate: Some(widest_certificate()),
         },
         Message::DeviceListPush {
-            list: DeviceList {
-                body: DeviceListBody {
-                    account_key: PublicKey([0xa2; 32]),
-                    version: u64::MAX,
-                    devices: BoundedVec::truncating(
-                        (0..DEVICE_LIST_DEVICES_MAX as u8).map(|i| PublicKey([i; 32])),
-                    ),
-                    revoked: BoundedVec::truncating(
-                        (0..DEVICE_LIST_REVOKED_MAX as u8).map(|i| PublicKey([0x80 | i; 32])),
-                    ),
-                    issued_unix_s: u64::MAX,
-                },
-                signature: Signature([0xa3; 64]),
-            },
+            list: widest_device_list(),
         },
         Message::RootRotationPush {
             rotation: RootRotation {
@@ -1342,6 +1366,17 @@ fn widest_messages() -> Vec<Message> {
         Message::OprfRefused {
             query_id: u32::MAX,
             retry_after_ms: u32::MAX,
+        },
+        Message::DeviceListStore {
+            list: Box::new(widest_device_list()),
+        },
+        Message::DeviceListFetch {
+            query_id: u32::MAX,
+            account: PublicKey([0xb7; 32]),
+        },
+        Message::DeviceListFetchResponse {
+            query_id: u32::MAX,
+            list: Some(Box::new(widest_device_list())),
         },
     ];
     assert_one_per_variant(&out);
@@ -1734,16 +1769,7 @@ fn typical_messages() -> Vec<Message> {
             certificate: Some(typical_certificate()),
         },
         Message::DeviceListPush {
-            list: DeviceList {
-                body: DeviceListBody {
-                    account_key: PublicKey([30; 32]),
-                    version: 2,
-                    devices: BoundedVec::truncating([PublicKey([31; 32])]),
-                    revoked: BoundedVec::truncating([PublicKey([32; 32])]),
-                    issued_unix_s: 1_800_000_000,
-                },
-                signature: Signature([33; 64]),
-            },
+            list: typical_device_list(),
         },
         Message::RootRotationPush {
             rotation: RootRotation {
@@ -1794,6 +1820,17 @@ fn typical_messages() -> Vec<Message> {
         Message::OprfRefused {
             query_id: 8,
             retry_after_ms: 360_000,
+        },
+        Message::DeviceListStore {
+            list: Box::new(typical_device_list()),
+        },
+        Message::DeviceListFetch {
+            query_id: 9,
+            account: PublicKey([30; 32]),
+        },
+        Message::DeviceListFetchResponse {
+            query_id: 9,
+            list: Some(Box::new(typical_device_list())),
         },
     ];
     assert_one_per_variant(&out);
@@ -1862,4 +1899,34 @@ fn write_seed_corpus() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     eprintln!("wrote {} seeds to {}", seeds.len(), dir.display());
+}
+
+fn widest_device_list() -> DeviceList {
+    DeviceList {
+        body: DeviceListBody {
+            account_key: PublicKey([0xa2; 32]),
+            version: u64::MAX,
+            devices: BoundedVec::truncating(
+                (0..DEVICE_LIST_DEVICES_MAX as u8).map(|i| PublicKey([i; 32])),
+            ),
+            revoked: BoundedVec::truncating(
+                (0..DEVICE_LIST_REVOKED_MAX as u8).map(|i| PublicKey([0x80 | i; 32])),
+            ),
+            issued_unix_s: u64::MAX,
+        },
+        signature: Signature([0xa3; 64]),
+    }
+}
+
+fn typical_device_list() -> DeviceList {
+    DeviceList {
+        body: DeviceListBody {
+            account_key: PublicKey([30; 32]),
+            version: 2,
+            devices: BoundedVec::truncating([PublicKey([31; 32])]),
+            revoked: BoundedVec::truncating([PublicKey([32; 32])]),
+            issued_unix_s: 1_800_000_000,
+        },
+        signature: Signature([33; 64]),
+    }
 }

@@ -141,6 +141,10 @@ impl CostTable {
             // evaluation is one scalar multiplication. A fetch from a client
             // fans out to the replicas like a name lookup; a reply is checked.
             BundleStore | BundleFetchResponse => frame_us + c.verify_us,
+            // A device list carries one root signature; a fetch fans out
+            // like a bundle fetch.
+            DeviceListStore | DeviceListFetchResponse => frame_us + c.verify_us,
+            DeviceListFetch => c.lookup_local_us,
             ShareDealPush => frame_us + 2 * c.verify_us,
             OprfEvaluate => frame_us + c.verify_us,
             BundleFetch => c.lookup_local_us,

@@ -184,13 +184,13 @@ impl ClientState {
         self.bundles.holder_key(addr)
     }
 
-    fn next_bundle_query_id(&mut self) -> u32 {
+    pub(super) fn next_bundle_query_id(&mut self) -> u32 {
         self.next_query_id = self.next_query_id.wrapping_add(1);
         self.next_query_id
     }
 
     /// The attached supernode to ask, another than `last` when there is one.
-    fn bundle_via(&self, last: Option<PublicKey>) -> Option<Contact> {
+    pub(super) fn bundle_via(&self, last: Option<PublicKey>) -> Option<Contact> {
         let attached = self.attached();
         attached
             .iter()
@@ -526,6 +526,7 @@ impl ClientState {
         }
         io.event(Event::BundleOpened {
             account,
+            bundle_version: bundle.body.version,
             root_seed: RootSeed::new(seed),
             elapsed_ms: io.now.instant.since_ms(login.started),
             round_trips: login.round_trips,

@@ -36,6 +36,7 @@
 //! share it has until a re-deal (a higher epoch) gives it the other.
 
 use super::SupernodeState;
+use crate::account::verify_device_list;
 use crate::bundle::{
     bundle_key, newer_bundle, share_key, verify_bundle, BundleHolder, HolderError,
     BUNDLE_HOLDERS_MAX, HELD_SHARES_MAX,
@@ -46,8 +47,8 @@ use crate::node::Io;
 use crate::registry::PLAUSIBLE_REACH;
 use crate::time::Instant;
 use peerline_proto::{
-    Addr, BlindedElement, BoundedVec, Contact, KeyBundle, Message, NodeId, PublicKey, ShareDeal,
-    ShareHolder,
+    Addr, BlindedElement, BoundedVec, Contact, DeviceList, KeyBundle, Message, NodeId, PublicKey,
+    ShareDeal, ShareHolder,
 };
 use std::collections::BTreeMap;
 
@@ -72,6 +73,15 @@ struct HeldBundle {
     pushed_to: u64,
 }
 
+/// An account's device list this supernode replicates (beside its
+/// bundle, at the same key), checked.
+#[derive(Clone, Debug)]
+struct HeldList {
+    list: Box<DeviceList>,
+    /// Fingerprint of the replica set it was last pushed to (0: never).
+    pushed_to: u64,
+}
+
 /// What a supernode keeps on disk about key bundles: the bundles it
 /// replicates and the OPRF shares it holds (with their guess budgets).
 /// Kept by `Node`: survives restarts and role changes, like the `NameBook`.
@@ -79,6 +89,8 @@ struct HeldBundle {
 pub struct BundleBook {
     holder: BundleHolder,
     bundles: BTreeMap<PublicKey, HeldBundle>,
+    /// The device lists it replicates (at most `BUNDLES_HELD_MAX`).
+    lists: BTreeMap<PublicKey, HeldList>,
     /// Per held share, the fingerprint of the holder set it was last
     /// pushed to (absent or 0: never).
     shares_pushed_to: BTreeMap<PublicKey, u64>,
@@ -89,6 +101,7 @@ impl BundleBook {
         BundleBook {
             holder: BundleHolder::new(mode, HELD_SHARES_MAX),
             bundles: BTreeMap::new(),
+            lists: BTreeMap::new(),
             shares_pushed_to: BTreeMap::new(),
         }
     }
@@ -99,6 +112,14 @@ impl BundleBook {
         for held in self.bundles.values_mut() {
             held.pushed_to = 0;
         }
+        for held in self.lists.values_mut() {
+            held.pushed_to = 0;
+        }
+    }
+
+    /// The account's device list this node replicates, if any.
+    pub fn device_list(&self, account: &PublicKey) -> Option<&DeviceList> {
+        self.lists.get(account).map(|held| &*held.list)
     }
 
     pub fn bundle(&self, account: &PublicKey) -> Option<&KeyBundle> {
@@ -123,16 +144,29 @@ impl BundleBook {
     }
 }
 
-/// A bundle fetch run for a client: the replicas' answers.
+/// A fetch run for a client at the replicas of `bundle_key(account)`:
+/// its bundle (and share holders), or its device list.
 #[derive(Debug)]
 pub(crate) struct BundleQuery {
     client: Addr,
     client_query_id: u32,
     account: PublicKey,
-    indices: u8,
-    best: Option<Box<KeyBundle>>,
+    wanted: Wanted,
     outstanding: Vec<Addr>,
     deadline: Instant,
+}
+
+/// What a [`BundleQuery`] fetches, with the best answer so far.
+#[derive(Debug)]
+enum Wanted {
+    /// The bundle and the holders of share indices `1..=indices`.
+    Bundle {
+        indices: u8,
+        best: Option<Box<KeyBundle>>,
+    },
+    DeviceList {
+        best: Option<Box<DeviceList>>,
+    },
 }
 
 impl SupernodeState {
@@ -233,39 +267,71 @@ impl SupernodeState {
             };
             return io.send(from, &answer);
         }
-        let mut query = BundleQuery {
-            client: from,
-            client_query_id: query_id,
-            account,
+        // Our own copy is checked like a replica's answer.
+        let mut best = None;
+        if let Some(held) = io.bundles.bundle(&account).cloned() {
+            if self.bundle_work(io) && verify_bundle(io.mode, &held).is_ok() {
+                best = Some(Box::new(held));
+            }
+        }
+        let wanted = Wanted::Bundle {
             indices: indices.min(BUNDLE_HOLDERS_MAX),
-            best: None,
+            best,
+        };
+        self.start_replica_query(io, from, query_id, account, wanted);
+    }
+
+    /// Asks the other replicas of `bundle_key(account)` for what `wanted`
+    /// names, on behalf of the attached client at `client`.
+    fn start_replica_query(
+        &mut self,
+        io: &mut Io,
+        client: Addr,
+        client_query_id: u32,
+        account: PublicKey,
+        wanted: Wanted,
+    ) {
+        let mut query = BundleQuery {
+            client,
+            client_query_id,
+            account,
+            wanted,
             outstanding: Vec::new(),
             deadline: io.now.instant.add_ms(io.params.find_request_timeout_ms),
         };
-        // Our own copy is checked like a replica's answer.
-        if let Some(held) = io.bundles.bundle(&account).cloned() {
-            if self.bundle_work(io) && verify_bundle(io.mode, &held).is_ok() {
-                query.best = Some(Box::new(held));
-            }
-        }
         if self.bundle_queries.len() >= BUNDLE_QUERIES_IN_FLIGHT_MAX {
-            return self.answer_bundle_fetch(io, query);
+            return self.answer_replica_query(io, query);
         }
         let own_query_id = self.next_bundle_query_id();
         let key = bundle_key(&account);
         for (id, contact) in closest_contacts(&self.membership, &key, io.params.replication_k) {
             if id != self.node_id {
                 query.outstanding.push(contact.addr);
-                let fetch = Message::BundleFetch {
-                    query_id: own_query_id,
-                    account,
-                    indices: 0,
+                let fetch = match query.wanted {
+                    Wanted::Bundle { .. } => Message::BundleFetch {
+                        query_id: own_query_id,
+                        account,
+                        indices: 0,
+                    },
+                    Wanted::DeviceList { .. } => Message::DeviceListFetch {
+                        query_id: own_query_id,
+                        account,
+                    },
                 };
                 io.send(contact.addr, &fetch);
             }
         }
         self.bundle_queries.insert(own_query_id, query);
         self.finish_bundle_query_if_done(io, own_query_id);
+    }
+
+    /// A replica's answer to a query: counted once per replica asked.
+    /// Returns the query's account when `from` was awaited.
+    fn replica_answered(&mut self, from: Addr, query_id: u32) -> Option<PublicKey> {
+        let query = self.bundle_queries.get_mut(&query_id)?;
+        let slot = query.outstanding.iter().position(|addr| *addr == from)?;
+        query.outstanding.swap_remove(slot);
+        Some(query.account)
     }
 
     fn next_bundle_query_id(&mut self) -> u32 {
@@ -280,21 +346,23 @@ impl SupernodeState {
         query_id: u32,
         bundle: Option<Box<KeyBundle>>,
     ) {
-        let Some(query) = self.bundle_queries.get_mut(&query_id) else {
+        let Some(account) = self.replica_answered(from, query_id) else {
             return;
         };
-        let Some(slot) = query.outstanding.iter().position(|addr| *addr == from) else {
-            return;
+        let held_version = match self.bundle_queries.get(&query_id).map(|q| &q.wanted) {
+            Some(Wanted::Bundle { best, .. }) => best.as_ref().map(|b| b.body.version),
+            _ => return,
         };
-        query.outstanding.swap_remove(slot);
-        let account = query.account;
-        let held_version = query.best.as_ref().map(|b| b.body.version);
         if let Some(bundle) = bundle {
             let newer = held_version.is_none_or(|held| bundle.body.version > held);
             if bundle.body.account_key == account && newer && self.bundle_work(io) {
                 if verify_bundle(io.mode, &bundle).is_ok() {
-                    if let Some(query) = self.bundle_queries.get_mut(&query_id) {
-                        query.best = Some(bundle);
+                    if let Some(BundleQuery {
+                        wanted: Wanted::Bundle { best, .. },
+                        ..
+                    }) = self.bundle_queries.get_mut(&query_id)
+                    {
+                        *best = Some(bundle);
                     }
                 } else {
                     // A replica holding a bundle that does not verify is lying.
@@ -312,16 +380,27 @@ impl SupernodeState {
             .is_some_and(|q| q.outstanding.is_empty() || q.deadline <= io.now.instant);
         if done {
             if let Some(query) = self.bundle_queries.remove(&query_id) {
-                self.answer_bundle_fetch(io, query);
+                self.answer_replica_query(io, query);
             }
         }
     }
 
-    /// Tells the client the newest bundle found and the holders of each
-    /// share index (the bundle's count, at least the one asked for).
-    fn answer_bundle_fetch(&mut self, io: &mut Io, query: BundleQuery) {
-        let bundle_indices = query.best.as_ref().map_or(0, |b| b.body.sharing.holders);
-        let indices = query.indices.max(bundle_indices).min(BUNDLE_HOLDERS_MAX);
+    /// Tells the client what the replicas answered: the newest device
+    /// list, or the newest bundle and the holders of each share index (the
+    /// bundle's count, at least the one asked for).
+    fn answer_replica_query(&mut self, io: &mut Io, query: BundleQuery) {
+        let (indices, best) = match query.wanted {
+            Wanted::Bundle { indices, best } => (indices, best),
+            Wanted::DeviceList { best } => {
+                let answer = Message::DeviceListFetchResponse {
+                    query_id: query.client_query_id,
+                    list: best,
+                };
+                return io.send(query.client, &answer);
+            }
+        };
+        let bundle_indices = best.as_ref().map_or(0, |b| b.body.sharing.holders);
+        let indices = indices.max(bundle_indices).min(BUNDLE_HOLDERS_MAX);
         let mut holders = BoundedVec::new();
         for (index, set) in share_holder_sets(&self.membership, &query.account, indices) {
             for (_, contact) in set {
@@ -333,10 +412,117 @@ impl SupernodeState {
         }
         let answer = Message::BundleFetchResponse {
             query_id: query.client_query_id,
-            bundle: query.best,
+            bundle: best,
             holders,
         };
         io.send(query.client, &answer);
+    }
+
+    /// Keeps a valid device list when its version is higher than the one
+    /// held. Lower and equal versions are ignored before their check.
+    fn keep_device_list(&mut self, io: &mut Io, list: Box<DeviceList>) -> bool {
+        let account = list.body.account_key;
+        let held = io.bundles.lists.get(&account);
+        if held.is_some_and(|held| !list.supersedes(held.list.body.version)) {
+            return false;
+        }
+        if held.is_none() && io.bundles.lists.len() >= BUNDLES_HELD_MAX {
+            return false;
+        }
+        if !self.device_list_checks(io, &list) {
+            return false;
+        }
+        let held = HeldList { list, pushed_to: 0 };
+        io.bundles.lists.insert(account, held);
+        true
+    }
+
+    /// One unit of the work budget and the list's signature.
+    fn device_list_checks(&mut self, io: &mut Io, list: &DeviceList) -> bool {
+        if !self.bundle_work(io) {
+            return false;
+        }
+        let tolerance_s = io.params.clock_skew_tolerance_s;
+        let valid = verify_device_list(io.mode, list, io.now.unix_s, tolerance_s).is_ok();
+        if !valid {
+            io.stats.signatures_rejected += 1;
+        }
+        valid
+    }
+
+    pub(super) fn on_device_list_store(&mut self, io: &mut Io, from: Addr, list: Box<DeviceList>) {
+        let key = bundle_key(&list.body.account_key);
+        if self.clients.contains_key(&from) {
+            // From a device: checked here first, then every replica gets it.
+            if !self.device_list_checks(io, &list) {
+                return;
+            }
+            let replicas = closest_contacts(&self.membership, &key, io.params.replication_k);
+            for (id, contact) in replicas {
+                if id == self.node_id {
+                    self.keep_device_list(io, list.clone());
+                } else {
+                    let store = Message::DeviceListStore { list: list.clone() };
+                    io.send(contact.addr, &store);
+                }
+            }
+            return;
+        }
+        let reach = PLAUSIBLE_REACH * io.params.replication_k;
+        if self
+            .membership
+            .surely_outside_closest(&key, &self.node_id, reach)
+        {
+            return;
+        }
+        self.keep_device_list(io, list);
+    }
+
+    pub(super) fn on_device_list_fetch(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        query_id: u32,
+        account: PublicKey,
+    ) {
+        if !self.clients.contains_key(&from) {
+            // Another supernode asks this replica: what it holds.
+            let list = io.bundles.device_list(&account).cloned().map(Box::new);
+            let answer = Message::DeviceListFetchResponse { query_id, list };
+            return io.send(from, &answer);
+        }
+        let best = io.bundles.device_list(&account).cloned().map(Box::new);
+        let wanted = Wanted::DeviceList { best };
+        self.start_replica_query(io, from, query_id, account, wanted);
+    }
+
+    pub(super) fn on_device_list_fetch_response(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        query_id: u32,
+        list: Option<Box<DeviceList>>,
+    ) {
+        let Some(account) = self.replica_answered(from, query_id) else {
+            return;
+        };
+        let held_version = match self.bundle_queries.get(&query_id).map(|q| &q.wanted) {
+            Some(Wanted::DeviceList { best }) => best.as_ref().map(|l| l.body.version),
+            _ => return,
+        };
+        if let Some(list) = list {
+            let newer = held_version.is_none_or(|held| list.supersedes(held));
+            if list.body.account_key == account && newer && self.device_list_checks(io, &list) {
+                if let Some(BundleQuery {
+                    wanted: Wanted::DeviceList { best },
+                    ..
+                }) = self.bundle_queries.get_mut(&query_id)
+                {
+                    *best = Some(list);
+                }
+            }
+        }
+        self.finish_bundle_query_if_done(io, query_id);
     }
 
     /// A share from its account's device or from another holder of its
@@ -352,8 +538,9 @@ impl SupernodeState {
         {
             return;
         }
-        let held = io.bundles.holder.epoch(&body.account_key);
-        if held.is_some_and(|epoch| epoch >= body.epoch) || !self.bundle_work(io) {
+        let holder = &io.bundles.holder;
+        let news = holder.would_take(&body.account_key, body.bundle_version, body.epoch);
+        if !news || !self.bundle_work(io) {
             return;
         }
         match io.bundles.holder.accept_deal(io.now.instant, &deal) {
@@ -448,6 +635,22 @@ impl SupernodeState {
                 if id != self.node_id {
                     let store = Message::BundleStore {
                         bundle: held.bundle.clone(),
+                    };
+                    sends.push((contact.addr, store));
+                }
+            }
+        }
+        for (account, held) in io.bundles.lists.iter_mut() {
+            let targets = closest_contacts(&self.membership, &bundle_key(account), replication_k);
+            let fingerprint = crate::registry::replica_fingerprint(&targets);
+            if fingerprint == held.pushed_to {
+                continue;
+            }
+            held.pushed_to = fingerprint;
+            for (id, contact) in targets {
+                if id != self.node_id {
+                    let store = Message::DeviceListStore {
+                        list: held.list.clone(),
                     };
                     sends.push((contact.addr, store));
                 }

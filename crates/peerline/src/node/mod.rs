@@ -170,6 +170,11 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     let (node, mut events) = RunningNode::start(config)
         .await
         .map_err(|error| start_error(error, settings.listen))?;
+    // The account's device list goes to every supernode the node attaches
+    // to, so what it revokes reaches supernodes that joined since.
+    if let Some(list) = crate::devices::stored_list(data.store(), &node.account()) {
+        let _ = node.control.set_device_list(list).await;
+    }
     let key = key_hex(&node.device_key());
     let addr = node.advertised_addr().to_socket();
     let role = match settings.role {
