@@ -143,6 +143,29 @@ pub fn rotation_wins(candidate: &RootRotation, held: &RootRotation) -> bool {
         < (held.body.issued_unix_s, held.body.new_account)
 }
 
+/// The account that owns a name now: `certificate_account`, moved along
+/// `moved` (oldest first). Every rotation must verify and start where the
+/// previous one ended; the first that does not ends the chain there (a
+/// supernode cannot forge a rotation, only withhold one).
+pub fn follow_rotations(
+    mode: CryptoMode,
+    certificate_account: peerline_proto::PublicKey,
+    moved: &[RootRotation],
+    now_unix_s: u64,
+    skew_tolerance_s: u64,
+) -> peerline_proto::PublicKey {
+    let mut owner = certificate_account;
+    for rotation in moved {
+        let valid = rotation.body.old_account == owner
+            && verify_root_rotation(mode, rotation, now_unix_s, skew_tolerance_s).is_ok();
+        if !valid {
+            break;
+        }
+        owner = rotation.body.new_account;
+    }
+    owner
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -459,7 +459,13 @@ impl ClientState {
                 query_id,
                 name_key,
                 certificate,
-            } => self.on_name_lookup_response(io, query_id, name_key, certificate),
+            } => self.on_name_lookup_response(io, query_id, name_key, certificate, &[]),
+            Message::NameLookupAnswer {
+                query_id,
+                name_key,
+                certificate,
+                moved,
+            } => self.on_name_lookup_response(io, query_id, name_key, certificate, &moved),
             Message::BundleFetchResponse {
                 query_id,
                 bundle,

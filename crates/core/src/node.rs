@@ -100,6 +100,10 @@ pub enum Event {
     NameLookupDone {
         name_key: NodeId,
         result: Result<Option<Box<NameCertificate>>, crate::client::NameFailure>,
+        /// The account that owns the name now: the certificate's, moved
+        /// along the root rotations it made since (checked). `None` when
+        /// nobody owns the name or the lookup failed.
+        owner: Option<PublicKey>,
         elapsed_ms: u64,
     },
     /// The account's bundle went to its supernode for its replicas, and

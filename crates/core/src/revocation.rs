@@ -181,6 +181,25 @@ impl AccountTable {
             .and_then(|e| e.rotation.as_ref().map(|(r, _)| r))
     }
 
+    /// The rotations held that lead on from `account`, oldest first (at
+    /// most `max`; a cycle ends the chain).
+    pub(crate) fn rotations_from(&self, account: &PublicKey, max: usize) -> Vec<RootRotation> {
+        let mut chain: Vec<RootRotation> = Vec::new();
+        let mut current = *account;
+        while chain.len() < max {
+            let Some(rotation) = self.rotation(&current) else {
+                break;
+            };
+            let next = rotation.body.new_account;
+            if next == *account || chain.iter().any(|r| r.body.old_account == next) {
+                break;
+            }
+            chain.push(*rotation);
+            current = next;
+        }
+        chain
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.accounts.len()
     }

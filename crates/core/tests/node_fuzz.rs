@@ -39,7 +39,7 @@ use peerline_proto::{
 };
 use peerline_proto::{
     DeviceList, DeviceListBody, RootRotation, RootRotationBody, DEVICE_LIST_DEVICES_MAX,
-    DEVICE_LIST_REVOKED_MAX,
+    DEVICE_LIST_REVOKED_MAX, NAME_ROTATIONS_MAX,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -727,7 +727,7 @@ fn names() -> impl Strategy<Value = Message> {
         ),
         (
             small_or_any_u32(),
-            name_key,
+            name_key.clone(),
             proptest::option::of(name_certificate())
         )
             .prop_map(
@@ -737,6 +737,30 @@ fn names() -> impl Strategy<Value = Message> {
                     certificate
                 }
             ),
+        (
+            small_or_any_u32(),
+            name_key,
+            proptest::option::of(name_certificate()),
+            vec((any::<[u8; 32]>(), any::<bool>()), 0..=NAME_ROTATIONS_MAX),
+        )
+            .prop_map(|(query_id, name_key, certificate, rotations)| {
+                // Rotations of the client's root (valid or with a noise
+                // signature), chained or not.
+                let moved = rotations.into_iter().map(|(seed, valid)| {
+                    let new_root = Keypair::from_seed(CryptoMode::Full, seed);
+                    let mut rotation = sign_root_rotation(&client_root(), &new_root, UNIX0);
+                    if !valid {
+                        rotation.signature_new = Signature([seed[0]; 64]);
+                    }
+                    rotation
+                });
+                Message::NameLookupAnswer {
+                    query_id,
+                    name_key,
+                    certificate,
+                    moved: BoundedVec::truncating(moved),
+                }
+            }),
         account_statements(),
     ]
 }

@@ -4696,3 +4696,82 @@ fn the_device_list_is_kept_with_the_bundle_and_outlives_its_replicas() {
     assert!(replicas.len() >= params.replication_k - 1, "{replicas:?}");
     assert_eq!(net.fetch_device_list(phone, account), expected);
 }
+
+impl Net {
+    /// `asker`'s lookup of a name: the certificate's account and the owner
+    /// after the rotations the answer carried.
+    fn name_owner(
+        &mut self,
+        asker: usize,
+        name_key: NodeId,
+    ) -> (Option<PublicKey>, Option<PublicKey>) {
+        let started = self.events.len();
+        let now = self.now();
+        self.nodes[asker].lookup_name(now, name_key);
+        self.flush(asker);
+        self.run_until_ms(now.instant.as_ms() + 15_000);
+        let done: Vec<_> = self.events[started..]
+            .iter()
+            .filter_map(|(i, _, e)| match e {
+                Event::NameLookupDone {
+                    name_key: key,
+                    result: Ok(certificate),
+                    owner,
+                    ..
+                } if *i == asker && *key == name_key => {
+                    Some((certificate.as_ref().map(|c| c.claim.body.account), *owner))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done.len(), 1, "one answered lookup: {done:?}");
+        done[0]
+    }
+}
+
+#[test]
+fn a_name_follows_its_accounts_root_rotations() {
+    let params = Arc::new(params());
+    let (mut net, supernodes) = names_network(&params, 12);
+    let device = add_client(&mut net, &params, 820, supernodes[..3].to_vec());
+    let asker = add_client(&mut net, &params, 821, supernodes[6..9].to_vec());
+    net.run_until_ms(20_000);
+    let roots: Vec<Keypair> = (30..33).map(account_key).collect();
+    register_as(&mut net, device, &params, &roots[0], "alice");
+    net.run_until_ms(40_000);
+    let key = normalize("alice").unwrap().key();
+    let first = Some(roots[0].public());
+    assert_eq!(net.name_owner(asker, key), (first, first));
+    // Two rotations in turn: the certificate stays the first account's,
+    // the owner follows.
+    for step in 0..2 {
+        let now = net.now();
+        let rotation = sign_root_rotation(&roots[step], &roots[step + 1], now.unix_s);
+        net.nodes[device].set_root_rotation(now, rotation);
+        net.flush(device);
+        net.run_until_ms(now.instant.as_ms() + REVOKE_SPREAD_BOUND_MS + 2_000);
+        let owner = Some(roots[step + 1].public());
+        assert_eq!(
+            net.name_owner(asker, key),
+            (first, owner),
+            "rotation {step}"
+        );
+    }
+    // A supernode that hands out a forged rotation gets nowhere: the owner
+    // stays where the checked chain ends.
+    let mallory = account_key(40);
+    let mut forged = sign_root_rotation(&roots[2], &mallory, net.now().unix_s);
+    forged.signature_old = peerline_proto::Signature([7; 64]);
+    let owner = peerline_core::account::follow_rotations(
+        CryptoMode::Full,
+        roots[0].public(),
+        &[
+            sign_root_rotation(&roots[0], &roots[1], UNIX0),
+            sign_root_rotation(&roots[1], &roots[2], UNIX0),
+            forged,
+        ],
+        UNIX0,
+        params.clock_skew_tolerance_s,
+    );
+    assert_eq!(owner, roots[2].public());
+}

@@ -79,6 +79,16 @@ pub(crate) const SECRETS_SENT_WAIT: Duration = Duration::from_secs(10);
 /// How often a client waiting for its frames to go out looks.
 const SENT_POLL: Duration = Duration::from_millis(10);
 
+/// What a name lookup answered.
+pub(crate) type NameAnswer = std::result::Result<Option<Owned>, NameFailure>;
+
+/// A name's certificate and the account that owns it now.
+pub(crate) struct Owned {
+    pub(crate) certificate: Box<NameCertificate>,
+    /// The certificate's account, or the one its root rotations lead to.
+    pub(crate) owner: peerline_proto::PublicKey,
+}
+
 /// A command's failure: one sentence and its exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -147,6 +157,17 @@ pub enum AccountCommand {
     /// rotate its keys.
     #[command(after_help = EXIT_CODES)]
     Create(CreateArgs),
+    /// Move the account to a new root key (after a password or a device
+    /// was compromised).
+    ///
+    /// Opens the current root key with the password, makes a new one,
+    /// signs the rotation with both, seals the new key under the new
+    /// password (`--new-password-file`, or asked twice) and stores it,
+    /// certifies this device under the new key, and publishes the
+    /// rotation: supernodes refuse every certificate of the old key from
+    /// then on, and name lookups follow the rotation to the new account.
+    /// Every other device of the account must `peerline login` again.
+    Rotate(crate::devices::RotateArgs),
 }
 
 #[derive(clap::Args)]
@@ -313,13 +334,11 @@ impl Session {
         .flatten()
     }
 
-    /// Looks a name up: its owner's certificate (`Some(Ok(None))`: nobody
-    /// has it; `Some(Err(_))`: the network could not answer; `None`: no
-    /// answer within `LOOKUP_WAIT`).
-    pub(crate) async fn lookup_name(
-        &mut self,
-        name: &Name,
-    ) -> Result<Option<std::result::Result<Option<Box<NameCertificate>>, NameFailure>>> {
+    /// Looks a name up: its certificate and the account that owns it now
+    /// (the certificate's, moved along its root rotations) —
+    /// `Some(Ok(None))`: nobody has it; `Some(Err(_))`: the network could
+    /// not answer; `None`: no answer within `LOOKUP_WAIT`.
+    pub(crate) async fn lookup_name(&mut self, name: &Name) -> Result<Option<NameAnswer>> {
         let key = name.key();
         self.node
             .control
@@ -329,8 +348,15 @@ impl Session {
         Ok(self
             .wait_for(LOOKUP_WAIT, |event| match event {
                 Event::NameLookupDone {
-                    name_key, result, ..
-                } if name_key == key => Some(result),
+                    name_key,
+                    result,
+                    owner,
+                    ..
+                } if name_key == key => Some(result.map(|certificate| {
+                    certificate
+                        .zip(owner)
+                        .map(|(certificate, owner)| Owned { certificate, owner })
+                })),
                 _ => None,
             })
             .await)
@@ -474,8 +500,8 @@ pub fn lookup(args: LookupArgs) -> Result<ExitCode> {
     });
     bar.finish_and_clear();
     match outcome? {
-        Some(Ok(Some(certificate))) => {
-            print_owner(&name, &certificate, &params);
+        Some(Ok(Some(owned))) => {
+            print_owner(&name, &owned, &params);
             Ok(ExitCode::SUCCESS)
         }
         Some(Ok(None)) => {
@@ -501,9 +527,17 @@ pub fn lookup(args: LookupArgs) -> Result<ExitCode> {
     }
 }
 
-pub(crate) fn print_owner(name: &Name, certificate: &NameCertificate, params: &Params) {
+pub(crate) fn print_owner(name: &Name, owned: &Owned, params: &Params) {
+    let certificate = &owned.certificate;
+    let registered_by = certificate.claim.body.account;
     println!("name     {}", name.as_str());
-    println!("account  {}", key_hex(&certificate.claim.body.account));
+    println!("account  {}", key_hex(&owned.owner));
+    if owned.owner != registered_by {
+        println!(
+            "moved    from account {} (its root key was rotated)",
+            key_hex(&registered_by)
+        );
+    }
     // The core checked the certificate before handing it out.
     if let Ok(info) = verify_certificate(CryptoMode::Full, params, certificate) {
         println!(

@@ -25,7 +25,7 @@ use crate::node::data_dir::{self, DataDir};
 use crate::node::store::Store;
 use crate::password::{self, Prompt};
 use anyhow::Result;
-use peerline_core::account::sign_device_list;
+use peerline_core::account::{sign_device_list, sign_root_rotation};
 use peerline_core::{CryptoMode, Event, Keypair};
 use peerline_net::clock::wall_clock_s;
 use peerline_proto::{
@@ -499,4 +499,138 @@ async fn passwd_in(
             )
         })?;
     Ok(version)
+}
+
+#[derive(clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct RotateArgs {
+    /// A file holding the current password (its first line). Without it
+    /// the password is asked for on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// A file holding the password for the new root key (its first line;
+    /// it may be the current one). Without it it is asked for on the
+    /// terminal, twice.
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+/// How long the network may take to enforce a rotation: the supernodes
+/// this device is attached to detach it (its certificate is the old
+/// root's) once they took the rotation.
+const ROTATION_ENFORCED_WAIT: Duration = Duration::from_secs(30);
+
+/// What a rotation made, before it is published.
+struct Rotated {
+    rotation: peerline_proto::RootRotation,
+    secrets: password::AccountSecrets,
+    list: DeviceList,
+    identity: crate::node::store::StoredIdentity,
+}
+
+/// `peerline account rotate`: the account moves to a new root key.
+pub fn rotate(args: RotateArgs) -> Result<ExitCode> {
+    let (_, _, _, who) = start(&args.network)?;
+    let old = password::read(args.password_file.as_deref(), &who, Prompt::Password)?;
+    let new = password::read(
+        args.new_password_file.as_deref(),
+        &format!("{who} (new root key)"),
+        Prompt::NewPassword,
+    )?;
+    let bar = spinner();
+    bar.set_message("reaching the network");
+    let outcome = runtime()?.block_on(async {
+        let mut account = AccountSession::attach(&args.network, SECRETS_FLUSH).await?;
+        let result = rotate_in(&mut account, &old, &new, &bar).await;
+        account.session.wait_sent(SECRETS_SENT_WAIT).await;
+        let data = account.finish().await;
+        // Saved only once the network enforces the rotation: before, this
+        // device's old certificate still works; after, only the new one.
+        let rotated = result?;
+        let store = data.store();
+        let names = store.owned_names()?;
+        match names.first() {
+            Some((name, certificate)) => store.set_account(&rotated.identity, name, certificate)?,
+            None => store.set_identity(&rotated.identity)?,
+        }
+        save_list(store, &rotated.list)?;
+        Ok::<_, anyhow::Error>(rotated)
+    });
+    bar.finish_and_clear();
+    let rotated = outcome?;
+    let body = &rotated.rotation.body;
+    println!("rotated  {who} to a new root key");
+    println!("account  {}", key_hex(&body.new_account));
+    println!(
+        "old      {} (refused everywhere from now on)",
+        key_hex(&body.old_account)
+    );
+    println!("the name follows the new key; every other device of the account must `peerline login` again (its certificate was the old key's)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_in(
+    account: &mut AccountSession,
+    old: &str,
+    new: &str,
+    bar: &indicatif::ProgressBar,
+) -> Result<Rotated> {
+    bar.set_message("opening the account's root key");
+    let opened = open_root(&mut account.session, &account.who, account.account, old).await?;
+    let now = wall_clock_s();
+    let device_seed = account.data.store().identity()?.device_seed;
+    let rotated = {
+        // Both root keys live in this block only.
+        let old_root = Keypair::from_seed(CryptoMode::Full, *opened.seed.expose());
+        let new_root = Keypair::from_seed(CryptoMode::Full, data_dir::random_seed()?);
+        let identity = data_dir::certify_device(device_seed, &new_root, now);
+        let device = identity.cert.body.device_key;
+        Rotated {
+            rotation: sign_root_rotation(&old_root, &new_root, now),
+            secrets: password::seal(&new_root, new, now)?,
+            list: next_list(&new_root, None, device, ListChange::Add(device), now)?,
+            identity,
+        }
+    };
+    // The new root's sealed key and device list first: once the rotation
+    // is out, the old root's bundle opens a refused key.
+    bar.set_message("storing the new root key, sealed");
+    let secrets = password::AccountSecrets {
+        bundle: rotated.secrets.bundle,
+        deals: rotated.secrets.deals.clone(),
+    };
+    account.session.publish(secrets).await.map_err(|reason| {
+        fail(
+            EXIT_NOT_NOW,
+            format!("the network did not keep the new root key ({reason}); nothing changed, try again in a minute"),
+        )
+    })?;
+    publish_list(&mut account.session, rotated.list.clone()).await?;
+    bar.set_message("publishing the rotation");
+    account
+        .session
+        .node
+        .control
+        .set_root_rotation(rotated.rotation)
+        .await
+        .map_err(|_| fail(EXIT_NOT_NOW, "the client stopped on its own"))?;
+    let enforced = account
+        .session
+        .wait_for(ROTATION_ENFORCED_WAIT, |event| {
+            let by_supernode = peerline_core::DetachReason::DetachedBySupernode;
+            matches!(event, Event::Detached { reason, .. } if reason == by_supernode).then_some(())
+        })
+        .await;
+    if enforced.is_none() {
+        return Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "the network did not take the rotation within {} s; run the command again (the new root key is stored, so `peerline login` with the new password also works)",
+                ROTATION_ENFORCED_WAIT.as_secs()
+            ),
+        ));
+    }
+    Ok(rotated)
 }

@@ -12,8 +12,8 @@
 
 use crate::account::{
     checked_name, client_params, existing_store, fail, in_use, required_data_dir, runtime,
-    save_account, spinner, NetworkArgs, Session, EXIT_CODES, EXIT_NO, EXIT_NOT_NOW, SECRETS_FLUSH,
-    SECRETS_SENT_WAIT,
+    save_account, spinner, NetworkArgs, Owned, Session, EXIT_CODES, EXIT_NO, EXIT_NOT_NOW,
+    SECRETS_FLUSH, SECRETS_SENT_WAIT,
 };
 use crate::devices::{self, ListChange};
 use crate::node::config::key_hex;
@@ -54,6 +54,9 @@ pub struct LoginArgs {
 /// What the network part of a login answered.
 struct Opened {
     certificate: Box<NameCertificate>,
+    /// The account that owns the name now: the certificate's, or the one
+    /// its root rotations lead to.
+    account: PublicKey,
     root_seed: peerline_core::bundle::RootSeed,
     timings: Timings,
     /// The account's newest device list (or why it could not be fetched).
@@ -178,7 +181,7 @@ struct LoggedIn {
 /// and the name's certificate go into the store.
 fn keep(path: &Path, existing: Option<Store>, name: &Name, opened: Opened) -> Result<LoggedIn> {
     let saving = Instant::now();
-    let account = opened.certificate.claim.body.account;
+    let account = opened.account;
     let (stored, list) = {
         // The root key lives in this block only.
         let root = Keypair::from_seed(CryptoMode::Full, *opened.root_seed.expose());
@@ -242,9 +245,11 @@ async fn open(
     attach_ms: u64,
 ) -> Result<Opened> {
     let looking = Instant::now();
-    let certificate = lookup(session, name).await?;
+    let owned = lookup(session, name).await?;
     let lookup_ms = elapsed_ms(looking);
-    let account = certificate.claim.body.account;
+    // The account that owns the name now (after any root rotation).
+    let account = owned.owner;
+    let certificate = owned.certificate;
     let opening = Instant::now();
     let root = open_root(session, name.as_str(), account, password).await?;
     let open_ms = elapsed_ms(opening);
@@ -253,6 +258,7 @@ async fn open(
         .map_err(|error| error.to_string());
     Ok(Opened {
         certificate,
+        account,
         device_list,
         root_seed: root.seed,
         timings: Timings {
@@ -325,11 +331,11 @@ pub(crate) async fn open_root(
     }
 }
 
-/// The owner's certificate; "nobody has registered" is exit 1.
-async fn lookup(session: &mut Session, name: &Name) -> Result<Box<NameCertificate>> {
+/// The name's certificate and owner; "nobody has registered" is exit 1.
+async fn lookup(session: &mut Session, name: &Name) -> Result<Owned> {
     let result = session.lookup_name(name).await?;
     match result {
-        Some(Ok(Some(certificate))) => Ok(certificate),
+        Some(Ok(Some(owned))) => Ok(owned),
         Some(Ok(None)) => Err(fail(
             EXIT_NO,
             format!("nobody has registered {}", name.as_str()),

@@ -230,6 +230,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => node::run(args),
         Command::Account(account::AccountCommand::Create(args)) => account::create(args),
+        Command::Account(account::AccountCommand::Rotate(args)) => devices::rotate(args),
         Command::Whoami(args) => account::whoami(args),
         Command::Lookup(args) => account::lookup(args),
         Command::Login(args) => login::login(args),

@@ -616,6 +616,79 @@ fn an_account_is_created_its_name_is_taken_once_and_looked_up() {
 
     logins_on_new_devices(&fleet, &network, &alice, &account, password_arg);
     devices_and_a_password_change(&fleet, &network);
+    a_root_rotation_moves_the_account_and_its_name(&fleet, &network);
+}
+
+/// erin rotates her root key: the name follows to the new account, her
+/// laptop holds a certificate of the new key, and a new device logs in
+/// with the new password to the new account.
+fn a_root_rotation_moves_the_account_and_its_name(
+    fleet: &common::Fleet,
+    network: &dyn Fn(&[&str], Option<&PathBuf>) -> Output,
+) {
+    let laptop = fleet.dir.join("erin");
+    let (old, new) = (fleet.dir.join("erin-old"), fleet.dir.join("erin-new"));
+    std::fs::write(&old, "erin before\n").unwrap();
+    std::fs::write(&new, "erin after\n").unwrap();
+    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let created = network(
+        &["account", "create", "erin", "--password-file", old],
+        Some(&laptop),
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let first = field(&stdout(&created), "account").unwrap();
+    let device = field(&stdout(&created), "device").unwrap();
+    let rotated = network(
+        &[
+            "account",
+            "rotate",
+            "--password-file",
+            old,
+            "--new-password-file",
+            new,
+        ],
+        Some(&laptop),
+    );
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let second = field(&stdout(&rotated), "account").unwrap();
+    assert_eq!(
+        field(&stdout(&rotated), "old").as_deref(),
+        Some(first.as_str())
+    );
+    assert_ne!(first, second);
+    // The laptop keeps its device key, now certified by the new root.
+    let whoami = stdout(&peerline(&[
+        "whoami",
+        "--data-dir",
+        laptop.to_str().unwrap(),
+    ]));
+    assert_eq!(field(&whoami, "account").as_deref(), Some(second.as_str()));
+    assert_eq!(field(&whoami, "device").as_deref(), Some(device.as_str()));
+    assert_eq!(field(&whoami, "names").as_deref(), Some("erin"));
+    // Lookups follow the rotation.
+    let found = stdout(&network(&["lookup", "erin"], None));
+    assert_eq!(
+        field(&found, "account").as_deref(),
+        Some(second.as_str()),
+        "{found}"
+    );
+    assert_eq!(field(&found, "moved").as_deref(), Some("from"), "{found}");
+    assert!(found.contains(&first), "{found}");
+    // The laptop still works on the network (its device list is the new
+    // account's), and a new device logs in to the new account.
+    let list = network(&["devices", "list"], Some(&laptop));
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert_eq!(listed(&stdout(&list), "current  "), vec![device.clone()]);
+    let phone = fleet.dir.join("erin-phone");
+    let login = network(&["login", "erin", "--password-file", new], Some(&phone));
+    assert!(login.status.success(), "{}", stderr(&login));
+    assert_eq!(
+        field(&stdout(&login), "account").as_deref(),
+        Some(second.as_str())
+    );
+    let other = fleet.dir.join("erin-other");
+    let login = network(&["login", "erin", "--password-file", old], Some(&other));
+    assert_exit(&login, 1, "wrong password for erin");
 }
 
 /// The keys `devices list` prints on its `label` lines.

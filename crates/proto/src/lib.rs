@@ -28,8 +28,8 @@ pub use bundle::{
 };
 pub use message::{
     BusyReason, Message, MessageKind, RelayRequestBody, ShareHolder, CONTACTS_PER_MESSAGE_MAX,
-    GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, SHARE_HOLDERS_PER_MESSAGE_MAX,
-    SYNC_PAGE_MEMBERS_MAX,
+    GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
+    SHARE_HOLDERS_PER_MESSAGE_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 pub use names::*;
 pub use types::*;

@@ -404,7 +404,21 @@ pub enum Message {
         query_id: u32,
         list: Option<Box<DeviceList>>,
     },
+
+    /// Supernode → device: who owns a name — its certificate, and the root
+    /// rotations the owning account made since (oldest first, each one's
+    /// old account the previous one's new), so a name follows its
+    /// account's rotations. Replaces `NameLookupResponse` towards devices.
+    NameLookupAnswer {
+        query_id: u32,
+        name_key: NodeId,
+        certificate: Option<Box<NameCertificate>>,
+        moved: BoundedVec<RootRotation, NAME_ROTATIONS_MAX>,
+    },
 }
+
+/// Root rotations a name lookup's answer follows at most.
+pub const NAME_ROTATIONS_MAX: usize = 4;
 
 /// What a [`Message::RelayRequest`] signs: the session, both devices, and
 /// the relay (so the request is good at that relay only).
@@ -478,6 +492,7 @@ impl Message {
             Message::DeviceListStore { .. } => MessageKind::DeviceListStore,
             Message::DeviceListFetch { .. } => MessageKind::DeviceListFetch,
             Message::DeviceListFetchResponse { .. } => MessageKind::DeviceListFetchResponse,
+            Message::NameLookupAnswer { .. } => MessageKind::NameLookupAnswer,
         }
     }
 }
@@ -543,6 +558,7 @@ pub enum MessageKind {
     DeviceListStore,
     DeviceListFetch,
     DeviceListFetchResponse,
+    NameLookupAnswer,
 }
 
 impl MessageKind {
@@ -607,6 +623,7 @@ impl MessageKind {
             55 => MessageKind::DeviceListStore,
             56 => MessageKind::DeviceListFetch,
             57 => MessageKind::DeviceListFetchResponse,
+            58 => MessageKind::NameLookupAnswer,
             _ => return None,
         })
     }

@@ -10,7 +10,7 @@
 //! ```
 
 use peerline_proto::message::{
-    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX,
+    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
     PUNCH_CANDIDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use peerline_proto::{
@@ -421,7 +421,44 @@ fn bundle_message() -> impl Strategy<Value = Message> {
                 list: list.map(Box::new),
             }
         }),
+        (
+            varint_u32(),
+            node_id(),
+            proptest::option::of(name_certificate()),
+            bounded::<_, NAME_ROTATIONS_MAX>(root_rotation())
+        )
+            .prop_map(|(query_id, name_key, certificate, moved)| {
+                Message::NameLookupAnswer {
+                    query_id,
+                    name_key,
+                    certificate,
+                    moved,
+                }
+            }),
     ]
+}
+
+fn root_rotation() -> impl Strategy<Value = RootRotation> {
+    (
+        public_key(),
+        public_key(),
+        varint_u64(),
+        signature(),
+        signature(),
+    )
+        .prop_map(
+            |(old_account, new_account, issued_unix_s, signature_old, signature_new)| {
+                RootRotation {
+                    body: RootRotationBody {
+                        old_account,
+                        new_account,
+                        issued_unix_s,
+                    },
+                    signature_old,
+                    signature_new,
+                }
+            },
+        )
 }
 
 fn device_list() -> impl Strategy<Value = DeviceList> {
@@ -792,7 +829,8 @@ fn every_variant_is_covered(m: &Message) {
         | Message::OprfRefused { .. }
         | Message::DeviceListStore { .. }
         | Message::DeviceListFetch { .. }
-        | Message::DeviceListFetchResponse { .. } => {}
+        | Message::DeviceListFetchResponse { .. }
+        | Message::NameLookupAnswer { .. } => {}
     }
 }
 
@@ -1378,6 +1416,20 @@ fn widest_messages() -> Vec<Message> {
             query_id: u32::MAX,
             list: Some(Box::new(widest_device_list())),
         },
+        Message::NameLookupAnswer {
+            query_id: u32::MAX,
+            name_key: NodeId([0xba; 32]),
+            certificate: Some(widest_certificate()),
+            moved: BoundedVec::truncating((0..NAME_ROTATIONS_MAX as u8).map(|i| RootRotation {
+                body: RootRotationBody {
+                    old_account: PublicKey([i; 32]),
+                    new_account: PublicKey([i + 1; 32]),
+                    issued_unix_s: u64::MAX,
+                },
+                signature_old: Signature([0xbb; 64]),
+                signature_new: Signature([0xbc; 64]),
+            })),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1831,6 +1883,20 @@ fn typical_messages() -> Vec<Message> {
         Message::DeviceListFetchResponse {
             query_id: 9,
             list: Some(Box::new(typical_device_list())),
+        },
+        Message::NameLookupAnswer {
+            query_id: 10,
+            name_key: NodeId([41; 32]),
+            certificate: Some(typical_certificate()),
+            moved: BoundedVec::truncating([RootRotation {
+                body: RootRotationBody {
+                    old_account: PublicKey([42; 32]),
+                    new_account: PublicKey([43; 32]),
+                    issued_unix_s: 1_800_000_000,
+                },
+                signature_old: Signature([44; 64]),
+                signature_new: Signature([45; 64]),
+            }]),
         },
     ];
     assert_one_per_variant(&out);

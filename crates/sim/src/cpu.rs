@@ -153,7 +153,8 @@ impl CostTable {
             | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
             | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates | PathPing
-            | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse => frame_us,
+            | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse
+            | NameLookupAnswer => frame_us,
         }
     }
 }

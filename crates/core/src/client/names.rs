@@ -3,10 +3,13 @@
 //! names up. The rules are in `registry.rs`.
 
 use super::ClientState;
+use crate::account::follow_rotations;
 use crate::node::{Event, Io};
 use crate::registry::{claim_hash, verify_certificate};
 use crate::time::Instant;
-use peerline_proto::{Message, NameCertificate, NameClaim, NameOutcome, NameRefusal, NodeId};
+use peerline_proto::{
+    Message, NameCertificate, NameClaim, NameOutcome, NameRefusal, NodeId, RootRotation,
+};
 
 /// Registrations and name lookups one client keeps open at once.
 const REGISTRATIONS_MAX: usize = 4;
@@ -208,6 +211,7 @@ impl ClientState {
             return io.event(Event::NameLookupDone {
                 name_key,
                 result: Err(failure),
+                owner: None,
                 elapsed_ms: 0,
             });
         }
@@ -231,6 +235,7 @@ impl ClientState {
         query_id: u32,
         name_key: NodeId,
         certificate: Option<Box<NameCertificate>>,
+        moved: &[RootRotation],
     ) {
         let Some(index) = self
             .names
@@ -246,9 +251,16 @@ impl ClientState {
             verify_certificate(io.mode, io.params, certificate)
                 .is_ok_and(|info| info.name_key == name_key)
         });
+        // The name follows its account's rotations, each one checked.
+        let owner = certificate.as_ref().map(|certificate| {
+            let tolerance_s = io.params.clock_skew_tolerance_s;
+            let account = certificate.claim.body.account;
+            follow_rotations(io.mode, account, moved, io.now.unix_s, tolerance_s)
+        });
         io.event(Event::NameLookupDone {
             name_key,
             result: Ok(certificate),
+            owner,
             elapsed_ms: io.now.instant.since_ms(lookup.started),
         });
     }
@@ -278,6 +290,7 @@ impl ClientState {
                     io.event(Event::NameLookupDone {
                         name_key: lookup.name_key,
                         result: Err(NameFailure::Unavailable),
+                        owner: None,
                         elapsed_ms: now.since_ms(lookup.started),
                     });
                 }

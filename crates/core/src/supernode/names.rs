@@ -3,6 +3,7 @@
 //! re-replicating name records, answering lookups.
 
 use super::SupernodeState;
+use crate::account::follow_rotations;
 use crate::membership::Membership;
 use crate::node::{Event, Io};
 use crate::params::Params;
@@ -13,7 +14,8 @@ use crate::registry::{
 };
 use crate::time::Instant;
 use peerline_proto::{
-    Addr, Contact, Message, NameCertificate, NameClaim, NameOutcome, NameRefusal, NameVote, NodeId,
+    Addr, BoundedVec, Contact, Message, NameCertificate, NameClaim, NameOutcome, NameRefusal,
+    NameVote, NodeId, NAME_ROTATIONS_MAX,
 };
 
 /// Registrations one supernode coordinates at once, and name lookups it runs.
@@ -567,17 +569,31 @@ impl SupernodeState {
         certificate: Option<Box<NameCertificate>>,
         started: Instant,
     ) {
+        // The rotations the owner made since: the name follows them.
+        let moved = match &certificate {
+            Some(certificate) => io
+                .accounts
+                .rotations_from(&certificate.claim.body.account, NAME_ROTATIONS_MAX),
+            None => Vec::new(),
+        };
         if client != self.contact.addr {
-            let answer = Message::NameLookupResponse {
+            let answer = Message::NameLookupAnswer {
                 query_id,
                 name_key,
                 certificate,
+                moved: BoundedVec::truncating(moved),
             };
             return io.send(client, &answer);
         }
+        let owner = certificate.as_ref().map(|certificate| {
+            let tolerance_s = io.params.clock_skew_tolerance_s;
+            let account = certificate.claim.body.account;
+            follow_rotations(io.mode, account, &moved, io.now.unix_s, tolerance_s)
+        });
         io.event(Event::NameLookupDone {
             name_key,
             result: Ok(certificate),
+            owner,
             elapsed_ms: io.now.instant.since_ms(started),
         });
     }

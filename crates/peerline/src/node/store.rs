@@ -407,6 +407,16 @@ impl Store {
         })
     }
 
+    /// Replaces this device's identity (a new certificate after a root
+    /// rotation) in one transaction; the old account's device list goes.
+    pub fn set_identity(&self, identity: &StoredIdentity) -> Result<()> {
+        self.write("save the new identity", |txn| {
+            put_identity(txn, identity)?;
+            txn.open_table(DEVICE)?.remove(DEVICE_LIST)?;
+            Ok(())
+        })
+    }
+
     pub fn remove_owned_name(&self, name: &str) -> Result<bool> {
         self.write("remove a name", |txn| {
             Ok(txn.open_table(OWNED_NAMES)?.remove(name)?.is_some())
