@@ -78,6 +78,9 @@ const OUTBOX_PACE_MS: u64 = 1_000;
 /// How soon an eligible client that keeps meeting busy supernodes checks
 /// again (instead of the regular period).
 const PROMOTE_BUSY_RECHECK_MS: u64 = 10_000;
+/// A supernode that refused the login (revoked device, rotated root) is
+/// asked again only after this long.
+const LOGIN_REFUSED_RETRY_MS: u64 = 600_000;
 
 #[derive(Debug, Default)]
 pub struct ClientState {
@@ -403,6 +406,20 @@ impl ClientState {
                 };
                 io.host_cache.defer(&key, io.now.instant, retry_after_ms);
                 self.drop_attachment(io, index, DetachReason::Busy);
+                self.fill_attachments(io);
+            }
+            Message::LoginRefused { reason } => {
+                if self.attachments[index].phase == Phase::Attached {
+                    io.stats.messages_unexpected += 1;
+                    return;
+                }
+                // The supernode will not change its mind: try it again
+                // only much later, and go on with the others.
+                let supernode = self.attachments[index].contact;
+                io.host_cache
+                    .defer(&supernode.key, io.now.instant, LOGIN_REFUSED_RETRY_MS);
+                io.event(Event::LoginRefused { supernode, reason });
+                self.drop_attachment(io, index, DetachReason::LoginRefused);
                 self.fill_attachments(io);
             }
             Message::Detach { alternates } => {

@@ -129,6 +129,13 @@ pub enum Event {
         account: PublicKey,
         reason: crate::client::BundleFailure,
     },
+    /// A supernode refused this device's login: revoked, or its account
+    /// moved to another root key. The node tries other supernodes (one
+    /// supernode may lie); when they all refuse, the device is out.
+    LoginRefused {
+        supernode: Contact,
+        reason: peerline_proto::LoginRefusal,
+    },
     /// The account's newest device list its replicas hold, checked
     /// (`Ok(None)`: they hold none), or why the fetch failed.
     DeviceListFetched {
@@ -145,6 +152,8 @@ pub enum DetachReason {
     AttachFailed,
     Busy,
     PeerDown,
+    /// The supernode refused the login for good (`Event::LoginRefused`).
+    LoginRefused,
 }
 
 /// Which roles a node may take.

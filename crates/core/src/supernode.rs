@@ -19,9 +19,9 @@ use crate::params::Params;
 use crate::revocation::{Verdict, ACCOUNT_PUSH_FANOUT};
 use crate::time::{Instant, Now};
 use peerline_proto::{
-    Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeId, MemberState,
-    MemberUpdate, Message, NodeId, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
-    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
+    Addr, BoundedVec, BusyReason, Contact, DeviceCert, Envelope, EnvelopeId, LoginRefusal,
+    MemberState, MemberUpdate, Message, NodeId, PresenceRecord, PublicKey, Signature, Ticket,
+    TicketBody, CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -891,7 +891,12 @@ impl SupernodeState {
             io.params,
         ) {
             io.stats.revoked_refused += 1;
-            return;
+            // The device proved its key: tell it why, so it stops trying.
+            let reason = match io.accounts.rotation(&cert.body.account_key) {
+                Some(_) => LoginRefusal::RootRotated,
+                None => LoginRefusal::DeviceRevoked,
+            };
+            return io.send(from, &Message::LoginRefused { reason });
         }
         if !self.has_room_for(io, &from) {
             self.busy(io, from, BusyReason::AttachmentsFull, 0);

@@ -498,6 +498,13 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         contacts::<CONTACTS_PER_MESSAGE_MAX>()
             .prop_map(|alternates| Message::Detach { alternates }),
+        any::<bool>().prop_map(|rotated| Message::LoginRefused {
+            reason: if rotated {
+                peerline_proto::LoginRefusal::RootRotated
+            } else {
+                peerline_proto::LoginRefusal::DeviceRevoked
+            }
+        }),
         small_or_any_u32().prop_map(|sequence| Message::Ping { sequence }),
         (
             small_or_any_u32(),

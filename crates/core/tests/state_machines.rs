@@ -3868,6 +3868,21 @@ fn revoked_device_is_detached_and_refused_at_every_supernode() {
         })
         .count();
     assert!(detached >= 1, "the stolen device was told to go");
+    // Its logins since were refused with the reason, not dropped silently.
+    let told_why = net.events[started..]
+        .iter()
+        .filter(|(i, _, e)| {
+            *i == stolen_index
+                && matches!(
+                    e,
+                    Event::LoginRefused {
+                        reason: peerline_proto::LoginRefusal::DeviceRevoked,
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert!(told_why >= 1, "the stolen device was told why");
     let detached_by: u64 = (0..REVOKE_SUPERNODES)
         .map(|i| net.nodes[i].stats().revoked_detached)
         .sum();

@@ -54,7 +54,8 @@ pub const EXIT_NOT_NOW: u8 = 3;
 pub const EXIT_CODES: &str = "Exit codes:
   0  done
   1  the answer is no: nobody has registered the name, the name is taken,
-     or the data directory holds no account (or already holds one)
+     the data directory holds no account (or already holds one), or the
+     network refuses this device (revoked, or its account's key rotated)
   2  bad input: a name the naming rules refuse, a missing or bad flag
   3  not now: no supernode answered within --timeout, the network could not
      decide, or a running `peerline node` holds the data directory
@@ -69,6 +70,21 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(60);
 /// How long publishing the password-sealed root key may take once the
 /// name is registered.
 const PUBLISH_WAIT: Duration = Duration::from_secs(60);
+/// Supernodes that must refuse a login before a command gives up on it.
+const LOGIN_REFUSALS_ENOUGH: usize = 2;
+
+/// What a login refusal means for the person at this device.
+pub(crate) fn refusal_text(reason: peerline_proto::LoginRefusal) -> &'static str {
+    match reason {
+        peerline_proto::LoginRefusal::DeviceRevoked => {
+            "the account revoked this device; `peerline login <name>` with another --data-dir makes it a new device"
+        }
+        peerline_proto::LoginRefusal::RootRotated => {
+            "the account moved to a new root key; `peerline login <name>` with another --data-dir logs in to it"
+        }
+    }
+}
+
 /// A short-lived client says goodbye to its supernodes for at most this.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
 /// ...and this, when it dealt OPRF shares (`account create`, `login`):
@@ -294,25 +310,50 @@ impl Session {
         let (node, mut events) = RunningNode::start(config)
             .await
             .map_err(|error| fail(EXIT_NOT_NOW, format!("the client could not start: {error}")))?;
+        // Refusals by this many supernodes (or by every one tried) end
+        // the wait: one supernode could lie, two agreeing is the network.
+        let refusals_enough = tried.clamp(1, LOGIN_REFUSALS_ENOUGH);
+        let mut refused_by: Vec<peerline_proto::PublicKey> = Vec::new();
+        let mut refusal = None;
         let attached = tokio::time::timeout(Duration::from_secs(timeout_s), async {
             while let Some(event) = events.recv().await {
-                if matches!(event, Event::Attached { .. }) {
-                    return true;
+                match event {
+                    Event::Attached { .. } => return true,
+                    Event::LoginRefused { supernode, reason } => {
+                        if !refused_by.contains(&supernode.key) {
+                            refused_by.push(supernode.key);
+                        }
+                        refusal = Some(reason);
+                        if refused_by.len() >= refusals_enough {
+                            return false;
+                        }
+                    }
+                    _ => {}
                 }
             }
             false
         })
         .await;
-        if !matches!(attached, Ok(true)) {
-            node.kill().await;
+        if matches!(attached, Ok(true)) {
+            return Ok(Session { node, events });
+        }
+        node.kill().await;
+        if let Some(reason) = refusal {
             return Err(fail(
-                EXIT_NOT_NOW,
+                EXIT_NO,
                 format!(
-                    "could not reach the network: no supernode answered within {timeout_s} s (tried {tried})"
+                    "the network refused this device: {} (said by {} supernodes)",
+                    refusal_text(reason),
+                    refused_by.len()
                 ),
             ));
         }
-        Ok(Session { node, events })
+        Err(fail(
+            EXIT_NOT_NOW,
+            format!(
+                "could not reach the network: no supernode answered within {timeout_s} s (tried {tried})"
+            ),
+        ))
     }
 
     /// Waits for the first event `answer` takes, at most `within`.

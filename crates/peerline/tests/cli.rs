@@ -783,6 +783,14 @@ fn devices_and_a_password_change(
         vec![phone_key.clone()],
         "{text}"
     );
+    // The revoked phone is refused by the network, and told why.
+    let refused = network(&["devices", "list"], Some(&phone));
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).starts_with("error: the network refused this device: the account revoked this device; `peerline login <name>` with another --data-dir makes it a new device (said by "),
+        "{}",
+        stderr(&refused)
+    );
 
     // A new password: it opens the key on a new device, the old one no longer.
     let same = network(

@@ -27,8 +27,8 @@ pub use bundle::{
     Sharing, BUNDLE_NONCE_LEN, BUNDLE_SALT_LEN, BUNDLE_TAG_LEN,
 };
 pub use message::{
-    BusyReason, Message, MessageKind, RelayRequestBody, ShareHolder, CONTACTS_PER_MESSAGE_MAX,
-    GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
+    BusyReason, LoginRefusal, Message, MessageKind, RelayRequestBody, ShareHolder,
+    CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
     SHARE_HOLDERS_PER_MESSAGE_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 pub use names::*;

@@ -415,6 +415,22 @@ pub enum Message {
         certificate: Option<Box<NameCertificate>>,
         moved: BoundedVec<RootRotation, NAME_ROTATIONS_MAX>,
     },
+
+    /// Supernode → device, instead of accepting its login: the account
+    /// revoked this device, or moved to another root key. Sent only after
+    /// the device proved its key (a stranger cannot aim it anywhere).
+    LoginRefused {
+        reason: LoginRefusal,
+    },
+}
+
+/// Why a supernode refused a device's login for good.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub enum LoginRefusal {
+    /// The account's device list revokes this device.
+    DeviceRevoked,
+    /// The account rotated its root key; this device's certificate is the old key's.
+    RootRotated,
 }
 
 /// Root rotations a name lookup's answer follows at most.
@@ -493,6 +509,7 @@ impl Message {
             Message::DeviceListFetch { .. } => MessageKind::DeviceListFetch,
             Message::DeviceListFetchResponse { .. } => MessageKind::DeviceListFetchResponse,
             Message::NameLookupAnswer { .. } => MessageKind::NameLookupAnswer,
+            Message::LoginRefused { .. } => MessageKind::LoginRefused,
         }
     }
 }
@@ -559,6 +576,7 @@ pub enum MessageKind {
     DeviceListFetch,
     DeviceListFetchResponse,
     NameLookupAnswer,
+    LoginRefused,
 }
 
 impl MessageKind {
@@ -624,6 +642,7 @@ impl MessageKind {
             56 => MessageKind::DeviceListFetch,
             57 => MessageKind::DeviceListFetchResponse,
             58 => MessageKind::NameLookupAnswer,
+            59 => MessageKind::LoginRefused,
             _ => return None,
         })
     }

@@ -9,6 +9,7 @@
 //!     cargo test -p peerline-proto --test codec_props -- --ignored write_seed_corpus
 //! ```
 
+use peerline_proto::message::LoginRefusal;
 use peerline_proto::message::{
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
     PUNCH_CANDIDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
@@ -435,6 +436,11 @@ fn bundle_message() -> impl Strategy<Value = Message> {
                     moved,
                 }
             }),
+        prop_oneof![
+            Just(LoginRefusal::DeviceRevoked),
+            Just(LoginRefusal::RootRotated)
+        ]
+        .prop_map(|reason| Message::LoginRefused { reason }),
     ]
 }
 
@@ -830,7 +836,8 @@ fn every_variant_is_covered(m: &Message) {
         | Message::DeviceListStore { .. }
         | Message::DeviceListFetch { .. }
         | Message::DeviceListFetchResponse { .. }
-        | Message::NameLookupAnswer { .. } => {}
+        | Message::NameLookupAnswer { .. }
+        | Message::LoginRefused { .. } => {}
     }
 }
 
@@ -1430,6 +1437,9 @@ fn widest_messages() -> Vec<Message> {
                 signature_new: Signature([0xbc; 64]),
             })),
         },
+        Message::LoginRefused {
+            reason: LoginRefusal::RootRotated,
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1897,6 +1907,9 @@ fn typical_messages() -> Vec<Message> {
                 signature_old: Signature([44; 64]),
                 signature_new: Signature([45; 64]),
             }]),
+        },
+        Message::LoginRefused {
+            reason: LoginRefusal::DeviceRevoked,
         },
     ];
     assert_one_per_variant(&out);

@@ -154,7 +154,7 @@ impl CostTable {
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
             | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates | PathPing
             | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse
-            | NameLookupAnswer => frame_us,
+            | NameLookupAnswer | LoginRefused => frame_us,
         }
     }
 }

@@ -419,6 +419,12 @@ fn log_event(event: &Event) {
             key_hex(&supernode.key),
             supernode.addr.to_socket()
         ),
+        Event::LoginRefused { supernode, reason } => tracing::warn!(
+            "supernode {}@{} refused this device's login: {}",
+            key_hex(&supernode.key),
+            supernode.addr.to_socket(),
+            crate::account::refusal_text(*reason)
+        ),
         Event::Promoted => tracing::info!("promoted to supernode"),
         Event::Demoted => tracing::info!("demoted to client"),
         Event::Reachable => tracing::info!("reachable from other nodes"),
