@@ -1,6 +1,7 @@
 //! The `peerline` command.
 
 mod account;
+mod contacts;
 mod demo;
 mod devices;
 mod login;
@@ -98,6 +99,12 @@ enum Command {
     /// the old key shares, and from then on only the new password opens
     /// the key. The devices stay logged in.
     Passwd(devices::PasswdArgs),
+    /// Keep the people this account knows, by name.
+    ///
+    /// Contacts are who this device reveals its direct addresses to when
+    /// they call it; anyone else reaches it through a relay.
+    #[command(subcommand)]
+    Contacts(contacts::ContactsCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -237,6 +244,9 @@ fn main() -> ExitCode {
         Command::Devices(devices::DevicesCommand::List(args)) => devices::list(args),
         Command::Devices(devices::DevicesCommand::Revoke(args)) => devices::revoke(args),
         Command::Passwd(args) => devices::passwd(args),
+        Command::Contacts(contacts::ContactsCommand::Add(args)) => contacts::add(args),
+        Command::Contacts(contacts::ContactsCommand::List(args)) => contacts::list(args),
+        Command::Contacts(contacts::ContactsCommand::Remove(args)) => contacts::remove(args),
     };
     match outcome {
         Ok(code) => code,

@@ -689,6 +689,39 @@ fn a_root_rotation_moves_the_account_and_its_name(
     let other = fleet.dir.join("erin-other");
     let login = network(&["login", "erin", "--password-file", old], Some(&other));
     assert_exit(&login, 1, "wrong password for erin");
+
+    // erin's contacts: added by name over the network, listed and removed
+    // from the data directory.
+    let local = |command: &[&str]| {
+        let mut args = command.to_vec();
+        args.extend(["--data-dir", laptop.to_str().unwrap()]);
+        peerline(&args)
+    };
+    let added = network(&["contacts", "add", "Dave"], Some(&laptop));
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(
+        stdout(&added).starts_with("added    dave (account "),
+        "{}",
+        stdout(&added)
+    );
+    assert_exit(
+        &network(&["contacts", "add", "erin"], Some(&laptop)),
+        1,
+        "erin is this account's own name",
+    );
+    assert_exit(
+        &network(&["contacts", "add", "nobody"], Some(&laptop)),
+        1,
+        "nobody has registered nobody",
+    );
+    let listed = stdout(&local(&["contacts", "list"]));
+    assert!(listed.starts_with("dave "), "{listed}");
+    assert!(stdout(&local(&["contacts", "remove", "dave"])).starts_with("removed  dave"));
+    assert_exit(
+        &local(&["contacts", "remove", "dave"]),
+        1,
+        "there is no contact named dave",
+    );
 }
 
 /// The keys `devices list` prints on its `label` lines.
