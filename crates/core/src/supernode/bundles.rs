@@ -40,6 +40,7 @@ use crate::bundle::{
     bundle_key, newer_bundle, share_key, verify_bundle, BundleHolder, HolderError,
     BUNDLE_HOLDERS_MAX, HELD_SHARES_MAX,
 };
+use crate::durable::{decode, encode, DirtyKeys, DurableChanges, DurableError, DurableTable};
 use crate::identity::CryptoMode;
 use crate::membership::Membership;
 use crate::node::Io;
@@ -82,6 +83,8 @@ pub struct BundleBook {
     /// Per held share, the fingerprint of the holder set it was last
     /// pushed to (absent or 0: never).
     shares_pushed_to: BTreeMap<PublicKey, u64>,
+    /// Bundles kept since the driver last took them (`durable.rs`).
+    dirty_bundles: DirtyKeys,
 }
 
 impl BundleBook {
@@ -90,7 +93,63 @@ impl BundleBook {
             holder: BundleHolder::new(mode, HELD_SHARES_MAX),
             bundles: BTreeMap::new(),
             shares_pushed_to: BTreeMap::new(),
+            dirty_bundles: DirtyKeys::default(),
         }
+    }
+
+    /// From now on, remember what changed for [`BundleBook::take_changes`].
+    pub(crate) fn track_changes(&mut self) {
+        self.dirty_bundles.switch_on();
+        self.holder.track_changes();
+    }
+
+    /// The bundles and shares changed since the last call, as rows.
+    pub(crate) fn take_changes(&mut self, now: Instant, out: &mut DurableChanges) {
+        for key in self.dirty_bundles.take() {
+            let value = self
+                .bundles
+                .get(&PublicKey(key))
+                .map(|held| encode(&*held.bundle));
+            out.push(DurableTable::KeyBundles, key, value);
+        }
+        self.holder.take_changes(now, out);
+    }
+
+    /// Takes back a stored bundle (not checked again: this node checked it).
+    pub(crate) fn restore_bundle(
+        &mut self,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        let table = DurableTable::KeyBundles;
+        let bundle: KeyBundle = decode(table, key, bytes)?;
+        if bundle.body.account_key.0 != *key {
+            return Err(DurableError::new(
+                table,
+                key,
+                "is a bundle of another account",
+            ));
+        }
+        if self.bundles.len() >= BUNDLES_HELD_MAX && !self.bundles.contains_key(&PublicKey(*key)) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        self.bundles.insert(
+            PublicKey(*key),
+            HeldBundle {
+                bundle: Box::new(bundle),
+                pushed_to: 0,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn restore_share(
+        &mut self,
+        now: Instant,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        self.holder.restore_share(now, key, bytes)
     }
 
     /// After a restart nothing was pushed from here yet.
@@ -164,6 +223,7 @@ impl SupernodeState {
             None => true,
         };
         if keep {
+            io.bundles.dirty_bundles.mark(account.0);
             io.bundles.bundles.insert(
                 account,
                 HeldBundle {
