@@ -62,6 +62,7 @@
 //! Pure functions and one sans-IO state machine: randomness and time come
 //! from the caller; nothing here sends anything.
 
+use crate::durable::{decode, encode, DirtyKeys, DurableChanges, DurableError, DurableTable};
 use crate::identity::{domain as sign_domain, verify, CryptoMode, Keypair};
 use crate::time::Instant;
 use argon2::{Algorithm, Argon2, Version};
@@ -805,6 +806,19 @@ pub struct BundleHolder {
     accounts_max: usize,
     /// A B-tree, not a hash map: account keys are chosen by strangers.
     shares: BTreeMap<PublicKey, HeldShare>,
+    /// Shares taken or budgets spent since the driver last took them
+    /// (`durable.rs`; only once a driver persists).
+    dirty: DirtyKeys,
+}
+
+/// A held share as stored: its signed deal (with the secret share: the
+/// store is as private as the device key) and its guess budget.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShareRow {
+    deal: ShareDeal,
+    tokens: u64,
+    /// From when the row was taken to the next token (0 when full).
+    refill_wait_ms: u64,
 }
 
 impl std::fmt::Debug for BundleHolder {
@@ -821,7 +835,92 @@ impl BundleHolder {
             mode,
             accounts_max,
             shares: BTreeMap::new(),
+            dirty: DirtyKeys::default(),
         }
+    }
+
+    /// From now on, remember what changed for [`BundleHolder::take_changes`].
+    pub(crate) fn track_changes(&mut self) {
+        self.dirty.switch_on();
+    }
+
+    /// The shares taken and budgets spent since the last call, as rows;
+    /// budget waits are measured from `now`.
+    pub(crate) fn take_changes(&mut self, now: Instant, out: &mut DurableChanges) {
+        for key in self.dirty.take() {
+            let account = PublicKey(key);
+            let value = self.shares.get(&account).map(|held| {
+                let mut budget = held.budget.clone();
+                budget.refill(now);
+                let refill_wait_ms = match budget.tokens >= GUESS_BURST {
+                    true => 0,
+                    false => budget.next_refill.since_us(now).div_ceil(1_000),
+                };
+                encode(&ShareRow {
+                    deal: ShareDeal {
+                        body: held.body,
+                        signature: held.signature,
+                        share: held.share.scalar.to_bytes(),
+                    },
+                    tokens: budget.tokens,
+                    refill_wait_ms,
+                })
+            });
+            out.push(DurableTable::OprfShares, key, value);
+        }
+    }
+
+    /// Takes back a stored share, checked against its commitment, with its
+    /// budget as it was (the time down refills nothing).
+    pub(crate) fn restore_share(
+        &mut self,
+        now: Instant,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        let table = DurableTable::OprfShares;
+        let row: ShareRow = decode(table, key, bytes)?;
+        let account = PublicKey(*key);
+        if row.deal.body.account_key != account {
+            return Err(DurableError::new(
+                table,
+                key,
+                "is a share of another account",
+            ));
+        }
+        let share = verified_share(&row.deal).map_err(|_| {
+            DurableError::new(
+                table,
+                key,
+                "holds a share that does not match its commitment",
+            )
+        })?;
+        if row.tokens > GUESS_BURST || row.refill_wait_ms > GUESS_REFILL_INTERVAL_MS {
+            return Err(DurableError::new(
+                table,
+                key,
+                "holds a guess budget out of range",
+            ));
+        }
+        if self.shares.len() >= self.accounts_max && !self.shares.contains_key(&account) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        let body = row.deal.body;
+        self.shares.insert(
+            account,
+            HeldShare {
+                share,
+                bundle_version: body.bundle_version,
+                epoch: body.epoch,
+                body,
+                signature: row.deal.signature,
+                budget: GuessBudget {
+                    tokens: row.tokens,
+                    next_refill: now.add_ms(row.refill_wait_ms),
+                },
+            },
+        );
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -894,6 +993,7 @@ impl BundleHolder {
         )
         .map_err(|_| HolderError::BadSignature)?;
         let share = verified_share(deal)?;
+        self.dirty.mark(body.account_key.0);
         match self.shares.get_mut(&body.account_key) {
             Some(held) => {
                 held.share = share;
@@ -937,6 +1037,7 @@ impl BundleHolder {
         held.budget
             .take(now)
             .map_err(|retry_after_ms| HolderError::Refused { retry_after_ms })?;
+        self.dirty.mark(account.0);
         Ok(HolderAnswer {
             index: held.share.index,
             bundle_version: held.bundle_version,
@@ -1514,6 +1615,96 @@ mod tests {
             open_bundle(&bundle, PASSWORD, &login).unwrap().public(),
             account_key
         );
+    }
+
+    /// The rows one holder hands out at `at`, taken back by a fresh one
+    /// started at `restart` (another process: its clock starts anew).
+    fn restarted(holder: &mut BundleHolder, at: Instant, restart: Instant) -> BundleHolder {
+        let mut changes = DurableChanges::default();
+        holder.take_changes(at, &mut changes);
+        let mut fresh = BundleHolder::new(CryptoMode::Full, 4);
+        fresh.track_changes();
+        for change in &changes.changes {
+            assert_eq!(change.table, DurableTable::OprfShares);
+            let bytes = change.value.as_ref().unwrap();
+            fresh.restore_share(restart, &change.key, bytes).unwrap();
+        }
+        fresh
+    }
+
+    #[test]
+    fn a_spent_guess_budget_survives_a_restart() {
+        let mut rng = rng();
+        let root = Keypair::generate(CryptoMode::Full, &mut rng);
+        let deals = deal(&root, 1, 1, SHARING, &mut rng).unwrap();
+        let mut holder = BundleHolder::new(CryptoMode::Full, 4);
+        holder.track_changes();
+        holder.accept_deal(Instant::ZERO, &deals[0]).unwrap();
+        let account = root.public();
+        let (_, blinded) = blind(PASSWORD, &account, &mut rng);
+        let t0 = Instant::from_s(1_000);
+        for guess in 0..GUESS_BURST {
+            holder
+                .evaluate(t0, &account, &blinded)
+                .unwrap_or_else(|e| panic!("guess {guess}: {e}"));
+        }
+        // Restarted a minute later, in a process whose clock starts at 0.
+        let at = t0.add_ms(60_000);
+        let mut fresh = restarted(&mut holder, at, Instant::ZERO);
+        assert_eq!(fresh.epoch(&account), Some(deals[0].body.epoch));
+        let refused = fresh.evaluate(Instant::ZERO, &account, &blinded);
+        let Err(HolderError::Refused { retry_after_ms }) = refused else {
+            panic!("a restart gave the budget back: {refused:?}");
+        };
+        assert_eq!(retry_after_ms, GUESS_REFILL_INTERVAL_MS - 60_000);
+        let refill = Instant::from_ms(GUESS_REFILL_INTERVAL_MS - 60_000);
+        assert!(fresh.evaluate(refill, &account, &blinded).is_ok());
+        assert!(fresh.evaluate(refill, &account, &blinded).is_err());
+        // The answer is the same share's.
+        let mut again = restarted(&mut fresh, refill, Instant::ZERO);
+        assert_eq!(again.deal(&account), holder.deal(&account));
+        assert!(again.evaluate(Instant::ZERO, &account, &blinded).is_err());
+    }
+
+    #[test]
+    fn a_damaged_share_row_is_an_error_never_a_panic() {
+        let mut rng = rng();
+        let (mut holder, root, _) = holder_with_deals(&mut rng, 4);
+        holder.track_changes();
+        let account = root.public();
+        let (_, blinded) = blind(PASSWORD, &account, &mut rng);
+        holder.evaluate(Instant::ZERO, &account, &blinded).unwrap();
+        let mut changes = DurableChanges::default();
+        holder.take_changes(Instant::ZERO, &mut changes);
+        let row = changes.changes[0].clone();
+        let bytes = row.value.clone().unwrap();
+        let mut fresh = BundleHolder::new(CryptoMode::Full, 4);
+        for cut in 0..bytes.len() {
+            assert!(fresh
+                .restore_share(Instant::ZERO, &row.key, &bytes[..cut])
+                .is_err());
+        }
+        for position in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[position] ^= 0x40;
+            // A flip may still decode (a budget, an epoch); it never panics.
+            let _ = fresh.restore_share(Instant::ZERO, &row.key, &flipped);
+        }
+        let mut fresh = BundleHolder::new(CryptoMode::Full, 4);
+        let error = fresh
+            .restore_share(Instant::ZERO, &[1; 32], &bytes)
+            .unwrap_err();
+        assert!(error.to_string().contains("another account"), "{error}");
+        let deal_len = postcard::to_allocvec(&holder.deal(&account).unwrap())
+            .unwrap()
+            .len();
+        let share_at = deal_len - 32;
+        let mut bad_share = bytes.clone();
+        bad_share[share_at] ^= 1;
+        let error = fresh
+            .restore_share(Instant::ZERO, &row.key, &bad_share)
+            .unwrap_err();
+        assert!(error.to_string().contains("commitment"), "{error}");
     }
 
     #[test]

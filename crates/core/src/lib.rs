@@ -10,6 +10,7 @@ pub mod account;
 mod attached;
 pub mod bundle;
 pub mod client;
+pub mod durable;
 pub mod hostcache;
 pub mod identity;
 pub mod lookup;
@@ -26,8 +27,11 @@ pub mod revocation;
 pub mod supernode;
 pub mod time;
 
+pub use durable::{DurableChange, DurableChanges, DurableError, DurableTable};
 pub use identity::{CryptoMode, DeviceIdentity, Keypair};
-pub use node::{DetachReason, Event, Node, NodeConfig, NodeStats, RolePolicy, Transmit};
+pub use node::{
+    DetachReason, DurableRestored, Event, Node, NodeConfig, NodeStats, RolePolicy, Transmit,
+};
 pub use params::Params;
 pub use punch::{PathCommand, PathFailure, PathKind, PathReport};
 pub use time::{Instant, Now};

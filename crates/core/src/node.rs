@@ -10,6 +10,7 @@
 //! ```
 
 use crate::client::ClientState;
+use crate::durable::{DurableChange, DurableChanges, DurableError, DurableTable};
 use crate::hostcache::HostCache;
 use crate::identity::{CryptoMode, DeviceIdentity};
 use crate::mail::{MailState, SendError};
@@ -202,6 +203,16 @@ pub struct NodeStats {
     pub revoked_detached: u64,
 }
 
+/// What [`Node::restore_durable`] took back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurableRestored {
+    /// Rows taken back, in every table.
+    pub rows: usize,
+    /// Votes signed by another device key (the directory's device was
+    /// replaced by a login): another voter's, not restored.
+    pub foreign_votes_skipped: usize,
+}
+
 /// What a device keeps on disk to re-attach cheaply after a restart: its
 /// latest resumption ticket and the counter its resumes must exceed.
 #[derive(Clone, Debug, Default)]
@@ -370,6 +381,62 @@ impl Node {
         } else {
             self.with_client(now, |client, io| client.start(io));
         }
+    }
+
+    /// Takes back the durable state a driver stored (rows as
+    /// [`Node::take_durable_changes`] handed them out; removals are
+    /// ignored) and starts recording changes. Call it once, before the
+    /// first `poll_transmit`. A damaged row stops the restore with an
+    /// error naming it; what was restored before it stays.
+    pub fn restore_durable(
+        &mut self,
+        now: Now,
+        rows: &[DurableChange],
+    ) -> Result<DurableRestored, DurableError> {
+        self.track_durable_changes();
+        let me = self.identity.keypair.public();
+        let mut restored = DurableRestored::default();
+        for row in rows {
+            let Some(bytes) = &row.value else { continue };
+            let key = &row.key;
+            match row.table {
+                DurableTable::NameVotes => {
+                    if !self.names.restore_vote(&me, key, bytes)? {
+                        restored.foreign_votes_skipped += 1;
+                        continue;
+                    }
+                }
+                DurableTable::NameRecords => self.names.restore_record(key, bytes)?,
+                DurableTable::KeyBundles => self.bundles.restore_bundle(key, bytes)?,
+                DurableTable::DeviceLists => self.bundles.restore_device_list(key, bytes)?,
+                DurableTable::OprfShares => self.bundles.restore_share(now.instant, key, bytes)?,
+                DurableTable::Revocations => self.accounts.restore(key, bytes)?,
+            }
+            restored.rows += 1;
+        }
+        Ok(restored)
+    }
+
+    /// What changed in the durable state since the last call (votes cast
+    /// and released, records, bundles and shares kept, guess budgets spent,
+    /// revocations learnt and forgotten): one row per changed key. **A
+    /// driver that persists commits these before it sends the datagrams
+    /// the same steps queued** (the ordering rule, `durable.rs`): call it
+    /// after every `handle`/`handle_timeout`/command, before draining
+    /// `poll_transmit`.
+    pub fn take_durable_changes(&mut self, now: Now) -> DurableChanges {
+        self.track_durable_changes();
+        let mut changes = DurableChanges::default();
+        self.names.take_changes(&mut changes);
+        self.bundles.take_changes(now.instant, &mut changes);
+        self.accounts.take_changes(&mut changes);
+        changes
+    }
+
+    fn track_durable_changes(&mut self) {
+        self.names.track_changes();
+        self.bundles.track_changes();
+        self.accounts.track_changes();
     }
 
     /// Refuses this device from now on (logins, resumes, presence), on

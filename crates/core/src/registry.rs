@@ -48,6 +48,7 @@
 //!
 //! Only registration needs a quorum; lookup reads any replica.
 
+use crate::durable::{decode, encode, DirtyKeys, DurableChanges, DurableError, DurableTable};
 use crate::identity::{contact_id, verify, CryptoError, CryptoMode, Keypair};
 use crate::membership::Membership;
 use crate::names::{normalize, Name};
@@ -186,7 +187,7 @@ pub fn verify_vote(
 }
 
 /// What a checked certificate says.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CertificateInfo {
     pub name_key: NodeId,
     pub claim_hash: [u8; 32],
@@ -418,6 +419,18 @@ struct HeldName {
 pub struct NameBook {
     votes: BTreeMap<NodeId, CastVote>,
     records: BTreeMap<NodeId, HeldName>,
+    /// Votes and records changed since the driver last took them
+    /// (`durable.rs`; only once a driver persists).
+    dirty_votes: DirtyKeys,
+    dirty_records: DirtyKeys,
+}
+
+/// A name record as stored: the certificate and what its check said
+/// (kept, so a restart need not check every vote again).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecordRow {
+    certificate: NameCertificate,
+    info: CertificateInfo,
 }
 
 /// What storing a certificate did.
@@ -497,21 +510,102 @@ impl NameBook {
             },
         );
         self.votes.insert(name_key, CastVote { vote: vote.clone() });
+        self.dirty_votes.mark(name_key.0);
         Some(vote)
     }
 
     /// Forgets every vote (an attacker's equivocation, in the simulator).
     pub fn forget_votes(&mut self) {
+        for key in self.votes.keys() {
+            self.dirty_votes.mark(key.0);
+        }
         self.votes.clear();
     }
 
     /// Forgets undecided votes older than the hold time.
     pub fn release_votes(&mut self, now_unix_s: u64, hold_s: u64) {
         let records = &self.records;
+        let dirty = &mut self.dirty_votes;
         self.votes.retain(|key, cast| {
-            records.contains_key(key)
-                || cast.vote.body.voted_unix_s.saturating_add(hold_s) >= now_unix_s
+            let keep = records.contains_key(key)
+                || cast.vote.body.voted_unix_s.saturating_add(hold_s) >= now_unix_s;
+            if !keep {
+                dirty.mark(key.0);
+            }
+            keep
         });
+    }
+
+    /// From now on, remember what changed for [`NameBook::take_changes`].
+    pub(crate) fn track_changes(&mut self) {
+        self.dirty_votes.switch_on();
+        self.dirty_records.switch_on();
+    }
+
+    /// The votes and records changed since the last call, as rows.
+    pub(crate) fn take_changes(&mut self, out: &mut DurableChanges) {
+        for key in self.dirty_votes.take() {
+            let value = self.votes.get(&NodeId(key)).map(|cast| encode(&cast.vote));
+            out.push(DurableTable::NameVotes, key, value);
+        }
+        for key in self.dirty_records.take() {
+            let value = self.records.get(&NodeId(key)).map(|held| {
+                encode(&RecordRow {
+                    certificate: (*held.certificate).clone(),
+                    info: held.info.clone(),
+                })
+            });
+            out.push(DurableTable::NameRecords, key, value);
+        }
+    }
+
+    /// Takes back a stored vote. A vote signed by another key (the data
+    /// directory got a new device: another voter) is skipped: `Ok(false)`.
+    pub(crate) fn restore_vote(
+        &mut self,
+        me: &PublicKey,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<bool, DurableError> {
+        let table = DurableTable::NameVotes;
+        let vote: NameVote = decode(table, key, bytes)?;
+        if vote.body.name_key.0 != *key {
+            return Err(DurableError::new(table, key, "is a vote on another name"));
+        }
+        if vote.body.voter.key != *me {
+            return Ok(false);
+        }
+        if self.votes.len() >= NAME_VOTES_KEPT_MAX && !self.votes.contains_key(&NodeId(*key)) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        self.votes.insert(NodeId(*key), CastVote { vote });
+        Ok(true)
+    }
+
+    /// Takes back a stored name record.
+    pub(crate) fn restore_record(
+        &mut self,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        let table = DurableTable::NameRecords;
+        let row: RecordRow = decode(table, key, bytes)?;
+        if row.info.name_key.0 != *key || row.info.voters.len() != row.info.voter_addrs.len() {
+            return Err(DurableError::new(table, key, "does not match its name"));
+        }
+        if self.records.len() >= NAME_RECORDS_MAX && !self.records.contains_key(&NodeId(*key)) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        self.records.insert(
+            NodeId(*key),
+            HeldName {
+                certificate: Box::new(row.certificate),
+                info: row.info,
+                pushed_to: 0,
+                pushed_unix_s: 0,
+            },
+        );
+        Ok(())
     }
 
     /// Keeps a checked certificate unless the one held beats it.
@@ -520,6 +614,7 @@ impl NameBook {
             if held.info.claim_hash == info.claim_hash {
                 // The same claim: keep the earlier-complete certificate of it.
                 if info.beats(&held.info) {
+                    self.dirty_records.mark(info.name_key.0);
                     held.certificate = certificate;
                     held.info = info;
                 }
@@ -528,6 +623,7 @@ impl NameBook {
             if held.info.beats(&info) {
                 return Stored::Lost(held.certificate.clone());
             }
+            self.dirty_records.mark(info.name_key.0);
             held.certificate = certificate;
             held.info = info;
             held.pushed_to = 0;
@@ -536,6 +632,7 @@ impl NameBook {
         if self.records.len() >= NAME_RECORDS_MAX {
             return Stored::Full;
         }
+        self.dirty_records.mark(info.name_key.0);
         self.records.insert(
             info.name_key,
             HeldName {
@@ -975,6 +1072,116 @@ mod tests {
             claim_hash(&second),
             "released after the hold"
         );
+    }
+
+    /// The rows one book hands out, taken back by a fresh one (a restart).
+    fn restarted(book: &mut NameBook, me: &Keypair) -> NameBook {
+        let mut changes = DurableChanges::default();
+        book.take_changes(&mut changes);
+        let mut fresh = NameBook::default();
+        fresh.track_changes();
+        for change in &changes.changes {
+            let Some(bytes) = &change.value else { continue };
+            match change.table {
+                DurableTable::NameVotes => {
+                    assert!(fresh
+                        .restore_vote(&me.public(), &change.key, bytes)
+                        .unwrap())
+                }
+                DurableTable::NameRecords => fresh.restore_record(&change.key, bytes).unwrap(),
+                other => panic!("a name book wrote to {other}"),
+            }
+        }
+        fresh
+    }
+
+    #[test]
+    fn a_restarted_voter_keeps_its_vote_and_records() {
+        let params = params();
+        let (me, contact) = voter(1, 0x0a00_0001);
+        let name = normalize("dave").unwrap();
+        let first = make_claim(&account(1), &name, 1_000, 6);
+        let second = make_claim(&account(2), &name, 1_000, 6);
+        let hold = params.name_vote_hold_s;
+        let mut book = NameBook::default();
+        book.track_changes();
+        let vote = book
+            .vote(&me, contact, name.key(), &first, 1_000, hold)
+            .unwrap();
+        let other = normalize("erin").unwrap();
+        let other_claim = make_claim(&account(3), &other, 1_000, 6);
+        let voters: Vec<_> = (10..15)
+            .map(|i| voter(i, 0x0a00_0000 + (i as u32) * 256))
+            .collect();
+        let certificate = certified(&other_claim, &voters, 1_000);
+        let info = verify_certificate(CryptoMode::Full, &params, &certificate).unwrap();
+        assert_eq!(
+            book.store(Box::new(certificate.clone()), info.clone()),
+            Stored::Kept
+        );
+
+        let mut fresh = restarted(&mut book, &me);
+        let again = fresh
+            .vote(&me, contact, name.key(), &second, 1_010, hold)
+            .unwrap();
+        assert_eq!(again, vote, "a restarted voter votes as before");
+        assert_eq!(fresh.record(&other.key()), Some(&certificate));
+        assert_eq!(fresh.record_info(&other.key()), Some(&info));
+        let mut none = DurableChanges::default();
+        fresh.take_changes(&mut none);
+        assert!(none.is_empty(), "restoring is not a change: {none:?}");
+
+        // A released vote is a removal.
+        fresh.release_votes(1_001 + hold, hold);
+        let mut released = DurableChanges::default();
+        fresh.take_changes(&mut released);
+        assert_eq!(released.changes.len(), 1);
+        assert_eq!(released.changes[0].value, None);
+        assert!(released.must_sync());
+    }
+
+    #[test]
+    fn a_vote_of_another_device_key_is_skipped_and_damage_is_an_error() {
+        let params = params();
+        let (me, contact) = voter(1, 0x0a00_0001);
+        let (other, _) = voter(2, 0x0a00_0101);
+        let name = normalize("dave").unwrap();
+        let claim = make_claim(&account(1), &name, 1_000, 6);
+        let mut book = NameBook::default();
+        book.track_changes();
+        book.vote(
+            &me,
+            contact,
+            name.key(),
+            &claim,
+            1_000,
+            params.name_vote_hold_s,
+        );
+        let mut changes = DurableChanges::default();
+        book.take_changes(&mut changes);
+        let row = &changes.changes[0];
+        let bytes = row.value.as_ref().unwrap();
+        let mut fresh = NameBook::default();
+        assert_eq!(
+            fresh.restore_vote(&other.public(), &row.key, bytes),
+            Ok(false)
+        );
+        assert_eq!(fresh.votes_len(), 0);
+        let error = fresh
+            .restore_vote(&me.public(), &[0; 32], bytes)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("a vote on another name"),
+            "{error}"
+        );
+        for cut in 0..bytes.len() {
+            assert!(fresh
+                .restore_vote(&me.public(), &row.key, &bytes[..cut])
+                .is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(fresh.restore_vote(&me.public(), &row.key, &long).is_err());
     }
 
     #[test]

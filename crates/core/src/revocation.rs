@@ -27,6 +27,7 @@
 //! `Params::device_cert_ttl_s` outlives a revocation nobody exercises.
 
 use crate::account::{rotation_wins, verify_device_list, verify_root_rotation};
+use crate::durable::{decode, encode, DirtyKeys, DurableChanges, DurableError, DurableTable};
 use crate::identity::CryptoMode;
 use crate::overload::TokenBucket;
 use crate::params::Params;
@@ -106,6 +107,19 @@ pub(crate) struct AccountTable {
     /// This device's account's list and rotation, re-published on attach.
     pub(crate) own_list: Option<Box<DeviceList>>,
     pub(crate) own_rotation: Option<Box<RootRotation>>,
+    /// Accounts whose entry changed since the driver last took them
+    /// (`durable.rs`). A refusal's renewal alone marks nothing: it is
+    /// written with the entry's next change (or lost to a restart, which
+    /// leaves the entry its time from when it was learnt).
+    dirty: DirtyKeys,
+}
+
+/// An account's entry as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AccountRow {
+    list_version: Option<u64>,
+    revoked: Vec<(PublicKey, u64)>,
+    rotation: Option<(RootRotation, u64)>,
 }
 
 fn revocation_keep_s(params: &Params) -> u64 {
@@ -124,7 +138,59 @@ impl AccountTable {
             next_rumor_at: Instant::NEVER,
             own_list: None,
             own_rotation: None,
+            dirty: DirtyKeys::default(),
         }
+    }
+
+    /// From now on, remember what changed for [`AccountTable::take_changes`].
+    pub(crate) fn track_changes(&mut self) {
+        self.dirty.switch_on();
+    }
+
+    /// The entries changed since the last call, as rows.
+    pub(crate) fn take_changes(&mut self, out: &mut DurableChanges) {
+        for key in self.dirty.take() {
+            let value = self.accounts.get(&PublicKey(key)).map(|entry| {
+                encode(&AccountRow {
+                    list_version: entry.list_version,
+                    revoked: entry.revoked.iter().map(|(k, at)| (*k, *at)).collect(),
+                    rotation: entry.rotation,
+                })
+            });
+            out.push(DurableTable::Revocations, key, value);
+        }
+    }
+
+    /// Takes back a stored entry.
+    pub(crate) fn restore(&mut self, key: &[u8; 32], bytes: &[u8]) -> Result<(), DurableError> {
+        let table = DurableTable::Revocations;
+        let row: AccountRow = decode(table, key, bytes)?;
+        if row.revoked.len() > REVOKED_PER_ACCOUNT_MAX {
+            return Err(DurableError::new(table, key, "revokes too many keys"));
+        }
+        if row
+            .rotation
+            .is_some_and(|(rotation, _)| rotation.body.old_account.0 != *key)
+        {
+            return Err(DurableError::new(
+                table,
+                key,
+                "is a rotation of another account",
+            ));
+        }
+        let account = PublicKey(*key);
+        if self.accounts.len() >= REVOCATION_ACCOUNTS_MAX && !self.accounts.contains_key(&account) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        self.accounts.insert(
+            account,
+            AccountEntry {
+                list_version: row.list_version,
+                revoked: row.revoked.into_iter().collect(),
+                rotation: row.rotation,
+            },
+        );
+        Ok(())
     }
 
     pub(crate) fn revoke_local(&mut self, device: PublicKey) {
@@ -227,6 +293,7 @@ impl AccountTable {
             return Verdict::Invalid;
         }
         let forget_at = now.unix_s.saturating_add(revocation_keep_s(params));
+        self.dirty.mark(account.0);
         let entry = self.entry(account, now.unix_s);
         entry.list_version = Some(list.body.version);
         for device in list.body.revoked.iter() {
@@ -268,6 +335,7 @@ impl AccountTable {
             return Verdict::Invalid;
         }
         let forget_at = now.unix_s.saturating_add(ROTATION_KEEP_S);
+        self.dirty.mark(account.0);
         self.entry(account, now.unix_s).rotation = Some((*rotation, forget_at));
         Verdict::Taken { account }
     }
@@ -285,6 +353,7 @@ impl AccountTable {
                     .map(|(k, _)| *k);
                 if let Some(soonest) = soonest {
                     self.accounts.remove(&soonest);
+                    self.dirty.mark(soonest.0);
                 }
             }
         }
@@ -294,10 +363,17 @@ impl AccountTable {
 
     /// Forgets what can no longer refuse anything valid.
     pub(crate) fn expire(&mut self, now_unix_s: u64) {
-        self.accounts.retain(|_, entry| {
+        let dirty = &mut self.dirty;
+        self.accounts.retain(|account, entry| {
+            let before = entry.revoked.len();
             entry.revoked.retain(|_, at| *at >= now_unix_s);
+            let mut changed = entry.revoked.len() != before;
             if entry.rotation.is_some_and(|(_, at)| at < now_unix_s) {
                 entry.rotation = None;
+                changed = true;
+            }
+            if changed {
+                dirty.mark(account.0);
             }
             !entry.revoked.is_empty() || entry.rotation.is_some()
         });

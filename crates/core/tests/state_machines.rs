@@ -4790,3 +4790,85 @@ fn a_name_follows_its_accounts_root_rotations() {
     );
     assert_eq!(owner, roots[2].public());
 }
+
+/// The vote a supernode answers `claim` with (asked by a coordinator at
+/// `asker`, the vote window run to its end).
+fn vote_answer(node: &mut Node, asker: Addr, claim: &NameClaim, now_ms: u64) -> Option<[u8; 32]> {
+    let request = Message::NameVoteRequest {
+        query_id: 7,
+        claim: claim.clone(),
+    };
+    node.handle(at(now_ms), asker, &encode(&request).unwrap());
+    node.handle_timeout(at(now_ms + params().name_vote_window_ms));
+    node.drain_transmits()
+        .filter(|t| t.to == asker)
+        .find_map(|t| match decode(&t.bytes) {
+            Ok(Frame::Message(Message::NameVoteReply { vote, .. })) => {
+                vote.map(|v| v.body.claim_hash)
+            }
+            _ => None,
+        })
+}
+
+/// Issue #5: a supernode restarted from its stored rows (a new `Node`, as
+/// the daemon makes at every start) keeps the one vote it cast per name,
+/// so a second claim on the name gets the first vote again; the vote's
+/// row is among the changes of the very step whose datagram reveals it.
+#[test]
+fn a_restarted_supernode_votes_as_before_from_its_stored_rows() {
+    let params = Arc::new(Params {
+        name_pow_bits: 0,
+        ..params()
+    });
+    let name = normalize("persisted").unwrap();
+    let first = make_claim(
+        &Keypair::generate(CryptoMode::Full, &mut rng(71)),
+        &name,
+        UNIX0,
+        0,
+    );
+    let second = make_claim(
+        &Keypair::generate(CryptoMode::Full, &mut rng(72)),
+        &name,
+        UNIX0,
+        0,
+    );
+    let coordinator = addr(9);
+    let mut voter = supernode(&params, 70, addr(1), vec![], at(0));
+    voter.restore_durable(at(0), &[]).unwrap();
+    assert!(voter.take_durable_changes(at(0)).is_empty());
+    let request = Message::NameVoteRequest {
+        query_id: 7,
+        claim: first.clone(),
+    };
+    voter.handle(at(10), coordinator, &encode(&request).unwrap());
+    voter.handle_timeout(at(10 + params.name_vote_window_ms));
+    // The reply is queued and the vote is a pending change: a driver
+    // commits the change before it drains the reply.
+    let changes = voter.take_durable_changes(at(10 + params.name_vote_window_ms));
+    assert!(changes.must_sync(), "{changes:?}");
+    assert_eq!(changes.changes[0].key, name.key().0);
+    let voted = voter
+        .drain_transmits()
+        .find_map(|t| match decode(&t.bytes) {
+            Ok(Frame::Message(Message::NameVoteReply { vote, .. })) => vote,
+            _ => None,
+        });
+    assert_eq!(voted.unwrap().body.claim_hash, claim_hash(&first));
+
+    // Killed; started again from the same directory: same identity, the rows.
+    let mut restarted = supernode(&params, 70, addr(1), vec![], at(0));
+    let restored = restarted.restore_durable(at(0), &changes.changes).unwrap();
+    assert_eq!(restored.rows, 1);
+    assert_eq!(
+        vote_answer(&mut restarted, coordinator, &second, 20),
+        Some(claim_hash(&first)),
+        "a restarted voter must not vote for another claim"
+    );
+    // Without the rows (the daemon before issue #5) it would have.
+    let mut forgetful = supernode(&params, 70, addr(1), vec![], at(0));
+    assert_eq!(
+        vote_answer(&mut forgetful, coordinator, &second, 20),
+        Some(claim_hash(&second))
+    );
+}

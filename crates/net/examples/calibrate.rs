@@ -437,6 +437,7 @@ async fn start_supernode(
         bootstrap,
         rng_seed: Some(rng.next_u64()),
         limits: DriverLimits::default(),
+        persist: None,
     };
     let (node, mut events) = match on {
         Some(runtime) => runtime

@@ -16,7 +16,8 @@ use crate::tls::NodeCertificate;
 use peerline_core::hostcache::HostEntry;
 use peerline_core::mail::SendError;
 use peerline_core::{
-    DeviceIdentity, Event, Node, NodeConfig, NodeStats, Params, PathCommand, PathReport, RolePolicy,
+    DeviceIdentity, DurableChange, DurableChanges, Event, Node, NodeConfig, NodeStats, Params,
+    PathCommand, PathReport, RolePolicy,
 };
 use peerline_proto::{
     Addr, Contact, DeviceList, KeyBundle, NameClaim, NodeId, PresenceRecord, PublicKey,
@@ -47,6 +48,26 @@ pub struct DriverConfig {
     /// (what a real node must do: its challenge secrets come from it).
     pub rng_seed: Option<u64>,
     pub limits: DriverLimits,
+    /// Where the node's durable state (votes, name records, bundles, OPRF
+    /// shares and guess budgets, revocations) is kept; `None` keeps it in
+    /// memory only (tests, short-lived clients).
+    pub persist: Option<Arc<dyn Persist>>,
+}
+
+/// Where a node's durable state lives (the daemon's `state.redb`).
+///
+/// **The ordering rule**: before the driver hands any datagram to the
+/// links, it takes the node's durable changes and commits them here — one
+/// call per drain, so everything one input changed is one transaction.
+/// A vote or a guess-budget spend is thereby on disk before the datagram
+/// that reveals it leaves the process ([`DurableChanges::must_sync`]
+/// says when a commit must be durable before it returns). A failed commit
+/// stops the node without sending what that drain queued.
+pub trait Persist: Send + Sync + std::fmt::Debug {
+    /// Every stored row, read once at start (before the node sends).
+    fn load(&self) -> Result<Vec<DurableChange>, String>;
+    /// Writes one drain's changes in one transaction.
+    fn commit(&self, changes: &DurableChanges) -> Result<(), String>;
 }
 
 /// Bounds of the driver around one node.
@@ -93,6 +114,8 @@ pub enum StartError {
     Endpoint(#[from] EndpointError),
     #[error("the node could not be built: {0}")]
     Node(String),
+    #[error("the node's durable state could not be restored: {0}")]
+    Restore(String),
 }
 
 /// The node is gone (shut down, killed, or its task ended).
@@ -136,6 +159,9 @@ pub struct NodeStatus {
     pub paths: Vec<PathReport>,
     /// Peer pairs this supernode relays for (halves waiting included).
     pub relay_bindings: usize,
+    /// Transactions committed to [`Persist`] so far, and rows in them.
+    pub durable_commits: u64,
+    pub durable_rows: u64,
 }
 
 /// What the driver counted over the node's life.
@@ -147,6 +173,12 @@ pub struct DriverReport {
     /// The host cache and the members sample as the node left them.
     pub host_cache: Vec<HostEntry>,
     pub members_sample: Vec<Contact>,
+    /// Why the node stopped early: its durable state could not be
+    /// committed (nothing of that drain was sent).
+    pub persist_error: Option<String>,
+    /// Transactions committed to [`Persist`] and rows in them.
+    pub durable_commits: u64,
+    pub durable_rows: u64,
 }
 
 /// Live members a supernode's status and report name (for a daemon to
@@ -485,9 +517,20 @@ impl RunningNode {
             bootstrap: config.bootstrap,
         };
         let now = clock.now();
-        let node = tokio::task::spawn_blocking(move || Node::new(node_config, now, rng_seed))
-            .await
-            .map_err(|error| StartError::Node(error.to_string()))?;
+        let persist = config.persist.clone();
+        let node = tokio::task::spawn_blocking(move || {
+            let mut node = Node::new(node_config, now, rng_seed);
+            if let Some(persist) = &persist {
+                // Before the node's first datagram leaves (the driver's
+                // first flush comes after this).
+                let rows = persist.load().map_err(StartError::Restore)?;
+                node.restore_durable(now, &rows)
+                    .map_err(|error| StartError::Restore(error.to_string()))?;
+            }
+            Ok::<Node, StartError>(node)
+        })
+        .await
+        .map_err(|error| StartError::Node(error.to_string()))??;
         let contact = node.supernode_contact();
         let (command_sender, commands) = mpsc::channel(config.limits.commands_len_max.max(1));
         let (event_sender, events) = mpsc::channel(config.limits.events_len_max.max(1));
@@ -507,6 +550,10 @@ impl RunningNode {
             path_tasks: JoinSet::new(),
             reflexive_sender,
             reflexive,
+            persist: config.persist,
+            persist_error: None,
+            durable_commits: 0,
+            durable_rows: 0,
         };
         let running = RunningNode {
             control: Control {
@@ -581,6 +628,11 @@ struct Driver {
     path_tasks: JoinSet<()>,
     reflexive_sender: mpsc::Sender<(Addr, Option<Addr>)>,
     reflexive: mpsc::Receiver<(Addr, Option<Addr>)>,
+    persist: Option<Arc<dyn Persist>>,
+    /// Set when a commit failed: the node stops, sending nothing more.
+    persist_error: Option<String>,
+    durable_commits: u64,
+    durable_rows: u64,
 }
 
 /// The key the node's host cache gives for `addr`, when it gives exactly
@@ -630,6 +682,9 @@ impl Driver {
     async fn run(mut self) -> DriverReport {
         loop {
             self.flush().await;
+            if self.persist_error.is_some() {
+                break;
+            }
             self.links.reap();
             let wake_at = self.clock.wake_at(self.node.poll_timeout());
             tokio::select! {
@@ -658,22 +713,34 @@ impl Driver {
         }
         // Taken before the goodbyes change what the node believes.
         let members_sample = self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX);
-        self.node.shutdown(self.clock.now());
-        self.flush().await;
+        if self.persist_error.is_none() {
+            self.node.shutdown(self.clock.now());
+            self.flush().await;
+        }
         let report = DriverReport {
             demux: self.demux.stats(),
             node: self.node.stats().clone(),
             links: self.links.stats(),
             host_cache: self.node.host_cache().entries().to_vec(),
             members_sample,
+            persist_error: self.persist_error.take(),
+            durable_commits: self.durable_commits,
+            durable_rows: self.durable_rows,
         };
         self.links.close(self.shutdown_flush).await;
         report
     }
 
-    /// Hands out what the node produced: frames to the links (never
-    /// waiting), events to the application (waiting for room).
+    /// Hands out what the node produced: its durable changes to
+    /// [`Persist`] first (the ordering rule), then frames to the links
+    /// (never waiting), events to the application (waiting for room).
     async fn flush(&mut self) {
+        if !self.commit_durable() {
+            // Nothing this drain queued may leave: it could reveal a vote
+            // or an answer whose record is not on disk.
+            while self.node.poll_transmit().is_some() {}
+            return;
+        }
         while let Some(command) = self.node.poll_path_command() {
             self.path_command(command);
         }
@@ -685,6 +752,33 @@ impl Driver {
         while let Some(event) = self.node.poll_event() {
             // An application that dropped its receiver wants no events.
             let _ = self.events.send(event).await;
+        }
+    }
+
+    /// Commits what the node's last steps changed, in one transaction.
+    /// Runs on the driver's task on purpose: nothing is sent until it
+    /// returns. `false`: the commit failed and the node must stop.
+    fn commit_durable(&mut self) -> bool {
+        let Some(persist) = &self.persist else {
+            return true;
+        };
+        if self.persist_error.is_some() {
+            return false;
+        }
+        let changes = self.node.take_durable_changes(self.clock.now());
+        if changes.is_empty() {
+            return true;
+        }
+        match persist.commit(&changes) {
+            Ok(()) => {
+                self.durable_commits += 1;
+                self.durable_rows += changes.len() as u64;
+                true
+            }
+            Err(error) => {
+                self.persist_error = Some(error);
+                false
+            }
         }
     }
 
@@ -818,6 +912,8 @@ impl Driver {
             demux: self.demux.stats(),
             paths: self.node.paths(),
             relay_bindings: self.node.relay_bindings(),
+            durable_commits: self.durable_commits,
+            durable_rows: self.durable_rows,
         }
     }
 }

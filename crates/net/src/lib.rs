@@ -39,7 +39,7 @@ pub mod tls;
 pub use demux::{DemuxLimits, DemuxStats};
 pub use driver::{
     Control, DriverConfig, DriverLimits, DriverReport, Events, MessageError, NodeGone, NodeStatus,
-    OpenBundleError, RunningNode, StartError, MEMBERS_SAMPLE_LEN_MAX,
+    OpenBundleError, Persist, RunningNode, StartError, MEMBERS_SAMPLE_LEN_MAX,
 };
 pub use links::{LinkLimits, LinkStats};
 pub use quic::QuicLimits;

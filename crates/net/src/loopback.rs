@@ -183,6 +183,7 @@ impl LoopbackNetwork {
             bootstrap: bootstrap.to_vec(),
             rng_seed: Some(rng.next_u64()),
             limits: plan.limits,
+            persist: None,
         };
         let started_at = self.started_at.elapsed();
         let (node, mut events) = RunningNode::start(config).await?;

@@ -198,6 +198,7 @@ async fn pinned_scenario() {
         bootstrap: vec![impostor],
         rng_seed: Some(13),
         limits,
+        persist: None,
     };
     let (client, mut events) = RunningNode::start(config).await.unwrap();
     let refused = tokio::time::timeout(Duration::from_secs(10), async {

@@ -306,6 +306,8 @@ impl Session {
                 shutdown_flush,
                 ..DriverLimits::default()
             },
+            // A short-lived client votes and holds nothing.
+            persist: None,
         };
         let (node, mut events) = RunningNode::start(config)
             .await

@@ -41,6 +41,7 @@ use crate::bundle::{
     bundle_key, newer_bundle, share_key, verify_bundle, BundleHolder, HolderError,
     BUNDLE_HOLDERS_MAX, HELD_SHARES_MAX,
 };
+use crate::durable::{decode, encode, DirtyKeys, DurableChanges, DurableError, DurableTable};
 use crate::identity::CryptoMode;
 use crate::membership::Membership;
 use crate::node::Io;
@@ -94,6 +95,10 @@ pub struct BundleBook {
     /// Per held share, the fingerprint of the holder set it was last
     /// pushed to (absent or 0: never).
     shares_pushed_to: BTreeMap<PublicKey, u64>,
+    /// Bundles and device lists kept since the driver last took them
+    /// (`durable.rs`).
+    dirty_bundles: DirtyKeys,
+    dirty_lists: DirtyKeys,
 }
 
 impl BundleBook {
@@ -103,7 +108,99 @@ impl BundleBook {
             bundles: BTreeMap::new(),
             lists: BTreeMap::new(),
             shares_pushed_to: BTreeMap::new(),
+            dirty_bundles: DirtyKeys::default(),
+            dirty_lists: DirtyKeys::default(),
         }
+    }
+
+    /// From now on, remember what changed for [`BundleBook::take_changes`].
+    pub(crate) fn track_changes(&mut self) {
+        self.dirty_bundles.switch_on();
+        self.dirty_lists.switch_on();
+        self.holder.track_changes();
+    }
+
+    /// The bundles and shares changed since the last call, as rows.
+    pub(crate) fn take_changes(&mut self, now: Instant, out: &mut DurableChanges) {
+        for key in self.dirty_bundles.take() {
+            let value = self
+                .bundles
+                .get(&PublicKey(key))
+                .map(|held| encode(&*held.bundle));
+            out.push(DurableTable::KeyBundles, key, value);
+        }
+        for key in self.dirty_lists.take() {
+            let value = self
+                .lists
+                .get(&PublicKey(key))
+                .map(|held| encode(&*held.list));
+            out.push(DurableTable::DeviceLists, key, value);
+        }
+        self.holder.take_changes(now, out);
+    }
+
+    /// Takes back a stored device list (not checked again: this node
+    /// checked it).
+    pub(crate) fn restore_device_list(
+        &mut self,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        let table = DurableTable::DeviceLists;
+        let list: DeviceList = decode(table, key, bytes)?;
+        if list.body.account_key.0 != *key {
+            return Err(DurableError::new(
+                table,
+                key,
+                "is a list of another account",
+            ));
+        }
+        if self.lists.len() >= BUNDLES_HELD_MAX && !self.lists.contains_key(&PublicKey(*key)) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        let held = HeldList {
+            list: Box::new(list),
+            pushed_to: 0,
+        };
+        self.lists.insert(PublicKey(*key), held);
+        Ok(())
+    }
+
+    /// Takes back a stored bundle (not checked again: this node checked it).
+    pub(crate) fn restore_bundle(
+        &mut self,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        let table = DurableTable::KeyBundles;
+        let bundle: KeyBundle = decode(table, key, bytes)?;
+        if bundle.body.account_key.0 != *key {
+            return Err(DurableError::new(
+                table,
+                key,
+                "is a bundle of another account",
+            ));
+        }
+        if self.bundles.len() >= BUNDLES_HELD_MAX && !self.bundles.contains_key(&PublicKey(*key)) {
+            return Err(DurableError::new(table, key, "is one row too many"));
+        }
+        self.bundles.insert(
+            PublicKey(*key),
+            HeldBundle {
+                bundle: Box::new(bundle),
+                pushed_to: 0,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn restore_share(
+        &mut self,
+        now: Instant,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), DurableError> {
+        self.holder.restore_share(now, key, bytes)
     }
 
     /// After a restart nothing was pushed from here yet.
@@ -198,6 +295,7 @@ impl SupernodeState {
             None => true,
         };
         if keep {
+            io.bundles.dirty_bundles.mark(account.0);
             io.bundles.bundles.insert(
                 account,
                 HeldBundle {
@@ -433,6 +531,7 @@ impl SupernodeState {
             return false;
         }
         let held = HeldList { list, pushed_to: 0 };
+        io.bundles.dirty_lists.mark(account.0);
         io.bundles.lists.insert(account, held);
         true
     }

@@ -28,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use legacy::{HOST_CACHE_FILE, IDENTITY_FILE};
 pub use store::STATE_FILE;
@@ -45,7 +46,8 @@ pub const DEVICE_CERT_WARNING_S: u64 = 30 * 24 * 3_600;
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
-    store: Store,
+    /// Shared with the driver, which commits the node's durable state to it.
+    store: Arc<Store>,
     origin: IdentityOrigin,
     /// Held (an exclusive advisory lock on `LOCK_FILE`) while the node
     /// runs: two nodes on one directory would share an identity and
@@ -180,7 +182,7 @@ impl DataDir {
         };
         Ok(DataDir {
             path: path.to_path_buf(),
-            store,
+            store: Arc::new(store),
             origin,
             _lock: lock,
         })
@@ -196,7 +198,7 @@ impl DataDir {
         let lock = lock(path)?;
         Ok(Some(DataDir {
             path: path.to_path_buf(),
-            store: Store::open(&state)?,
+            store: Arc::new(Store::open(&state)?),
             origin: IdentityOrigin::Loaded,
             _lock: lock,
         }))
@@ -214,6 +216,12 @@ impl DataDir {
     #[allow(dead_code)]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store, for the driver to commit the node's durable state to
+    /// (`Persist`) while the directory stays locked by this `DataDir`.
+    pub fn shared_store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
     }
 
     pub fn origin(&self) -> IdentityOrigin {

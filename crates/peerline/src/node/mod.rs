@@ -166,10 +166,13 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
         bootstrap,
         rng_seed: None,
         limits: DriverLimits::default(),
+        // Votes, records, bundles, shares, budgets and revocations: restored
+        // before the node sends, committed before what reveals them is sent.
+        persist: Some(data.shared_store()),
     };
     let (node, mut events) = RunningNode::start(config)
         .await
-        .map_err(|error| start_error(error, settings.listen))?;
+        .map_err(|error| start_error(error, settings.listen, data.store().path()))?;
     // The account's device list goes to every supernode the node attaches
     // to, so what it revokes reaches supernodes that joined since.
     if let Some(list) = crate::devices::stored_list(data.store(), &node.account()) {
@@ -362,8 +365,14 @@ pub fn outgoing_ip(v6: bool) -> Option<IpAddr> {
     (!ip.is_unspecified()).then_some(ip)
 }
 
-fn start_error(error: StartError, listen: SocketAddr) -> anyhow::Error {
+fn start_error(error: StartError, listen: SocketAddr, state: &std::path::Path) -> anyhow::Error {
     match error {
+        // The store's own errors name the file already; a row the core
+        // cannot take back is damage to the same file.
+        StartError::Restore(problem) if problem.starts_with("the state database") => {
+            anyhow::anyhow!("{problem}")
+        }
+        StartError::Restore(problem) => store::damaged(state, &problem),
         StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
             anyhow::anyhow!(
                 "UDP {listen} is already in use (another node running?): choose another --listen port"
