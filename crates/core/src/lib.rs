@@ -23,6 +23,7 @@ pub mod punch;
 pub mod registry;
 pub mod relay;
 pub mod revocation;
+pub mod sealed;
 pub mod supernode;
 pub mod time;
 
