@@ -30,5 +30,5 @@ pub mod time;
 pub use identity::{CryptoMode, DeviceIdentity, Keypair};
 pub use node::{DetachReason, Event, Node, NodeConfig, NodeStats, RolePolicy, Transmit};
 pub use params::Params;
-pub use punch::{PathCommand, PathFailure, PathKind, PathReport};
+pub use punch::{PathCommand, PathFailure, PathKind, PathReport, RevealAddresses};
 pub use time::{Instant, Now};
