@@ -335,7 +335,7 @@ impl ClientState {
     pub(crate) fn handle(&mut self, io: &mut Io, from: peerline_proto::Addr, message: Message) {
         if matches!(
             message,
-            Message::PunchCandidates { .. }
+            Message::SealedCandidates { .. }
                 | Message::PathPing { .. }
                 | Message::PathPong { .. }
                 | Message::RelayGranted { .. }

@@ -99,6 +99,16 @@ impl Keypair {
         self.secret.as_ref().map(|signing| signing.to_bytes())
     }
 
+    /// The X25519 secret this Ed25519 key expands to (the scalar half of
+    /// SHA-512 of the seed; X25519 clamps it), whose public key is the
+    /// Montgomery form of [`Keypair::public`]. Only the sealing of punch
+    /// candidates (`sealed.rs`) uses it. `None` in modelled mode.
+    pub(crate) fn x25519_secret(&self) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        self.secret
+            .as_ref()
+            .map(|signing| zeroize::Zeroizing::new(signing.to_scalar_bytes()))
+    }
+
     pub fn mode(&self) -> CryptoMode {
         if self.secret.is_some() {
             CryptoMode::Full

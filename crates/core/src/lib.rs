@@ -24,6 +24,7 @@ pub mod punch;
 pub mod registry;
 pub mod relay;
 pub mod revocation;
+pub mod sealed;
 pub mod supernode;
 pub mod time;
 
@@ -33,5 +34,5 @@ pub use node::{
     DetachReason, DurableRestored, Event, Node, NodeConfig, NodeStats, RolePolicy, Transmit,
 };
 pub use params::Params;
-pub use punch::{PathCommand, PathFailure, PathKind, PathReport};
+pub use punch::{PathCommand, PathFailure, PathKind, PathReport, RevealAddresses};
 pub use time::{Instant, Now};

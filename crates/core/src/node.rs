@@ -201,6 +201,12 @@ pub struct NodeStats {
     pub account_pushes_unchecked: u64,
     /// Attached clients detached because a statement refuses them.
     pub revoked_detached: u64,
+    /// Sealed punch candidates this device refused: the sender's
+    /// certificate did not verify (or is revoked), or the seal did not open.
+    pub punch_sealed_refused: u64,
+    /// Offers this device answered without its addresses (the offerer is
+    /// not a contact): the path is relayed.
+    pub punch_addresses_withheld: u64,
 }
 
 /// What [`Node::restore_durable`] took back.
@@ -244,6 +250,8 @@ pub(crate) struct Io<'a> {
     /// A supernode's key bundles and OPRF shares (kept on disk: survive
     /// restarts; `supernode/bundles.rs`).
     pub bundles: &'a mut crate::supernode::bundles::BundleBook,
+    /// Whom this device tells its direct addresses (`punch.rs`).
+    pub privacy: &'a crate::punch::AddressPrivacy,
 }
 
 impl Io<'_> {
@@ -324,6 +332,8 @@ pub struct Node {
     accounts: AccountTable,
     /// Path commands of the node itself (a role change resets the relay).
     path_commands: VecDeque<crate::PathCommand>,
+    /// Contacts and the policy for revealing direct addresses.
+    privacy: crate::punch::AddressPrivacy,
 }
 
 impl Node {
@@ -355,6 +365,7 @@ impl Node {
             bundles: crate::supernode::bundles::BundleBook::new(mode),
             accounts: AccountTable::new(now.instant),
             path_commands: VecDeque::new(),
+            privacy: crate::punch::AddressPrivacy::default(),
         };
         if config.policy == RolePolicy::SupernodeOnly {
             node.become_supernode(now);
@@ -812,6 +823,22 @@ impl Node {
         outcome
     }
 
+    /// The accounts whose devices may learn this device's direct
+    /// addresses (replacing the previous set): an offer from any other
+    /// device is answered without them and gets a relayed path
+    /// ([`crate::punch::RevealAddresses::ContactsOnly`], the default).
+    /// Keeps the first [`crate::punch::CONTACTS_MAX`]; returns how many it
+    /// kept. Survives restarts and role changes.
+    pub fn set_contacts(&mut self, accounts: impl IntoIterator<Item = PublicKey>) -> usize {
+        self.privacy.set_contacts(accounts)
+    }
+
+    /// Whom this device reveals its direct addresses to when answering an
+    /// offer (contacts only unless told otherwise).
+    pub fn set_reveal_addresses(&mut self, policy: crate::punch::RevealAddresses) {
+        self.privacy.policy = policy;
+    }
+
     /// Starts a direct connection (hole punching) to the device whose
     /// presence record this is (clients only; the outcome comes as
     /// [`Event::PathUp`] or [`Event::PathFailed`]).
@@ -1034,6 +1061,7 @@ impl Node {
             names: &mut self.names,
             accounts: &mut self.accounts,
             bundles: &mut self.bundles,
+            privacy: &self.privacy,
         };
         (&mut self.role, io)
     }

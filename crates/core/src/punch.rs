@@ -33,11 +33,14 @@
 //! checks run over it. While the path lives its binding is refreshed.
 
 use crate::attached::Attached;
+use crate::identity::verify_device_cert;
 use crate::node::{Event, Io};
+use crate::sealed::{self, SealedHeader};
 use crate::time::Instant;
 use peerline_proto::message::PUNCH_CANDIDATES_MAX;
 use peerline_proto::{Addr, BoundedVec, Contact, Message, PresenceRecord, PublicKey};
-use std::collections::VecDeque;
+use rand_core::Rng;
+use std::collections::{BTreeSet, VecDeque};
 
 /// Punching sessions a device keeps at once (finished ones included, for
 /// the status; the oldest finished one makes room).
@@ -72,6 +75,50 @@ pub const RELAY_REFUSED_WAIT_MAX_MS: u64 = 10_000;
 pub const PATH_KEEPALIVE_MS: u64 = 15_000;
 /// A path that carried nothing from the peer for this long is lost.
 pub const PATH_LOST_MS: u64 = 50_000;
+
+/// Most contacts (accounts) a node reveals its direct addresses to.
+pub const CONTACTS_MAX: usize = 4_096;
+
+/// Whom a device reveals its direct addresses (its punching candidates)
+/// to when it answers an offer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RevealAddresses {
+    /// Only devices certified by one of the accounts given to
+    /// [`crate::Node::set_contacts`]. Anyone else gets an answer without
+    /// addresses and a relayed path through this device's own supernode.
+    #[default]
+    ContactsOnly,
+    /// Every device that offers, contact or not: anyone who looks the
+    /// name up learns the device's IP addresses. For tests and demos only.
+    AnyoneInsecure,
+}
+
+/// The node's contacts and its policy: which offers it answers with its
+/// addresses. Kept by the node across restarts and role changes.
+#[derive(Clone, Debug, Default)]
+pub struct AddressPrivacy {
+    pub(crate) policy: RevealAddresses,
+    /// At most [`CONTACTS_MAX`].
+    pub(crate) contacts: BTreeSet<PublicKey>,
+}
+
+impl AddressPrivacy {
+    /// Replaces the contacts; keeps the first [`CONTACTS_MAX`] and
+    /// returns how many it kept.
+    pub(crate) fn set_contacts(&mut self, accounts: impl IntoIterator<Item = PublicKey>) -> usize {
+        self.contacts = accounts.into_iter().take(CONTACTS_MAX).collect();
+        debug_assert!(self.contacts.len() <= CONTACTS_MAX);
+        self.contacts.len()
+    }
+
+    /// Whether a device of `account` may learn this device's addresses.
+    pub(crate) fn reveals_to(&self, account: &PublicKey) -> bool {
+        match self.policy {
+            RevealAddresses::ContactsOnly => self.contacts.contains(account),
+            RevealAddresses::AnyoneInsecure => true,
+        }
+    }
+}
 
 /// What the driver must do for the punching.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +236,11 @@ struct Session {
     /// relay binding is next refreshed.
     heard: Instant,
     refresh_at: Instant,
+    /// This side answers without its addresses (the offerer is not a
+    /// contact) and never sends to the peer's candidates: the path is
+    /// relayed by this side's own supernode (`relay`), which knows its
+    /// address already.
+    withhold: bool,
 }
 
 impl Session {
@@ -336,6 +388,7 @@ impl Punch {
             relayed: None,
             heard: now,
             refresh_at: Instant::NEVER,
+            withhold: false,
         });
         self.command(PathCommand::Stun { server: via });
     }
@@ -364,17 +417,28 @@ impl Punch {
         BoundedVec::truncating(candidates)
     }
 
+    /// Sends this side's candidates, sealed to the peer device (none when
+    /// withholding them), through `session.via`.
     fn send_candidates(&self, io: &mut Io, session: &Session) {
-        let message = Message::PunchCandidates {
+        let candidates = match session.withhold {
+            true => Vec::new(),
+            false => self.candidates(session).into_vec(),
+        };
+        let header = SealedHeader {
             session: session.id,
-            from_device: io.identity.keypair.public(),
+            from_cert: io.identity.cert,
             to_device: session.peer,
             to_supernode: session.peer_supernode,
             reply_supernode: session.via,
             answer: !session.initiator,
-            candidates: self.candidates(session),
         };
-        io.send(session.via, &message);
+        let mut entropy = [0u8; 32];
+        io.rng.fill_bytes(&mut entropy);
+        match sealed::seal(&io.identity.keypair, header, &candidates, &entropy) {
+            Ok(message) => io.send(session.via, &message),
+            // The peer's device key is no curve point: nothing can reach it.
+            Err(_) => io.stats.punch_sealed_refused += 1,
+        }
     }
 
     /// Candidates are ready: offer them, or answer and start checking.
@@ -386,6 +450,8 @@ impl Punch {
             session.phase = Phase::Offered;
             session.attempts = 1;
             session.deadline = io.now.instant.add_ms(OFFER_RETRY_MS);
+        } else if session.withhold {
+            self.start_relay(io, index);
         } else {
             self.begin_checks(io, index);
         }
@@ -609,21 +675,25 @@ impl Punch {
         supernodes: &[Addr],
     ) {
         match message {
-            Message::PunchCandidates {
+            Message::SealedCandidates {
                 session,
-                from_device,
+                from_cert,
                 to_device,
+                to_supernode,
                 reply_supernode,
                 answer,
-                candidates,
-                ..
+                ephemeral,
+                sealed,
             } if supernodes.contains(&from) && to_device == io.identity.keypair.public() => {
-                let candidates = candidates.iter().copied().collect();
-                if answer {
-                    self.on_answer(io, session, from_device, candidates);
-                } else {
-                    self.on_offer(io, from, session, from_device, reply_supernode, candidates);
-                }
+                let header = SealedHeader {
+                    session,
+                    from_cert,
+                    to_device,
+                    to_supernode,
+                    reply_supernode,
+                    answer,
+                };
+                self.on_sealed(io, from, header, &ephemeral, &sealed);
             }
             Message::PathPing { session } => {
                 let found = self.sessions.iter().position(|s| {
@@ -657,7 +727,59 @@ impl Punch {
         }
     }
 
-    fn on_answer(&mut self, io: &mut Io, id: u64, peer: PublicKey, candidates: Vec<Addr>) {
+    /// Sealed candidates for this device: the sender's certificate must
+    /// verify (and not be revoked here) and the seal must open.
+    fn on_sealed(
+        &mut self,
+        io: &mut Io,
+        from: Addr,
+        header: SealedHeader,
+        ephemeral: &[u8; 32],
+        sealed: &[u8],
+    ) {
+        let peer = header.from_cert.body.device_key;
+        let account = header.from_cert.body.account_key;
+        let certified = verify_device_cert(
+            io.mode,
+            &header.from_cert,
+            io.now.unix_s,
+            io.params.clock_skew_tolerance_s,
+        )
+        .is_ok();
+        if !certified || io.accounts.is_refused(&peer, &account) {
+            io.stats.punch_sealed_refused += 1;
+            return;
+        }
+        let candidates = match sealed::open(&io.identity.keypair, &header, ephemeral, sealed) {
+            Ok(candidates) => candidates,
+            Err(_) => {
+                io.stats.punch_sealed_refused += 1;
+                return;
+            }
+        };
+        if header.answer {
+            self.on_answer(io, header.session, peer, header.reply_supernode, candidates);
+        } else {
+            let reveal = io.privacy.reveals_to(&account);
+            let offer = Offer {
+                from,
+                id: header.session,
+                peer,
+                reply_supernode: header.reply_supernode,
+                candidates,
+            };
+            self.on_offer(io, offer, reveal);
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        io: &mut Io,
+        id: u64,
+        peer: PublicKey,
+        reply_supernode: Addr,
+        candidates: Vec<Addr>,
+    ) {
         let found = self
             .sessions
             .iter()
@@ -666,19 +788,37 @@ impl Punch {
             // A duplicate answer (our offer was re-sent) or a stray one.
             return;
         };
+        if candidates.is_empty() {
+            // The peer withholds its addresses: a relayed path through its
+            // supernode, the one our offer went to (or, if the peer had
+            // attached to ours meanwhile, ours) — never an address the
+            // answer could name freely.
+            let session = &self.sessions[index];
+            if reply_supernode != session.peer_supernode && reply_supernode != session.via {
+                io.stats.messages_unexpected += 1;
+                return;
+            }
+            self.sessions[index].relay = reply_supernode;
+            self.start_relay(io, index);
+            return;
+        }
         self.sessions[index].peer_candidates = candidates;
         self.begin_checks(io, index);
     }
 
-    fn on_offer(
-        &mut self,
-        io: &mut Io,
-        from: Addr,
-        id: u64,
-        peer: PublicKey,
-        reply_supernode: Addr,
-        candidates: Vec<Addr>,
-    ) {
+    /// An offer that opened. `reveal`: the offerer's account is one this
+    /// device tells its addresses to; if not, the answer carries none,
+    /// nothing is sent to the offerer's candidates (a packet shows its
+    /// source address), and the path is relayed by this device's own
+    /// supernode — the one the offer came through.
+    fn on_offer(&mut self, io: &mut Io, offer: Offer, reveal: bool) {
+        let Offer {
+            from,
+            id,
+            peer,
+            reply_supernode,
+            candidates,
+        } = offer;
         if let Some(index) = self
             .sessions
             .iter()
@@ -714,9 +854,30 @@ impl Punch {
             relayed: None,
             heard: now,
             refresh_at: Instant::NEVER,
+            withhold: false,
         });
-        self.command(PathCommand::Stun { server: from });
+        if reveal {
+            self.command(PathCommand::Stun { server: from });
+            return;
+        }
+        io.stats.punch_addresses_withheld += 1;
+        let index = self.sessions.len() - 1;
+        let session = &mut self.sessions[index];
+        session.withhold = true;
+        session.peer_candidates = Vec::new();
+        session.relay = from;
+        self.gathered(io, index);
     }
+}
+
+/// An offer as [`Punch::on_offer`] takes it.
+struct Offer {
+    /// The supernode that handed it over.
+    from: Addr,
+    id: u64,
+    peer: PublicKey,
+    reply_supernode: Addr,
+    candidates: Vec<Addr>,
 }
 
 /// How often an open relayed path's binding is refreshed: three times
@@ -725,8 +886,8 @@ fn relay_refresh_ms(io: &Io) -> u64 {
     (u64::from(io.params.relay_lifetime_s) * 1_000 / 3).max(RELAY_RETRY_MS)
 }
 
-/// A supernode passes candidates on: from an attached client (its device
-/// key checked) to the recipient attached here, or to the supernode the
+/// A supernode passes sealed candidates on, unread: from an attached
+/// client (the certificate's device key must be the client's) to the recipient attached here, or to the supernode the
 /// recipient's record names; from elsewhere only to a client attached here.
 pub(crate) fn forward(
     io: &mut Io,
@@ -736,8 +897,8 @@ pub(crate) fn forward(
     message: Message,
     is_member: impl Fn(&Addr) -> bool,
 ) {
-    let Message::PunchCandidates {
-        from_device,
+    let Message::SealedCandidates {
+        from_cert,
         to_device,
         to_supernode,
         ..
@@ -745,6 +906,7 @@ pub(crate) fn forward(
     else {
         return;
     };
+    let from_device = &from_cert.body.device_key;
     let recipient = clients.addr_of(to_device);
     match clients.get(&from) {
         Some(slot) if slot.device_key != *from_device => io.stats.messages_unexpected += 1,
@@ -795,6 +957,7 @@ mod tests {
             relayed: None,
             heard: Instant::from_ms(0),
             refresh_at: Instant::NEVER,
+            withhold: false,
         }
     }
 

@@ -552,7 +552,9 @@ impl SupernodeState {
             message @ (Message::DeviceListPush { .. } | Message::RootRotationPush { .. }) => {
                 self.on_account_push(io, from, message)
             }
-            message @ Message::PunchCandidates { .. } => {
+            // The plaintext `PunchCandidates` of earlier builds is no longer
+            // forwarded (its candidates were readable on the way).
+            message @ Message::SealedCandidates { .. } => {
                 let own = self.contact().addr;
                 let membership = &self.membership;
                 crate::punch::forward(io, &self.clients, own, from, message, |addr| {

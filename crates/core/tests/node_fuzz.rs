@@ -21,10 +21,11 @@ use peerline_core::identity::{
     sign_ticket, solve_id_puzzle,
 };
 use peerline_core::registry::{claim_hash, make_claim, sign_vote};
+use peerline_core::sealed::{seal, SealedHeader};
 use peerline_core::{
     CryptoMode, DeviceIdentity, Instant, Keypair, Node, NodeConfig, Now, Params, RolePolicy,
 };
-use peerline_proto::message::PUNCH_CANDIDATES_MAX;
+use peerline_proto::message::{PUNCH_CANDIDATES_MAX, SEALED_CANDIDATES_LEN_MAX};
 use peerline_proto::to_signing_bytes;
 use peerline_proto::{
     encode, encode_versioned, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceCertBody,
@@ -1162,7 +1163,68 @@ fn paths() -> impl Strategy<Value = Message> {
                 retry_after_ms,
             }
         }),
+        sealed_candidates(),
     ]
+}
+
+/// Sealed candidates: well sealed between the client and the stranger
+/// (so the node under test opens them), or arbitrary bytes.
+fn sealed_candidates() -> impl Strategy<Value = Message> {
+    let sealed = (
+        small_or_any_u64(),
+        (any::<bool>(), any::<bool>()),
+        0..3usize,
+        vec(address(), 0..=PUNCH_CANDIDATES_MAX),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(
+            |(session, (by_client, answer), supernode, candidates, entropy)| {
+                let f = fixtures();
+                let (from, to) = match by_client {
+                    true => (&f.client, &f.stranger),
+                    false => (&f.stranger, &f.client),
+                };
+                let header = SealedHeader {
+                    session,
+                    from_cert: from.cert,
+                    to_device: to.keypair.public(),
+                    to_supernode: f.supernodes[supernode].addr,
+                    reply_supernode: f.supernodes[(supernode + 1) % 3].addr,
+                    answer,
+                };
+                seal(&from.keypair, header, &candidates, &entropy).expect("fixture keys are points")
+            },
+        );
+    let arbitrary = (
+        small_or_any_u64(),
+        (cert(), public_key()),
+        (address(), address()),
+        any::<bool>(),
+        any::<[u8; 32]>(),
+        vec(any::<u8>(), 0..=SEALED_CANDIDATES_LEN_MAX),
+    )
+        .prop_map(
+            |(
+                session,
+                (from_cert, to_device),
+                (to_supernode, reply_supernode),
+                answer,
+                ephemeral,
+                sealed,
+            )| {
+                Message::SealedCandidates {
+                    session,
+                    from_cert,
+                    to_device,
+                    to_supernode,
+                    reply_supernode,
+                    answer,
+                    ephemeral,
+                    sealed: BoundedVec::truncating(sealed),
+                }
+            },
+        );
+    prop_oneof![sealed, arbitrary]
 }
 
 // ---------------------------------------------------------------------------

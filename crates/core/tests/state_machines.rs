@@ -22,6 +22,7 @@ use peerline_core::names::normalize;
 use peerline_core::registry::{
     claim_hash, make_claim, sign_vote, verify_certificate, CertificateError,
 };
+use peerline_core::sealed::{seal, SealedHeader};
 use peerline_core::supernode::bundles::SHARE_REPLICAS;
 use peerline_core::{
     CryptoMode, DetachReason, DeviceIdentity, Event, Instant, Keypair, Node, NodeConfig, Now,
@@ -1772,6 +1773,9 @@ struct Net {
     relay_routes: HashMap<(usize, Addr, u16), (Addr, u16)>,
     paths: HashMap<(usize, Addr), (Addr, u16)>,
     virtuals: HashMap<(usize, Addr, u16), Addr>,
+    /// Every datagram delivered, when `tap` is on: (to, seen from, bytes).
+    tap: bool,
+    tapped: Vec<(usize, Addr, Vec<u8>)>,
 }
 
 impl Net {
@@ -1791,6 +1795,8 @@ impl Net {
             relay_routes: HashMap::new(),
             paths: HashMap::new(),
             virtuals: HashMap::new(),
+            tap: false,
+            tapped: Vec::new(),
         }
     }
 
@@ -1939,6 +1945,9 @@ impl Net {
                     continue;
                 }
                 self.delivered += 1;
+                if self.tap {
+                    self.tapped.push((to, from, bytes.clone()));
+                }
                 self.nodes[to].handle(now, from, &bytes);
                 self.flush(to);
                 continue;
@@ -2751,16 +2760,23 @@ fn a_full_replay_guard_sends_resumes_to_a_full_login() {
 
 /// A punch offer for `to` from `from`, naming `to_supernode` as the
 /// recipient's supernode.
+/// `from`'s offer for `to`, its own address sealed inside.
 fn punch_offer(from: &RawClient, to: PublicKey, to_supernode: Addr) -> Message {
-    Message::PunchCandidates {
+    let header = SealedHeader {
         session: 7,
-        from_device: from.keypair.public(),
+        from_cert: from.cert,
         to_device: to,
         to_supernode,
         reply_supernode: addr(1),
         answer: false,
-        candidates: BoundedVec::truncating(vec![from.addr]),
-    }
+    };
+    seal(&from.keypair, header, &[from.addr], &[7; 32]).expect("a valid key")
+}
+
+/// Whether `bytes` hold `address`'s IP as the wire writes it (16 bytes,
+/// IPv4 mapped): no key, signature or ciphertext holds it by chance.
+fn contains_ip(bytes: &[u8], address: Addr) -> bool {
+    bytes.windows(16).any(|window| window == address.ip)
 }
 
 #[test]
@@ -2786,11 +2802,17 @@ fn supernode_relays_punch_offers_only_between_members_and_their_clients() {
     let out = sent(&mut a);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, addr(2));
-    // …and that member hands it to Bob.
+    // Neither supernode can read Alice's candidates: the forwarded bytes
+    // do not hold her address (the message as built holds it sealed).
+    let forwarded = encode(&out[0].1).unwrap();
+    assert!(matches!(out[0].1, Message::SealedCandidates { .. }));
+    assert!(!contains_ip(&forwarded, alice.addr), "{:?}", out[0].1);
+    // …and that member hands it to Bob, still sealed.
     deliver(&mut b, at(21), addr(1), &out[0].1);
     let out = sent(&mut b);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, bob.addr);
+    assert!(!contains_ip(&encode(&out[0].1).unwrap(), alice.addr));
 
     // An address that is no member is not a target: the supernode is no
     // reflector for its clients.
@@ -2812,10 +2834,22 @@ fn supernode_relays_punch_offers_only_between_members_and_their_clients() {
     assert!(sent(&mut b).is_empty());
     // A client speaking for another device is refused too.
     let mut forged = punch_offer(&alice, bob_key, addr(2));
-    if let Message::PunchCandidates { from_device, .. } = &mut forged {
-        *from_device = stranger.keypair.public();
+    if let Message::SealedCandidates { from_cert, .. } = &mut forged {
+        *from_cert = stranger.cert;
     }
     deliver(&mut a, at(23), alice.addr, &forged);
+    assert!(sent(&mut a).is_empty());
+    // The plaintext offer of earlier builds is no longer passed on.
+    let plaintext = Message::PunchCandidates {
+        session: 8,
+        from_device: alice.keypair.public(),
+        to_device: bob_key,
+        to_supernode: addr(2),
+        reply_supernode: addr(1),
+        answer: false,
+        candidates: BoundedVec::truncating([alice.addr]),
+    };
+    deliver(&mut a, at(24), alice.addr, &plaintext);
     assert!(sent(&mut a).is_empty());
 }
 
@@ -3036,9 +3070,31 @@ fn assert_path_lost(net: &Net, since: usize, sides: [(usize, PublicKey); 2]) {
     }
 }
 
-/// Two attached clients of a small network; `a` looks `b` up and starts
-/// connecting to it. Returns (a, b, their device keys, events so far).
+/// Two attached clients of a small network, each the other's contact;
+/// `a` looks `b` up and starts connecting to it. Returns (a, b, their
+/// device keys, events so far).
 fn start_punching(
+    net: &mut Net,
+    params: &Params,
+    clients: &[usize],
+) -> (usize, usize, PublicKey, PublicKey, usize) {
+    let (a, b) = (clients[0], clients[1]);
+    befriend(net, a, b);
+    start_punching_as_is(net, params, clients)
+}
+
+/// Each of `a` and `b` holds the other's account as a contact.
+fn befriend(net: &mut Net, a: usize, b: usize) {
+    let (a_account, b_account) = (
+        net.nodes[a].identity().account(),
+        net.nodes[b].identity().account(),
+    );
+    assert_eq!(net.nodes[a].set_contacts([b_account]), 1);
+    assert_eq!(net.nodes[b].set_contacts([a_account]), 1);
+}
+
+/// [`start_punching`] with the contacts the nodes hold already.
+fn start_punching_as_is(
     net: &mut Net,
     params: &Params,
     clients: &[usize],
@@ -3127,6 +3183,193 @@ fn clients_no_check_reaches_fall_back_to_a_relayed_path() {
         started_ms + 20_000 + 3 * lifetime_ms + peerline_core::punch::PATH_LOST_MS + 20_000,
     );
     assert_path_lost(&net, since, [(a, b_device), (b, a_device)]);
+}
+
+/// The candidates in every sealed answer `index` received, opened with
+/// its own key.
+fn candidates_received(net: &Net, index: usize) -> Vec<Addr> {
+    let keypair = &net.nodes[index].identity().keypair;
+    let mut out = Vec::new();
+    for (to, _, bytes) in &net.tapped {
+        let Ok(Frame::Message(Message::SealedCandidates {
+            session,
+            from_cert,
+            to_device,
+            to_supernode,
+            reply_supernode,
+            answer,
+            ephemeral,
+            sealed,
+        })) = decode(bytes)
+        else {
+            continue;
+        };
+        if *to != index {
+            continue;
+        }
+        let header = SealedHeader {
+            session,
+            from_cert,
+            to_device,
+            to_supernode,
+            reply_supernode,
+            answer,
+        };
+        let opened = peerline_core::sealed::open(keypair, &header, &ephemeral, &sealed);
+        out.extend(opened.expect("sealed to this node, and opens"));
+    }
+    out
+}
+
+#[test]
+fn a_stranger_gets_a_relayed_path_and_never_the_callees_addresses() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    net.tap = true;
+    let (a, b) = (clients[0], clients[1]);
+    // The caller reveals itself; the callee knows someone else, not it.
+    let b_account = net.nodes[b].identity().account();
+    net.nodes[a].set_contacts([b_account]);
+    net.nodes[b].set_contacts([PublicKey([0x55; 32])]);
+    let (a, b, a_device, b_device, since) = start_punching_as_is(&mut net, &params, &clients);
+    let started_ms = net.now().instant.as_ms();
+    net.run_until_ms(started_ms + 5_000);
+    // Straight to the relay: no 10 s of direct checks first.
+    let mut relays = Vec::new();
+    for (node, peer) in [(a, b_device), (b, a_device)] {
+        let events = path_events(&net, since, node, peer);
+        assert!(
+            matches!(events.as_slice(), [Event::PathUp { kind: PathKind::Relayed, elapsed_ms, .. }] if *elapsed_ms < 5_000),
+            "node {node}: {events:?}"
+        );
+        let report = net.nodes[node].paths().into_iter().next().unwrap();
+        relays.push(report.relay.expect("a relayed path names its relay"));
+    }
+    // The relay is the callee's own supernode, which knows its address
+    // already (the caller's could be a supernode the caller runs).
+    assert_eq!(relays[0], relays[1]);
+    assert!(net.nodes[b]
+        .attached_supernodes()
+        .iter()
+        .any(|c| c.addr == relays[0]));
+    assert_eq!(net.nodes[b].stats().punch_addresses_withheld, 1);
+    net.run_until_ms(started_ms + 60_000);
+    assert_eq!(path_events(&net, since, a, b_device).len(), 1, "still up");
+
+    let (a_addr, b_addr) = (net.addrs[a], net.addrs[b]);
+    // The caller never learnt the callee's address: no answer held it, no
+    // datagram came from it or carried it, no dial was pinned to it.
+    let learnt = candidates_received(&net, a);
+    assert!(learnt.is_empty(), "{learnt:?}");
+    for (to, from, bytes) in &net.tapped {
+        if *to == a {
+            assert_ne!(*from, b_addr, "the callee sent to the caller directly");
+            assert!(!contains_ip(bytes, b_addr));
+        }
+    }
+    assert_eq!(net.nodes[a].path_peer_key(&b_addr), None);
+    // The callee did learn the caller's (the caller chose to reveal it).
+    assert!(candidates_received(&net, b).contains(&a_addr));
+    // And no supernode on the way read either address.
+    for (to, _, bytes) in &net.tapped {
+        if ![a, b].contains(to)
+            && matches!(
+                decode(bytes),
+                Ok(Frame::Message(Message::SealedCandidates { .. }))
+            )
+        {
+            assert!(!contains_ip(bytes, a_addr) && !contains_ip(bytes, b_addr));
+        }
+    }
+}
+
+#[test]
+fn a_contact_learns_the_callees_addresses_and_gets_a_direct_path() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    net.tap = true;
+    let (a, b, _, b_device, since) = start_punching(&mut net, &params, &clients);
+    let started_ms = net.now().instant.as_ms();
+    net.run_until_ms(started_ms + 5_000);
+    let b_addr = net.addrs[b];
+    assert!(candidates_received(&net, a).contains(&b_addr));
+    assert!(matches!(
+        path_events(&net, since, a, b_device).as_slice(),
+        [Event::PathUp { kind: PathKind::Direct, addr, .. }] if *addr == b_addr
+    ));
+    assert_eq!(net.nodes[b].stats().punch_addresses_withheld, 0);
+    // Supernodes forwarded both offer and answer without reading them.
+    let mut sealed_at_supernodes = 0;
+    for (to, _, bytes) in &net.tapped {
+        if ![a, b].contains(to)
+            && matches!(
+                decode(bytes),
+                Ok(Frame::Message(Message::SealedCandidates { .. }))
+            )
+        {
+            sealed_at_supernodes += 1;
+            assert!(!contains_ip(bytes, b_addr) && !contains_ip(bytes, net.addrs[a]));
+        }
+    }
+    assert!(
+        sealed_at_supernodes >= 2,
+        "offer and answer passed supernodes"
+    );
+}
+
+#[test]
+fn tampered_or_forged_sealed_candidates_are_refused_without_an_answer() {
+    let params = Arc::new(params());
+    let (mut net, _, clients) = small_network(&params);
+    net.run_until_ms(10_000);
+    let b = clients[1];
+    let b_device = net.nodes[b].identity().keypair.public();
+    let supernode = net.nodes[b].attached_supernodes()[0].addr;
+    let friend = RawClient::honest(90, addr(90));
+    net.nodes[b].set_contacts([friend.cert.body.account_key]);
+    let now = net.now();
+    let answered = |node: &mut Node| {
+        let out = sent(node);
+        out.iter()
+            .any(|(_, m)| matches!(m, Message::SealedCandidates { .. }))
+    };
+    let bytes = encode(&punch_offer(&friend, b_device, supernode)).unwrap();
+    // Every byte after the version and the variant index, flipped.
+    for index in 2..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[index] ^= 0x01;
+        net.nodes[b].handle(now, supernode, &damaged);
+        assert!(!answered(&mut net.nodes[b]), "byte {index} flipped");
+        assert!(net.nodes[b].poll_path_command().is_none());
+    }
+    let refused = net.nodes[b].stats().punch_sealed_refused;
+    assert!(
+        refused >= peerline_core::sealed::SEALED_LEN as u64,
+        "{refused}"
+    );
+    // A stranger's device claiming the friend's account (its certificate
+    // signed by a key of its own) is refused too: no contact by claim.
+    let impostor = RawClient::with_cert(91, addr(91), |device| {
+        let mut cert = issue_device_cert(
+            &Keypair::generate(CryptoMode::Full, &mut rng(92)),
+            device,
+            UNIX0 + CERT_TTL_S,
+        );
+        cert.body.account_key = friend.cert.body.account_key;
+        cert
+    });
+    deliver(
+        &mut net.nodes[b],
+        now,
+        supernode,
+        &punch_offer(&impostor, b_device, supernode),
+    );
+    assert!(!answered(&mut net.nodes[b]));
+    assert_eq!(net.nodes[b].stats().punch_sealed_refused, refused + 1);
+    // The intact offer is answered (the checks above can fail).
+    net.nodes[b].handle(now, supernode, &bytes);
+    net.drive_paths(b);
+    assert!(answered(&mut net.nodes[b]));
 }
 
 // ---------------------------------------------------------------------------

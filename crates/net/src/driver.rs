@@ -201,6 +201,8 @@ enum Command {
     ConnectPeer(Box<PresenceRecord>),
     AddBootstrap(Contact),
     SetMappedAddr(Option<SocketAddr>),
+    SetContacts(Vec<PublicKey>),
+    SetRevealAddresses(peerline_core::RevealAddresses),
     RegisterName(Box<NameClaim>),
     LookupName(NodeId),
     PublishAccountSecrets {
@@ -238,6 +240,8 @@ impl std::fmt::Debug for Command {
             Command::ConnectPeer(_) => "ConnectPeer",
             Command::AddBootstrap(_) => "AddBootstrap",
             Command::SetMappedAddr(_) => "SetMappedAddr",
+            Command::SetContacts(_) => "SetContacts",
+            Command::SetRevealAddresses(_) => "SetRevealAddresses",
             Command::RegisterName(_) => "RegisterName",
             Command::LookupName(_) => "LookupName",
             Command::PublishAccountSecrets { .. } => "PublishAccountSecrets",
@@ -336,6 +340,29 @@ impl Control {
     pub async fn set_mapped_addr(&self, mapped: Option<SocketAddr>) -> Result<(), NodeGone> {
         self.commands
             .send(Command::SetMappedAddr(mapped))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// The accounts whose devices may learn this device's direct addresses
+    /// when they connect to it (replacing the previous set; at most
+    /// `peerline_core::punch::CONTACTS_MAX` are kept). Anyone else gets a
+    /// relayed path ([`peerline_core::Node::set_contacts`]).
+    pub async fn set_contacts(&self, accounts: Vec<PublicKey>) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::SetContacts(accounts))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Whom the device reveals its direct addresses to (contacts only
+    /// unless told otherwise; [`peerline_core::Node::set_reveal_addresses`]).
+    pub async fn set_reveal_addresses(
+        &self,
+        policy: peerline_core::RevealAddresses,
+    ) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::SetRevealAddresses(policy))
             .await
             .map_err(|_| NodeGone)
     }
@@ -879,6 +906,10 @@ impl Driver {
             Command::SetMappedAddr(mapped) => {
                 self.node.set_mapped_addr(mapped.map(Addr::from_socket));
             }
+            Command::SetContacts(accounts) => {
+                self.node.set_contacts(accounts);
+            }
+            Command::SetRevealAddresses(policy) => self.node.set_reveal_addresses(policy),
             Command::RegisterName(claim) => self.node.register_name(now, *claim),
             Command::LookupName(name_key) => self.node.lookup_name(now, name_key),
             Command::PublishAccountSecrets { bundle, deals } => {

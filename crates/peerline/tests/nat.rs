@@ -430,9 +430,35 @@ fn cone_pairs_get_a_direct_path_and_the_others_a_relayed_one() {
         .collect();
     let mut fleet = Fleet::new("nat");
     let [seed0, seed1] = start_supernodes(&mut fleet, &public);
-    // d first: each client connects to the one started before it.
-    let mut clients = vec![0; sites.len()];
+    // A device tells its addresses only to its contacts, so each pair must
+    // know each other's account before the punch: every client starts
+    // once to make its identity (kept in its data directory) and stops.
     let mut messaging: Vec<String> = vec![String::new(); sites.len()];
+    for (index, site) in sites.iter().enumerate() {
+        let listen = format!("{}:4433", site.client_ip);
+        let args = [
+            "--role",
+            "client",
+            "--listen",
+            &listen,
+            "--bootstrap",
+            &seed0,
+        ];
+        let node = start_in(&mut fleet, &site.client_ns, &format!("c{index}"), &args);
+        fleet.bootstrap_of(node, Duration::from_secs(30));
+        messaging[index] = fleet.nodes[node].messaging.clone().expect("messaging line");
+        fleet.nodes[node].terminate(Duration::from_secs(10));
+    }
+    let account = |index: usize| -> String {
+        messaging[index]
+            .split(':')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    // d first: each client connects to the one started before it, and
+    // the neighbours on both sides are its contacts.
+    let mut clients = vec![0; sites.len()];
     for index in (0..sites.len()).rev() {
         let site = &sites[index];
         let listen = format!("{}:4433", site.client_ip);
@@ -447,13 +473,25 @@ fn cone_pairs_get_a_direct_path_and_the_others_a_relayed_one() {
             &seed0,
             &seed1,
         ];
+        let neighbours: Vec<String> = [index.checked_sub(1), Some(index + 1)]
+            .into_iter()
+            .flatten()
+            .filter(|&other| other < sites.len())
+            .map(account)
+            .collect();
+        for neighbour in &neighbours {
+            args.extend(["--contact", neighbour]);
+        }
         let target = messaging.get(index + 1).cloned().unwrap_or_default();
         if !target.is_empty() {
             args.extend(["--connect-to", &target]);
         }
         let node = start_in(&mut fleet, &site.client_ns, &name, &args);
         fleet.bootstrap_of(node, Duration::from_secs(30));
-        messaging[index] = fleet.nodes[node].messaging.clone().expect("messaging line");
+        assert_eq!(
+            fleet.nodes[node].messaging.as_ref(),
+            Some(&messaging[index])
+        );
         clients[index] = node;
     }
     let device = |index: usize| {

@@ -29,7 +29,8 @@ pub use bundle::{
 pub use message::{
     BusyReason, LoginRefusal, Message, MessageKind, RelayRequestBody, ShareHolder,
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
-    SHARE_HOLDERS_PER_MESSAGE_MAX, SYNC_PAGE_MEMBERS_MAX,
+    PUNCH_CANDIDATES_MAX, SEALED_CANDIDATES_LEN_MAX, SHARE_HOLDERS_PER_MESSAGE_MAX,
+    SYNC_PAGE_MEMBERS_MAX,
 };
 pub use names::*;
 pub use types::*;

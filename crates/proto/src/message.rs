@@ -27,6 +27,11 @@ pub const MAIL_BATCH_MAX: usize = 4;
 pub const MAIL_IDS_MAX: usize = 16;
 /// Most address candidates a device offers for hole punching.
 pub const PUNCH_CANDIDATES_MAX: usize = 8;
+/// Most bytes of a [`Message::SealedCandidates`]' sealed candidates: the
+/// core seals a fixed-size plaintext (a count byte and room for
+/// [`PUNCH_CANDIDATES_MAX`] addresses of 18 bytes) and a 16-byte tag, 161
+/// bytes; the bound leaves room for a later format.
+pub const SEALED_CANDIDATES_LEN_MAX: usize = 256;
 /// Most share holders named in one answer: 16 share indices (the most a
 /// bundle may have) × 3 holders each.
 pub const SHARE_HOLDERS_PER_MESSAGE_MAX: usize = 48;
@@ -422,6 +427,28 @@ pub enum Message {
     LoginRefused {
         reason: LoginRefusal,
     },
+
+    // ---- hole punching, sealed (appended: variant order is wire format) ----
+    /// [`Message::PunchCandidates`] with the candidates sealed to
+    /// `to_device`: the supernodes on the way forward it unread
+    /// (`from_cert.body.device_key` must be the attached client that sent
+    /// it, as for `PunchCandidates`). `from_cert` tells the recipient the
+    /// sender's account, which decides whether it answers with its own
+    /// addresses (only to its contacts). `ephemeral` is the sender's
+    /// one-time X25519 key; `sealed` the AEAD ciphertext and tag, under a
+    /// key from the ephemeral and the static (device key) Diffie-Hellman
+    /// and a transcript binding every other field. An answer with no
+    /// candidates means "use the relay at `reply_supernode`".
+    SealedCandidates {
+        session: u64,
+        from_cert: DeviceCert,
+        to_device: PublicKey,
+        to_supernode: Addr,
+        reply_supernode: Addr,
+        answer: bool,
+        ephemeral: [u8; 32],
+        sealed: BoundedVec<u8, SEALED_CANDIDATES_LEN_MAX>,
+    },
 }
 
 /// Why a supernode refused a device's login for good.
@@ -510,6 +537,7 @@ impl Message {
             Message::DeviceListFetchResponse { .. } => MessageKind::DeviceListFetchResponse,
             Message::NameLookupAnswer { .. } => MessageKind::NameLookupAnswer,
             Message::LoginRefused { .. } => MessageKind::LoginRefused,
+            Message::SealedCandidates { .. } => MessageKind::SealedCandidates,
         }
     }
 }
@@ -577,6 +605,7 @@ pub enum MessageKind {
     DeviceListFetchResponse,
     NameLookupAnswer,
     LoginRefused,
+    SealedCandidates,
 }
 
 impl MessageKind {
@@ -643,6 +672,7 @@ impl MessageKind {
             57 => MessageKind::DeviceListFetchResponse,
             58 => MessageKind::NameLookupAnswer,
             59 => MessageKind::LoginRefused,
+            60 => MessageKind::SealedCandidates,
             _ => return None,
         })
     }
@@ -702,6 +732,23 @@ mod tests {
             },
             Message::PathPing { session: 8 },
             Message::PathPong { session: 9 },
+            Message::SealedCandidates {
+                session: 7,
+                from_cert: DeviceCert {
+                    body: crate::DeviceCertBody {
+                        device_key: PublicKey([3; 32]),
+                        account_key: PublicKey([16; 32]),
+                        expires_unix_s: 1_800_000_000,
+                    },
+                    signature: Signature([17; 64]),
+                },
+                to_device: PublicKey([4; 32]),
+                to_supernode: Addr::default(),
+                reply_supernode: Addr::default(),
+                answer: false,
+                ephemeral: [18; 32],
+                sealed: BoundedVec::truncating([19; 161]),
+            },
             Message::RelayRequest {
                 body: RelayRequestBody {
                     session: 10,

@@ -12,7 +12,7 @@
 use peerline_proto::message::LoginRefusal;
 use peerline_proto::message::{
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
-    PUNCH_CANDIDATES_MAX, SYNC_PAGE_MEMBERS_MAX,
+    PUNCH_CANDIDATES_MAX, SEALED_CANDIDATES_LEN_MAX, SYNC_PAGE_MEMBERS_MAX,
 };
 use peerline_proto::{
     decode, encode, encode_version_info, encode_versioned, peek_kind, Addr, BoundedVec, BusyReason,
@@ -490,9 +490,42 @@ fn device_list() -> impl Strategy<Value = DeviceList> {
         )
 }
 
+fn sealed_candidates() -> impl Strategy<Value = Message> {
+    (
+        any::<u64>(),
+        device_cert(),
+        public_key(),
+        (addr(), addr()),
+        any::<bool>(),
+        any::<[u8; 32]>(),
+        bounded::<_, SEALED_CANDIDATES_LEN_MAX>(any::<u8>()),
+    )
+        .prop_map(
+            |(
+                session,
+                from_cert,
+                to_device,
+                (to_supernode, reply_supernode),
+                answer,
+                ephemeral,
+                sealed,
+            )| Message::SealedCandidates {
+                session,
+                from_cert,
+                to_device,
+                to_supernode,
+                reply_supernode,
+                answer,
+                ephemeral,
+                sealed,
+            },
+        )
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         bundle_message(),
+        sealed_candidates(),
         device_cert().prop_map(|cert| Message::AttachHello { cert }),
         (contact(), any::<[u8; 32]>()).prop_map(|(supernode, challenge)| {
             Message::AttachChallenge {
@@ -837,7 +870,8 @@ fn every_variant_is_covered(m: &Message) {
         | Message::DeviceListFetch { .. }
         | Message::DeviceListFetchResponse { .. }
         | Message::NameLookupAnswer { .. }
-        | Message::LoginRefused { .. } => {}
+        | Message::LoginRefused { .. }
+        | Message::SealedCandidates { .. } => {}
     }
 }
 
@@ -1440,6 +1474,23 @@ fn widest_messages() -> Vec<Message> {
         Message::LoginRefused {
             reason: LoginRefusal::RootRotated,
         },
+        Message::SealedCandidates {
+            session: u64::MAX,
+            from_cert: DeviceCert {
+                body: DeviceCertBody {
+                    device_key: PublicKey([0xb7; 32]),
+                    account_key: PublicKey([0xb8; 32]),
+                    expires_unix_s: u64::MAX,
+                },
+                signature: Signature([0xb9; 64]),
+            },
+            to_device: PublicKey([0xba; 32]),
+            to_supernode: widest_addr(),
+            reply_supernode: widest_addr(),
+            answer: true,
+            ephemeral: [0xbb; 32],
+            sealed: BoundedVec::truncating([0xbc; SEALED_CANDIDATES_LEN_MAX]),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1911,6 +1962,23 @@ fn typical_messages() -> Vec<Message> {
         Message::LoginRefused {
             reason: LoginRefusal::DeviceRevoked,
         },
+        Message::SealedCandidates {
+            session: 19,
+            from_cert: DeviceCert {
+                body: DeviceCertBody {
+                    device_key: PublicKey([20; 32]),
+                    account_key: PublicKey([54; 32]),
+                    expires_unix_s: 1_800_000_000,
+                },
+                signature: Signature([55; 64]),
+            },
+            to_device: PublicKey([21; 32]),
+            to_supernode: Addr::default(),
+            reply_supernode: Addr::default(),
+            answer: false,
+            ephemeral: [56; 32],
+            sealed: BoundedVec::truncating([57; 161]),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1962,6 +2030,7 @@ fn write_seed_corpus() {
                 | K::AttachResume
                 | K::MailFetch
                 | K::MailDone
+                | K::SealedCandidates
         );
         let bytes = encode(&m).unwrap();
         if wanted && bytes.len() <= 1024 {

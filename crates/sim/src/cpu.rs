@@ -149,12 +149,14 @@ impl CostTable {
             OprfEvaluate => frame_us + c.verify_us,
             BundleFetch => c.lookup_local_us,
             OprfAnswer | OprfRefused => frame_us,
+            // Sealed candidates are forwarded unread (the recipient device
+            // opens them): a frame, like the plaintext ones were.
             AttachChallenge | AttachAccepted | Busy | Detach | Ping | Pong | NotAttached
             | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
             | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates | PathPing
             | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse
-            | NameLookupAnswer | LoginRefused => frame_us,
+            | NameLookupAnswer | LoginRefused | SealedCandidates => frame_us,
         }
     }
 }

@@ -94,6 +94,13 @@ pub struct NodeArgs {
     /// supernodes, once attached; the status file's `paths` says how it went.
     #[arg(long, value_name = "DEVICE_KEY:ACCOUNT_KEY", value_parser = Recipient::from_str)]
     pub connect_to: Option<Recipient>,
+    /// An account (64 hex digits, as a node prints after `messaging …:`)
+    /// whose devices may learn this device's IP addresses when they
+    /// connect to it, for this run, besides the contacts saved in the data
+    /// directory; repeatable. Any other device gets a connection relayed
+    /// by this device's supernode and never learns its addresses.
+    #[arg(long = "contact", value_name = "ACCOUNT_KEY", value_parser = parse_account_key)]
+    pub contacts: Vec<PublicKey>,
     /// on: a supernode announces itself on the local network (mDNS, service
     /// _peerline._udp) and a node with no working bootstrap (none given, or
     /// none answered within 10 s) looks for one there; only on the
@@ -208,6 +215,15 @@ pub fn key_hex(key: &PublicKey) -> String {
 }
 
 /// Parses 64 hex digits (either case) into a key.
+/// `--contact`'s value: an account key in 64 hex digits.
+fn parse_account_key(text: &str) -> Result<PublicKey, String> {
+    parse_key_hex(text.trim()).map(PublicKey).ok_or_else(|| {
+        format!(
+            "'{text}' is not an account key (64 hex digits, as a node prints after 'messaging …:')"
+        )
+    })
+}
+
 pub fn parse_key_hex(text: &str) -> Option<[u8; 32]> {
     let text = text.as_bytes();
     if text.len() != 64 {
@@ -291,6 +307,8 @@ pub struct NodeSettings {
     pub test_traffic_to: Option<Recipient>,
     pub test_traffic_interval_ms: u64,
     pub connect_to: Option<Recipient>,
+    /// `--contact`: accounts that may learn the device's addresses.
+    pub contacts: Vec<PublicKey>,
     pub lan_discovery: Switch,
     pub port_mapping: Switch,
 }
@@ -354,6 +372,7 @@ pub fn settings(args: NodeArgs) -> Result<NodeSettings> {
         loopback_test_network: args.loopback_test_network,
         test_traffic_to: args.test_traffic_to.or(file.test_traffic_to),
         connect_to: args.connect_to,
+        contacts: args.contacts,
         test_traffic_interval_ms,
         lan_discovery: args
             .lan_discovery

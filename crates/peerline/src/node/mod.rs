@@ -21,7 +21,7 @@ use peerline_core::hostcache::HostEntry;
 use peerline_core::{Event, Params, RolePolicy};
 use peerline_net::clock::wall_clock_s;
 use peerline_net::{DriverConfig, DriverLimits, NodeStatus, RunningNode, StartError};
-use peerline_proto::{Addr, Contact};
+use peerline_proto::{Addr, Contact, PublicKey};
 use serde::Serialize;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -205,6 +205,15 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
         lan::LanDiscovery::start(&interfaces, node.device_key(), no_bootstrap)
     });
     let port_mapping = start_port_mapping(&settings, &node);
+    let contact_keys = contact_accounts(&data, &settings.contacts)?;
+    tracing::info!(
+        "{} contacts may learn this device's addresses; anyone else connects through its supernode",
+        contact_keys.len()
+    );
+    node.control
+        .set_contacts(contact_keys)
+        .await
+        .context("the node stopped on its own")?;
 
     let started = Instant::now();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
@@ -403,6 +412,23 @@ pub fn known_supernodes(host_cache: &[HostEntry], members: &[Contact]) -> Vec<Ho
         }
     }
     known
+}
+
+/// The accounts the core may reveal the device's addresses to: the saved
+/// contacts and `--contact`'s, each once. The daemon has no command that
+/// changes the saved contacts while it runs; one that does must hand the
+/// new set to `Control::set_contacts` too.
+fn contact_accounts(data: &DataDir, extra: &[PublicKey]) -> Result<Vec<PublicKey>> {
+    let mut accounts: Vec<PublicKey> = data
+        .store()
+        .contacts()?
+        .into_iter()
+        .map(|entry| entry.account_key)
+        .collect();
+    accounts.extend_from_slice(extra);
+    accounts.sort_unstable();
+    accounts.dedup();
+    Ok(accounts)
 }
 
 fn contacts(entries: &[HostEntry]) -> Vec<Contact> {
