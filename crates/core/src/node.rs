@@ -212,6 +212,9 @@ pub(crate) struct Io<'a> {
     /// A supernode's key bundles and OPRF shares (kept on disk: survive
     /// restarts; `supernode/bundles.rs`).
     pub bundles: &'a mut crate::supernode::bundles::BundleBook,
+    /// The names and bundles this device keeps alive (`client/own.rs`;
+    /// kept on disk: survive restarts).
+    pub own: &'a mut crate::client::OwnRecords,
 }
 
 impl Io<'_> {
@@ -289,6 +292,7 @@ pub struct Node {
     mail: MailState,
     names: crate::registry::NameBook,
     bundles: crate::supernode::bundles::BundleBook,
+    own: crate::client::OwnRecords,
     accounts: AccountTable,
     /// Path commands of the node itself (a role change resets the relay).
     path_commands: VecDeque<crate::PathCommand>,
@@ -321,6 +325,7 @@ impl Node {
             mail: MailState::default(),
             names: Default::default(),
             bundles: crate::supernode::bundles::BundleBook::new(mode),
+            own: crate::client::OwnRecords::default(),
             accounts: AccountTable::new(now.instant),
             path_commands: VecDeque::new(),
         };
@@ -652,6 +657,12 @@ impl Node {
         });
     }
 
+    /// The name record this node holds for `name_key`, if any
+    /// (diagnostics and tests).
+    pub fn held_name(&self, name_key: &NodeId) -> Option<&NameCertificate> {
+        self.names.record(name_key)
+    }
+
     /// The account's bundle this supernode replicates, if any.
     pub fn held_bundle(&self, account: &PublicKey) -> Option<&peerline_proto::KeyBundle> {
         self.bundles.bundle(account)
@@ -839,8 +850,11 @@ impl Node {
         }
         let deadline = match &self.role {
             // The outbox can only be worked through a supernode.
-            Role::Client(c) if c.is_attached() => c.next_deadline().min(self.mail.next_deadline()),
-            Role::Client(c) => c.next_deadline(),
+            Role::Client(c) if c.is_attached() => c
+                .next_deadline()
+                .min(self.mail.next_deadline())
+                .min(self.own.next_deadline()),
+            Role::Client(c) => c.next_deadline().min(self.own.next_deadline()),
             Role::Supernode(s) => s.next_deadline().min(self.accounts.next_deadline()),
         };
         (deadline != Instant::NEVER).then_some(deadline)
@@ -925,6 +939,7 @@ impl Node {
             names: &mut self.names,
             accounts: &mut self.accounts,
             bundles: &mut self.bundles,
+            own: &mut self.own,
         };
         (&mut self.role, io)
     }

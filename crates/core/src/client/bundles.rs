@@ -310,6 +310,7 @@ impl ClientState {
             .position(|p| p.query_id == query_id)
         {
             let publish = self.bundles.publishes.swap_remove(slot);
+            io.own.keep_bundle(io.now.instant, *publish.bundle);
             return deal_to_holders(io, &publish.bundle, &publish.deals, holders.as_slice());
         }
         let Some(slot) = self.bundles.logins.iter().position(|login| {
@@ -521,6 +522,7 @@ impl ClientState {
             .unwrap_or(0);
         let epoch = io.now.unix_s.saturating_mul(1_000).max(seen + 1);
         let sharing = bundle.body.sharing;
+        io.own.keep_bundle(io.now.instant, **bundle);
         if let Ok(deals) = deal(&root, bundle.body.version, epoch, sharing, &mut login.rng) {
             deal_to_holders(io, bundle, &deals, holders);
         }
