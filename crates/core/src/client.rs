@@ -6,9 +6,11 @@
 mod bundles;
 mod device_lists;
 mod names;
+mod own;
 pub use bundles::BundleFailure;
 pub(crate) use names::outcome_event;
 pub use names::NameFailure;
+pub use own::{OwnRecords, OWN_BUNDLES_MAX, OWN_NAMES_MAX, OWN_REFRESH_S};
 
 use crate::hostcache::backoff_ms;
 use crate::identity::{
@@ -670,6 +672,7 @@ impl ClientState {
         self.names_timeout(io);
         self.bundles_timeout(io);
         self.device_lists_timeout(io);
+        self.refresh_own_records(io);
         self.probe_if_due(io);
         self.check_promotion(io);
     }

@@ -252,6 +252,9 @@ pub(crate) struct Io<'a> {
     pub bundles: &'a mut crate::supernode::bundles::BundleBook,
     /// Whom this device tells its direct addresses (`punch.rs`).
     pub privacy: &'a crate::punch::AddressPrivacy,
+    /// The names and bundles this device keeps alive (`client/own.rs`;
+    /// kept on disk: survive restarts).
+    pub own: &'a mut crate::client::OwnRecords,
 }
 
 impl Io<'_> {
@@ -329,6 +332,7 @@ pub struct Node {
     mail: MailState,
     names: crate::registry::NameBook,
     bundles: crate::supernode::bundles::BundleBook,
+    own: crate::client::OwnRecords,
     accounts: AccountTable,
     /// Path commands of the node itself (a role change resets the relay).
     path_commands: VecDeque<crate::PathCommand>,
@@ -363,6 +367,7 @@ impl Node {
             mail: MailState::default(),
             names: Default::default(),
             bundles: crate::supernode::bundles::BundleBook::new(mode),
+            own: crate::client::OwnRecords::default(),
             accounts: AccountTable::new(now.instant),
             path_commands: VecDeque::new(),
             privacy: crate::punch::AddressPrivacy::default(),
@@ -486,6 +491,17 @@ impl Node {
             client.store_device_list(io, &list);
             client.push_to_attached(io, &Message::DeviceListPush { list })
         });
+    }
+
+    /// A certificate of a name this device's account owns (from the
+    /// device's data directory): the device stores it again at the name's
+    /// replicas every `client::own::OWN_REFRESH_S`, so the name outlives a
+    /// crash wave that takes every one of its holders.
+    pub fn keep_own_name(&mut self, now: Now, certificate: NameCertificate) {
+        if self.closed {
+            return;
+        }
+        self.own.keep_name(now.instant, certificate);
     }
 
     /// Fetches `account`'s newest device list from its replicas (the
@@ -772,6 +788,12 @@ impl Node {
         });
     }
 
+    /// The name record this node holds for `name_key`, if any
+    /// (diagnostics and tests).
+    pub fn held_name(&self, name_key: &NodeId) -> Option<&NameCertificate> {
+        self.names.record(name_key)
+    }
+
     /// The account's bundle this supernode replicates, if any.
     pub fn held_bundle(&self, account: &PublicKey) -> Option<&peerline_proto::KeyBundle> {
         self.bundles.bundle(account)
@@ -975,8 +997,11 @@ impl Node {
         }
         let deadline = match &self.role {
             // The outbox can only be worked through a supernode.
-            Role::Client(c) if c.is_attached() => c.next_deadline().min(self.mail.next_deadline()),
-            Role::Client(c) => c.next_deadline(),
+            Role::Client(c) if c.is_attached() => c
+                .next_deadline()
+                .min(self.mail.next_deadline())
+                .min(self.own.next_deadline()),
+            Role::Client(c) => c.next_deadline().min(self.own.next_deadline()),
             Role::Supernode(s) => s.next_deadline().min(self.accounts.next_deadline()),
         };
         (deadline != Instant::NEVER).then_some(deadline)
@@ -1062,6 +1087,7 @@ impl Node {
             accounts: &mut self.accounts,
             bundles: &mut self.bundles,
             privacy: &self.privacy,
+            own: &mut self.own,
         };
         (&mut self.role, io)
     }

@@ -5115,3 +5115,52 @@ fn a_restarted_supernode_votes_as_before_from_its_stored_rows() {
         Some(claim_hash(&second))
     );
 }
+
+#[test]
+fn a_login_asks_again_when_a_partial_re_deal_split_the_holders_epochs() {
+    let secrets = account_secrets(5);
+    let account = secrets.root.public();
+    let (mut net, params, supernodes) = bundle_network(24, &secrets);
+    let device = add_client(&mut net, &params, 806, supernodes[10..13].to_vec());
+    net.run_until_ms(net.now().instant.as_ms() + 20_000);
+    let holders = net.share_holders(&account);
+    // Each index's holders, closest to its share key first (the order a
+    // login asks them in).
+    let by_closeness = |net: &Net, index: u8| -> Vec<usize> {
+        let key = peerline_core::bundle::share_key(&account, index);
+        let mut nodes = holders[&index].clone();
+        nodes.sort_by_key(|&n| {
+            let contact = net.nodes[n].supernode_contact().unwrap();
+            let id = peerline_core::identity::node_id(&contact.key, contact.id_nonce);
+            std::array::from_fn::<u8, 32, _>(|i| id.0[i] ^ key.0[i])
+        });
+        nodes
+    };
+    // The closest holders of indices 1 and 2 miss the next re-deal (cut
+    // off from the device and from their index's other holders, which
+    // would pass it on).
+    for index in [1, 2] {
+        let nodes = by_closeness(&net, index);
+        assert!(nodes.len() >= 2, "index {index}: {nodes:?}");
+        let cut = net.addrs[nodes[0]];
+        net.blocked.push((net.addrs[device], cut));
+        for &other in &nodes[1..] {
+            net.blocked.push((cut, net.addrs[other]));
+        }
+    }
+    // The first login opens with epoch 1 everywhere and re-deals epoch 2,
+    // which the two cut-off holders miss.
+    assert_opened(net.login(device, account, PASSWORD), &secrets.root);
+    net.run_until_ms(net.now().instant.as_ms() + 30_000);
+    // Then every holder of index 5 crashes.
+    for &node in &net.share_holders(&account)[&5] {
+        net.crash(node);
+    }
+    // Now the closest holders answer a new device: indices 1, 2 with
+    // epoch 1, indices 3, 4 with epoch 2, index 5 not at all; no epoch has
+    // 3 answers. The login asks the next holders of 1 and 2 (epoch 2).
+    let other = add_client(&mut net, &params, 807, supernodes[14..17].to_vec());
+    net.run_until_ms(net.now().instant.as_ms() + 20_000);
+    let (_, round_trips) = assert_opened(net.login(other, account, PASSWORD), &secrets.root);
+    assert!(round_trips >= 4, "a second round was needed: {round_trips}");
+}

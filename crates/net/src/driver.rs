@@ -20,8 +20,8 @@ use peerline_core::{
     PathCommand, PathReport, RolePolicy,
 };
 use peerline_proto::{
-    Addr, Contact, DeviceList, KeyBundle, NameClaim, NodeId, PresenceRecord, PublicKey,
-    RootRotation, ShareDeal,
+    Addr, Contact, DeviceList, KeyBundle, NameCertificate, NameClaim, NodeId, PresenceRecord,
+    PublicKey, RootRotation, ShareDeal,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,6 +217,7 @@ enum Command {
     SetDeviceList(Box<DeviceList>),
     SetRootRotation(Box<RootRotation>),
     FetchDeviceList(PublicKey),
+    KeepOwnName(Box<NameCertificate>),
     Shutdown,
 }
 
@@ -249,6 +250,7 @@ impl std::fmt::Debug for Command {
             Command::SetDeviceList(_) => "SetDeviceList",
             Command::SetRootRotation(_) => "SetRootRotation",
             Command::FetchDeviceList(_) => "FetchDeviceList",
+            Command::KeepOwnName(_) => "KeepOwnName",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -451,6 +453,16 @@ impl Control {
     pub async fn set_root_rotation(&self, rotation: RootRotation) -> Result<(), NodeGone> {
         self.commands
             .send(Command::SetRootRotation(Box::new(rotation)))
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// A certificate of a name this device's account owns: the node
+    /// stores it again at the name's replicas now and then
+    /// ([`peerline_core::Node::keep_own_name`]).
+    pub async fn keep_own_name(&self, certificate: NameCertificate) -> Result<(), NodeGone> {
+        self.commands
+            .send(Command::KeepOwnName(Box::new(certificate)))
             .await
             .map_err(|_| NodeGone)
     }
@@ -923,6 +935,7 @@ impl Driver {
             Command::SetDeviceList(list) => self.node.set_device_list(now, *list),
             Command::SetRootRotation(rotation) => self.node.set_root_rotation(now, *rotation),
             Command::FetchDeviceList(account) => self.node.fetch_device_list(now, account),
+            Command::KeepOwnName(certificate) => self.node.keep_own_name(now, *certificate),
             Command::Shutdown => {}
         }
     }

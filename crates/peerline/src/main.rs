@@ -37,7 +37,8 @@ enum Command {
     /// supernode-crash (the 2010 crash wave: 40% of supernodes die at once);
     /// partition (the Americas cut off for 10 minutes); accounts (contested
     /// name registrations through churn, a partition, a crash wave and an
-    /// ID-grinding attacker, plus device revocations); sweep (peerline and
+    /// ID-grinding attacker, plus device revocations and key bundles opened
+    /// by new devices with right and wrong passwords); sweep (peerline and
     /// the naive baseline across restart fractions 20–100% and crash
     /// fractions 10–70%). Add --naive for the baseline without overload control. The same seed
     /// gives the same run, byte for byte; the report's `digest` proves it.

@@ -17,6 +17,12 @@ fn main() {
             peerline_core::CryptoMode::Modelled
         };
     }
+    // PEERLINE_SIM_NO_BUNDLES: the accounts scenario without its key
+    // bundles (replays a run from before they were part of it).
+    if std::env::var_os("PEERLINE_SIM_NO_BUNDLES").is_some() {
+        config.bundle_publishes_per_min = 0.0;
+        config.bundle_logins_per_min = 0.0;
+    }
     let (world, report) = peerline_sim::run(config, &mut |_| {});
     println!("{}", report.summary());
     println!(
@@ -27,6 +33,9 @@ fn main() {
         println!("{line}");
     }
     for line in world.name_conflicts().iter().take(12) {
+        println!("{line}");
+    }
+    for line in world.lost_bundles().iter().take(12) {
         println!("{line}");
     }
     for line in world.underattached().iter().take(12) {

@@ -152,6 +152,10 @@ pub struct SimConfig {
     /// Devices revoked per minute (`accounts`).
     pub revocations_per_min: f64,
     pub accounts_crash_after_heal_s: u64,
+    /// `accounts`: key bundles published, and new-device password logins
+    /// started, per minute (full crypto and at least 7 supernodes only).
+    pub bundle_publishes_per_min: f64,
+    pub bundle_logins_per_min: f64,
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
     pub params: Params,
@@ -235,6 +239,16 @@ impl SimConfig {
                 0.0
             },
             accounts_crash_after_heal_s: 300,
+            bundle_publishes_per_min: if scenario == Scenario::Accounts {
+                6.0
+            } else {
+                0.0
+            },
+            bundle_logins_per_min: if scenario == Scenario::Accounts {
+                12.0
+            } else {
+                0.0
+            },
             params,
         }
     }

@@ -45,6 +45,12 @@ pub enum EventKind {
     RevokeTick,
     /// …and see how far pending revocations spread.
     RevocationCheck,
+    /// An account publishes its key bundle and shares (`accounts`)…
+    BundlePublishTick,
+    /// …a new device logs into one with a password…
+    BundleLoginTick,
+    /// …and, near the end, every account is opened once more (each second).
+    BundleCheck,
 }
 
 #[derive(Debug)]

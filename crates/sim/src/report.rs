@@ -1,10 +1,11 @@
 //! The run report: the `report.json` contract, the checks against the
 //! figures the issue demands, and the human summary.
 
-use crate::config::{CpuModel, Scenario};
+use crate::config::{CpuModel, Scenario, SimConfig};
 use crate::cpu::Calibration;
 use crate::metrics::{quantile, Sample};
 use crate::world::World;
+use peerline_core::bundle::{KDF_PARAMS_PRODUCTION, KDF_PARAMS_SIMULATION};
 use peerline_core::{CryptoMode, Params};
 use serde::Serialize;
 
@@ -148,6 +149,9 @@ pub struct Report {
     /// The `accounts` scenario's name figures (zero elsewhere).
     #[serde(flatten)]
     pub names: crate::world::NameFigures,
+    /// The `accounts` scenario's key bundle figures (zero elsewhere).
+    #[serde(flatten)]
+    pub bundles: crate::world::BundleFigures,
     pub digest: String,
     pub params: Params,
     /// Protocol parameters that differ from production, and why.
@@ -246,7 +250,7 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn sim_overrides(params: &Params) -> Vec<(String, String)> {
+fn sim_overrides(params: &Params, config: &SimConfig) -> Vec<(String, String)> {
     let production = Params::default();
     let mut overrides = Vec::new();
     if params.id_puzzle_difficulty_bits != production.id_puzzle_difficulty_bits {
@@ -268,6 +272,17 @@ fn sim_overrides(params: &Params) -> Vec<(String, String)> {
                 params.membership_view_len_max,
                 params.membership_bucket_len_max,
                 production.membership_view_len_max
+            ),
+        ));
+    }
+    if config.scenario == Scenario::Accounts && config.bundle_publishes_per_min > 0.0 {
+        let (sim, production) = (KDF_PARAMS_SIMULATION, KDF_PARAMS_PRODUCTION);
+        overrides.push((
+            "bundle_kdf".to_string(),
+            format!(
+                "Argon2id {} KiB × {} passes (production {} KiB × {}): the key bundles the \
+                 simulated accounts seal; the whole path runs, only the stretching is cheap",
+                sim.memory_kib, sim.iterations, production.memory_kib, production.iterations
             ),
         ));
     }
@@ -450,9 +465,10 @@ impl Report {
                 .map(|s| s.cpu_load_max_ratio)
                 .fold(0.0, f64::max),
             names: world.name_figures(),
+            bundles: world.bundle_figures(),
             digest: metrics.digest.clone(),
             params: world.params().clone(),
-            sim_overrides: sim_overrides(world.params()),
+            sim_overrides: sim_overrides(world.params(), &config),
             config,
             checks: Vec::new(),
             passed: false,
@@ -588,7 +604,7 @@ impl Report {
                 + self.config.names_stop_before_end_s,
         );
         let min_contests = (self.config.contests_per_min * window_s as f64 / 60.0 * 0.8).max(1.0);
-        vec![
+        let mut checks = vec![
             Check {
                 name: "names_contested",
                 ok: names.names_contested as f64 >= min_contests,
@@ -637,6 +653,58 @@ impl Report {
                 ok: self.config.attackers == 0 || names.names_targeted > 0,
                 value: names.names_targeted as f64,
                 bound: "> 0 with an attacker (the ID-grinding case must happen)".into(),
+            },
+        ];
+        if self.bundles.key_bundles_simulated {
+            checks.extend(self.bundle_checks(window_s));
+        }
+        checks
+    }
+
+    /// Issue #5's key bundle figures: no bundle lost, no wrong password
+    /// ever opens one, and enough logins happened — after the heal and
+    /// after the crash wave too.
+    fn bundle_checks(&self, window_s: u64) -> Vec<Check> {
+        let bundles = &self.bundles;
+        let window_min = window_s as f64 / 60.0;
+        let min_published = (self.config.bundle_publishes_per_min * window_min * 0.5).max(1.0);
+        let min_logins = (self.config.bundle_logins_per_min * window_min * 0.5).max(1.0);
+        let wrong = bundles.bundle_logins_wrong_password;
+        vec![
+            Check {
+                name: "key_bundles_published",
+                ok: bundles.key_bundles_published as f64 >= min_published,
+                value: bundles.key_bundles_published as f64,
+                bound: format!(">= {min_published:.0} (accounts must publish bundles)"),
+            },
+            Check {
+                name: "key_bundles_lost",
+                ok: bundles.key_bundles_lost == 0,
+                value: bundles.key_bundles_lost as f64,
+                bound: "= 0 (the right password opens every account at the end)".into(),
+            },
+            Check {
+                name: "bundle_logins",
+                ok: bundles.bundle_logins as f64 >= min_logins
+                    && bundles.bundle_logins_ok_after_heal > 0
+                    && bundles.bundle_logins_ok_after_crash > 0,
+                value: bundles.bundle_logins as f64,
+                bound: format!(
+                    ">= {min_logins:.0}, some opened after the heal and some after the crash wave"
+                ),
+            },
+            Check {
+                name: "bundle_logins_wrong_password_opened",
+                ok: bundles.bundle_logins_wrong_password_opened == 0
+                    && bundles.bundle_logins_right_password_refused == 0,
+                value: bundles.bundle_logins_wrong_password_opened as f64,
+                bound: "= 0, and no right password told wrong".into(),
+            },
+            Check {
+                name: "bundle_logins_wrong_password_refused",
+                ok: wrong > 0 && bundles.bundle_logins_wrong_password_refused > 0,
+                value: bundles.bundle_logins_wrong_password_refused as f64,
+                bound: format!("> 0 of the {wrong} wrong-password logins"),
             },
         ]
     }
@@ -783,6 +851,30 @@ impl Report {
                 n.revocation_spread_s_max,
                 n.revocations_unfinished
             );
+            let b = &self.bundles;
+            if b.key_bundles_simulated {
+                out += &format!(
+                    "key bundles: {} published ({} failed) · lost {} · {} logins: {} opened (p50 {} ms p99 {} ms; {} after the heal, {} after the crash wave), right password unavailable {} refused {} no answer {} told wrong {} · wrong password {}: refused as wrong {}, opened {}\n",
+                    b.key_bundles_published,
+                    b.key_bundles_publish_failed,
+                    b.key_bundles_lost,
+                    b.bundle_logins,
+                    b.bundle_logins_ok,
+                    b.bundle_login_ms_p50,
+                    b.bundle_login_ms_p99,
+                    b.bundle_logins_ok_after_heal,
+                    b.bundle_logins_ok_after_crash,
+                    b.bundle_logins_unavailable,
+                    b.bundle_logins_refused,
+                    b.bundle_logins_no_answer,
+                    b.bundle_logins_right_password_refused,
+                    b.bundle_logins_wrong_password,
+                    b.bundle_logins_wrong_password_refused,
+                    b.bundle_logins_wrong_password_opened
+                );
+            } else {
+                out += "key bundles: not simulated (they need full crypto and at least 7 supernodes)\n";
+            }
         }
         if self.cpu_model == CpuModel::Measured {
             out += &format!(

@@ -7,7 +7,9 @@ use crate::cpu::{Admission, CostTable, Cpu};
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
 use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
 mod accounts;
+mod bundles;
 pub use accounts::NameFigures;
+pub use bundles::BundleFigures;
 
 use crate::queue::{EventKind, Queue};
 use peerline_core::{DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy};
@@ -251,6 +253,8 @@ pub struct World {
     costs: Option<CostTable>,
     /// The `accounts` scenario's contested names (`world/accounts.rs`).
     names: accounts::Names,
+    /// Its key bundles and password logins (`world/bundles.rs`).
+    bundles: bundles::Bundles,
 }
 
 impl World {
@@ -324,6 +328,7 @@ impl World {
             },
             config,
             names: accounts::Names::default(),
+            bundles: bundles::Bundles::default(),
         };
         world.schedule_script();
         world
@@ -359,6 +364,7 @@ impl World {
         }
         if self.config.scenario == Scenario::Accounts {
             self.accounts_setup();
+            self.bundles_setup();
         }
         if self.config.messages_per_s > 0.0 {
             // Messages start once the clients are up, like lookups.
@@ -414,6 +420,9 @@ impl World {
                 EventKind::NameCheck => self.name_check(),
                 EventKind::RevokeTick => self.revoke_tick(),
                 EventKind::RevocationCheck => self.revocation_check(),
+                EventKind::BundlePublishTick => self.bundle_publish_tick(),
+                EventKind::BundleLoginTick => self.bundle_login_tick(),
+                EventKind::BundleCheck => self.bundle_check(),
             }
         }
         self.now_us = stop_us;
@@ -949,6 +958,14 @@ impl World {
                 | Event::NameLookupDone { .. }
         ) {
             return self.name_event(index, &event);
+        }
+        if matches!(
+            event,
+            Event::AccountSecretsPublished { .. }
+                | Event::BundleOpened { .. }
+                | Event::BundleFailed { .. }
+        ) {
+            return self.bundle_event(index, &event);
         }
         match event {
             Event::LookupDone {

@@ -7,7 +7,7 @@ use peerline_core::CryptoMode;
 use peerline_sim::{Scenario, SimConfig};
 
 #[test]
-fn contested_names_end_with_one_owner_everywhere_and_revocations_spread() {
+fn contested_names_end_with_one_owner_everywhere_revocations_spread_and_no_bundle_is_lost() {
     let mut config = SimConfig::new(Scenario::Accounts, 300, 24, 31);
     config.crypto = CryptoMode::Full;
     // The scenario's timeline, shortened: clients up by ~6 minutes, the
@@ -23,8 +23,13 @@ fn contested_names_end_with_one_owner_everywhere_and_revocations_spread() {
     config.contests_per_min = 20.0;
     config.revocations_per_min = 4.0;
     config.attackers = 4;
-    let (_, report) = peerline_sim::run(config, &mut |_| {});
+    config.bundle_publishes_per_min = 6.0;
+    config.bundle_logins_per_min = 12.0;
+    let (world, report) = peerline_sim::run(config, &mut |_| {});
     println!("{}", report.summary());
+    for line in world.lost_bundles().iter().chain(&world.name_conflicts()) {
+        println!("{line}");
+    }
     for check in &report.checks {
         assert!(
             check.ok,
@@ -38,4 +43,22 @@ fn contested_names_end_with_one_owner_everywhere_and_revocations_spread() {
     assert!(names.revocations >= 20, "{}", names.revocations);
     // The partition made both sides certify some names; the rule settled them.
     assert!(names.names_double_certified > 0);
+    let bundles = &report.bundles;
+    assert!(bundles.key_bundles_simulated);
+    assert_eq!(bundles.key_bundles_lost, 0);
+    assert!(
+        bundles.key_bundles_published >= 50,
+        "{}",
+        bundles.key_bundles_published
+    );
+    assert!(
+        bundles.bundle_logins_ok >= 100,
+        "{}",
+        bundles.bundle_logins_ok
+    );
+    assert!(bundles.bundle_logins_wrong_password_refused >= 10);
+    assert!(report
+        .sim_overrides
+        .iter()
+        .any(|(name, _)| name == "bundle_kdf"));
 }

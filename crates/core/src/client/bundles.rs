@@ -310,6 +310,7 @@ impl ClientState {
             .position(|p| p.query_id == query_id)
         {
             let publish = self.bundles.publishes.swap_remove(slot);
+            io.own.keep_bundle(io.now.instant, *publish.bundle);
             return deal_to_holders(io, &publish.bundle, &publish.deals, holders.as_slice());
         }
         let Some(slot) = self.bundles.logins.iter().position(|login| {
@@ -463,6 +464,14 @@ impl ClientState {
         if asks.iter().any(|a| a.state == AskState::Waiting) {
             return;
         }
+        if retarget_epoch(asks_mut(&mut self.bundles.logins[slot]), threshold) {
+            let account = self.bundles.logins[slot].account;
+            return self.advance_asks(io, slot, account);
+        }
+        let login = &self.bundles.logins[slot];
+        let LoginStage::Evaluating { asks, .. } = &login.stage else {
+            return;
+        };
         let retry_after_ms = asks
             .iter()
             .filter_map(|a| match a.state {
@@ -521,6 +530,7 @@ impl ClientState {
             .unwrap_or(0);
         let epoch = io.now.unix_s.saturating_mul(1_000).max(seen + 1);
         let sharing = bundle.body.sharing;
+        io.own.keep_bundle(io.now.instant, **bundle);
         if let Ok(deals) = deal(&root, bundle.body.version, epoch, sharing, &mut login.rng) {
             deal_to_holders(io, bundle, &deals, holders);
         }
@@ -661,6 +671,48 @@ fn ask_next_holder(
         blinded,
     };
     io.send(holder.addr, &evaluate);
+    true
+}
+
+fn asks_mut(login: &mut PendingLogin) -> &mut [IndexAsk] {
+    match &mut login.stage {
+        LoginStage::Evaluating { asks, .. } => asks,
+        LoginStage::Fetching { .. } => &mut [],
+    }
+}
+
+/// When the answers are of different epochs and none has `threshold` of
+/// them (a re-deal reached some holders of an index and not others), asks
+/// again the next holder of each index that answered with an older epoch
+/// than the newest, if that can still make `threshold`. True when some
+/// index waits again. Each index has at most `SHARE_REPLICAS` holders, so
+/// this ends.
+fn retarget_epoch(asks: &mut [IndexAsk], threshold: usize) -> bool {
+    let newest = asks
+        .iter()
+        .filter_map(|a| match a.state {
+            AskState::Answered { epoch, .. } => Some(epoch),
+            _ => None,
+        })
+        .max();
+    let Some(newest) = newest else {
+        return false;
+    };
+    let at_newest = asks
+        .iter()
+        .filter(|a| matches!(a.state, AskState::Answered { epoch, .. } if epoch == newest))
+        .count();
+    let can_move = |a: &IndexAsk| {
+        matches!(a.state, AskState::Answered { epoch, .. } if epoch < newest)
+            && a.next < a.holders.len()
+    };
+    let movable = asks.iter().filter(|a| can_move(a)).count();
+    if movable == 0 || at_newest + movable < threshold {
+        return false;
+    }
+    for ask in asks.iter_mut().filter(|a| can_move(a)) {
+        ask.state = AskState::Waiting;
+    }
     true
 }
 

@@ -183,6 +183,7 @@ impl ClientState {
                     io.stats.signatures_rejected += 1;
                     return;
                 }
+                io.own.keep_name(io.now.instant, (**certificate).clone());
             }
             NameOutcome::Unavailable { retry_after_ms } => {
                 let wait_ms = (*retry_after_ms as u64).min(REGISTER_RETRY_MAX_MS);

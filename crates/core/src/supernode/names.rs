@@ -413,10 +413,18 @@ impl SupernodeState {
             return;
         };
         let reach = PLAUSIBLE_REACH * io.params.name_quorum_len;
-        if self
+        let outside = self
             .membership
-            .surely_outside_closest(&info.name_key, &self.node_id, reach)
-        {
+            .surely_outside_closest(&info.name_key, &self.node_id, reach);
+        if self.clients.contains_key(&from) {
+            // An owner keeping its record alive (`client/own.rs`): to the
+            // replicas, which keep the winner of a conflict as always.
+            if !outside {
+                self.keep_name(io, certificate.clone(), info);
+            }
+            return self.push_name(io, &certificate);
+        }
+        if outside {
             return;
         }
         if let Stored::Lost(winner) = self.keep_name(io, certificate, info) {

@@ -178,6 +178,17 @@ async fn daemon(settings: NodeSettings) -> Result<ExitCode> {
     if let Some(list) = crate::devices::stored_list(data.store(), &node.account()) {
         let _ = node.control.set_device_list(list).await;
     }
+    // The account's names are stored again at their replicas now and then.
+    for (name, bytes) in data.store().owned_names().unwrap_or_default() {
+        match postcard::from_bytes::<peerline_proto::NameCertificate>(&bytes) {
+            Ok(certificate) => {
+                let _ = node.control.keep_own_name(certificate).await;
+            }
+            Err(_) => {
+                tracing::warn!("the saved certificate of {name} does not decode; not kept alive")
+            }
+        }
+    }
     let key = key_hex(&node.device_key());
     let addr = node.advertised_addr().to_socket();
     let role = match settings.role {

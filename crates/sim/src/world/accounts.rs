@@ -538,7 +538,7 @@ impl World {
             })
             .map(|c| {
                 format!(
-                    "name {} started at {} s (targeted: {}): claimants {:?}; final lookups {:?}",
+                    "name {} started at {} s (targeted: {}): claimants {:?}; final lookups {:?}; held by {:?}",
                     c.name_key,
                     c.started_s,
                     c.targeted,
@@ -546,8 +546,25 @@ impl World {
                         .iter()
                         .map(|m| (m.node, m.account, m.outcome))
                         .collect::<Vec<_>>(),
-                    c.final_owners
+                    c.final_owners,
+                    self.name_holders(&c.name_key)
                 )
+            })
+            .collect()
+    }
+
+    /// The nodes holding a record for `name_key`: (node, alive, supernode).
+    fn name_holders(&self, name_key: &NodeId) -> Vec<(u32, bool, bool)> {
+        (0..self.nodes.len() as u32)
+            .filter(|&index| {
+                let slot = &self.nodes[index as usize];
+                slot.node
+                    .as_ref()
+                    .is_some_and(|n| n.held_name(name_key).is_some())
+            })
+            .map(|index| {
+                let slot = &self.nodes[index as usize];
+                (index, slot.alive, slot.is_supernode())
             })
             .collect()
     }
