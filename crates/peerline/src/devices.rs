@@ -90,8 +90,9 @@ pub struct PasswdArgs {
     /// the password is asked for on the terminal.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
-    /// A file holding the new password (its first line). Without it the
-    /// new password is asked for on the terminal, twice.
+    /// A file holding the new password (its first line; for `account
+    /// rotate` it may be the current one). Without it the new password is
+    /// asked for on the terminal, twice.
     #[arg(long, value_name = "FILE")]
     pub new_password_file: Option<PathBuf>,
     #[command(flatten)]
@@ -501,21 +502,9 @@ async fn passwd_in(
     Ok(version)
 }
 
-#[derive(clap::Args)]
-#[command(after_help = EXIT_CODES)]
-pub struct RotateArgs {
-    /// A file holding the current password (its first line). Without it
-    /// the password is asked for on the terminal.
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// A file holding the password for the new root key (its first line;
-    /// it may be the current one). Without it it is asked for on the
-    /// terminal, twice.
-    #[arg(long, value_name = "FILE")]
-    pub new_password_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub network: NetworkArgs,
-}
+/// `account rotate` takes the same flags as `passwd`: the current
+/// password and the new root key's (which may be the current one).
+pub type RotateArgs = PasswdArgs;
 
 /// How long the network may take to enforce a rotation: the supernodes
 /// this device is attached to detach it (its certificate is the old

@@ -320,27 +320,41 @@ impl SupernodeState {
                 io.stats.signatures_rejected += 1;
                 return;
             }
-            let replicas = closest_contacts(&self.membership, &key, io.params.replication_k);
-            for (id, contact) in replicas {
-                if id == self.node_id {
-                    self.keep_bundle(io, bundle.clone());
-                } else {
-                    let store = Message::BundleStore {
-                        bundle: bundle.clone(),
-                    };
-                    io.send(contact.addr, &store);
-                }
+            let store = |bundle| Message::BundleStore { bundle };
+            return self.store_at_replicas(io, &key, bundle, store, Self::keep_bundle);
+        }
+        if self.plausible_replica(io, &key) {
+            self.keep_bundle(io, bundle);
+        }
+    }
+
+    /// A record from an attached device, checked: to every replica of
+    /// `key` (`wrap` makes the message), ourselves included (`keep`).
+    fn store_at_replicas<T: Clone>(
+        &mut self,
+        io: &mut Io,
+        key: &NodeId,
+        record: Box<T>,
+        wrap: impl Fn(Box<T>) -> Message,
+        keep: fn(&mut Self, &mut Io, Box<T>) -> bool,
+    ) {
+        let replicas = closest_contacts(&self.membership, key, io.params.replication_k);
+        for (id, contact) in replicas {
+            if id == self.node_id {
+                keep(self, io, record.clone());
+            } else {
+                io.send(contact.addr, &wrap(record.clone()));
             }
-            return;
         }
+    }
+
+    /// Whether this node may be among the replicas of `key` (a record
+    /// from another member is kept only then).
+    fn plausible_replica(&self, io: &Io, key: &NodeId) -> bool {
         let reach = PLAUSIBLE_REACH * io.params.replication_k;
-        if self
+        !self
             .membership
-            .surely_outside_closest(&key, &self.node_id, reach)
-        {
-            return;
-        }
-        self.keep_bundle(io, bundle);
+            .surely_outside_closest(key, &self.node_id, reach)
     }
 
     pub(super) fn on_bundle_fetch(
@@ -556,25 +570,12 @@ impl SupernodeState {
             if !self.device_list_checks(io, &list) {
                 return;
             }
-            let replicas = closest_contacts(&self.membership, &key, io.params.replication_k);
-            for (id, contact) in replicas {
-                if id == self.node_id {
-                    self.keep_device_list(io, list.clone());
-                } else {
-                    let store = Message::DeviceListStore { list: list.clone() };
-                    io.send(contact.addr, &store);
-                }
-            }
-            return;
+            let store = |list| Message::DeviceListStore { list };
+            return self.store_at_replicas(io, &key, list, store, Self::keep_device_list);
         }
-        let reach = PLAUSIBLE_REACH * io.params.replication_k;
-        if self
-            .membership
-            .surely_outside_closest(&key, &self.node_id, reach)
-        {
-            return;
+        if self.plausible_replica(io, &key) {
+            self.keep_device_list(io, list);
         }
-        self.keep_device_list(io, list);
     }
 
     pub(super) fn on_device_list_fetch(
@@ -723,37 +724,22 @@ impl SupernodeState {
     pub(super) fn re_replicate_bundles(&mut self, io: &mut Io) {
         let replication_k = io.params.replication_k;
         let mut sends: Vec<(Addr, Message)> = Vec::new();
+        let (membership, own) = (&self.membership, self.node_id);
         for (account, held) in io.bundles.bundles.iter_mut() {
-            let targets = closest_contacts(&self.membership, &bundle_key(account), replication_k);
-            let fingerprint = crate::registry::replica_fingerprint(&targets);
-            if fingerprint == held.pushed_to {
-                continue;
-            }
-            held.pushed_to = fingerprint;
-            for (id, contact) in targets {
-                if id != self.node_id {
-                    let store = Message::BundleStore {
-                        bundle: held.bundle.clone(),
-                    };
-                    sends.push((contact.addr, store));
-                }
-            }
+            let store = || Message::BundleStore {
+                bundle: held.bundle.clone(),
+            };
+            let targets =
+                due_replicas(membership, own, account, replication_k, &mut held.pushed_to);
+            sends.extend(targets.into_iter().map(|addr| (addr, store())));
         }
         for (account, held) in io.bundles.lists.iter_mut() {
-            let targets = closest_contacts(&self.membership, &bundle_key(account), replication_k);
-            let fingerprint = crate::registry::replica_fingerprint(&targets);
-            if fingerprint == held.pushed_to {
-                continue;
-            }
-            held.pushed_to = fingerprint;
-            for (id, contact) in targets {
-                if id != self.node_id {
-                    let store = Message::DeviceListStore {
-                        list: held.list.clone(),
-                    };
-                    sends.push((contact.addr, store));
-                }
-            }
+            let store = || Message::DeviceListStore {
+                list: held.list.clone(),
+            };
+            let targets =
+                due_replicas(membership, own, account, replication_k, &mut held.pushed_to);
+            sends.extend(targets.into_iter().map(|addr| (addr, store())));
         }
         let accounts: Vec<PublicKey> = io.bundles.holder.accounts().copied().collect();
         for account in accounts {
@@ -814,6 +800,29 @@ pub fn share_holder_sets(
         sets.push((index, set));
     }
     sets
+}
+
+/// The other replicas of `account`'s bundle key to push its record to,
+/// when that set changed since `pushed_to` (which then becomes the set's
+/// fingerprint); none otherwise.
+fn due_replicas(
+    membership: &Membership,
+    own: NodeId,
+    account: &PublicKey,
+    replication_k: usize,
+    pushed_to: &mut u64,
+) -> Vec<Addr> {
+    let targets = closest_contacts(membership, &bundle_key(account), replication_k);
+    let fingerprint = crate::registry::replica_fingerprint(&targets);
+    if fingerprint == *pushed_to {
+        return Vec::new();
+    }
+    *pushed_to = fingerprint;
+    targets
+        .into_iter()
+        .filter(|(id, _)| *id != own)
+        .map(|(_, contact)| contact.addr)
+        .collect()
 }
 
 /// The `k` members closest to `key` (ourselves included), nearest first.

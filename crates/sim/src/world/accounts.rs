@@ -534,7 +534,12 @@ impl World {
                 let mut owners: Vec<_> = c.final_owners.iter().collect();
                 owners.sort();
                 owners.dedup();
-                owners.len() != 1 || owners[0].is_none()
+                let registered = c
+                    .claimants
+                    .iter()
+                    .filter(|m| matches!(m.outcome, Outcome::Registered))
+                    .count();
+                owners.len() != 1 || owners[0].is_none() || registered > 1
             })
             .map(|c| {
                 format!(
