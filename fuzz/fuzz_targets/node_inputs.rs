@@ -28,7 +28,9 @@ use peerline_proto::{
     Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
     PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
 };
-use peerline_proto::{DeviceList, DeviceListBody, RootRotation, RootRotationBody};
+use peerline_proto::{
+    DeviceList, DeviceListBody, LoginRefusal, RootRotation, RootRotationBody,
+};
 use std::sync::{Arc, OnceLock};
 
 const UNIX0: u64 = 1_800_000_000;
@@ -501,6 +503,31 @@ enum MessageChoice {
         issued_unix_s: Option<u64>,
         signatures: (SignatureChoice, SignatureChoice),
     },
+    /// A device list offered for storage: the client root's version
+    /// `version` revoking the keys given when `signed`, else raw.
+    DeviceListStore {
+        signed: bool,
+        account: KeyChoice,
+        version: u64,
+        revoked: Vec<KeyChoice>,
+        signature: SignatureChoice,
+    },
+    DeviceListFetch(u32, KeyChoice),
+    /// With the client root's list of `version` when `Some`.
+    DeviceListFetchResponse(u32, Option<u64>),
+    /// No certificate, and rotations of the client's root to the seeds'
+    /// keys (each signed properly when its flag is set).
+    NameLookupAnswer(u32, IdChoice, Vec<([u8; 32], bool)>),
+    LoginRefused(bool),
+    SealedCandidates {
+        session: u64,
+        from: CertChoice,
+        to: KeyChoice,
+        supernodes: (AddrChoice, AddrChoice),
+        answer: bool,
+        ephemeral: [u8; 32],
+        sealed: Vec<u8>,
+    },
 }
 
 /// An envelope: signed by the stranger to the client or the reverse (valid
@@ -799,6 +826,93 @@ impl MessageChoice {
                 };
                 Message::RootRotationPush { rotation }
             }
+            MessageChoice::DeviceListStore {
+                signed,
+                account,
+                version,
+                revoked,
+                signature,
+            } => {
+                let root = client_root();
+                let body = DeviceListBody {
+                    account_key: if *signed { root.public() } else { account.build() },
+                    version: *version,
+                    devices: BoundedVec::new(),
+                    revoked: BoundedVec::truncating(revoked.iter().map(|k| k.build())),
+                    issued_unix_s: UNIX0,
+                };
+                let list = match signed {
+                    true => sign_device_list(&root, body),
+                    false => DeviceList {
+                        body,
+                        signature: signature.build(),
+                    },
+                };
+                Message::DeviceListStore {
+                    list: Box::new(list),
+                }
+            }
+            MessageChoice::DeviceListFetch(query_id, account) => Message::DeviceListFetch {
+                query_id: *query_id,
+                account: account.build(),
+            },
+            MessageChoice::DeviceListFetchResponse(query_id, version) => {
+                let list = version.map(|version| {
+                    let root = client_root();
+                    let body = DeviceListBody {
+                        account_key: root.public(),
+                        version,
+                        devices: BoundedVec::truncating([fixtures().client.keypair.public()]),
+                        revoked: BoundedVec::new(),
+                        issued_unix_s: UNIX0,
+                    };
+                    Box::new(sign_device_list(&root, body))
+                });
+                Message::DeviceListFetchResponse {
+                    query_id: *query_id,
+                    list,
+                }
+            }
+            MessageChoice::NameLookupAnswer(query_id, name_key, rotations) => {
+                let moved = rotations.iter().map(|(seed, valid)| {
+                    let new_root = Keypair::from_seed(CryptoMode::Full, *seed);
+                    let mut rotation = sign_root_rotation(&client_root(), &new_root, UNIX0);
+                    if !valid {
+                        rotation.signature_new = Signature([seed[0]; 64]);
+                    }
+                    rotation
+                });
+                Message::NameLookupAnswer {
+                    query_id: *query_id,
+                    name_key: name_key.build(),
+                    certificate: None,
+                    moved: BoundedVec::truncating(moved),
+                }
+            }
+            MessageChoice::LoginRefused(rotated) => Message::LoginRefused {
+                reason: match rotated {
+                    true => LoginRefusal::RootRotated,
+                    false => LoginRefusal::DeviceRevoked,
+                },
+            },
+            MessageChoice::SealedCandidates {
+                session,
+                from,
+                to,
+                supernodes,
+                answer,
+                ephemeral,
+                sealed,
+            } => Message::SealedCandidates {
+                session: *session,
+                from_cert: from.build(),
+                to_device: to.build(),
+                to_supernode: supernodes.0.build(),
+                reply_supernode: supernodes.1.build(),
+                answer: *answer,
+                ephemeral: *ephemeral,
+                sealed: BoundedVec::truncating(sealed.iter().copied()),
+            },
         }
     }
 }
