@@ -28,9 +28,7 @@ use peerline_proto::{
     Envelope, EnvelopeBody, EnvelopeId, EnvelopeKind, MemberState, MemberUpdate, Message, NodeId,
     PresenceBody, PresenceRecord, PublicKey, Signature, Ticket, TicketBody,
 };
-use peerline_proto::{
-    DeviceList, DeviceListBody, LoginRefusal, RootRotation, RootRotationBody,
-};
+use peerline_proto::{DeviceList, DeviceListBody, LoginRefusal, RootRotation, RootRotationBody};
 use std::sync::{Arc, OnceLock};
 
 const UNIX0: u64 = 1_800_000_000;
@@ -481,7 +479,15 @@ enum MessageChoice {
     MailBatch(KeyChoice, Vec<EnvelopeChoice>, bool),
     MailDone(Vec<[u8; 16]>),
     MailDelete(KeyChoice, Vec<[u8; 16]>),
-    PunchCandidates(u64, KeyChoice, KeyChoice, AddrChoice, AddrChoice, bool, Vec<AddrChoice>),
+    PunchCandidates(
+        u64,
+        KeyChoice,
+        KeyChoice,
+        AddrChoice,
+        AddrChoice,
+        bool,
+        Vec<AddrChoice>,
+    ),
     PathPing(u64),
     PathPong(u64),
     /// Signed by the client's root when `signed` (revoking whom the keys
@@ -835,7 +841,11 @@ impl MessageChoice {
             } => {
                 let root = client_root();
                 let body = DeviceListBody {
-                    account_key: if *signed { root.public() } else { account.build() },
+                    account_key: if *signed {
+                        root.public()
+                    } else {
+                        account.build()
+                    },
                     version: *version,
                     devices: BoundedVec::new(),
                     revoked: BoundedVec::truncating(revoked.iter().map(|k| k.build())),
