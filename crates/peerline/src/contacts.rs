@@ -14,7 +14,9 @@ use crate::account::{
 use crate::node::config::key_hex;
 use crate::node::data_dir::{self, DataDir};
 use anyhow::Result;
+use peerline_core::names::{normalize, Name};
 use peerline_net::clock::wall_clock_s;
+use peerline_proto::PublicKey;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,6 +33,16 @@ pub enum ContactsCommand {
     /// Remove a contact by name (from the data directory only).
     #[command(after_help = EXIT_CODES)]
     Remove(RemoveArgs),
+    /// Look every contact up again and follow those whose account moved
+    /// to a new root key (`peerline account rotate` on their side).
+    #[command(after_help = EXIT_CODES)]
+    Refresh(RefreshArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub network: NetworkArgs,
 }
 
 #[derive(clap::Args)]
@@ -70,11 +82,13 @@ fn account_dir(data_dir: &Option<PathBuf>) -> Result<DataDir> {
     })
 }
 
-/// `peerline contacts add <name>`.
-pub fn add(args: AddArgs) -> Result<ExitCode> {
-    let name = checked_name(&args.name)?;
-    let network = &args.network;
-    let data = account_dir(&network.data_dir)?;
+/// Looks each name up through one short-lived client: the account that
+/// owns it now, `None` when nobody does (a failed lookup is an error).
+fn resolve(
+    data: &DataDir,
+    network: &NetworkArgs,
+    names: &[Name],
+) -> Result<Vec<Option<PublicKey>>> {
     let params = client_params(network.loopback_test_network);
     let bootstrap = crate::node::bootstrap_order(
         &data.load_host_cache().contacts,
@@ -88,39 +102,55 @@ pub fn add(args: AddArgs) -> Result<ExitCode> {
         let flush = Duration::from_millis(500);
         let mut session =
             Session::attach(identity, bootstrap, params, network.timeout, flush).await?;
-        bar.set_message(format!("looking up {}", name.as_str()));
-        let answer = session.lookup_name(&name).await;
-        session.finish(Some(&data)).await;
-        answer
+        let mut owners = Vec::with_capacity(names.len());
+        for name in names {
+            bar.set_message(format!("looking up {}", name.as_str()));
+            match session.lookup_name(name).await {
+                Ok(answer) => owners.push(answer),
+                Err(error) => {
+                    session.finish(Some(data)).await;
+                    return Err(error);
+                }
+            }
+        }
+        session.finish(Some(data)).await;
+        Ok(owners)
     });
     bar.finish_and_clear();
-    let owner = match outcome? {
-        Some(Ok(Some(owned))) => owned.owner,
-        Some(Ok(None)) => {
-            return Err(fail(
-                EXIT_NO,
-                format!("nobody has registered {}", name.as_str()),
-            ))
-        }
-        Some(Err(failure)) => {
-            return Err(fail(
+    names
+        .iter()
+        .zip(outcome?)
+        .map(|(name, answer)| match answer {
+            Some(Ok(owned)) => Ok(owned.map(|owned| owned.owner)),
+            Some(Err(failure)) => Err(fail(
                 EXIT_NOT_NOW,
                 format!(
                     "the network could not answer for {} ({}); try again in a minute",
                     name.as_str(),
                     crate::account::failure_text(failure)
                 ),
-            ))
-        }
-        None => {
-            return Err(fail(
+            )),
+            None => Err(fail(
                 EXIT_NOT_NOW,
                 format!(
                     "the network did not answer for {}; try again in a minute",
                     name.as_str()
                 ),
-            ))
-        }
+            )),
+        })
+        .collect()
+}
+
+/// `peerline contacts add <name>`.
+pub fn add(args: AddArgs) -> Result<ExitCode> {
+    let name = checked_name(&args.name)?;
+    let data = account_dir(&args.network.data_dir)?;
+    let owners = resolve(&data, &args.network, std::slice::from_ref(&name))?;
+    let Some(owner) = owners.into_iter().next().flatten() else {
+        return Err(fail(
+            EXIT_NO,
+            format!("nobody has registered {}", name.as_str()),
+        ));
     };
     let own = data.store().identity()?.cert.body.account_key;
     if owner == own {
@@ -133,6 +163,38 @@ pub fn add(args: AddArgs) -> Result<ExitCode> {
         .add_contact(name.as_str(), owner, wall_clock_s())?;
     println!("added    {} (account {})", name.as_str(), key_hex(&owner));
     println!("note: a running `peerline node` learns it at its next start");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `peerline contacts refresh`.
+pub fn refresh(args: RefreshArgs) -> Result<ExitCode> {
+    let data = account_dir(&args.network.data_dir)?;
+    let contacts = data.store().contacts()?;
+    let names: Vec<Name> = contacts
+        .iter()
+        .filter_map(|contact| normalize(&contact.name).ok())
+        .collect();
+    let owners = resolve(&data, &args.network, &names)?;
+    let mut moved = 0;
+    for (name, owner) in names.iter().zip(owners) {
+        let saved = contacts.iter().find(|c| c.name == name.as_str());
+        match (owner, saved) {
+            (Some(owner), Some(saved)) if owner != saved.account_key => {
+                data.store()
+                    .add_contact(name.as_str(), owner, wall_clock_s())?;
+                moved += 1;
+                println!(
+                    "moved    {} from {} to {}",
+                    name.as_str(),
+                    key_hex(&saved.account_key),
+                    key_hex(&owner)
+                );
+            }
+            (None, _) => println!("gone     {} (nobody has registered it now)", name.as_str()),
+            _ => {}
+        }
+    }
+    println!("checked  {} contacts, {moved} moved", names.len());
     Ok(ExitCode::SUCCESS)
 }
 

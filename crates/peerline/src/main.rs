@@ -248,6 +248,7 @@ fn main() -> ExitCode {
         Command::Contacts(contacts::ContactsCommand::Add(args)) => contacts::add(args),
         Command::Contacts(contacts::ContactsCommand::List(args)) => contacts::list(args),
         Command::Contacts(contacts::ContactsCommand::Remove(args)) => contacts::remove(args),
+        Command::Contacts(contacts::ContactsCommand::Refresh(args)) => contacts::refresh(args),
     };
     match outcome {
         Ok(code) => code,

@@ -638,6 +638,10 @@ fn a_root_rotation_moves_the_account_and_its_name(
     assert!(created.status.success(), "{}", stderr(&created));
     let first = field(&stdout(&created), "account").unwrap();
     let device = field(&stdout(&created), "device").unwrap();
+    // alice knows erin by her first key.
+    let alice = fleet.dir.join("alice");
+    let added = network(&["contacts", "add", "erin"], Some(&alice));
+    assert!(added.status.success(), "{}", stderr(&added));
     let rotated = network(
         &[
             "account",
@@ -689,6 +693,13 @@ fn a_root_rotation_moves_the_account_and_its_name(
     let other = fleet.dir.join("erin-other");
     let login = network(&["login", "erin", "--password-file", old], Some(&other));
     assert_exit(&login, 1, "wrong password for erin");
+    // alice's contact follows when she refreshes.
+    let refreshed = stdout(&network(&["contacts", "refresh"], Some(&alice)));
+    assert!(
+        refreshed.contains(&format!("moved    erin from {first} to {second}")),
+        "{refreshed}"
+    );
+    assert!(refreshed.ends_with("1 moved\n"), "{refreshed}");
 
     // erin's contacts: added by name over the network, listed and removed
     // from the data directory.
