@@ -32,7 +32,7 @@ fn main() {
     for line in world.undelivered().iter().take(20) {
         println!("{line}");
     }
-    for line in world.name_conflicts().iter().take(12) {
+    for line in world.name_conflicts().iter().take(400) {
         println!("{line}");
     }
     for line in world.lost_bundles().iter().take(12) {
