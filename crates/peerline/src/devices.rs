@@ -363,6 +363,15 @@ fn pick_device(list: Option<&DeviceList>, me: PublicKey, text: &str) -> Result<P
         .collect();
     match matching.as_slice() {
         [device] => Ok(*device),
+        // A whole key the list does not name (a device certified before
+        // the account had a list) may be revoked too.
+        [] if text.len() == 64 => match crate::node::config::parse_key_hex(&text) {
+            Some(key) => Ok(PublicKey(key)),
+            None => Err(fail(
+                EXIT_BAD_INPUT,
+                format!("{text:?} is not a device key"),
+            )),
+        },
         [] => Err(fail(
             EXIT_NO,
             format!(
@@ -622,4 +631,89 @@ async fn rotate_in(
         ));
     }
     Ok(rotated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> Keypair {
+        Keypair::from_seed(CryptoMode::Full, [7; 32])
+    }
+
+    fn list_of(devices: &[PublicKey], revoked: &[PublicKey]) -> DeviceList {
+        let body = DeviceListBody {
+            account_key: root().public(),
+            version: 4,
+            devices: BoundedVec::truncating(devices.iter().copied()),
+            revoked: BoundedVec::truncating(revoked.iter().copied()),
+            issued_unix_s: 1_800_000_000,
+        };
+        sign_device_list(&root(), body)
+    }
+
+    #[test]
+    fn a_device_is_picked_by_a_unique_prefix_or_its_whole_key() {
+        let (laptop, phone, twin) = (
+            PublicKey([0xab; 32]),
+            PublicKey([0xcd; 32]),
+            PublicKey([0xcc; 32]),
+        );
+        let list = list_of(&[laptop, phone, twin], &[]);
+        let pick = |text: &str| pick_device(Some(&list), laptop, text).map_err(|e| e.to_string());
+        assert_eq!(pick("CDCDCDCD"), Ok(phone));
+        assert_eq!(
+            pick("cc"),
+            Err("\"cc\" is not a device key: give the key as `peerline devices list` prints it, or at least 8 of its first hex digits".into())
+        );
+        assert!(pick("cdcdcdzz")
+            .unwrap_err()
+            .contains("is not a device key"));
+        assert!(pick("eeeeeeee")
+            .unwrap_err()
+            .starts_with("no current device of the account starts with eeeeeeee"));
+        // A whole key the list does not name is taken as it is.
+        assert_eq!(pick(&"ef".repeat(32)), Ok(PublicKey([0xef; 32])));
+        let close = list_of(
+            &[PublicKey([0xcd; 32]), {
+                let mut key = [0xcd; 32];
+                key[31] = 0;
+                PublicKey(key)
+            }],
+            &[],
+        );
+        let ambiguous = pick_device(Some(&close), laptop, "cdcdcdcd").unwrap_err();
+        assert!(ambiguous
+            .to_string()
+            .starts_with("more than one device starts with"));
+    }
+
+    #[test]
+    fn the_next_list_moves_a_revoked_device_and_never_brings_it_back() {
+        let (laptop, phone) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let first = next_list(&root(), None, laptop, ListChange::Add(laptop), 1).unwrap();
+        assert_eq!(first.body.version, 1);
+        assert_eq!(first.body.devices.as_slice(), &[laptop]);
+        let second = next_list(&root(), Some(&first), laptop, ListChange::Add(phone), 2).unwrap();
+        assert_eq!(second.body.version, 2);
+        assert_eq!(second.body.devices.as_slice(), &[laptop, phone]);
+        let third =
+            next_list(&root(), Some(&second), laptop, ListChange::Revoke(phone), 3).unwrap();
+        assert_eq!(third.body.version, 3);
+        assert_eq!(third.body.devices.as_slice(), &[laptop]);
+        assert_eq!(third.body.revoked.as_slice(), &[phone]);
+        assert!(peerline_core::account::verify_device_list(CryptoMode::Full, &third, 3, 0).is_ok());
+        let back = next_list(&root(), Some(&third), laptop, ListChange::Add(phone), 4);
+        assert!(back
+            .unwrap_err()
+            .to_string()
+            .contains("is revoked for good"));
+        // The list's bounds are a sentence, not a truncated list.
+        let full: Vec<PublicKey> = (0..DEVICE_LIST_DEVICES_MAX as u8)
+            .map(|i| PublicKey([100 + i; 32]))
+            .collect();
+        let crowded = list_of(&full, &[]);
+        let over = next_list(&root(), Some(&crowded), laptop, ListChange::Add(laptop), 5);
+        assert!(over.unwrap_err().to_string().contains("devices already"));
+    }
 }
