@@ -477,14 +477,55 @@ impl Session {
     /// Stops the client and saves what it learnt of the network into the
     /// data directory's host cache (a warning when that fails).
     pub(crate) async fn finish(self, data: Option<&DataDir>) {
-        let report = self.node.shutdown().await;
-        if let (Ok(report), Some(data)) = (report, data) {
-            let known = known_supernodes(&report.host_cache, &report.members_sample);
-            if let Err(error) = data.save_host_cache(&known) {
-                eprintln!("warning: {error:#}");
-            }
+        let report = self.node.shutdown().await.ok();
+        if let Some(data) = data {
+            save_learnt(data.store(), report);
         }
     }
+
+    /// Attaches with the identity and host cache of `data` (then
+    /// `--bootstrap`), as every command on an existing account does.
+    pub(crate) async fn for_account(
+        data: &DataDir,
+        network: &NetworkArgs,
+        shutdown_flush: Duration,
+    ) -> Result<Session> {
+        let params = client_params(network.loopback_test_network);
+        let cached = data.load_host_cache().contacts;
+        let bootstrap = bootstrap_order(&cached, &network.bootstrap, params.host_cache_len_max);
+        let identity = data.identity(wall_clock_s())?;
+        Session::attach(identity, bootstrap, params, network.timeout, shutdown_flush).await
+    }
+}
+
+/// Saves into `store` what a stopped client learnt of the network (a
+/// warning when that fails).
+pub(crate) fn save_learnt(store: &Store, report: Option<peerline_net::DriverReport>) {
+    if let Some(report) = report {
+        let known = known_supernodes(&report.host_cache, &report.members_sample);
+        if let Err(error) = store.save_host_cache(&known) {
+            eprintln!("warning: {error:#}");
+        }
+    }
+}
+
+/// The lines every command that makes or shows a device prints.
+pub(crate) fn print_device(
+    body: &peerline_proto::DeviceCertBody,
+    replaced: Option<peerline_proto::PublicKey>,
+) {
+    if let Some(old) = replaced {
+        println!(
+            "replaced   the nameless account {} this directory held (its device key too)",
+            key_hex(&old)
+        );
+    }
+    println!("account  {}", key_hex(&body.account_key));
+    println!("device   {}", key_hex(&body.device_key));
+    println!(
+        "expires  {} (this device's certificate)",
+        data_dir::utc_time(body.expires_unix_s)
+    );
 }
 
 /// Where the client listens: loopback towards a loopback network, else
@@ -615,13 +656,7 @@ pub fn whoami(args: WhoamiArgs) -> Result<ExitCode> {
         ));
     };
     let stored = data.store().identity()?;
-    let body = &stored.cert.body;
-    println!("account  {}", key_hex(&body.account_key));
-    println!("device   {}", key_hex(&body.device_key));
-    println!(
-        "expires  {} (this device's certificate)",
-        data_dir::utc_time(body.expires_unix_s)
-    );
+    print_device(&stored.cert.body, None);
     let names: Vec<String> = data
         .store()
         .owned_names()?
@@ -727,26 +762,9 @@ pub fn create(args: CreateArgs) -> Result<ExitCode> {
     };
     let store = save_account(path, existing, &stored, &name, &certificate)?;
     devices::save_list(&store, &list)?;
-    if let Some(report) = report {
-        let known = known_supernodes(&report.host_cache, &report.members_sample);
-        if let Err(error) = store.save_host_cache(&known) {
-            eprintln!("warning: {error:#}");
-        }
-    }
-    let body = &stored.cert.body;
+    save_learnt(&store, report);
     println!("registered {}", name.as_str());
-    if let Some(old) = replaced {
-        println!(
-            "replaced   the nameless account {} this directory held (its device key too)",
-            key_hex(&old)
-        );
-    }
-    println!("account  {}", key_hex(&body.account_key));
-    println!("device   {}", key_hex(&body.device_key));
-    println!(
-        "expires  {} (this device's certificate)",
-        data_dir::utc_time(body.expires_unix_s)
-    );
+    print_device(&stored.cert.body, replaced);
     match published {
         Some(Ok(())) => {
             println!(

@@ -8,8 +8,8 @@
 //! core at start.
 
 use crate::account::{
-    checked_name, client_params, fail, in_use, required_data_dir, runtime, spinner, NetworkArgs,
-    Session, EXIT_CODES, EXIT_NO, EXIT_NOT_NOW,
+    checked_name, fail, in_use, required_data_dir, runtime, spinner, NetworkArgs, Session,
+    EXIT_CODES, EXIT_NO, EXIT_NOT_NOW,
 };
 use crate::node::config::key_hex;
 use crate::node::data_dir::{self, DataDir};
@@ -89,19 +89,11 @@ fn resolve(
     network: &NetworkArgs,
     names: &[Name],
 ) -> Result<Vec<Option<PublicKey>>> {
-    let params = client_params(network.loopback_test_network);
-    let bootstrap = crate::node::bootstrap_order(
-        &data.load_host_cache().contacts,
-        &network.bootstrap,
-        params.host_cache_len_max,
-    );
-    let identity = data.identity(wall_clock_s())?;
     let bar = spinner();
     bar.set_message("reaching the network");
     let outcome = runtime()?.block_on(async {
         let flush = Duration::from_millis(500);
-        let mut session =
-            Session::attach(identity, bootstrap, params, network.timeout, flush).await?;
+        let mut session = Session::for_account(data, network, flush).await?;
         let mut owners = Vec::with_capacity(names.len());
         for name in names {
             bar.set_message(format!("looking up {}", name.as_str()));

@@ -16,8 +16,8 @@
 //! Argon2id), use it, and drop it at the end of the block that needs it.
 
 use crate::account::{
-    client_params, fail, in_use, required_data_dir, runtime, spinner, NetworkArgs, Session,
-    EXIT_BAD_INPUT, EXIT_CODES, EXIT_NO, EXIT_NOT_NOW, SECRETS_FLUSH, SECRETS_SENT_WAIT,
+    fail, in_use, required_data_dir, runtime, spinner, NetworkArgs, Session, EXIT_BAD_INPUT,
+    EXIT_CODES, EXIT_NO, EXIT_NOT_NOW, SECRETS_FLUSH, SECRETS_SENT_WAIT,
 };
 use crate::login::open_root;
 use crate::node::config::key_hex;
@@ -135,12 +135,7 @@ fn start(network: &NetworkArgs) -> Result<(DataDir, PublicKey, PublicKey, String
 impl AccountSession {
     async fn attach(network: &NetworkArgs, flush: Duration) -> Result<AccountSession> {
         let (data, account, device, who) = start(network)?;
-        let params = client_params(network.loopback_test_network);
-        let cached = data.load_host_cache().contacts;
-        let bootstrap =
-            crate::node::bootstrap_order(&cached, &network.bootstrap, params.host_cache_len_max);
-        let identity = data.identity(wall_clock_s())?;
-        let session = Session::attach(identity, bootstrap, params, network.timeout, flush).await?;
+        let session = Session::for_account(&data, network, flush).await?;
         Ok(AccountSession {
             data,
             account,

@@ -15,18 +15,18 @@ use crate::account::{
     save_account, spinner, NetworkArgs, Owned, Session, EXIT_CODES, EXIT_NO, EXIT_NOT_NOW,
     SECRETS_FLUSH, SECRETS_SENT_WAIT,
 };
+use crate::account::{print_device, save_learnt};
 use crate::devices::{self, ListChange};
+use crate::node::bootstrap_order;
 use crate::node::config::key_hex;
 use crate::node::data_dir;
 use crate::node::store::{Store, StoredIdentity};
-use crate::node::{bootstrap_order, known_supernodes};
 use crate::password::{self, Prompt};
 use anyhow::Result;
 use peerline_core::client::{BundleFailure, NameFailure};
 use peerline_core::names::Name;
 use peerline_core::{CryptoMode, Event, Keypair};
 use peerline_net::clock::wall_clock_s;
-use peerline_net::DriverReport;
 use peerline_proto::{DeviceList, NameCertificate, PublicKey};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,25 +137,14 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
     drop(password);
     let (logged_in, report, logged_in_ms, stop_ms) = outcome?;
     let login = logged_in?;
-    save_host_cache(&login.store, report);
+    save_learnt(&login.store, report);
     let body = &login.stored.cert.body;
     println!(
         "logged in as {} on a new device ({})",
         name.as_str(),
         key_hex(&body.device_key)
     );
-    if let Some(old) = login.replaced {
-        println!(
-            "replaced   the nameless account {} this directory held (its device key too)",
-            key_hex(&old)
-        );
-    }
-    println!("account  {}", key_hex(&body.account_key));
-    println!("device   {}", key_hex(&body.device_key));
-    println!(
-        "expires  {} (this device's certificate)",
-        data_dir::utc_time(body.expires_unix_s)
-    );
+    print_device(body, login.replaced);
     let opened = &login.opened;
     println!(
         "took     {logged_in_ms} ms: attach {} ms, name lookup {} ms, opening the key {} ms (network {} ms over {} round trips, then Argon2id), saving {} ms; then stopping the client {stop_ms} ms",
@@ -226,15 +215,6 @@ fn keep(path: &Path, existing: Option<Store>, name: &Name, opened: Opened) -> Re
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-fn save_host_cache(store: &Store, report: Option<DriverReport>) {
-    if let Some(report) = report {
-        let known = known_supernodes(&report.host_cache, &report.members_sample);
-        if let Err(error) = store.save_host_cache(&known) {
-            eprintln!("warning: {error:#}");
-        }
-    }
 }
 
 /// Looks the name up, then opens its account's bundle with the password.
