@@ -101,6 +101,8 @@ pub struct ClientState {
     promotion_due: bool,
     /// One keepalive schedule for every attachment: a single wake-up pings all.
     keepalive_at: Option<Instant>,
+    /// Keepalive ticks so far: which of them are pings.
+    keepalive_round: u32,
     /// When short of attachments with every candidate backed off: when the
     /// first becomes eligible again.
     retry_at: Option<Instant>,
@@ -723,7 +725,8 @@ impl ClientState {
         io.send(addr, &Message::Ping { sequence });
     }
 
-    /// The shared keepalive tick: pings every attachment. One whose last
+    /// The shared keepalive tick: every attachment gets a keepalive, and
+    /// every `keepalive_check_every`-th tick it is a ping. One whose last
     /// ping went unanswered for a whole interval is retried with short pong
     /// timeouts and dropped after `keepalive_misses_max` misses.
     fn keepalive_if_due(&mut self, io: &mut Io) {
@@ -731,6 +734,10 @@ impl ClientState {
         if self.keepalive_at.is_none_or(|at| at > now) {
             return;
         }
+        self.keepalive_round = self.keepalive_round.wrapping_add(1);
+        let check = self
+            .keepalive_round
+            .is_multiple_of(io.params.keepalive_check_every.max(1));
         let mut index = 0;
         while index < self.attachments.len() {
             let attachment = &mut self.attachments[index];
@@ -746,9 +753,11 @@ impl ClientState {
                     continue;
                 }
                 Self::send_ping(io, attachment, true);
-            } else {
+            } else if check {
                 attachment.misses = 0;
                 Self::send_ping(io, attachment, false);
+            } else {
+                io.send(attachment.contact.addr, &Message::Keepalive);
             }
             index += 1;
         }

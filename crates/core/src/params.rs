@@ -10,6 +10,13 @@ pub struct Params {
     pub attachments_target: usize,
     /// Keepalive period; ≤ 25 s keeps ordinary NAT bindings open.
     pub keepalive_interval_ms: u64,
+    /// Every how many keepalives is a ping (answered with a pong, which
+    /// checks the supernode is alive); the others are a bare `Keepalive`
+    /// that only holds the NAT binding. 2: a silent supernode is noticed
+    /// within two intervals plus the retries (a crash is usually reported
+    /// sooner by the client's other supernode, `PeerDown`), and the
+    /// overlay carries a fifth fewer datagrams.
+    pub keepalive_check_every: u32,
     /// Wait for a pong before resending the ping.
     pub pong_timeout_ms: u64,
     /// Unanswered pings in a row after which the supernode counts as dead.
@@ -176,6 +183,7 @@ impl Default for Params {
         Params {
             attachments_target: 2,
             keepalive_interval_ms: 25_000,
+            keepalive_check_every: 2,
             pong_timeout_ms: 2_000,
             keepalive_misses_max: 3,
             attach_step_timeout_ms: 2_000,

@@ -442,6 +442,10 @@ impl SupernodeState {
                 signature,
             } => self.on_attach_resume(io, from, ticket, counter, signature),
             Message::Ping { sequence } => self.on_ping(io, from, sequence),
+            Message::Keepalive => match self.clients.get_mut(&from) {
+                Some(slot) => slot.last_seen = io.now.instant,
+                None => io.send(from, &Message::NotAttached),
+            },
             Message::Detach { .. } => {
                 self.clients.remove(&from);
             }

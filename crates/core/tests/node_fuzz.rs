@@ -522,6 +522,7 @@ fn message() -> impl Strategy<Value = Message> {
                 }
             ),
         Just(Message::NotAttached),
+        Just(Message::Keepalive),
         public_key().prop_map(|supernode| Message::PeerDown { supernode }),
         record().prop_map(|record| Message::Publish { record }),
         (small_or_any_u32(), account())

@@ -588,11 +588,11 @@ fn client_replaces_a_supernode_that_stops_answering_pings() {
 
     // From now on `dead` answers nothing.
     script.set(&dead, Behaviour::Silent);
-    // A missed keepalive is noticed at the next tick at the latest, then
-    // retried with short pong timeouts: detection within two intervals plus
-    // the retries (one interval plus the retries when each ping has a timeout).
+    // Every `keepalive_check_every`-th keepalive is a ping; a missed pong
+    // is noticed at the next tick, then retried with short pong timeouts:
+    // detection within `keepalive_check_every + 1` intervals plus the retries.
     let bound_ms = first_attached_ms
-        + 2 * params.keepalive_interval_ms
+        + (params.keepalive_check_every as u64 + 1) * params.keepalive_interval_ms
         + params.keepalive_misses_max as u64 * params.pong_timeout_ms;
     script.run(&mut client, 5_000, bound_ms + 5_000);
 
@@ -626,6 +626,11 @@ fn client_replaces_a_supernode_that_stops_answering_pings() {
         "one unanswered ping is not a failure: {pings:?}"
     );
     assert!(pings.iter().all(|t| t <= detached_ms));
+    // The ticks between the checks were bare keepalives, to both supernodes.
+    for supernode in [alive, dead] {
+        let keepalives = script.sent_to(supernode.addr, |m| matches!(m, Message::Keepalive));
+        assert!(!keepalives.is_empty(), "no keepalive to {supernode:?}");
+    }
     // The replacement hello goes out at once, to the third supernode.
     let spare_hellos = script.sent_to(spare.addr, is_hello);
     assert_eq!(
@@ -1037,8 +1042,11 @@ fn supernode_admits_a_real_client_and_keeps_it_alive() {
         matches!(pong, Message::Pong { sequence: 41, .. }),
         "{pong:?}"
     );
+    // A bare keepalive is not answered.
+    deliver(&mut supernode, at(55), client_addr, &Message::Keepalive);
+    assert_eq!(supernode.drain_transmits().count(), 0);
 
-    // A stranger's ping, publish or lookup: NotAttached, and nothing else.
+    // A stranger's ping, keepalive, publish or lookup: NotAttached, and nothing else.
     let stranger = addr(99);
     deliver(
         &mut supernode,
@@ -1046,6 +1054,8 @@ fn supernode_admits_a_real_client_and_keeps_it_alive() {
         stranger,
         &Message::Ping { sequence: 1 },
     );
+    assert_eq!(only_reply(&mut supernode, stranger), Message::NotAttached);
+    deliver(&mut supernode, at(60), stranger, &Message::Keepalive);
     assert_eq!(only_reply(&mut supernode, stranger), Message::NotAttached);
     deliver(
         &mut supernode,

@@ -449,6 +449,12 @@ pub enum Message {
         ephemeral: [u8; 32],
         sealed: BoundedVec<u8, SEALED_CANDIDATES_LEN_MAX>,
     },
+    /// Client → its supernode between [`Message::Ping`]s: keeps the NAT
+    /// binding and the attachment alive and asks for no answer (a
+    /// supernode that does not hold the attachment says
+    /// [`Message::NotAttached`]). Liveness is checked by every
+    /// `keepalive_check_every`-th keepalive only, which is a ping.
+    Keepalive,
 }
 
 /// Why a supernode refused a device's login for good.
@@ -538,6 +544,7 @@ impl Message {
             Message::NameLookupAnswer { .. } => MessageKind::NameLookupAnswer,
             Message::LoginRefused { .. } => MessageKind::LoginRefused,
             Message::SealedCandidates { .. } => MessageKind::SealedCandidates,
+            Message::Keepalive => MessageKind::Keepalive,
         }
     }
 }
@@ -606,6 +613,7 @@ pub enum MessageKind {
     NameLookupAnswer,
     LoginRefused,
     SealedCandidates,
+    Keepalive,
 }
 
 impl MessageKind {
@@ -673,6 +681,7 @@ impl MessageKind {
             58 => MessageKind::NameLookupAnswer,
             59 => MessageKind::LoginRefused,
             60 => MessageKind::SealedCandidates,
+            61 => MessageKind::Keepalive,
             _ => return None,
         })
     }
@@ -687,6 +696,7 @@ mod tests {
     fn peek_kind_agrees_with_decoding_for_each_variant_order() {
         let samples = [
             Message::NotAttached,
+            Message::Keepalive,
             Message::Ping { sequence: 1 },
             Message::Pong {
                 sequence: 1,

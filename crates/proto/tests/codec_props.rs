@@ -576,6 +576,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         Just(Message::NotAttached),
+        Just(Message::Keepalive),
         public_key().prop_map(|supernode| Message::PeerDown { supernode }),
         presence_record().prop_map(|record| Message::Publish { record }),
         (varint_u32(), public_key())
@@ -820,6 +821,7 @@ fn every_variant_is_covered(m: &Message) {
         | Message::Ping { .. }
         | Message::Pong { .. }
         | Message::NotAttached
+        | Message::Keepalive
         | Message::PeerDown { .. }
         | Message::Publish { .. }
         | Message::LookupRequest { .. }
@@ -1491,6 +1493,7 @@ fn widest_messages() -> Vec<Message> {
             ephemeral: [0xbb; 32],
             sealed: BoundedVec::truncating([0xbc; SEALED_CANDIDATES_LEN_MAX]),
         },
+        Message::Keepalive,
     ];
     assert_one_per_variant(&out);
     out
@@ -1979,6 +1982,7 @@ fn typical_messages() -> Vec<Message> {
             ephemeral: [56; 32],
             sealed: BoundedVec::truncating([57; 161]),
         },
+        Message::Keepalive,
     ];
     assert_one_per_variant(&out);
     out

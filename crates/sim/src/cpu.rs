@@ -156,7 +156,7 @@ impl CostTable {
             | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
             | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates | PathPing
             | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse
-            | NameLookupAnswer | LoginRefused | SealedCandidates => frame_us,
+            | NameLookupAnswer | LoginRefused | SealedCandidates | Keepalive => frame_us,
         }
     }
 }

@@ -841,7 +841,9 @@ impl World {
                 self.metrics.busy_answers += 1;
                 self.metrics.busy_since_sample += 1;
             }
-            Some(MessageKind::Ping) => self.nodes[from as usize].observe_contact(to, now_s),
+            Some(MessageKind::Ping | MessageKind::Keepalive) => {
+                self.nodes[from as usize].observe_contact(to, now_s)
+            }
             Some(MessageKind::NotAttached) => self.nodes[to as usize].forget(from),
             Some(MessageKind::Detach) => {
                 self.nodes[from as usize].forget(to);
