@@ -456,6 +456,7 @@ enum MessageChoice {
     Ping(u32),
     Pong(u32, u8, u8, Option<TicketChoice>),
     NotAttached,
+    Keepalive,
     PeerDown(KeyChoice),
     Publish(RecordChoice),
     LookupRequest(u32, KeyChoice),
@@ -661,6 +662,7 @@ impl MessageChoice {
                 ticket: ticket.as_ref().map(TicketChoice::build),
             },
             MessageChoice::NotAttached => Message::NotAttached,
+            MessageChoice::Keepalive => Message::Keepalive,
             MessageChoice::PeerDown(key) => Message::PeerDown {
                 supernode: key.build(),
             },
