@@ -1046,11 +1046,16 @@ impl ClientState {
     /// number per call, through a random attached supernode; each waits a
     /// jittered, doubling interval for its acknowledgement before the next try.
     fn send_outbox(&mut self, io: &mut Io) {
+        let now = io.now.instant;
+        // Every wake-up of every client comes here: nothing to allocate
+        // when nothing is due.
+        if io.mail.outbox.iter().all(|entry| entry.next_send > now) {
+            return;
+        }
         let attached = self.attached();
         if attached.is_empty() {
             return;
         }
-        let now = io.now.instant;
         let params = io.params;
         let mut due = Vec::new();
         for (index, entry) in io.mail.outbox.iter().enumerate() {

@@ -126,6 +126,9 @@ impl ClientState {
     /// last one when there is one.
     fn try_registrations(&mut self, io: &mut Io) {
         let now = io.now.instant;
+        if self.names.registrations.iter().all(|r| r.deadline > now) {
+            return;
+        }
         let attached = self.attached();
         let mut index = 0;
         while index < self.names.registrations.len() {
@@ -269,6 +272,10 @@ impl ClientState {
     pub(crate) fn names_timeout(&mut self, io: &mut Io) {
         self.try_registrations(io);
         let now = io.now.instant;
+        if self.names.lookups.iter().all(|l| l.deadline > now) {
+            // The common case: every wake-up of every client comes here.
+            return;
+        }
         let attached = self.attached();
         let mut index = 0;
         while index < self.names.lookups.len() {
