@@ -145,6 +145,15 @@ impl Queue {
         }
     }
 
+    /// The event `ahead` places after the next one to pop, if it is in the
+    /// current bucket (for prefetching what it will touch).
+    pub fn upcoming(&self, ahead: usize) -> Option<&Entry> {
+        self.ready
+            .len()
+            .checked_sub(ahead + 1)
+            .map(|i| &self.ready[i])
+    }
+
     /// Moves to the next bucket and makes it ready.
     fn advance(&mut self) {
         self.current += 1;

@@ -64,6 +64,29 @@ struct Observed {
     last_contact_s: u32,
 }
 
+/// Prefetches the cache lines of `len` bytes at `ptr` (a hint: no effect
+/// on what the program computes, and none at all off x86-64).
+#[inline]
+fn prefetch_bytes(ptr: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut offset = 0;
+        while offset < len {
+            // SAFETY: a prefetch is a hint that never faults or reads into
+            // the program's state; `ptr + offset` stays within (or one line
+            // past) the object it was derived from.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    ptr.wrapping_add(offset).cast(),
+                );
+            }
+            offset += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, len);
+}
+
 struct SimNode {
     node: Option<Node>,
     place: Place,
@@ -392,6 +415,7 @@ impl World {
             }
             self.now_us = entry.time_us;
             events += 1;
+            self.prefetch_upcoming();
             if events & 0xFFFF == 0 {
                 progress(Progress {
                     virtual_s: self.now_us / 1_000_000,
@@ -433,6 +457,38 @@ impl World {
             duration_s: self.config.duration_s,
             events,
         });
+    }
+
+    /// Asks the CPU to start loading the node state (and datagram) of an
+    /// event a few places ahead in the queue. In a million-node run nearly
+    /// every event touches a node no other recent event touched, and its
+    /// handling waits on a dozen cache misses; started early, they overlap
+    /// with the events in between. Changes no outcome.
+    #[inline]
+    fn prefetch_upcoming(&self) {
+        /// Events between the prefetch and the use: enough to hide a
+        /// memory access, few enough that the lines are still cached.
+        const AHEAD: usize = 6;
+        let Some(entry) = self.queue.upcoming(AHEAD) else {
+            return;
+        };
+        let (node, bytes) = match &entry.kind {
+            EventKind::Deliver { to, bytes, .. } | EventKind::Served { to, bytes, .. } => {
+                (*to, Some(bytes))
+            }
+            EventKind::Timer { node, .. } => (*node, None),
+            _ => return,
+        };
+        let Some(slot) = self.nodes.get(node as usize) else {
+            return;
+        };
+        prefetch_bytes(
+            (slot as *const SimNode).cast(),
+            std::mem::size_of::<SimNode>(),
+        );
+        if let Some(bytes) = bytes {
+            prefetch_bytes(bytes.as_ptr(), bytes.len().min(256));
+        }
     }
 
     // ---- scenario actions ----
