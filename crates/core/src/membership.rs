@@ -221,12 +221,7 @@ impl Membership {
     }
 
     fn enqueue(&mut self, update: MemberUpdate) {
-        self.enqueue_counted(update, self.retransmissions());
-    }
-
-    /// Queues `update` to be piggybacked `count` times (at least once).
-    fn enqueue_counted(&mut self, update: MemberUpdate, count: u8) {
-        let count = count.max(1) as usize;
+        let count = self.retransmissions() as usize;
         if self.broadcasts.len() <= count {
             self.broadcasts.resize_with(count + 1, Vec::new);
         }
@@ -466,17 +461,7 @@ impl Membership {
                     MemberState::Alive if newer => {
                         self.set_update(i, update);
                         self.members[i].state_since = now;
-                        if current.state == MemberState::Alive && current.contact == update.contact
-                        {
-                            // Only the load changed: news nobody depends on
-                            // (the next announcement corrects a miss), so it
-                            // is passed on log n times instead of 3 log n.
-                            // In a 2,500-member network this is most of the
-                            // gossip, and every member applies each copy.
-                            self.enqueue_counted(update, self.retransmissions() / 3);
-                        } else {
-                            self.enqueue(update);
-                        }
+                        self.enqueue(update);
                         if current.state == MemberState::Suspect {
                             // A refutation: spread it as fast as the suspicion.
                             self.track_suspect(id, false);
