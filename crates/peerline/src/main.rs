@@ -221,8 +221,12 @@ fn parse_duration_s(text: &str) -> Result<u64, String> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc 3's `mi_option_generic_collect` (not exported by
-/// `libmimalloc-sys`; its index in mimalloc 3's `mi_option_t`).
+/// `libmimalloc-sys`; its index in mimalloc 3's `mi_option_t`, as bundled
+/// by libmimalloc-sys 0.1.49).
 const MI_OPTION_GENERIC_COLLECT: libmimalloc_sys::mi_option_t = 34;
+// A bundled mimalloc with another option list would make index 34 some
+// other option: refuse to build instead (update the index above).
+const _: () = assert!(libmimalloc_sys::_mi_option_last == 47);
 
 /// Backs the heap with 2 MiB pages where the kernel allows it (transparent
 /// huge pages): a million-node run touches ~10 GiB at random, and with 4 KiB
