@@ -8,6 +8,7 @@ use peerline_proto::{
     Addr, Contact, MemberState, MemberUpdate, NodeId, PublicKey, GOSSIP_UPDATES_MAX,
 };
 use rand_core::Rng;
+use std::hash::BuildHasher;
 
 /// Most updates waiting to be piggybacked.
 const BROADCAST_QUEUE_LEN_MAX: usize = 2048;
@@ -85,6 +86,134 @@ pub struct Membership {
     suspects: Vec<(NodeId, Instant)>,
     /// Sum of every member's announced load, kept in step with `members`.
     load_total: u64,
+    /// What members hold now, for recognising updates that change nothing.
+    held: HeldUpdates,
+}
+
+/// What each member holds now, keyed by a fingerprint of its contact, so
+/// a gossiped update that would change nothing is recognised with one
+/// probe of a dense table — no ID hash, no search of the view.
+///
+/// SWIM sends every update ~3·log2 n times and each gossip message carries
+/// up to 48, so nearly every update a supernode receives is one it holds
+/// already or one an update it holds supersedes: at 1M clients (2,500
+/// supernodes) hashing each update's contact to an ID and searching the
+/// view for it was a fifth of the run.
+///
+/// A 4-way set-associative cache (a set is one cache line): an entry is
+/// overwritten only when its set is full, and every change to (or removal
+/// of) a member's update clears the entry of the old one, so an entry
+/// present describes what a member holds now. Applying an update about
+/// that member (same contact) changes nothing when its incarnation is
+/// older, or when it is the same incarnation, state and load (the merge
+/// rules only act on a newer incarnation, another state at the same one,
+/// or another load): skipping it then is exact. The hash is keyed with a
+/// secret of the node, so nobody can aim a contact at another's set.
+///
+/// Measured at 300k clients (750 supernodes), steady phase: with one entry
+/// per set 71% of updates were skipped (27% more were older or equal ones
+/// whose entry a collision had overwritten); with four ways, 90%.
+#[derive(Clone, Debug)]
+struct HeldUpdates {
+    hasher: foldhash::quality::FixedState,
+    /// A power of two long (or empty).
+    sets: Vec<HeldSet>,
+}
+
+const HELD_WAYS: usize = 4;
+
+#[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
+struct HeldSet([Held; HELD_WAYS]);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    /// The contact's fingerprint; 0 is an empty entry.
+    contact: u64,
+    incarnation: u32,
+    state: MemberState,
+    load_pct: u8,
+}
+
+impl Held {
+    const EMPTY: Held = Held {
+        contact: 0,
+        incarnation: 0,
+        state: MemberState::Alive,
+        load_pct: 0,
+    };
+}
+
+impl HeldUpdates {
+    fn new(seed: u64) -> Self {
+        HeldUpdates {
+            hasher: foldhash::quality::FixedState::with_seed(seed),
+            sets: Vec::new(),
+        }
+    }
+
+    fn fingerprint(&self, contact: &Contact) -> u64 {
+        self.hasher.hash_one(contact) | 1
+    }
+
+    fn set(&self, fingerprint: u64) -> Option<usize> {
+        let mask = self.sets.len().checked_sub(1)?;
+        Some(fingerprint as usize & mask)
+    }
+
+    fn find(&self, fingerprint: u64) -> Option<(usize, usize)> {
+        let set = self.set(fingerprint)?;
+        let way = self.sets[set]
+            .0
+            .iter()
+            .position(|held| held.contact == fingerprint)?;
+        Some((set, way))
+    }
+
+    /// Whether applying `update` would change nothing.
+    fn supersedes(&self, update: &MemberUpdate) -> bool {
+        let Some((set, way)) = self.find(self.fingerprint(&update.contact)) else {
+            return false;
+        };
+        let held = self.sets[set].0[way];
+        update.incarnation < held.incarnation
+            || (update.incarnation == held.incarnation
+                && update.state == held.state
+                && update.load_pct == held.load_pct)
+    }
+
+    /// Records what a member holds now; the table grows (and starts over:
+    /// it is a cache) to twice as many entries as the view has members.
+    fn insert(&mut self, update: &MemberUpdate, members: usize) {
+        let sets = (2 * members / HELD_WAYS).next_power_of_two().max(16);
+        if self.sets.len() < sets {
+            self.sets = vec![HeldSet([Held::EMPTY; HELD_WAYS]); sets];
+        }
+        let contact = self.fingerprint(&update.contact);
+        let Some(set) = self.set(contact) else {
+            return;
+        };
+        let ways = &mut self.sets[set].0;
+        let way = ways
+            .iter()
+            .position(|held| held.contact == contact)
+            .or_else(|| ways.iter().position(|held| held.contact == 0))
+            // A full set: the fingerprint's top bits pick whom to replace.
+            .unwrap_or((contact >> 62) as usize % HELD_WAYS);
+        ways[way] = Held {
+            contact,
+            incarnation: update.incarnation,
+            state: update.state,
+            load_pct: update.load_pct,
+        };
+    }
+
+    /// A member no longer holds `update`.
+    fn forget(&mut self, update: &MemberUpdate) {
+        if let Some((set, way)) = self.find(self.fingerprint(&update.contact)) {
+            self.sets[set].0[way] = Held::EMPTY;
+        }
+    }
 }
 
 /// How far ahead of our own incarnation a rumour about us may be and still
@@ -113,6 +242,7 @@ impl Membership {
         view_len_max: usize,
         bucket_len_max: usize,
         suspect_timeout_ms: u64,
+        filter_seed: u64,
     ) -> Self {
         let mut membership = Membership {
             self_id,
@@ -131,6 +261,7 @@ impl Membership {
             urgent: Vec::new(),
             suspects: Vec::new(),
             load_total: me.load_pct as u64,
+            held: HeldUpdates::new(filter_seed),
         };
         membership.members.push(Member {
             id: self_id,
@@ -356,6 +487,7 @@ impl Membership {
         match worst {
             Some(i) if admission_rank(&self.self_id, &self.members[i].id) > rank => {
                 let evicted = self.members.remove(i);
+                self.held.forget(&evicted.update);
                 self.load_total -= evicted.update.load_pct as u64;
                 self.prefixes.remove(i);
                 if evicted.update.state == MemberState::Suspect {
@@ -432,9 +564,34 @@ impl Membership {
         changes
     }
 
+    /// Whether applying `update` would surely change nothing: a member
+    /// holds it already, or a newer incarnation (see [`HeldUpdates`]).
+    pub fn supersedes(&self, update: &MemberUpdate) -> bool {
+        self.held.supersedes(update)
+    }
+
     /// Applies one update (SWIM merge rules). `id` must be the contact's
     /// verified node ID.
     pub fn apply(
+        &mut self,
+        id: NodeId,
+        update: MemberUpdate,
+        now: Instant,
+        tombstone_ttl_ms: u64,
+    ) -> Change {
+        let change = self.merge(id, update, now, tombstone_ttl_ms);
+        if id != self.self_id {
+            if let Ok(i) = self.position(&id) {
+                if self.members[i].update.contact == update.contact {
+                    let held = self.members[i].update;
+                    self.held.insert(&held, self.members.len());
+                }
+            }
+        }
+        change
+    }
+
+    fn merge(
         &mut self,
         id: NodeId,
         update: MemberUpdate,
@@ -538,6 +695,7 @@ impl Membership {
 
     fn remove(&mut self, index: usize, incarnation: u32, now: Instant, tombstone_ttl_ms: u64) {
         let removed = self.members.remove(index);
+        self.held.forget(&removed.update);
         self.load_total -= removed.update.load_pct as u64;
         self.prefixes.remove(index);
         if removed.update.state == MemberState::Suspect {
@@ -614,6 +772,7 @@ impl Membership {
 
     /// Replaces a member's update, keeping the load total in step.
     fn set_update(&mut self, index: usize, update: MemberUpdate) {
+        self.held.forget(&self.members[index].update);
         self.load_total -= self.members[index].update.load_pct as u64;
         self.load_total += update.load_pct as u64;
         self.members[index].update = update;
@@ -987,7 +1146,7 @@ mod tests {
 
     fn view(n: u32) -> Membership {
         let (id, me) = update(0);
-        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000);
+        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000, 7);
         for i in 1..n {
             let (id, u) = update(i);
             m.apply(id, u, Instant::ZERO, 1000);
@@ -995,10 +1154,63 @@ mod tests {
         m
     }
 
+    /// Skipping the updates `supersedes` names changes nothing: a view
+    /// that applies every update and one that skips those end up the same
+    /// after every step, through suspicions, deaths, refutations, address
+    /// changes, evictions from a capped view and the table growing.
+    #[test]
+    fn skipping_superseded_updates_changes_nothing() {
+        for (view_len_max, bucket_len_max) in [(100_000, 100_000), (24, 4)] {
+            let (id, me) = update(0);
+            let new =
+                || Membership::new(id, me, Instant::ZERO, view_len_max, bucket_len_max, 4000, 7);
+            let (mut plain, mut filtered) = (new(), new());
+            let mut rng = Pcg32::seed_from_u64(view_len_max as u64);
+            let mut skipped = 0;
+            for step in 0..20_000u64 {
+                let now = Instant(step * 50_000);
+                if step % 40 == 0 {
+                    // Probe timeouts and suspicion expiry change updates too.
+                    let a = plain.expire(now, 1000);
+                    let b = filtered.expire(now, 1000);
+                    assert_eq!(a.len(), b.len());
+                }
+                let (id, mut u) = update(1 + rng.next_u32() % 60);
+                u.incarnation = 1 + rng.next_u32() % 6;
+                u.state = match rng.next_u32() % 8 {
+                    0 => MemberState::Suspect,
+                    1 => MemberState::Dead,
+                    _ => MemberState::Alive,
+                };
+                u.load_pct = [0, 40, 100][rng.next_u32() as usize % 3];
+                if rng.next_u32() % 10 == 0 {
+                    u.contact.addr.port = 2;
+                }
+                let expected = plain.apply(id, u, now, 1000);
+                if filtered.supersedes(&u) {
+                    skipped += 1;
+                    assert_eq!(expected, Change::None, "step {step}: {u:?}");
+                } else {
+                    assert_eq!(filtered.apply(id, u, now, 1000), expected);
+                }
+                let view = |m: &Membership| {
+                    m.members()
+                        .iter()
+                        .map(|m| (m.id, m.update, m.state_since))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(view(&plain), view(&filtered), "step {step}");
+                assert_eq!(plain.broadcast_len(), filtered.broadcast_len());
+            }
+            // The filter did its job, not only no harm.
+            assert!(skipped > 2_000, "{skipped} of 20,000 skipped");
+        }
+    }
+
     #[test]
     fn full_members_are_never_named_as_alternates() {
         let (id, me) = update(0);
-        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000);
+        let mut m = Membership::new(id, me, Instant::ZERO, 100_000, 100_000, 4000, 7);
         for i in 1..40 {
             let (id, mut u) = update(i);
             // Every third member is full, every third nearly full; the
@@ -1160,7 +1372,7 @@ mod tests {
     #[test]
     fn capped_view_keeps_bucket_limits() {
         let (id, me) = update(0);
-        let mut m = Membership::new(id, me, Instant::ZERO, 64, 8, 4000);
+        let mut m = Membership::new(id, me, Instant::ZERO, 64, 8, 4000, 7);
         for i in 1..2000 {
             let (id, u) = update(i);
             m.apply(id, u, Instant::ZERO, 1000);
@@ -1267,7 +1479,7 @@ mod neighbourhood_tests {
             state: MemberState::Alive,
             load_pct: 0,
         };
-        let mut m = Membership::new(ids[0], me, Instant::ZERO, 100_000, 100_000, 1000);
+        let mut m = Membership::new(ids[0], me, Instant::ZERO, 100_000, 100_000, 1000, 7);
         for id in &ids[1..] {
             let update = MemberUpdate {
                 contact: Contact {
@@ -1346,7 +1558,7 @@ mod batch_tests {
     #[test]
     fn batch_equals_one_by_one() {
         let (self_id, me) = member(0);
-        let mut one = Membership::new(self_id, me, Instant::ZERO, 100_000, 100_000, 1000);
+        let mut one = Membership::new(self_id, me, Instant::ZERO, 100_000, 100_000, 1000, 7);
         let mut batch = one.clone();
         let updates: Vec<(NodeId, MemberUpdate)> = (1..400).chain(100..150).map(member).collect();
         for (id, update) in &updates {

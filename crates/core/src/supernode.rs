@@ -221,6 +221,11 @@ impl SupernodeState {
                 params.membership_view_len_max,
                 params.membership_bucket_len_max,
                 params.suspect_timeout_ms,
+                u64::from_le_bytes(
+                    blake3::derive_key("peerline v1 membership filter", &secret)[..8]
+                        .try_into()
+                        .expect("8 bytes"),
+                ),
             ),
             records: BTreeMap::new(),
             lookups: Vec::new(),
@@ -1661,6 +1666,11 @@ impl SupernodeState {
     // ---- membership ----
 
     fn apply_update(&mut self, io: &mut Io, update: MemberUpdate) {
+        // Most gossiped updates are ones we hold already, or older: they
+        // change nothing.
+        if self.membership.supersedes(&update) {
+            return;
+        }
         // A member we already hold under this exact contact passed the
         // puzzle when admitted: one hash (the ID) instead of two.
         let id = crate::identity::node_id(&update.contact.key, update.contact.id_nonce);
