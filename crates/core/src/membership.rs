@@ -1215,6 +1215,44 @@ mod tests {
         }
     }
 
+    /// Far more members than entries: full sets replace an entry, and a
+    /// lookup then finds the member's latest entry or none, never an old
+    /// one; a forgotten update is no longer named.
+    #[test]
+    fn held_table_evicts_from_full_sets_and_never_answers_stale() {
+        let mut held = HeldUpdates::new(7);
+        let updates: Vec<MemberUpdate> = (1..400).map(|i| update(i).1).collect();
+        // Sized for 8 members: 16 sets of 4, so most of the 399 are evicted.
+        for u in &updates {
+            held.insert(u, 8);
+        }
+        assert_eq!(held.sets.len(), 16);
+        let present = updates.iter().filter(|u| held.supersedes(u)).count();
+        assert!(
+            present > 0 && present <= 16 * HELD_WAYS,
+            "{present} present"
+        );
+        for u in &updates {
+            // Newer news about any member is never skipped.
+            let mut newer = *u;
+            newer.incarnation += 1;
+            assert!(!held.supersedes(&newer));
+            // A member that moved on: its older update is skipped, the
+            // one it held before (same incarnation, other load) is not.
+            if held.supersedes(u) {
+                let mut moved = newer;
+                moved.load_pct = 50;
+                held.forget(u);
+                assert!(!held.supersedes(u));
+                held.insert(&moved, 8);
+                assert!(held.supersedes(u), "older than what it holds");
+                let mut other_load = moved;
+                other_load.load_pct = 60;
+                assert!(!held.supersedes(&other_load));
+            }
+        }
+    }
+
     #[test]
     fn full_members_are_never_named_as_alternates() {
         let (id, me) = update(0);
