@@ -194,16 +194,53 @@ impl ClientState {
             .position(|a| a.contact.addr == *from)
     }
 
-    /// Attachments wanted now: the target, plus a spare while one is suspected.
-    fn wanted(&self, target: usize) -> usize {
-        target + self.attachments.iter().any(|a| a.suspected) as usize
+    /// Attachments wanted now: the target, plus a spare while one is
+    /// suspected — and a second spare handshake *hedging* the first when
+    /// that one has gone unanswered for `attach_hedge_ms` while the client
+    /// is not whole without the suspect. A spare from the host cache may
+    /// itself be gone, and waiting out its handshake timeouts (two tries of
+    /// `attach_step_timeout_ms`) was most of the slowest re-attachments
+    /// after a supernode crash. Hedging only a silent handshake (not racing
+    /// two from the start) adds no load where spares answer — a busy answer
+    /// is an answer — so a crash wave's orphans do not double the
+    /// handshakes on the supernodes left. Whichever loses is detached as
+    /// soon as the client is whole again (`trim_surplus`).
+    fn wanted(&self, io: &Io) -> usize {
+        let target = io.params.attachments_target;
+        if !self.attachments.iter().any(|a| a.suspected) {
+            return target;
+        }
+        target + 1 + self.hedge_due(io).is_some_and(|at| at <= io.now.instant) as usize
+    }
+
+    /// When the spare handshake in flight gets a second one hedging it:
+    /// `None` unless one of the client's supernodes is suspected, the
+    /// client is not whole without it, and exactly one spare is in flight.
+    fn hedge_due(&self, io: &Io) -> Option<Instant> {
+        let healthy = self
+            .attachments
+            .iter()
+            .filter(|a| !a.suspected && a.phase == Phase::Attached)
+            .count();
+        let mut in_flight = self
+            .attachments
+            .iter()
+            .filter(|a| a.phase != Phase::Attached);
+        let spare = in_flight.next()?;
+        if in_flight.next().is_some()
+            || healthy >= io.params.attachments_target
+            || !self.attachments.iter().any(|a| a.suspected)
+        {
+            return None;
+        }
+        Some(spare.step_started.add_ms(io.params.attach_hedge_ms))
     }
 
     /// Starts attach handshakes until enough are attached or in progress,
     /// no sooner than the back-off allows.
     pub(crate) fn fill_attachments(&mut self, io: &mut Io) {
         self.retry_at = None;
-        while self.attachments.len() < self.wanted(io.params.attachments_target) {
+        while self.attachments.len() < self.wanted(io) {
             if io.now.instant < self.attach_not_before {
                 self.retry_at = Some(self.attach_not_before);
                 return;
@@ -235,6 +272,9 @@ impl ClientState {
             };
             Self::send_attach_start(io, &mut attachment);
             self.attachments.push(attachment);
+        }
+        if let Some(at) = self.hedge_due(io) {
+            self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
         }
     }
 
@@ -624,20 +664,16 @@ impl ClientState {
         }
     }
 
-    /// Once nothing is suspected, detaches attachments beyond the target
-    /// (the most loaded supernode goes).
+    /// Detaches attachments beyond the target, the most loaded supernode
+    /// first, counting only those not suspected: a suspect is kept until
+    /// its check settles (if it answers, the client has one too many and
+    /// trims then), but the loser of a spare race goes at once.
     fn trim_surplus(&mut self, io: &mut Io) {
         let target = io.params.attachments_target;
-        while self.attachments.iter().all(|a| !a.suspected)
-            && self
-                .attachments
-                .iter()
-                .filter(|a| a.phase == Phase::Attached)
-                .count()
-                > target
-        {
+        let healthy = |a: &Attachment| a.phase == Phase::Attached && !a.suspected;
+        while self.attachments.iter().filter(|a| healthy(a)).count() > target {
             let Some(index) = (0..self.attachments.len())
-                .filter(|i| self.attachments[*i].phase == Phase::Attached)
+                .filter(|i| healthy(&self.attachments[*i]))
                 .max_by_key(|i| self.attachments[*i].load_pct)
             else {
                 return;
@@ -667,6 +703,8 @@ impl ClientState {
             }
         }
         self.keepalive_if_due(io);
+        // A suspect dropped on a timeout may leave the spares it raced surplus.
+        self.trim_surplus(io);
         self.fill_attachments(io);
         self.publish_if_due(io);
         self.send_outbox(io);

@@ -875,12 +875,13 @@ impl Membership {
         }
     }
 
-    /// Starts the next probe if due; returns (target, sequence).
+    /// Starts the next probe if due; returns (target, sequence). Its second
+    /// ping is due `retry_after_ms` later (`retry_probe`).
     pub fn start_probe(
         &mut self,
         now: Instant,
         period_ms: u64,
-        ack_timeout_ms: u64,
+        retry_after_ms: u64,
         rng: &mut impl Rng,
     ) -> Option<(Contact, u32)> {
         if now < self.next_probe_at || self.probe.is_some() {
@@ -893,7 +894,7 @@ impl Membership {
             target: target.id,
             contact: target.update.contact,
             sequence: self.sequence,
-            deadline: now.add_ms(ack_timeout_ms),
+            deadline: now.add_ms(retry_after_ms),
             attempts: 1,
         });
         Some((target.update.contact, self.sequence))

@@ -40,7 +40,7 @@ const SYNC_TIMEOUT_MS: u64 = 2_000;
 /// Expired records are dropped this often (they are also refused on read).
 const RECORD_SWEEP_INTERVAL_MS: u64 = 60_000;
 /// Members an urgent update is pushed to by each node that learns it.
-const URGENT_FANOUT: usize = 3;
+const URGENT_FANOUT: usize = 6;
 /// Delay before the one anti-entropy re-sync after joining.
 const RESYNC_DELAY_MS: u64 = 15_000;
 /// Lost members remembered for rediscovery, and for how long.
@@ -2078,7 +2078,7 @@ impl SupernodeState {
         if let Some((contact, sequence)) = self.membership.start_probe(
             now,
             params.gossip_period_ms,
-            params.gossip_ack_timeout_ms,
+            params.gossip_probe_retry_ms,
             io.rng,
         ) {
             let updates = BoundedVec::truncating(self.membership.take_updates());

@@ -665,6 +665,86 @@ fn client_replaces_a_supernode_that_stops_answering_pings() {
     );
 }
 
+/// A supernode reported down (`PeerDown` from the client's other one): the
+/// client starts a spare handshake at once, hedges it with a second one
+/// when it goes unanswered for `attach_hedge_ms` (a spare from the host
+/// cache may itself be gone), and is back to exactly two attachments once
+/// the report is settled, whether it was true or a false alarm.
+#[test]
+fn client_hedges_a_silent_spare_when_a_supernode_is_reported_down() {
+    let params = Arc::new(params());
+    let hedge_ms = params.attach_hedge_ms;
+    for reported in [Behaviour::Silent, Behaviour::Honest] {
+        let contacts: Vec<Contact> = (0..4)
+            .map(|i| scripted_contact(100 + i, addr(100 + i as u32)))
+            .collect();
+        let mut client = client(&params, 1, addr(1), contacts.clone(), at(0));
+        let mut script = Script::new(&contacts);
+        script.run(&mut client, 0, 5_000);
+        let attached = client.attached_supernodes();
+        assert_eq!(attached.len(), 2, "{:?}", script.events);
+        let (other, down) = (attached[0], attached[1]);
+        let spares: Vec<Contact> = contacts
+            .iter()
+            .filter(|c| c.key != other.key && c.key != down.key)
+            .copied()
+            .collect();
+        // Both spares are silent for now.
+        script.set(&down, reported);
+        for spare in &spares {
+            script.set(spare, Behaviour::Silent);
+        }
+        let report = encode(&Message::PeerDown {
+            supernode: down.key,
+        })
+        .unwrap();
+        client.handle(at(5_000), other.addr, &report);
+        script.run(&mut client, 5_000, 5_000 + hedge_ms + 100);
+        let mut first_hellos: Vec<Option<u64>> = spares
+            .iter()
+            .map(|c| script.sent_to(c.addr, is_hello).first().copied())
+            .collect();
+        first_hellos.sort();
+        if reported == Behaviour::Silent {
+            // One spare at once, the other when the first stayed silent.
+            assert_eq!(
+                first_hellos,
+                vec![Some(5_000), Some(5_000 + hedge_ms)],
+                "{:?}",
+                script.log
+            );
+        } else {
+            // The report was false (the pong came back): no hedge.
+            assert_eq!(first_hellos, vec![None, Some(5_000)], "{:?}", script.log);
+        }
+        assert!(
+            !script.sent_to(down.addr, is_ping).is_empty(),
+            "{reported:?}: the reported supernode was not checked"
+        );
+        // The spares come back; their retried handshakes are answered.
+        for spare in &spares {
+            script.set(spare, Behaviour::Honest);
+        }
+        script.run(&mut client, 5_000 + hedge_ms + 100, 20_000);
+        let now = client.attached_supernodes();
+        assert_eq!(now.len(), 2, "{reported:?}: {now:?}");
+        assert!(
+            now.iter().any(|c| c.key == other.key),
+            "{reported:?}: {now:?}"
+        );
+        if reported == Behaviour::Silent {
+            assert!(now.iter().all(|c| c.key != down.key), "{now:?}");
+        }
+        // Each surplus attachment was detached, not just forgotten.
+        let detaches = script
+            .log
+            .iter()
+            .filter(|(t, _, m)| *t >= 5_000 && matches!(m, Message::Detach { .. }))
+            .count();
+        assert_eq!(detaches, 1, "{reported:?}: {:?}", script.log);
+    }
+}
+
 #[test]
 fn unanswered_handshakes_do_not_slow_the_next_one() {
     // After a crash wave or a partition most of a host cache is dead: each

@@ -24,8 +24,11 @@ pub const BASE_UNIX_S: u64 = 1_800_000_000;
 /// First simulated IPv4 address (10.0.0.0); node i is at BASE + i.
 const ADDRESS_BASE: u32 = 0x0A00_0000;
 const PORT: u16 = 7000;
-/// Attachments the observer tracks per client (target plus transitions).
-const OBSERVED_ATTACHMENTS_MAX: usize = 3;
+/// Attachments the observer tracks per client: the target (2), plus the
+/// two spares a client races while one of its supernodes is suspected
+/// (`Client::wanted`). With fewer, a fourth acceptance overwrote a live
+/// entry and the observer lost count of attachments that were real.
+const OBSERVED_ATTACHMENTS_MAX: usize = 4;
 /// Gap between the supernodes' ramp and the clients' ramp.
 const CLIENT_START_DELAY_US: u64 = 30_000_000;
 
