@@ -2128,6 +2128,58 @@ fn small_network(params: &Arc<Params>) -> (Net, Vec<Contact>, Vec<usize>) {
     (net, supernode_contacts, clients)
 }
 
+/// A supernode that leaves names alternates to each client from its own
+/// random sample of the view: one list for all sent every client to the
+/// same few supernodes at once (a busy storm after every graceful leave).
+#[test]
+fn a_leaving_supernode_spreads_its_clients_over_many_alternates() {
+    let params = Arc::new(params());
+    let (mut net, contacts) = joined_supernodes(&params, 60, 1_000);
+    net.run_until_ms(5_000);
+    let mut clients = Vec::new();
+    for i in 0..24u32 {
+        let address = addr(3_000 + i);
+        // Only the first two supernodes are known: every client attaches to both.
+        let node = client(
+            &params,
+            3_000 + i as u64,
+            address,
+            contacts[..2].to_vec(),
+            net.now(),
+        );
+        clients.push(net.add(node, address));
+    }
+    net.run_until_ms(15_000);
+    let leaving = 0;
+    let attached_here = clients
+        .iter()
+        .filter(|&&c| {
+            net.nodes[c]
+                .attached_supernodes()
+                .iter()
+                .any(|a| a.key == contacts[0].key)
+        })
+        .count();
+    assert!(
+        attached_here >= 20,
+        "only {attached_here} clients on the supernode"
+    );
+    let now = net.now();
+    net.nodes[leaving].shutdown(now);
+    let firsts: BTreeSet<[u8; 32]> = net.nodes[leaving]
+        .drain_transmits()
+        .filter_map(|t| match decode_message(&t.bytes) {
+            Message::Detach { alternates } => Some(alternates.first().expect("alternates").key.0),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        firsts.len() >= 4,
+        "{attached_here} clients were told to go first to only {} supernodes",
+        firsts.len()
+    );
+}
+
 /// Every live client is attached to the target number of distinct live supernodes.
 fn assert_everyone_attached(
     net: &Net,
