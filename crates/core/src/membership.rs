@@ -4,7 +4,9 @@
 //! one hop — and a capped Kademlia-bucket view when the network outgrows it.
 
 use crate::time::Instant;
-use peerline_proto::{Addr, Contact, MemberState, MemberUpdate, NodeId, PublicKey};
+use peerline_proto::{
+    Addr, Contact, MemberState, MemberUpdate, NodeId, PublicKey, GOSSIP_UPDATES_MAX,
+};
 use rand_core::Rng;
 use std::hash::BuildHasher;
 
@@ -42,13 +44,6 @@ struct Probe {
     /// Pings sent to the target in this probe.
     attempts: u8,
 }
-
-/// Updates piggybacked on one gossip message (the wire allows up to
-/// `GOSSIP_UPDATES_MAX`). 24 at the 500 ms probe period spreads as many
-/// updates per second as 48 did at 1 s; 48 at 500 ms doubled the updates
-/// every supernode applies (a tenth of a 1M run in `take_updates` alone)
-/// and bought nothing the failure detector needs — urgent news is pushed.
-const UPDATES_PER_MESSAGE: usize = 24;
 
 /// Pings per probe before the target is suspected (one loss is not a failure).
 const PROBE_ATTEMPTS_MAX: u8 = 2;
@@ -429,7 +424,7 @@ impl Membership {
 
     /// Updates to piggyback on the next gossip message, freshest first.
     pub fn take_updates(&mut self) -> Vec<MemberUpdate> {
-        let take = self.broadcast_len().min(UPDATES_PER_MESSAGE);
+        let take = self.broadcast_len().min(GOSSIP_UPDATES_MAX);
         let mut out = Vec::with_capacity(take);
         // (update, sends left after this one), re-queued once all are taken
         // so that one message never carries an update twice.
@@ -894,8 +889,7 @@ impl Membership {
         }
         self.next_probe_at = now.add_ms(period_ms);
         let target = self.random_other(rng)?.clone();
-        // Never 0: that sequence marks an urgent push, which is not acked.
-        self.sequence = self.sequence.wrapping_add(1).max(1);
+        self.sequence = self.sequence.wrapping_add(1);
         self.probe = Some(Probe {
             target: target.id,
             contact: target.update.contact,
@@ -1473,7 +1467,7 @@ mod tests {
                     .iter()
                     .any(|u| Some(&u.contact.key) == late.last().map(|l| &l.0)));
             }
-            assert!(taken.len() <= UPDATES_PER_MESSAGE);
+            assert!(taken.len() <= GOSSIP_UPDATES_MAX);
             let mut keys: Vec<_> = taken.iter().map(|u| u.contact.key).collect();
             keys.sort_unstable();
             keys.dedup();
@@ -1503,7 +1497,7 @@ mod tests {
             if taken.is_empty() {
                 break;
             }
-            assert!(taken.len() <= UPDATES_PER_MESSAGE);
+            assert!(taken.len() <= GOSSIP_UPDATES_MAX);
             total += taken.len();
         }
         assert!(m.take_updates().is_empty());

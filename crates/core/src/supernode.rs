@@ -482,20 +482,15 @@ impl SupernodeState {
                     self.apply_update(io, *update);
                 }
                 self.push_urgent(io);
-                // Sequence 0 is an urgent push: it asks for no answer (an
-                // ack to each of the ~15,000 pushes a departure makes at
-                // 2,500 supernodes, with updates piggybacked, was pure cost).
-                if sequence != 0 {
-                    let updates = BoundedVec::truncating(self.membership.take_updates());
-                    io.send(
-                        from,
-                        &Message::GossipAck {
-                            sequence,
-                            sender: self.me(),
-                            updates,
-                        },
-                    );
-                }
+                let updates = BoundedVec::truncating(self.membership.take_updates());
+                io.send(
+                    from,
+                    &Message::GossipAck {
+                        sequence,
+                        sender: self.me(),
+                        updates,
+                    },
+                );
             }
             Message::GossipAck {
                 sequence,

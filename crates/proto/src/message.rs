@@ -144,8 +144,6 @@ pub enum Message {
         target: Addr,
         token: u64,
     },
-    /// A probe (answered by a `GossipAck` with the same sequence), or,
-    /// with sequence 0, a push of urgent news that asks for no answer.
     GossipPing {
         sequence: u32,
         sender: MemberUpdate,
