@@ -206,11 +206,9 @@ impl ClientState {
     /// handshakes on the supernodes left. Whichever loses is detached as
     /// soon as the client is whole again (`trim_surplus`).
     fn wanted(&self, io: &Io) -> usize {
-        let target = io.params.attachments_target;
-        if !self.attachments.iter().any(|a| a.suspected) {
-            return target;
-        }
-        target + 1 + self.hedge_due(io).is_some_and(|at| at <= io.now.instant) as usize
+        let suspected = self.attachments.iter().any(|a| a.suspected);
+        let hedging = self.hedge_due(io).is_some_and(|at| at <= io.now.instant);
+        io.params.attachments_target + suspected as usize + hedging as usize
     }
 
     /// When the spare handshake in flight gets a second one hedging it:
