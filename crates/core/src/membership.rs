@@ -33,6 +33,9 @@ pub enum Change {
     /// The member is now suspected of having failed.
     Suspected(NodeId),
     Updated,
+    /// A rumour said we were suspect or dead, and we refuted it: the
+    /// suspicion was false (or we came back).
+    Refuted,
 }
 
 #[derive(Clone, Debug)]
@@ -176,6 +179,12 @@ impl HeldUpdates {
             .iter()
             .position(|held| held.contact == fingerprint)?;
         Some((set, way))
+    }
+
+    /// The incarnation held for this contact, if the table has it.
+    fn incarnation(&self, contact: &Contact) -> Option<u32> {
+        let (set, way) = self.find(self.fingerprint(contact))?;
+        Some(self.sets[set].0[way].incarnation)
     }
 
     /// Whether applying `update` would change nothing.
@@ -434,6 +443,9 @@ impl Membership {
                 let Some(update) = self.broadcasts[count].pop() else {
                     break;
                 };
+                if self.superseded_here(&update) {
+                    continue;
+                }
                 out.push(update);
                 again.push((update, count - 1));
             }
@@ -450,6 +462,22 @@ impl Membership {
             }
         }
         out
+    }
+
+    /// Whether a queued update is older than what we hold about its member
+    /// now: a supernode filling up during the join ramp announces its load
+    /// a dozen times, and each announcement used to be sent its full
+    /// 3·log2 n times after the next one made it worthless (every receiver
+    /// skipped it). Dropped when taken, it leaves its room to news. A
+    /// member we hold nothing about (it left: its `Dead` update is queued)
+    /// keeps its updates.
+    fn superseded_here(&self, update: &MemberUpdate) -> bool {
+        if update.contact.key == self.me.contact.key {
+            return update.incarnation < self.me.incarnation;
+        }
+        self.held
+            .incarnation(&update.contact)
+            .is_some_and(|held| update.incarnation < held)
     }
 
     fn is_tombstoned(&self, id: &NodeId, incarnation: u32, now: Instant) -> bool {
@@ -697,6 +725,7 @@ impl Membership {
             self.me.incarnation = update.incarnation.saturating_add(1);
             self.refresh_self(now);
             self.push_urgent(self.me);
+            return Change::Refuted;
         }
         Change::None
     }
@@ -1330,6 +1359,65 @@ mod tests {
             m.apply(id3, u3, Instant::from_ms(10), 1000),
             Change::Joined(id3)
         );
+    }
+
+    /// An update overtaken by a newer one about the same member is not sent
+    /// again: the newer one and news about others still are.
+    #[test]
+    fn superseded_updates_are_dropped_when_taken() {
+        let mut m = view(3);
+        while !m.take_updates().is_empty() {}
+        let (id1, mut u1) = update(1);
+        u1.incarnation = 2;
+        u1.load_pct = 40;
+        assert_eq!(m.apply(id1, u1, Instant::ZERO, 1000), Change::Updated);
+        // Sent once: now one count lower than fresh news would be.
+        assert_eq!(m.take_updates(), vec![u1]);
+        let mut newer = u1;
+        newer.incarnation = 3;
+        newer.load_pct = 45;
+        assert_eq!(m.apply(id1, newer, Instant::ZERO, 1000), Change::Updated);
+        let (id2, mut u2) = update(2);
+        u2.incarnation = 2;
+        assert_eq!(m.apply(id2, u2, Instant::ZERO, 1000), Change::Updated);
+        let mut sent = Vec::new();
+        loop {
+            let taken = m.take_updates();
+            if taken.is_empty() {
+                break;
+            }
+            sent.extend(taken);
+        }
+        assert!(
+            !sent.contains(&u1),
+            "the overtaken load figure was sent again"
+        );
+        assert!(sent.contains(&newer) && sent.contains(&u2));
+        // Our own overtaken announcements are dropped the same way.
+        m.announce_load(10, Instant::ZERO);
+        let first = m.me;
+        m.take_updates();
+        m.announce_load(20, Instant::ZERO);
+        let mut own = Vec::new();
+        loop {
+            let taken = m.take_updates();
+            if taken.is_empty() {
+                break;
+            }
+            own.extend(taken);
+        }
+        assert!(!own.contains(&first) && own.contains(&m.me));
+    }
+
+    #[test]
+    fn a_refuted_rumour_is_reported() {
+        let mut m = view(3);
+        let (id0, mut rumour) = update(0);
+        rumour.state = MemberState::Suspect;
+        assert_eq!(m.apply(id0, rumour, Instant::ZERO, 1000), Change::Refuted);
+        assert_eq!(m.me.incarnation, 2);
+        // The same rumour again is old news.
+        assert_eq!(m.apply(id0, rumour, Instant::ZERO, 1000), Change::None);
     }
 
     #[test]

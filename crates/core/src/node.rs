@@ -182,6 +182,8 @@ pub struct NodeStats {
     pub members_joined: u64,
     pub members_left: u64,
     pub members_suspected: u64,
+    /// Rumours of this supernode's failure it refuted (false suspicions).
+    pub members_refuted: u64,
     /// Busy answers this supernode sent.
     pub busy_sent: u64,
     /// Logins, resumes and presence records refused because the device is

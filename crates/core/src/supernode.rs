@@ -1701,6 +1701,7 @@ impl SupernodeState {
                 io.stats.members_suspected += 1;
                 self.warn_clients(io, update.contact.key)
             }
+            Change::Refuted => io.stats.members_refuted += 1,
             Change::Updated | Change::None => {}
         }
     }

@@ -70,6 +70,10 @@ pub struct Report {
     pub membership_view_avg: f64,
     /// Membership changes seen, summed over supernodes: (joined, left, suspected).
     pub membership_changes: (u64, u64, u64),
+    /// Suspicions the suspected supernode refuted, summed over supernodes:
+    /// each was false (the member was alive) and cost a network-wide
+    /// suspicion, a refutation and its clients' spare handshakes.
+    pub members_refuted: u64,
     /// Attachment capacity of every supernode in this run.
     pub capacity_attachments: u64,
     pub naive: bool,
@@ -390,6 +394,7 @@ impl Report {
             directory_records: world.stored_records(),
             membership_view_avg: world.average_view_len(),
             membership_changes: world.membership_changes(),
+            members_refuted: world.members_refuted(),
             capacity_attachments: world.params().supernode_capacity_attachments as u64,
             naive: world.params().naive,
             outage_crashes: metrics.outage_crashes,

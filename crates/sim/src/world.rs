@@ -179,6 +179,57 @@ impl SimNode {
     }
 }
 
+/// Wall time spent handling each kind of datagram and timer, with counts
+/// (`PEERLINE_SIM_PROFILE=1`; a developer's tool, off by default: the two
+/// clock reads per event cost a few percent). `PEERLINE_SIM_PROFILE=S`
+/// also prints (and starts over) at virtual second S, to tell a ramp from
+/// the steady state after it.
+#[derive(Default)]
+struct Profile {
+    entries: Vec<(ProfileKey, std::time::Duration, u64)>,
+    split_us: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ProfileKey {
+    Datagram(Option<MessageKind>),
+    Timer { supernode: bool },
+}
+
+impl Profile {
+    fn add(&mut self, name: ProfileKey, spent: std::time::Duration) {
+        match self.entries.iter_mut().find(|(n, ..)| *n == name) {
+            Some(entry) => {
+                entry.1 += spent;
+                entry.2 += 1;
+            }
+            None => self.entries.push((name, spent, 1)),
+        }
+    }
+
+    fn print(&self) {
+        let total: f64 = self.entries.iter().map(|e| e.1.as_secs_f64()).sum();
+        let mut rows: Vec<_> = self.entries.iter().collect();
+        rows.sort_by_key(|row| std::cmp::Reverse(row.1));
+        eprintln!("profile: {total:.1} s in node handlers");
+        for (name, spent, count) in rows {
+            let name = match name {
+                ProfileKey::Datagram(Some(kind)) => format!("{kind:?}"),
+                ProfileKey::Datagram(None) => "(undecodable)".to_string(),
+                ProfileKey::Timer { supernode: true } => "timer (supernode)".to_string(),
+                ProfileKey::Timer { supernode: false } => "timer (client)".to_string(),
+            };
+            eprintln!(
+                "  {name:<24} {:>8.1} s {:>5.1}% {:>12} x {:>7.0} ns",
+                spent.as_secs_f64(),
+                100.0 * spent.as_secs_f64() / total.max(1e-9),
+                count,
+                spent.as_nanos() as f64 / *count as f64
+            );
+        }
+    }
+}
+
 /// A set of node indices with O(1) insert, remove and random pick.
 #[derive(Default)]
 struct IndexSet {
@@ -261,6 +312,8 @@ pub struct World {
     /// Debugging: stop the run at this virtual second (`PEERLINE_SIM_HALT_AT`)
     /// to look at the world mid-run without changing its course.
     halt_at_us: u64,
+    /// Where the wall time goes (`PEERLINE_SIM_PROFILE=1`), printed at the end.
+    profile: Option<Box<Profile>>,
     /// Clients knocked below two attachments by the outage, and since when
     /// (µs): removed when the observer sees them at two again.
     reattach_pending: HashMap<u32, u64>,
@@ -340,6 +393,16 @@ impl World {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(u64::MAX, |s| s * 1_000_000),
+            profile: std::env::var("PEERLINE_SIM_PROFILE").ok().map(|v| {
+                Box::new(Profile {
+                    entries: Vec::new(),
+                    split_us: v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| *s > 1)
+                        .map(|s| s * 1_000_000),
+                })
+            }),
             reattach_pending: HashMap::new(),
             churn_pending: HashMap::new(),
             conversations: HashMap::new(),
@@ -417,6 +480,14 @@ impl World {
                 break;
             }
             self.now_us = entry.time_us;
+            if let Some(profile) = self.profile.as_mut() {
+                if profile.split_us.is_some_and(|at| self.now_us >= at) {
+                    profile.split_us = None;
+                    eprintln!("(profile until virtual second {})", self.now_us / 1_000_000);
+                    profile.print();
+                    profile.entries.clear();
+                }
+            }
             events += 1;
             self.prefetch_upcoming();
             if events & 0xFFFF == 0 {
@@ -453,6 +524,9 @@ impl World {
             }
         }
         self.now_us = stop_us;
+        if let Some(profile) = &self.profile {
+            profile.print();
+        }
         self.metrics.events = events;
         self.metrics.digest = self.digest.finish();
         progress(Progress {
@@ -856,6 +930,7 @@ impl World {
         let equivocate =
             self.is_attacker(to) && peek_kind(bytes) == Some(MessageKind::NameVoteRequest);
         let from_addr = self.addr_of_node(from);
+        let started = self.profile.as_ref().map(|_| std::time::Instant::now());
         if let Some(node) = self.nodes[to as usize].node.as_mut() {
             if equivocate {
                 node.forget_name_votes();
@@ -863,6 +938,9 @@ impl World {
             node.handle(now, from_addr, bytes);
         }
         self.flush_after(to, service_us as u64);
+        if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
+            profile.add(ProfileKey::Datagram(peek_kind(bytes)), started.elapsed());
+        }
     }
 
     /// Watches the wire for attachments being made, kept alive and ended.
@@ -922,6 +1000,10 @@ impl World {
         let Some(node) = self.nodes[index as usize].node.as_mut() else {
             return;
         };
+        let started = self.profile.as_ref().map(|_| std::time::Instant::now());
+        let role = ProfileKey::Timer {
+            supernode: node.is_supernode(),
+        };
         // The deadline may have moved later since this wake-up was queued
         // (a pong arrived): then there is nothing to do but re-arm.
         if node
@@ -933,6 +1015,9 @@ impl World {
             node.handle_timeout(now);
         }
         self.flush(index);
+        if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
+            profile.add(role, started.elapsed());
+        }
     }
 
     /// Sends what the node queued, handles its events, re-arms its timer.
@@ -1428,6 +1513,15 @@ impl World {
                     acc.2 + s.members_suspected,
                 )
             })
+    }
+
+    /// False suspicions: rumours of their own failure supernodes refuted.
+    pub fn members_refuted(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .map(|n| n.stats().members_refuted)
+            .sum()
     }
 
     /// Datagrams the nodes rejected as malformed or of an unknown version.
