@@ -116,6 +116,9 @@ struct Join {
     tries: usize,
     cursor: u32,
     deadline: Instant,
+    /// Asking a lost member whether a partition healed: the next page is
+    /// asked for only while pages bring members we did not know.
+    rediscovery: bool,
 }
 
 pub struct SupernodeState {
@@ -372,6 +375,7 @@ impl SupernodeState {
             tries: 1,
             cursor: 0,
             deadline: io.now.instant.add_ms(SYNC_TIMEOUT_MS),
+            rediscovery: false,
         });
         io.send(
             first.addr,
@@ -1808,6 +1812,9 @@ impl SupernodeState {
         if self.join.is_none() {
             let (contact, _) = self.lost[io.rng_index(self.lost.len())];
             self.join(io, &[contact]);
+            if let Some(join) = self.join.as_mut() {
+                join.rediscovery = true;
+            }
         }
     }
 
@@ -1969,15 +1976,22 @@ impl SupernodeState {
                 Err(_) => io.stats.signatures_rejected += 1,
             }
         }
+        let mut news = false;
         for (change, update) in
             self.membership
                 .apply_batch(&verified, io.now.instant, io.params.tombstone_ttl_ms)
         {
+            news |= matches!(change, Change::Joined(_));
             self.handle_change(io, change, update);
         }
+        // A lost member that answers with nobody new is one that restarted,
+        // not the far side of a healed partition: its other pages are ours
+        // too (at 2,500 supernodes, 20 pages of 128 members each time).
+        let wanted = news || !self.join.as_ref().is_some_and(|j| j.rediscovery);
         match next_cursor {
             Some(cursor)
-                if cursor as usize > self.join.as_ref().map_or(0, |j| j.cursor as usize) =>
+                if wanted
+                    && cursor as usize > self.join.as_ref().map_or(0, |j| j.cursor as usize) =>
             {
                 if let Some(join) = self.join.as_mut() {
                     join.cursor = cursor;

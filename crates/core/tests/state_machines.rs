@@ -1773,6 +1773,86 @@ fn refuting_a_rumour_never_lowers_the_incarnation() {
     }
 }
 
+/// A supernode asks members it saw die now and then for their view, in
+/// case they were only across a partition. One that answers with nobody
+/// new had merely restarted: the rest of its view (20 pages of 128 at
+/// 2,500 supernodes) is not asked for. One that answers with strangers is
+/// the far side of a healed partition, and is paged through.
+#[test]
+fn rediscovery_pages_through_a_lost_members_view_only_while_it_brings_news() {
+    for healed in [false, true] {
+        let params = Arc::new(params());
+        let (mut a, _b) = two_supernodes(&params);
+        let me = a.supernode_contact().unwrap();
+        let lost = scripted_contact(600, addr(600));
+        let lost_alive = MemberUpdate {
+            contact: lost,
+            incarnation: 1,
+            state: MemberState::Alive,
+            load_pct: 0,
+        };
+        let ping = |sequence, sender, updates: Vec<MemberUpdate>| Message::GossipPing {
+            sequence,
+            sender,
+            updates: BoundedVec::truncating(updates),
+        };
+        deliver(&mut a, at(100), lost.addr, &ping(1, lost_alive, vec![]));
+        let gossiper = scripted_contact(601, addr(601));
+        let gossiper_alive = MemberUpdate {
+            contact: gossiper,
+            ..lost_alive
+        };
+        let lost_dead = MemberUpdate {
+            state: MemberState::Dead,
+            ..lost_alive
+        };
+        deliver(
+            &mut a,
+            at(200),
+            gossiper.addr,
+            &ping(2, gossiper_alive, vec![lost_dead]),
+        );
+        let mut now_ms = 200;
+        let asked = loop {
+            now_ms += 100;
+            assert!(now_ms < 600_000, "the lost member was never asked");
+            a.handle_timeout(at(now_ms));
+            let asked = sent(&mut a).into_iter().any(|(to, message)| {
+                to == lost.addr && matches!(message, Message::SyncRequest { cursor: 0, .. })
+            });
+            if asked {
+                break now_ms;
+            }
+        };
+        // The first page: ourselves only, or also a stranger.
+        let mut members = vec![MemberUpdate {
+            contact: me,
+            incarnation: 1,
+            state: MemberState::Alive,
+            load_pct: 0,
+        }];
+        if healed {
+            members.push(MemberUpdate {
+                contact: scripted_contact(602, addr(602)),
+                ..lost_alive
+            });
+        }
+        deliver(
+            &mut a,
+            at(asked + 50),
+            lost.addr,
+            &Message::SyncResponse {
+                members: BoundedVec::truncating(members),
+                next_cursor: Some(2),
+            },
+        );
+        let next_page = sent(&mut a).into_iter().any(|(to, message)| {
+            to == lost.addr && matches!(message, Message::SyncRequest { cursor: 2, .. })
+        });
+        assert_eq!(next_page, healed, "healed partition: {healed}");
+    }
+}
+
 #[test]
 fn poll_transmit_yields_datagrams_in_the_order_they_were_queued() {
     let params = Arc::new(params());
