@@ -1361,6 +1361,13 @@ mod tests {
         );
     }
 
+    /// Every update still to be sent, message after message.
+    fn drain_updates(m: &mut Membership) -> Vec<MemberUpdate> {
+        std::iter::from_fn(|| Some(m.take_updates()).filter(|taken| !taken.is_empty()))
+            .flatten()
+            .collect()
+    }
+
     /// An update overtaken by a newer one about the same member is not sent
     /// again: the newer one and news about others still are.
     #[test]
@@ -1380,14 +1387,7 @@ mod tests {
         let (id2, mut u2) = update(2);
         u2.incarnation = 2;
         assert_eq!(m.apply(id2, u2, Instant::ZERO, 1000), Change::Updated);
-        let mut sent = Vec::new();
-        loop {
-            let taken = m.take_updates();
-            if taken.is_empty() {
-                break;
-            }
-            sent.extend(taken);
-        }
+        let sent = drain_updates(&mut m);
         assert!(
             !sent.contains(&u1),
             "the overtaken load figure was sent again"
@@ -1398,14 +1398,7 @@ mod tests {
         let first = m.me;
         m.take_updates();
         m.announce_load(20, Instant::ZERO);
-        let mut own = Vec::new();
-        loop {
-            let taken = m.take_updates();
-            if taken.is_empty() {
-                break;
-            }
-            own.extend(taken);
-        }
+        let own = drain_updates(&mut m);
         assert!(!own.contains(&first) && own.contains(&m.me));
     }
 
