@@ -141,6 +141,16 @@ fn supernode(
     )
 }
 
+/// A member's first word about itself, as gossip carries it.
+fn alive(contact: Contact) -> MemberUpdate {
+    MemberUpdate {
+        contact,
+        incarnation: 1,
+        state: MemberState::Alive,
+        load_pct: 0,
+    }
+}
+
 fn decode_message(bytes: &[u8]) -> Message {
     match decode(bytes) {
         Ok(Frame::Message(message)) => message,
@@ -1737,12 +1747,7 @@ fn refuting_a_rumour_never_lowers_the_incarnation() {
         load_pct: 0,
     };
     let gossiper = scripted_contact(500, addr(500));
-    let sender = MemberUpdate {
-        contact: gossiper,
-        incarnation: 1,
-        state: MemberState::Alive,
-        load_pct: 0,
-    };
+    let sender = alive(gossiper);
     deliver(
         &mut a,
         at(100),
@@ -1785,12 +1790,7 @@ fn rediscovery_pages_through_a_lost_members_view_only_while_it_brings_news() {
         let (mut a, _b) = two_supernodes(&params);
         let me = a.supernode_contact().unwrap();
         let lost = scripted_contact(600, addr(600));
-        let lost_alive = MemberUpdate {
-            contact: lost,
-            incarnation: 1,
-            state: MemberState::Alive,
-            load_pct: 0,
-        };
+        let lost_alive = alive(lost);
         let ping = |sequence, sender, updates: Vec<MemberUpdate>| Message::GossipPing {
             sequence,
             sender,
@@ -1798,10 +1798,7 @@ fn rediscovery_pages_through_a_lost_members_view_only_while_it_brings_news() {
         };
         deliver(&mut a, at(100), lost.addr, &ping(1, lost_alive, vec![]));
         let gossiper = scripted_contact(601, addr(601));
-        let gossiper_alive = MemberUpdate {
-            contact: gossiper,
-            ..lost_alive
-        };
+        let gossiper_alive = alive(gossiper);
         let lost_dead = MemberUpdate {
             state: MemberState::Dead,
             ..lost_alive
@@ -1825,17 +1822,9 @@ fn rediscovery_pages_through_a_lost_members_view_only_while_it_brings_news() {
             }
         };
         // The first page: ourselves only, or also a stranger.
-        let mut members = vec![MemberUpdate {
-            contact: me,
-            incarnation: 1,
-            state: MemberState::Alive,
-            load_pct: 0,
-        }];
+        let mut members = vec![alive(me)];
         if healed {
-            members.push(MemberUpdate {
-                contact: scripted_contact(602, addr(602)),
-                ..lost_alive
-            });
+            members.push(alive(scripted_contact(602, addr(602))));
         }
         deliver(
             &mut a,

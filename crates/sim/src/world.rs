@@ -1000,10 +1000,12 @@ impl World {
         let Some(node) = self.nodes[index as usize].node.as_mut() else {
             return;
         };
-        let started = self.profile.as_ref().map(|_| std::time::Instant::now());
-        let role = ProfileKey::Timer {
-            supernode: node.is_supernode(),
-        };
+        let started = self.profile.as_ref().map(|_| {
+            let role = ProfileKey::Timer {
+                supernode: node.is_supernode(),
+            };
+            (role, std::time::Instant::now())
+        });
         // The deadline may have moved later since this wake-up was queued
         // (a pong arrived): then there is nothing to do but re-arm.
         if node
@@ -1015,7 +1017,7 @@ impl World {
             node.handle_timeout(now);
         }
         self.flush(index);
-        if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
+        if let (Some(profile), Some((role, started))) = (self.profile.as_mut(), started) {
             profile.add(role, started.elapsed());
         }
     }
