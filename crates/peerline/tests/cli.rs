@@ -123,16 +123,39 @@ fn unwritable_output_directory_is_refused_before_running() {
 
 /// Runs `peerline sim ARGS --quiet --out OUT`: it must finish with a report
 /// (exit 0, or 1 for a missed figure), never fail to run.
-fn sim_run(args: &[&str], out: &std::path::Path) {
-    let mut all = vec!["sim"];
-    all.extend_from_slice(args);
-    all.extend(["--quiet", "--out", out.to_str().unwrap()]);
-    let output = peerline(&all);
+fn sim_run(args: &[&str], out: &std::path::Path) -> Output {
+    sim_run_with_env(args, out, &[])
+}
+
+fn sim_run_with_env(args: &[&str], out: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_peerline"))
+        .arg("sim")
+        .args(args)
+        .args(["--quiet", "--out", out.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .output()
+        .expect("the peerline binary runs");
     assert!(
         output.status.code().is_some_and(|c| c == 0 || c == 1),
         "{}",
         stderr(&output)
     );
+    output
+}
+
+/// A small `steady` run, the one the digest tests compare.
+fn small_steady(seed: &str) -> [&str; 9] {
+    [
+        "steady",
+        "--clients",
+        "300",
+        "--supernodes",
+        "10",
+        "--duration",
+        "4m",
+        "--seed",
+        seed,
+    ]
 }
 
 fn read_report(path: PathBuf) -> serde_json::Value {
@@ -141,20 +164,7 @@ fn read_report(path: PathBuf) -> serde_json::Value {
 
 fn digest_of(seed: &str, name: &str) -> String {
     let out = scratch(name);
-    sim_run(
-        &[
-            "steady",
-            "--clients",
-            "300",
-            "--supernodes",
-            "10",
-            "--duration",
-            "4m",
-            "--seed",
-            seed,
-        ],
-        &out,
-    );
+    sim_run(&small_steady(seed), &out);
     let report = read_report(out.join("report.json"));
     for chart in [
         "attached_clients.svg",
@@ -196,6 +206,40 @@ fn same_seed_same_digest_across_processes() {
     let other = digest_of("22", "d3");
     assert_eq!(first, second);
     assert_ne!(first, other);
+}
+
+/// The profiler (`PEERLINE_SIM_PROFILE=S`) only watches: the same seed
+/// gives the same digest with it on, and it prints the table at virtual
+/// second S and the one at the end, each naming the handlers it timed.
+#[test]
+fn profiling_prints_where_the_time_went_and_changes_no_outcome() {
+    let plain = digest_of("23", "p1");
+    let out = scratch("p2");
+    let output = sim_run_with_env(
+        &small_steady("23"),
+        &out,
+        &[("PEERLINE_SIM_PROFILE", "120")],
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains("(profile until virtual second 120)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("s in node handlers").count(), 2, "{text}");
+    for handler in [
+        "GossipPing",
+        "Keepalive",
+        "timer (client)",
+        "timer (supernode)",
+    ] {
+        assert!(
+            text.contains(handler),
+            "the profile lacks {handler}: {text}"
+        );
+    }
+    let profiled = read_report(out.join("report.json"));
+    assert_eq!(profiled["digest"].as_str().unwrap(), plain);
+    let _ = std::fs::remove_dir_all(out);
 }
 
 #[test]
