@@ -41,6 +41,9 @@ pub struct Sample {
     /// Events waiting in the simulator's queue (datagrams in flight and
     /// armed timers): where a run's memory goes in a storm.
     pub queued_events: u64,
+    /// The process's resident memory at the sample (bytes; 0 where
+    /// `/proc` is missing). Wall-clock side only: no outcome depends on it.
+    pub rss_bytes: u64,
 }
 
 impl Sample {

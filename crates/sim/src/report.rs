@@ -242,16 +242,26 @@ impl Reattach {
     }
 }
 
+/// The process's peak resident memory (bytes; 0 where `/proc` is missing).
 pub fn peak_rss_bytes() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
+}
+
+/// The process's resident memory now (bytes; 0 where `/proc` is missing).
+pub fn rss_bytes() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+fn proc_status_kb(field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return 0;
     };
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 fn sim_overrides(params: &Params, config: &SimConfig) -> Vec<(String, String)> {

@@ -705,6 +705,9 @@ impl World {
         slot.epoch += 1;
         slot.observed_len = 0;
         slot.outage_victim = true;
+        if let Some(node) = slot.node.as_mut() {
+            node.crash();
+        }
         self.metrics.outage_crashes += 1;
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
@@ -828,6 +831,9 @@ impl World {
         slot.alive = false;
         slot.epoch += 1;
         slot.observed_len = 0;
+        if let Some(node) = slot.node.as_mut() {
+            node.crash();
+        }
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
         self.reattach_pending.remove(&index);
@@ -1440,6 +1446,7 @@ impl World {
                 / 1000,
             reattach_pending: self.reattach_pending.len() as u64,
             queued_events: self.queue.len() as u64,
+            rss_bytes: crate::report::rss_bytes(),
             churn_orphans: self
                 .churn_pending
                 .iter()
