@@ -121,6 +121,15 @@ struct Join {
     rediscovery: bool,
 }
 
+/// A member that joined or left, remembered until our clients' records
+/// near it are stored again.
+struct MemberChange {
+    id: NodeId,
+    joined: bool,
+    /// The keys whose replica sets it can change.
+    range: (NodeId, NodeId),
+}
+
 pub struct SupernodeState {
     contact: Contact,
     node_id: NodeId,
@@ -160,10 +169,11 @@ pub struct SupernodeState {
     /// now and then whether they are back (a healed partition).
     lost: Vec<(Contact, Instant)>,
     rediscover_at: Option<Instant>,
-    /// Key ranges near members that joined or left, whose own clients'
-    /// records are re-stored together once the burst of changes settles
-    /// (`None` range list overflowed: re-store every record).
-    restore_ranges: Option<Vec<(NodeId, NodeId)>>,
+    /// Members that joined or left (with the key range near them), whose
+    /// own clients' records are re-stored together once the burst of
+    /// changes settles (`None`: the list overflowed, re-store every record
+    /// on every replica).
+    restore_changes: Option<Vec<MemberChange>>,
     /// When the gathered re-store runs, and when the burst began.
     restore_at: Option<(Instant, Instant)>,
     /// Envelopes recently forwarded to our clients, so the copies the other
@@ -262,7 +272,7 @@ impl SupernodeState {
             recent_forwards: BTreeMap::new(),
             lost: Vec::new(),
             rediscover_at: None,
-            restore_ranges: Some(Vec::new()),
+            restore_changes: Some(Vec::new()),
             restore_at: None,
             registrations: BTreeMap::new(),
             name_queries: BTreeMap::new(),
@@ -1716,7 +1726,7 @@ impl SupernodeState {
         self.hand_over_mail(io, joined, contact);
         // After a partition heals, the far side's replicas hold what our
         // clients published before the cut: give them the current records.
-        self.re_store_own_clients(io, joined);
+        self.re_store_own_clients(io, joined, true);
         if self.records.is_empty() {
             return;
         }
@@ -1819,21 +1829,26 @@ impl SupernodeState {
     }
 
     /// A member left or joined near our clients' records: store them again
-    /// on the current replica set. The replicas re-replicate among
-    /// themselves, but a crash wave can take every replica of a key at once,
-    /// and a healed partition leaves the far side with records from before
-    /// the cut; the supernodes the owner is attached to hold the latest.
-    fn re_store_own_clients(&mut self, io: &mut Io, changed: NodeId) {
+    /// on the replicas that are new to them. The replicas re-replicate
+    /// among themselves, but a crash wave can take every replica of a key
+    /// at once, and a healed partition leaves the far side with records
+    /// from before the cut; the supernodes the owner is attached to hold
+    /// the latest.
+    fn re_store_own_clients(&mut self, io: &mut Io, changed: NodeId, joined: bool) {
         // Gathered and sent once the changes settle: a crash wave is a
         // thousand departures within seconds, and re-storing per departure
         // sent each record ~10 times.
         let k = io.params.replication_k;
         let range = self.membership.neighbourhood_range(&changed, 3 * k);
-        if let Some(ranges) = &mut self.restore_ranges {
-            if ranges.len() < RESTORE_RANGES_MAX {
-                ranges.push(range);
+        if let Some(changes) = &mut self.restore_changes {
+            if changes.len() < RESTORE_RANGES_MAX {
+                changes.push(MemberChange {
+                    id: changed,
+                    joined,
+                    range,
+                });
             } else {
-                self.restore_ranges = None;
+                self.restore_changes = None;
             }
         }
         // Each change pushes the re-store back, up to a bound from the first.
@@ -1850,11 +1865,13 @@ impl SupernodeState {
             return;
         }
         self.restore_at = None;
-        let ranges = self.restore_ranges.replace(Vec::new());
+        let changes = self.restore_changes.replace(Vec::new());
         let near = |key: &NodeId| {
-            ranges
-                .as_ref()
-                .is_none_or(|ranges| ranges.iter().any(|(low, high)| low <= key && key <= high))
+            changes.as_ref().is_none_or(|changes| {
+                changes
+                    .iter()
+                    .any(|c| c.range.0 <= *key && *key <= c.range.1)
+            })
         };
         let mut records: Vec<(Addr, PresenceRecord)> = self
             .clients
@@ -1864,8 +1881,46 @@ impl SupernodeState {
             .collect();
         records.sort_unstable_by_key(|(addr, _)| *addr);
         for (_, record) in records {
-            self.replicate(io, record);
+            match (&changes, self.membership.capped) {
+                (Some(changes), false) => self.store_on_new_replicas(io, record, changes),
+                _ => self.replicate(io, record),
+            }
         }
+    }
+
+    /// Stores a record only on the replicas the changes made new to it:
+    /// members that joined and are among the k closest, and for each
+    /// replica that left, one member that moved up into the k closest (the
+    /// farthest of them). The replicas that were there already hold it:
+    /// storing on all k sent every one of them the same record from both
+    /// of its owner's supernodes, all within the same second, and those
+    /// bursts overran rejoining supernodes' backlogs (100k restart storm:
+    /// 5,387 of 5,406 datagrams dropped at a full CPU backlog were
+    /// `Store`s).
+    fn store_on_new_replicas(
+        &mut self,
+        io: &mut Io,
+        record: PresenceRecord,
+        changes: &[MemberChange],
+    ) {
+        let key = presence_key(&record.body.cert.body.account_key);
+        let k = io.params.replication_k;
+        let closest = self.membership.closest(&key, k);
+        let farthest = (closest.len() == k).then(|| closest[k - 1].id.distance(&key));
+        let replicas_left = changes
+            .iter()
+            .filter(|c| !c.joined && farthest.is_none_or(|far| c.id.distance(&key) < far))
+            .count();
+        let moved_up_from = closest.len().saturating_sub(replicas_left);
+        let targets: Vec<(NodeId, Contact)> = closest
+            .iter()
+            .enumerate()
+            .filter(|(rank, m)| {
+                *rank >= moved_up_from || changes.iter().any(|c| c.joined && c.id == m.id)
+            })
+            .map(|(_, m)| (m.id, m.update.contact))
+            .collect();
+        self.store_on(io, &targets, &record);
     }
 
     /// A member left: the mailboxes it held get a new replica (the one now
@@ -1908,7 +1963,7 @@ impl SupernodeState {
         self.departed.left(left, contact.addr, io.now.instant);
         self.remember_lost(io, contact);
         self.re_replicate_mail(io, left);
-        self.re_store_own_clients(io, left);
+        self.re_store_own_clients(io, left, false);
         if self.records.is_empty() && self.clients.is_empty() {
             return;
         }

@@ -15,8 +15,8 @@ use peerline_core::bundle::{
 };
 use peerline_core::client::{BundleFailure, NameFailure};
 use peerline_core::identity::{
-    domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope, sign_presence,
-    sign_ticket, solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
+    contact_id, domain, issue_device_cert, presence_key, resume_proof_bytes, sign_envelope,
+    sign_presence, sign_ticket, solve_id_puzzle, verify, verify_id_puzzle, verify_presence,
 };
 use peerline_core::names::normalize;
 use peerline_core::registry::{
@@ -2928,6 +2928,57 @@ fn a_crash_drops_volatile_state_and_the_restart_rebuilds_it() {
         1,
         "the mail survived the crash"
     );
+}
+
+/// When a replica of a record dies, the record's own supernodes store it
+/// again only on the member that moved up into the k closest: the
+/// replicas that were there hold it already (storing on all k sent each
+/// of them the same record from both of its owner's supernodes at once,
+/// and in a restart storm those bursts overran supernodes' backlogs).
+#[test]
+fn a_dead_replica_is_replaced_by_storing_on_the_member_that_moved_up_only() {
+    let params = Arc::new(params());
+    let count = 12;
+    let (mut net, contacts) = joined_supernodes(&params, count, 1_000);
+    net.run_until_ms(5_000);
+    let address = addr(3_000);
+    let node = client(&params, 3_000, address, contacts.clone(), net.now());
+    let owner = net.add(node, address);
+    net.run_until_ms(30_000);
+    let key = presence_key(&net.nodes[owner].identity().account());
+    let attached: Vec<Addr> = net.nodes[owner]
+        .attached_supernodes()
+        .iter()
+        .map(|s| s.addr)
+        .collect();
+    assert_eq!(attached.len(), 2);
+    let mut by_distance: Vec<(usize, NodeId)> = (0..count)
+        .map(|i| (i, contact_id(&contacts[i], PUZZLE_BITS).unwrap()))
+        .collect();
+    by_distance.sort_by_key(|(_, id)| id.distance(&key));
+    let k = params.replication_k;
+    let (dead, _) = *by_distance[..k]
+        .iter()
+        .find(|(i, _)| !attached.contains(&net.addrs[*i]))
+        .expect("a replica the owner is not attached to");
+    let moved_up = by_distance[k].0;
+    net.tap = true;
+    net.crash(dead);
+    net.run_until_ms(60_000);
+    let stored_on: Vec<usize> = net
+        .tapped
+        .iter()
+        .filter_map(|(to, _, bytes)| match decode(bytes) {
+            Ok(Frame::Message(Message::Store { record }))
+                if presence_key(&record.body.cert.body.account_key) == key =>
+            {
+                Some(*to)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(stored_on.contains(&moved_up), "{stored_on:?}");
+    assert!(stored_on.iter().all(|to| *to == moved_up), "{stored_on:?}");
 }
 
 #[test]

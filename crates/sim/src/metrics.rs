@@ -138,6 +138,32 @@ pub struct Metrics {
     pub cpu_delay_max_since_sample_us: u64,
     /// Datagrams dropped at a supernode's full CPU backlog.
     pub cpu_dropped: u64,
+    /// The same by message kind (index = variant index).
+    pub cpu_dropped_by_kind: Vec<u64>,
+}
+
+/// Counts one datagram of `kind` in a tally indexed by variant.
+pub fn tally_kind(tally: &mut Vec<u64>, kind: Option<peerline_proto::MessageKind>) {
+    if let Some(kind) = kind {
+        let index = kind as usize;
+        if tally.len() <= index {
+            tally.resize(index + 1, 0);
+        }
+        tally[index] += 1;
+    }
+}
+
+/// A tally by variant index as a map from the kind's name (zeros left out).
+pub fn named_tally(tally: &[u64]) -> std::collections::BTreeMap<String, u64> {
+    tally
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .filter_map(|(index, count)| {
+            peerline_proto::MessageKind::from_index(index as u32)
+                .map(|kind| (format!("{kind:?}"), *count))
+        })
+        .collect()
 }
 
 impl Metrics {

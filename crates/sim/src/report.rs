@@ -147,6 +147,8 @@ pub struct Report {
     pub cpu_queue_delay_ms_max: f64,
     /// Dropped at a full backlog (`cpu_backlog_max` waiting already).
     pub cpu_dropped: u64,
+    /// The same by message kind: which traffic overran a backlog.
+    pub cpu_dropped_by_kind: std::collections::BTreeMap<String, u64>,
     /// The most CPU work any supernode was given in one sample interval,
     /// as a share of the interval (above 1: its queue grew).
     pub cpu_load_max_ratio: f64,
@@ -388,16 +390,7 @@ impl Report {
             datagrams_lost: metrics.lost,
             datagrams_dropped_dead: metrics.dropped_dead,
             datagrams_dropped_nat: metrics.dropped_nat,
-            datagrams_by_kind: metrics
-                .delivered_by_kind
-                .iter()
-                .enumerate()
-                .filter(|(_, count)| **count > 0)
-                .filter_map(|(index, count)| {
-                    peerline_proto::MessageKind::from_index(index as u32)
-                        .map(|kind| (format!("{kind:?}"), *count))
-                })
-                .collect(),
+            datagrams_by_kind: crate::metrics::named_tally(&metrics.delivered_by_kind),
             bytes_sent: metrics.bytes_sent,
             timers_fired: metrics.timers,
             malformed_seen: world.malformed_seen(),
@@ -474,6 +467,7 @@ impl Report {
             cpu_queue_delay_ms_p99: metrics.cpu_delay.quantile_ms(0.99),
             cpu_queue_delay_ms_max: metrics.cpu_delay.max_us as f64 / 1000.0,
             cpu_dropped: metrics.cpu_dropped,
+            cpu_dropped_by_kind: crate::metrics::named_tally(&metrics.cpu_dropped_by_kind),
             cpu_load_max_ratio: metrics
                 .samples
                 .iter()

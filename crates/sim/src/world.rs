@@ -891,6 +891,10 @@ impl World {
                 }
                 Admission::Dropped => {
                     self.metrics.cpu_dropped += 1;
+                    crate::metrics::tally_kind(
+                        &mut self.metrics.cpu_dropped_by_kind,
+                        peek_kind(&bytes),
+                    );
                     if self.trace == Some(to) || self.trace == Some(from) {
                         eprintln!(
                             "{:.3} {from} -> {to} {:?} (dropped: the CPU's backlog is full)",
@@ -953,14 +957,7 @@ impl World {
     fn observe(&mut self, from: u32, to: u32, bytes: &[u8]) {
         let now_s = (self.now_us / 1_000_000) as u32;
         let kind = peek_kind(bytes);
-        if let Some(kind) = kind {
-            let index = kind as usize;
-            let tally = &mut self.metrics.delivered_by_kind;
-            if tally.len() <= index {
-                tally.resize(index + 1, 0);
-            }
-            tally[index] += 1;
-        }
+        crate::metrics::tally_kind(&mut self.metrics.delivered_by_kind, kind);
         match kind {
             Some(MessageKind::AttachAccepted) => {
                 // Make room by forgetting attachments to supernodes that are gone.
