@@ -43,11 +43,11 @@ keys = ["clients", "supernodes", "virtual_duration_s", "crypto_mode", "wall_s", 
         "peak_rss_bytes", "state_bytes_per_node", "lookup_success_ratio", "lookup_hops_median",
         "lookup_hops_p99", "lookup_latency_ms_median", "lookup_latency_ms_p99", "lookup_fallback_ratio",
         "attached_ratio_min", "attached_ratio_mean", "supernode_load_max_ratio"]
+reattach = ["outage_crashes", "reattach_affected", "reattach_ratio_within_300s",
+            "reattach_s_median", "reattach_s_p99", "reattach_never", "promotions"]
 outage = {
-    "supernode-crash": ["outage_crashes", "reattach_affected", "reattach_ratio_within_300s",
-                        "reattach_s_median", "reattach_s_p99", "reattach_never", "promotions"],
-    "restart-storm": ["outage_crashes", "reattach_affected", "reattach_ratio_within_300s",
-                      "reattach_s_median", "reattach_s_p99", "reattach_never", "promotions"],
+    "supernode-crash": reattach,
+    "restart-storm": reattach,
     "partition": ["attached_ratio_partition_min", "attached_ratio_partition_min_raw",
                   "lookups_after_heal", "lookup_success_after_heal", "promotions"],
 }

@@ -57,8 +57,8 @@ const RECENT_FORWARDS_MAX: usize = 4_096;
 /// records are stored again, once for the whole burst.
 const RESTORE_SETTLE_MS: u64 = 2_000;
 const RESTORE_DELAY_MAX_MS: u64 = 15_000;
-/// Ranges remembered for that; beyond, every record is stored again.
-const RESTORE_RANGES_MAX: usize = 64;
+/// Member changes remembered for that; beyond, every record is stored again on every replica.
+const RESTORE_CHANGES_MAX: usize = 64;
 /// An outstanding FindValue is forgotten after this long.
 const REQUEST_FORGET_MS: u64 = 10_000;
 
@@ -1841,7 +1841,7 @@ impl SupernodeState {
         let k = io.params.replication_k;
         let range = self.membership.neighbourhood_range(&changed, 3 * k);
         if let Some(changes) = &mut self.restore_changes {
-            if changes.len() < RESTORE_RANGES_MAX {
+            if changes.len() < RESTORE_CHANGES_MAX {
                 changes.push(MemberChange {
                     id: changed,
                     joined,

@@ -279,3 +279,22 @@ impl Digest {
         self.hasher.finalize().to_hex().to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerline_proto::MessageKind;
+
+    #[test]
+    fn a_tally_by_kind_names_each_counted_kind_and_leaves_out_the_rest() {
+        let mut tally = Vec::new();
+        for kind in [MessageKind::Store, MessageKind::Ping, MessageKind::Store] {
+            tally_kind(&mut tally, Some(kind));
+        }
+        tally_kind(&mut tally, None);
+        let named = named_tally(&tally);
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(named["Store"], 2);
+        assert_eq!(named["Ping"], 1);
+    }
+}

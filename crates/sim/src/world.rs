@@ -111,6 +111,17 @@ struct SimNode {
 }
 
 impl SimNode {
+    /// It stops (a crash or a leave): its attachments and wake-ups are void
+    /// and its volatile state is gone at once.
+    fn go_down(&mut self) {
+        self.alive = false;
+        self.epoch += 1;
+        self.observed_len = 0;
+        if let Some(node) = self.node.as_mut() {
+            node.crash();
+        }
+    }
+
     fn is_supernode(&self) -> bool {
         self.alive && self.node.as_ref().is_some_and(|n| n.is_supernode())
     }
@@ -701,13 +712,8 @@ impl World {
         if !slot.alive {
             return;
         }
-        slot.alive = false;
-        slot.epoch += 1;
-        slot.observed_len = 0;
+        slot.go_down();
         slot.outage_victim = true;
-        if let Some(node) = slot.node.as_mut() {
-            node.crash();
-        }
         self.metrics.outage_crashes += 1;
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
@@ -827,13 +833,7 @@ impl World {
                 }
             }
         }
-        let slot = &mut self.nodes[index as usize];
-        slot.alive = false;
-        slot.epoch += 1;
-        slot.observed_len = 0;
-        if let Some(node) = slot.node.as_mut() {
-            node.crash();
-        }
+        self.nodes[index as usize].go_down();
         self.live_clients.remove(index);
         self.live_supernodes.remove(index);
         self.reattach_pending.remove(&index);
