@@ -19,6 +19,10 @@ pub struct Sample {
     pub load_max_ratio: f64,
     /// Busy answers seen on the wire since the previous sample.
     pub busy: u64,
+    /// Of those, for a spent login budget (`HandshakesFull`) ...
+    pub busy_handshakes: u64,
+    /// ... and naming no alternate.
+    pub busy_no_alternates: u64,
     /// Supernodes holding more attachments than their capacity.
     pub over_capacity: u64,
     /// The most CPU work (service time) any supernode was given since the
@@ -110,6 +114,14 @@ pub struct Metrics {
     /// Busy answers seen on the wire (total, and since the last sample).
     pub busy_answers: u64,
     pub busy_since_sample: u64,
+    /// Busy answers by reason (`BusyReason` as index).
+    pub busy_by_reason: [u64; BUSY_REASONS],
+    /// Busy answers for a spent login budget since the last sample.
+    pub busy_handshakes_since_sample: u64,
+    /// Busy answers that named no alternate (total, and since the last
+    /// sample): the client has only its host cache to go on.
+    pub busy_without_alternates: u64,
+    pub busy_without_alternates_since_sample: u64,
     /// Sum over samples of supernodes over capacity.
     pub over_capacity_events: u64,
     /// Nodes crashed or restarted by the outage.
@@ -140,6 +152,18 @@ pub struct Metrics {
     pub cpu_dropped: u64,
     /// The same by message kind (index = variant index).
     pub cpu_dropped_by_kind: Vec<u64>,
+}
+
+/// The variants of `BusyReason`, in order (for `busy_by_reason`).
+pub const BUSY_REASONS: usize = 4;
+
+pub fn busy_reason_name(index: usize) -> &'static str {
+    [
+        "attachments_full",
+        "demoting",
+        "lookups_full",
+        "handshakes_full",
+    ][index]
 }
 
 /// Counts one datagram of `kind` in a tally indexed by variant.

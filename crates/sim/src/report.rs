@@ -96,6 +96,10 @@ pub struct Report {
     pub reattach_never: u64,
     /// Busy answers seen on the wire.
     pub busy_answers: u64,
+    /// The same by reason (attachments full, login budget spent, ...).
+    pub busy_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Busy answers that named no alternate with room.
+    pub busy_without_alternates: u64,
     /// Supernodes over capacity, summed over samples (every `sample_interval_s`).
     pub supernode_over_capacity_events: u64,
     pub messages_sent: u64,
@@ -410,6 +414,13 @@ impl Report {
             churn_reattach_s_p99: quantile(&metrics.churn_reattach_ms, 0.99) as f64 / 1000.0,
             reattach_never: reattach.never,
             busy_answers: metrics.busy_answers,
+            busy_by_reason: metrics
+                .busy_by_reason
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (crate::metrics::busy_reason_name(i).to_string(), *n))
+                .collect(),
+            busy_without_alternates: metrics.busy_without_alternates,
             supernode_over_capacity_events: metrics.over_capacity_events,
             messages_sent: metrics.messages_sent,
             messages_refused: metrics.messages_refused,
@@ -812,7 +823,7 @@ impl Report {
         );
         if self.config.scenario.is_outage() {
             out += &format!(
-                "outage{}: {} nodes down · {} clients knocked below 2 attachments · back within 300 s {:.5} · median {:.1} s p99 {:.1} s · never {} · busy answers {} · over-capacity events {} · capacity {}\n",
+                "outage{}: {} nodes down · {} clients knocked below 2 attachments · back within 300 s {:.5} · median {:.1} s p99 {:.1} s · never {} · busy answers {} ({} login budget, {} without alternates) · over-capacity events {} · capacity {}\n",
                 if self.naive { " (naive baseline)" } else { "" },
                 self.outage_crashes,
                 self.reattach_affected,
@@ -821,6 +832,8 @@ impl Report {
                 self.reattach_s_p99,
                 self.reattach_never,
                 self.busy_answers,
+                self.busy_by_reason.get("handshakes_full").copied().unwrap_or(0),
+                self.busy_without_alternates,
                 self.supernode_over_capacity_events,
                 self.capacity_attachments
             );

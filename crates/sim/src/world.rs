@@ -13,7 +13,9 @@ pub use bundles::BundleFigures;
 
 use crate::queue::{EventKind, Queue};
 use peerline_core::{DeviceIdentity, Event, Instant, Node, NodeConfig, Now, Params, RolePolicy};
-use peerline_proto::{peek_kind, Addr, Contact, MessageKind, PublicKey};
+use peerline_proto::{
+    peek_kind, Addr, BusyReason, Contact, Frame, Message, MessageKind, PublicKey,
+};
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::collections::HashMap;
@@ -980,6 +982,7 @@ impl World {
             Some(MessageKind::Busy) => {
                 self.metrics.busy_answers += 1;
                 self.metrics.busy_since_sample += 1;
+                self.observe_busy(bytes);
             }
             Some(MessageKind::Ping | MessageKind::Keepalive) => {
                 self.nodes[from as usize].observe_contact(to, now_s)
@@ -990,6 +993,26 @@ impl World {
                 self.nodes[to as usize].forget(from);
             }
             _ => {}
+        }
+    }
+
+    /// Why a busy answer turned the client away, and whether it named
+    /// somewhere else to go.
+    fn observe_busy(&mut self, bytes: &[u8]) {
+        let Ok(Frame::Message(Message::Busy {
+            reason, alternates, ..
+        })) = peerline_proto::decode(bytes)
+        else {
+            return;
+        };
+        let metrics = &mut self.metrics;
+        metrics.busy_by_reason[reason as usize] += 1;
+        if reason == BusyReason::HandshakesFull {
+            metrics.busy_handshakes_since_sample += 1;
+        }
+        if alternates.is_empty() {
+            metrics.busy_without_alternates += 1;
+            metrics.busy_without_alternates_since_sample += 1;
         }
     }
 
@@ -1425,6 +1448,10 @@ impl World {
             load_max: loads.last().copied().unwrap_or(0),
             load_max_ratio: loads.last().copied().unwrap_or(0) as f64 / capacity,
             busy: std::mem::take(&mut self.metrics.busy_since_sample),
+            busy_handshakes: std::mem::take(&mut self.metrics.busy_handshakes_since_sample),
+            busy_no_alternates: std::mem::take(
+                &mut self.metrics.busy_without_alternates_since_sample,
+            ),
             mailbox_backlog: {
                 let census = self.mailbox_census();
                 census[0] + census[1] + census[2]
