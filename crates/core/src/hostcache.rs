@@ -104,21 +104,55 @@ impl HostCache {
 
     /// Takes the supernodes another one just recommended as having room:
     /// the next choices prefer them. Only the latest recommendation counts
-    /// (older ones describe loads that have since changed).
+    /// (older ones describe loads that have since changed). A full cache
+    /// makes room for them: a fresh recommendation beats the worst entry we
+    /// have not heard from, and after a crash wave that entry is often dead
+    /// (without this, a cache full of untried entries ignored every hint and
+    /// the client kept knocking on the same full supernodes).
     pub fn hint(&mut self, contacts: &[Contact], len_max: usize) {
         for entry in &mut self.entries {
             entry.hint_rank = 0;
         }
         for (rank, contact) in contacts.iter().enumerate() {
-            self.insert(*contact, len_max);
-            if let Some(entry) = self
+            let known = self
                 .entries
-                .iter_mut()
-                .find(|e| e.contact.key == contact.key)
-            {
-                entry.hint_rank = (rank + 1).min(u8::MAX as usize) as u8;
+                .iter()
+                .position(|e| e.contact.key == contact.key);
+            let index = match known {
+                Some(index) => {
+                    self.entries[index].contact = *contact;
+                    Some(index)
+                }
+                None if self.entries.len() < len_max => {
+                    self.insert(*contact, len_max);
+                    Some(self.entries.len() - 1)
+                }
+                None => self.evict_for(*contact),
+            };
+            if let Some(index) = index {
+                self.entries[index].hint_rank = (rank + 1).min(u8::MAX as usize) as u8;
             }
         }
+    }
+
+    /// Replaces the worst entry that is not itself a current
+    /// recommendation; where the newcomer went.
+    fn evict_for(&mut self, contact: Contact) -> Option<usize> {
+        let worst = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.hint_rank == 0)
+            .max_by_key(|(_, e)| e.score())
+            .map(|(i, _)| i)?;
+        self.entries[worst] = HostEntry {
+            contact,
+            rtt_ms: u16::MAX,
+            failures: 0,
+            not_before_s: 0,
+            hint_rank: 0,
+        };
+        Some(worst)
     }
 
     /// Picks a supernode to attach to: one of the first recommended ones if
@@ -283,6 +317,39 @@ mod tests {
         cache.insert(contact(9), 4);
         assert!(cache.contains(&PublicKey([9; 32])));
         assert!(!cache.contains(&PublicKey([2; 32])));
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_for_recommendations() {
+        // A cache full of supernodes never tried yet (after a crash wave,
+        // many of them dead): the supernodes a busy answer recommends
+        // still get in, and are what the client tries next.
+        let mut cache = HostCache::default();
+        for i in 0..8 {
+            cache.insert(contact(i), 8);
+        }
+        let mut rng = Pcg32::seed_from_u64(7);
+        cache.record_success(&PublicKey([0; 32]), 40);
+        let hints = [contact(20), contact(21)];
+        cache.hint(&hints, 8);
+        assert_eq!(cache.len(), 8);
+        for hint in &hints {
+            assert!(cache.contains(&hint.key), "{hint:?} was dropped");
+        }
+        // The one that answered before is kept; unmeasured ones made room.
+        assert!(cache.contains(&PublicKey([0; 32])));
+        for _ in 0..20 {
+            let chosen = cache.choose(Instant::ZERO, &mut rng, 2, &[]).unwrap();
+            assert!([20, 21].contains(&chosen.key.0[0]), "{chosen:?}");
+        }
+        // A longer list than the cache keeps the first ones, never
+        // evicting a recommendation of the same list for another.
+        let many: Vec<Contact> = (30..40).map(contact).collect();
+        cache.hint(&many, 8);
+        assert_eq!(cache.len(), 8);
+        let hinted = cache.entries().iter().filter(|e| e.hint_rank > 0).count();
+        assert_eq!(hinted, 8);
+        assert!(cache.contains(&PublicKey([30; 32])));
     }
 
     #[test]

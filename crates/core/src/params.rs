@@ -98,6 +98,11 @@ pub struct Params {
     // ---- overload control (supernode) and resumption ----
     /// Login budget: handshake tokens per second and the bucket's depth. A
     /// full login costs `login_cost_tokens`, a resume with a ticket one.
+    /// 50/s: a full login costs a supernode ~0.7 ms of CPU (the simulator's
+    /// measured cost table), so the budget is ~4% of a core. At 20/s it
+    /// was the bottleneck of a crash wave: two thirds of the busy answers
+    /// were for a spent budget, at supernodes whose CPU was ~75% idle, and
+    /// a freshly promoted supernode took 50 s to fill.
     pub handshakes_per_s: u64,
     pub handshake_burst: u64,
     pub login_cost_tokens: u64,
@@ -229,8 +234,8 @@ impl Default for Params {
             name_vote_window_ms: 500,
             name_one_voter_per_network: true,
             challenge_window_s: 30,
-            handshakes_per_s: 20,
-            handshake_burst: 60,
+            handshakes_per_s: 50,
+            handshake_burst: 100,
             login_cost_tokens: 2,
             login_reserve_tokens: 15,
             lookups_per_s: 100,

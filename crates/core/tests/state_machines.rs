@@ -599,10 +599,10 @@ fn client_replaces_a_supernode_that_stops_answering_pings() {
     // From now on `dead` answers nothing.
     script.set(&dead, Behaviour::Silent);
     // Every `keepalive_check_every`-th keepalive is a ping; a missed pong
-    // is noticed at the next tick, then retried with short pong timeouts:
-    // detection within `keepalive_check_every + 1` intervals plus the retries.
+    // is retried with short pong timeouts: detection within
+    // `keepalive_check_every` intervals plus the retries.
     let bound_ms = first_attached_ms
-        + (params.keepalive_check_every as u64 + 1) * params.keepalive_interval_ms
+        + params.keepalive_check_every as u64 * params.keepalive_interval_ms
         + params.keepalive_misses_max as u64 * params.pong_timeout_ms;
     script.run(&mut client, 5_000, bound_ms + 5_000);
 
@@ -673,6 +673,59 @@ fn client_replaces_a_supernode_that_stops_answering_pings() {
         contacts_set(&last_publish.body.supernodes),
         contacts_set(&[alive, spare])
     );
+}
+
+/// When both of a client's supernodes die at once (a crash wave takes 40%
+/// of the supernodes, so 16% of clients lose both and nobody is left to
+/// tell them), the client notices at its next ping, whenever the deaths
+/// fall: an unanswered routine ping is retried after a pong timeout, not
+/// after a whole keepalive interval.
+#[test]
+fn client_notices_at_the_next_ping_when_all_its_supernodes_die_at_once() {
+    let params = Arc::new(params());
+    let interval = params.keepalive_interval_ms;
+    let retries = params.keepalive_misses_max as u64 * params.pong_timeout_ms;
+    // Deaths spread over a whole ping cycle (two intervals), so some fall
+    // just after a tick that pinged both supernodes under the old schedule.
+    let cycle = params.keepalive_check_every as u64 * interval;
+    let mut slowest_ms = 0;
+    for step in 0..8 {
+        let (mut client, contacts) = client_with_three_supernodes(&params);
+        let mut script = Script::new(&contacts);
+        let died_ms = 10 * interval + step * cycle / 8;
+        script.run(&mut client, 0, died_ms);
+        let attached = client.attached_supernodes();
+        assert_eq!(attached.len(), 2, "{:?}", script.events);
+        for supernode in &attached {
+            script.set(supernode, Behaviour::Silent);
+        }
+        script.run(&mut client, died_ms, died_ms + 4 * interval);
+        let noticed: Vec<u64> = script
+            .events
+            .iter()
+            .filter(|(t, e)| {
+                *t > died_ms
+                    && matches!(
+                        e,
+                        Event::Detached {
+                            reason: DetachReason::KeepaliveTimeout,
+                            ..
+                        }
+                    )
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(noticed.len(), 2, "step {step}: {:?}", script.events);
+        let last = noticed.iter().max().unwrap() - died_ms;
+        assert!(
+            last <= cycle + retries,
+            "step {step}: both noticed only {last} ms after they died (a ping \
+             every {cycle} ms, retries {retries} ms)"
+        );
+        slowest_ms = slowest_ms.max(last);
+    }
+    // The bound is not loose: some death falls just after a ping.
+    assert!(slowest_ms > cycle / 2 + retries, "{slowest_ms} ms");
 }
 
 /// A supernode reported down (`PeerDown` from the client's other one): the
@@ -4876,6 +4929,59 @@ fn bundle_network(count: usize, secrets: &AccountSecrets) -> (Net, Arc<Params>, 
     });
     assert!(published, "the creator dealt every share: {:?}", net.events);
     (net, params, supernodes)
+}
+
+/// A supernode with a small view (just after a partition heals) names
+/// holders for only some share indices. A share dealt to nobody could
+/// never be re-replicated, so the device deals to those named and asks
+/// again until every index has holders, and reports the publication then.
+#[test]
+fn a_publication_told_of_too_few_holders_asks_again_as_the_view_grows() {
+    let secrets = account_secrets(41);
+    let params = Arc::new(params());
+    // Four supernodes: index 1 gets three holders, index 2 one, the rest none.
+    let (mut net, supernodes) = names_network(&params, 4);
+    let creator = add_client(&mut net, &params, 800, supernodes[..3].to_vec());
+    net.run_until_ms(20_000);
+    let now = net.now();
+    net.nodes[creator].publish_account_secrets(now, secrets.bundle, secrets.deals.clone());
+    net.flush(creator);
+    net.run_until_ms(25_000);
+    let published = |net: &Net| -> Vec<(u64, usize)> {
+        net.events
+            .iter()
+            .filter_map(|(i, t, e)| match e {
+                Event::AccountSecretsPublished { holders, .. } if *i == creator => {
+                    Some((*t / 1_000, *holders))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(published(&net), vec![], "reported with indices unheld");
+    // The network grows; the next fetch names holders for every index.
+    for i in 4..16 {
+        let address = network_addr(10 + i as u32);
+        let node = supernode(
+            &params,
+            3_000 + i as u64,
+            address,
+            vec![supernodes[0]],
+            net.now(),
+        );
+        net.add(node, address);
+    }
+    net.run_until_ms(120_000);
+    let reports = published(&net);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let (at_ms, holders) = reports[0];
+    assert_eq!(holders, usize::from(BUNDLE_HOLDERS) * SHARE_REPLICAS);
+    assert!(at_ms > 25_000, "{at_ms}");
+    // And the account opens with the password.
+    let device = add_client(&mut net, &params, 801, supernodes[..3].to_vec());
+    net.run_until_ms(140_000);
+    let login = net.login(device, secrets.root.public(), PASSWORD);
+    assert!(matches!(login, Login::Opened { .. }), "{login:?}");
 }
 
 /// What a login ended in.

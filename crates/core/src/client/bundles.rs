@@ -43,6 +43,12 @@ const LOGINS_MAX: usize = 2;
 const OPRF_ANSWER_MS: u64 = 2_000;
 /// Tries of a fetch (each through another attached supernode if there is one).
 const FETCH_TRIES_MAX: u32 = 2;
+/// Fetches a publication makes before it deals with what it was told:
+/// more than a login's, because a fetch can also name too few holders.
+const PUBLISH_TRIES_MAX: u32 = 4;
+/// A publication told of no holder for some share index asks again this
+/// much later (through another supernode when it has one).
+const PUBLISH_RECHECK_MS: u64 = 15_000;
 
 /// Why a publication or a login ended without success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,8 +315,20 @@ impl ClientState {
             .iter()
             .position(|p| p.query_id == query_id)
         {
-            let publish = self.bundles.publishes.swap_remove(slot);
+            let mut publish = self.bundles.publishes.swap_remove(slot);
             io.own.keep_bundle(io.now.instant, *publish.bundle);
+            let indices = publish.bundle.body.sharing.holders;
+            let uncovered = (1..=indices).any(|i| holders.iter().all(|h| h.index != i));
+            if uncovered && publish.tries < PUBLISH_TRIES_MAX {
+                // A supernode whose view is small (just after a partition
+                // heals) names holders for only some indices, and a share
+                // nobody holds cannot be re-replicated: deal to those named
+                // now and ask again once the view has grown.
+                send_deals(io, &publish.deals, holders.as_slice());
+                publish.deadline = io.now.instant.add_ms(PUBLISH_RECHECK_MS);
+                self.bundles.publishes.push(publish);
+                return;
+            }
             return deal_to_holders(io, &publish.bundle, &publish.deals, holders.as_slice());
         }
         let Some(slot) = self.bundles.logins.iter().position(|login| {
@@ -621,7 +639,7 @@ impl ClientState {
             let account = publish.bundle.body.account_key;
             let next = self.bundle_via(Some(publish.via));
             match next {
-                Some(contact) if publish.tries < FETCH_TRIES_MAX => {
+                Some(contact) if publish.tries < PUBLISH_TRIES_MAX => {
                     let query_id = self.next_bundle_query_id();
                     let publish = &mut self.bundles.publishes[slot];
                     publish.query_id = query_id;
@@ -748,6 +766,16 @@ fn threshold_answers(asks: &[IndexAsk], threshold: usize) -> Option<Vec<(u8, Eva
 /// Sends each deal straight to every named holder of its index, then
 /// reports how many went out.
 fn deal_to_holders(io: &mut Io, bundle: &KeyBundle, deals: &[ShareDeal], holders: &[ShareHolder]) {
+    let sent = send_deals(io, deals, holders);
+    io.event(Event::AccountSecretsPublished {
+        account: bundle.body.account_key,
+        holders: sent,
+    });
+}
+
+/// Sends each deal straight to every named holder of its index; how many
+/// went out.
+fn send_deals(io: &mut Io, deals: &[ShareDeal], holders: &[ShareHolder]) -> usize {
     let mut sent = 0;
     for deal in deals {
         for holder in holders.iter().filter(|h| h.index == deal.body.index) {
@@ -758,8 +786,5 @@ fn deal_to_holders(io: &mut Io, bundle: &KeyBundle, deals: &[ShareDeal], holders
             sent += 1;
         }
     }
-    io.event(Event::AccountSecretsPublished {
-        account: bundle.body.account_key,
-        holders: sent,
-    });
+    sent
 }
