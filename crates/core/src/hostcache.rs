@@ -27,6 +27,17 @@ pub struct HostEntry {
 }
 
 impl HostEntry {
+    /// A supernode just heard of: never tried, nothing known.
+    fn fresh(contact: Contact) -> HostEntry {
+        HostEntry {
+            contact,
+            rtt_ms: u16::MAX,
+            failures: 0,
+            not_before_s: 0,
+            hint_rank: 0,
+        }
+    }
+
     /// Lower is better.
     fn score(&self) -> (u8, u16) {
         (self.failures, self.rtt_ms)
@@ -71,13 +82,7 @@ impl HostCache {
             entry.contact = contact;
             return;
         }
-        let fresh = HostEntry {
-            contact,
-            rtt_ms: u16::MAX,
-            failures: 0,
-            not_before_s: 0,
-            hint_rank: 0,
-        };
+        let fresh = HostEntry::fresh(contact);
         if self.entries.len() < len_max {
             // Grown a few entries at a time, not doubled: a simulation
             // holds a million of these, and doubling leaves a cache of 33
@@ -145,13 +150,7 @@ impl HostCache {
             .filter(|(_, e)| e.hint_rank == 0)
             .max_by_key(|(_, e)| e.score())
             .map(|(i, _)| i)?;
-        self.entries[worst] = HostEntry {
-            contact,
-            rtt_ms: u16::MAX,
-            failures: 0,
-            not_before_s: 0,
-            hint_rank: 0,
-        };
+        self.entries[worst] = HostEntry::fresh(contact);
         Some(worst)
     }
 

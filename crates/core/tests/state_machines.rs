@@ -4914,14 +4914,7 @@ fn account_secrets(seed: u64) -> AccountSecrets {
 /// `count` supernodes and the device that creates the account, attached
 /// and with its secrets published.
 fn bundle_network(count: usize, secrets: &AccountSecrets) -> (Net, Arc<Params>, Vec<Contact>) {
-    let params = Arc::new(params());
-    let (mut net, supernodes) = names_network(&params, count);
-    let creator = add_client(&mut net, &params, 800, supernodes[..3].to_vec());
-    net.run_until_ms(20_000);
-    let now = net.now();
-    net.nodes[creator].publish_account_secrets(now, secrets.bundle, secrets.deals.clone());
-    net.flush(creator);
-    net.run_until_ms(25_000);
+    let (net, params, supernodes, creator) = publishing_network(count, secrets);
     let published = net.events.iter().any(|(i, _, e)| {
         *i == creator
             && matches!(e, Event::AccountSecretsPublished { holders, .. }
@@ -4931,6 +4924,23 @@ fn bundle_network(count: usize, secrets: &AccountSecrets) -> (Net, Arc<Params>, 
     (net, params, supernodes)
 }
 
+/// `count` supernodes and a device that attached and, at 20 s, started
+/// publishing the account's secrets; run to 25 s. The device's index last.
+fn publishing_network(
+    count: usize,
+    secrets: &AccountSecrets,
+) -> (Net, Arc<Params>, Vec<Contact>, usize) {
+    let params = Arc::new(params());
+    let (mut net, supernodes) = names_network(&params, count);
+    let creator = add_client(&mut net, &params, 800, supernodes[..3].to_vec());
+    net.run_until_ms(20_000);
+    let now = net.now();
+    net.nodes[creator].publish_account_secrets(now, secrets.bundle, secrets.deals.clone());
+    net.flush(creator);
+    net.run_until_ms(25_000);
+    (net, params, supernodes, creator)
+}
+
 /// A supernode with a small view (just after a partition heals) names
 /// holders for only some share indices. A share dealt to nobody could
 /// never be re-replicated, so the device deals to those named and asks
@@ -4938,15 +4948,8 @@ fn bundle_network(count: usize, secrets: &AccountSecrets) -> (Net, Arc<Params>, 
 #[test]
 fn a_publication_told_of_too_few_holders_asks_again_as_the_view_grows() {
     let secrets = account_secrets(41);
-    let params = Arc::new(params());
     // Four supernodes: index 1 gets three holders, index 2 one, the rest none.
-    let (mut net, supernodes) = names_network(&params, 4);
-    let creator = add_client(&mut net, &params, 800, supernodes[..3].to_vec());
-    net.run_until_ms(20_000);
-    let now = net.now();
-    net.nodes[creator].publish_account_secrets(now, secrets.bundle, secrets.deals.clone());
-    net.flush(creator);
-    net.run_until_ms(25_000);
+    let (mut net, params, supernodes, creator) = publishing_network(4, &secrets);
     let published = |net: &Net| -> Vec<(u64, usize)> {
         net.events
             .iter()
