@@ -114,8 +114,8 @@ pub struct Metrics {
     /// Busy answers seen on the wire (total, and since the last sample).
     pub busy_answers: u64,
     pub busy_since_sample: u64,
-    /// Busy answers by reason (`BusyReason` as index).
-    pub busy_by_reason: [u64; BUSY_REASONS],
+    /// Busy answers by reason (named in the report; never iterated here).
+    pub busy_by_reason: std::collections::HashMap<peerline_proto::BusyReason, u64>,
     /// Busy answers for a spent login budget since the last sample.
     pub busy_handshakes_since_sample: u64,
     /// Busy answers that named no alternate (total, and since the last
@@ -152,18 +152,6 @@ pub struct Metrics {
     pub cpu_dropped: u64,
     /// The same by message kind (index = variant index).
     pub cpu_dropped_by_kind: Vec<u64>,
-}
-
-/// The variants of `BusyReason`, in order (for `busy_by_reason`).
-pub const BUSY_REASONS: usize = 4;
-
-pub fn busy_reason_name(index: usize) -> &'static str {
-    [
-        "attachments_full",
-        "demoting",
-        "lookups_full",
-        "handshakes_full",
-    ][index]
 }
 
 /// Counts one datagram of `kind` in a tally indexed by variant.

@@ -417,8 +417,7 @@ impl Report {
             busy_by_reason: metrics
                 .busy_by_reason
                 .iter()
-                .enumerate()
-                .map(|(i, n)| (crate::metrics::busy_reason_name(i).to_string(), *n))
+                .map(|(reason, n)| (format!("{reason:?}"), *n))
                 .collect(),
             busy_without_alternates: metrics.busy_without_alternates,
             supernode_over_capacity_events: metrics.over_capacity_events,
@@ -832,7 +831,7 @@ impl Report {
                 self.reattach_s_p99,
                 self.reattach_never,
                 self.busy_answers,
-                self.busy_by_reason.get("handshakes_full").copied().unwrap_or(0),
+                self.busy_by_reason.get("HandshakesFull").copied().unwrap_or(0),
                 self.busy_without_alternates,
                 self.supernode_over_capacity_events,
                 self.capacity_attachments

@@ -1006,7 +1006,7 @@ impl World {
             return;
         };
         let metrics = &mut self.metrics;
-        metrics.busy_by_reason[reason as usize] += 1;
+        *metrics.busy_by_reason.entry(reason).or_default() += 1;
         if reason == BusyReason::HandshakesFull {
             metrics.busy_handshakes_since_sample += 1;
         }

@@ -42,6 +42,20 @@ fn supernode_crash_wave_is_survived_with_redirects_and_promotion() {
     // The survivors cannot hold everyone (12 x 250 < 2 x 2000): only busy
     // answers and new supernodes make room, so both must have happened.
     assert!(report.busy_answers > 0);
+    // Every busy answer was decoded and counted under its reason; the
+    // samples' login-budget counts are a part of the total's (those after
+    // the last sample are in the total only).
+    let by_reason: u64 = report.busy_by_reason.values().sum();
+    assert_eq!(
+        by_reason, report.busy_answers,
+        "{:?}",
+        report.busy_by_reason
+    );
+    assert!(report.busy_by_reason.contains_key("AttachmentsFull"));
+    let sampled: u64 = report.samples.iter().map(|s| s.busy_handshakes).sum();
+    let handshakes = report.busy_by_reason.get("HandshakesFull").copied();
+    assert!(sampled <= handshakes.unwrap_or(0));
+    assert!(report.busy_without_alternates <= report.busy_answers);
     assert!(report.promotions >= 4, "{} promotions", report.promotions);
     assert_eq!(report.promotions_unreachable, 0);
     assert_eq!(report.reattach_never, 0);
