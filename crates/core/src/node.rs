@@ -109,9 +109,15 @@ pub enum Event {
     },
     /// The account's bundle went to its supernode for its replicas, and
     /// each share deal to the holders of its index (`holders` deals sent).
+    /// `indices_unheld` share indices found no holder even after the
+    /// device asked again (a network smaller than the sharing): a password
+    /// login still opens the account, with fewer indices to spare. With
+    /// fewer than the threshold held the outcome is
+    /// `BundleFailed { reason: Unavailable }` instead.
     AccountSecretsPublished {
         account: PublicKey,
         holders: usize,
+        indices_unheld: u8,
     },
     /// The password opened the account's bundle: here is the root key's
     /// seed (`Keypair::from_seed(CryptoMode::Full, *root_seed.expose())`).

@@ -4941,6 +4941,62 @@ fn publishing_network(
     (net, params, supernodes, creator)
 }
 
+/// The creator's publication outcomes: (ms, deals sent, indices unheld)
+/// for each report, and the failures.
+fn publication_outcomes(net: &Net, creator: usize) -> (Vec<(u64, usize, u8)>, Vec<BundleFailure>) {
+    let mut published = Vec::new();
+    let mut failed = Vec::new();
+    for (i, t, e) in &net.events {
+        match e {
+            Event::AccountSecretsPublished {
+                holders,
+                indices_unheld,
+                ..
+            } if *i == creator => published.push((*t / 1_000, *holders, *indices_unheld)),
+            Event::BundleFailed { reason, .. } if *i == creator => failed.push(*reason),
+            _ => {}
+        }
+    }
+    (published, failed)
+}
+
+/// A network that stays smaller than the sharing (three holders per index,
+/// each supernode holding one index): after asking again the device
+/// publishes what it can and says how many indices found no holder, and
+/// the password still opens the account from the indices held.
+#[test]
+fn a_publication_in_a_network_too_small_for_every_index_says_how_many_are_unheld() {
+    let secrets = account_secrets(42);
+    // Seven supernodes: indices 1 and 2 get three holders, index 3 one.
+    let (mut net, params, supernodes, creator) = publishing_network(7, &secrets);
+    net.run_until_ms(120_000);
+    let (published, failed) = publication_outcomes(&net, creator);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(published.len(), 1, "{published:?}");
+    let (at_ms, holders, unheld) = published[0];
+    assert_eq!((holders, unheld), (7, 2), "{published:?}");
+    // Reported only after the last fetch, not at the first answer.
+    assert!(at_ms > 60_000, "{at_ms}");
+    let device = add_client(&mut net, &params, 801, supernodes[..3].to_vec());
+    net.run_until_ms(140_000);
+    let login = net.login(device, secrets.root.public(), PASSWORD);
+    assert!(matches!(login, Login::Opened { .. }), "{login:?}");
+}
+
+/// With fewer indices held than the threshold a password login could
+/// never open the account: the publication fails instead of reporting
+/// success.
+#[test]
+fn a_publication_left_below_the_threshold_of_held_indices_fails() {
+    let secrets = account_secrets(43);
+    // Four supernodes: two indices held, three needed.
+    let (mut net, _params, _supernodes, creator) = publishing_network(4, &secrets);
+    net.run_until_ms(120_000);
+    let (published, failed) = publication_outcomes(&net, creator);
+    assert!(published.is_empty(), "{published:?}");
+    assert_eq!(failed, vec![BundleFailure::Unavailable]);
+}
+
 /// A supernode with a small view (just after a partition heals) names
 /// holders for only some share indices. A share dealt to nobody could
 /// never be re-replicated, so the device deals to those named and asks

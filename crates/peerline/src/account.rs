@@ -28,7 +28,7 @@ use crate::node::{bootstrap_order, known_supernodes};
 use crate::password::{self, AccountSecrets, Prompt};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use peerline_core::client::NameFailure;
+use peerline_core::client::{BundleFailure, NameFailure};
 use peerline_core::names::{normalize, Name};
 use peerline_core::registry::{make_claim, verify_certificate};
 use peerline_core::{CryptoMode, DeviceIdentity, Event, Keypair, Params, RolePolicy};
@@ -424,14 +424,27 @@ impl Session {
         }
         let outcome = self
             .wait_for(PUBLISH_WAIT, |event| match event {
-                Event::AccountSecretsPublished { account: a, .. } if a == account => Some(Ok(())),
+                Event::AccountSecretsPublished {
+                    account: a,
+                    indices_unheld,
+                    ..
+                } if a == account => Some(Ok(indices_unheld)),
                 Event::BundleFailed { account: a, reason } if a == account => {
-                    Some(Err(format!("{reason:?}")))
+                    Some(Err(match reason {
+                        BundleFailure::Unavailable => "no supernode answered, or too few \
+                            supernodes hold its key shares: a password login needs at least 7"
+                            .to_string(),
+                        other => format!("{other:?}"),
+                    }))
                 }
                 _ => None,
             })
             .await;
-        outcome.unwrap_or_else(|| Err(format!("no answer within {} s", PUBLISH_WAIT.as_secs())))?;
+        let unheld = outcome
+            .unwrap_or_else(|| Err(format!("no answer within {} s", PUBLISH_WAIT.as_secs())))?;
+        if unheld > 0 {
+            eprintln!("warning: {unheld} of the key share indices found no holder (the network has fewer supernodes than the sharing needs); the password still opens the account, and the shares are dealt again at every login");
+        }
         if !self.wait_sent(SECRETS_SENT_WAIT).await {
             return Err(format!(
                 "the key shares were not all sent within {} s",

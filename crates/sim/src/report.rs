@@ -94,6 +94,9 @@ pub struct Report {
     pub churn_reattach_s_median: f64,
     pub churn_reattach_s_p99: f64,
     pub reattach_never: u64,
+    /// The first few of those clients by node index (follow one with
+    /// `PEERLINE_SIM_TRACE=<index>` on the same seed).
+    pub reattach_never_clients: Vec<u32>,
     /// Busy answers seen on the wire.
     pub busy_answers: u64,
     /// The same by reason (attachments full, login budget spent, ...).
@@ -210,6 +213,21 @@ fn backlog_drain_s(samples: &[crate::metrics::Sample], storm_at_s: u64) -> f64 {
         .find(|s| s.mailbox_backlog as f64 <= near)
         .map_or(end, |s| s.t_s);
     drained.saturating_sub(storm_at_s) as f64
+}
+
+/// How many never-back clients the report names.
+const NEVER_CLIENTS_LISTED: usize = 10;
+
+/// " (nodes 12, 34; PEERLINE_SIM_TRACE=<node> follows one)", or nothing.
+fn never_clients_hint(clients: &[u32]) -> String {
+    if clients.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = clients.iter().map(u32::to_string).collect();
+    format!(
+        " (nodes {}; PEERLINE_SIM_TRACE=<node> follows one)",
+        names.join(", ")
+    )
 }
 
 /// Re-attach times after an outage, from the observer's records.
@@ -413,6 +431,7 @@ impl Report {
             churn_reattach_s_median: quantile(&metrics.churn_reattach_ms, 0.5) as f64 / 1000.0,
             churn_reattach_s_p99: quantile(&metrics.churn_reattach_ms, 0.99) as f64 / 1000.0,
             reattach_never: reattach.never,
+            reattach_never_clients: world.reattach_still_pending_clients(NEVER_CLIENTS_LISTED),
             busy_answers: metrics.busy_answers,
             busy_by_reason: metrics
                 .busy_by_reason
@@ -822,7 +841,7 @@ impl Report {
         );
         if self.config.scenario.is_outage() {
             out += &format!(
-                "outage{}: {} nodes down · {} clients knocked below 2 attachments · back within 300 s {:.5} · median {:.1} s p99 {:.1} s · never {} · busy answers {} ({} login budget, {} without alternates) · over-capacity events {} · capacity {}\n",
+                "outage{}: {} nodes down · {} clients knocked below 2 attachments · back within 300 s {:.5} · median {:.1} s p99 {:.1} s · never {}{} · busy answers {} ({} login budget, {} without alternates) · over-capacity events {} · capacity {}\n",
                 if self.naive { " (naive baseline)" } else { "" },
                 self.outage_crashes,
                 self.reattach_affected,
@@ -830,6 +849,7 @@ impl Report {
                 self.reattach_s_median,
                 self.reattach_s_p99,
                 self.reattach_never,
+                never_clients_hint(&self.reattach_never_clients),
                 self.busy_answers,
                 self.busy_by_reason.get("HandshakesFull").copied().unwrap_or(0),
                 self.busy_without_alternates,
@@ -875,8 +895,9 @@ impl Report {
             let b = &self.bundles;
             if b.key_bundles_simulated {
                 out += &format!(
-                    "key bundles: {} published ({} failed) · lost {} · {} logins: {} opened (p50 {} ms p99 {} ms; {} after the heal, {} after the crash wave), right password unavailable {} refused {} no answer {} told wrong {} · wrong password {}: refused as wrong {}, opened {}\n",
+                    "key bundles: {} published ({} with an index unheld, {} failed) · lost {} · {} logins: {} opened (p50 {} ms p99 {} ms; {} after the heal, {} after the crash wave), right password unavailable {} refused {} no answer {} told wrong {} · wrong password {}: refused as wrong {}, opened {}\n",
                     b.key_bundles_published,
+                    b.key_bundles_published_short,
                     b.key_bundles_publish_failed,
                     b.key_bundles_lost,
                     b.bundle_logins,

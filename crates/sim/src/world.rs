@@ -669,13 +669,14 @@ impl World {
         self.partitioned = true;
         let heal_us = self.now_us + self.config.partition_s * 1_000_000;
         self.queue.push(heal_us, EventKind::Heal);
-        // Clients attached across the cut lose that attachment.
+        // Clients attached across the cut lose that attachment; those it
+        // leaves below two are timed from now. (A client may hold a third,
+        // spare attachment: one that still has two on its own side is not
+        // knocked below, and would never be seen re-attaching.)
+        let nodes = &self.nodes;
         for &client in &self.live_clients.items {
-            let side = self.nodes[client as usize].place.side();
-            let cut = self
-                .valid_attachments(client)
-                .any(|s| self.nodes[s as usize].place.side() != side);
-            if cut {
+            let side = nodes[client as usize].place.side();
+            if self.drops_below_two(client, |s| nodes[s as usize].place.side() != side) {
                 self.reattach_pending.insert(client, self.now_us);
             }
         }
@@ -1509,6 +1510,16 @@ impl World {
             .collect();
         waits.sort_unstable();
         waits
+    }
+
+    /// The first `limit` clients (by index) still waiting to be back at two
+    /// supernodes at the end of the run: the ones to follow with
+    /// `PEERLINE_SIM_TRACE`.
+    pub fn reattach_still_pending_clients(&self, limit: usize) -> Vec<u32> {
+        let mut clients: Vec<u32> = self.reattach_pending.keys().copied().collect();
+        clients.sort_unstable();
+        clients.truncate(limit);
+        clients
     }
 
     /// Directory records held across all live supernodes.

@@ -92,6 +92,13 @@ fn partition_keeps_both_sides_working_and_heals_without_losing_a_message() {
         "nothing crossed the cut"
     );
     assert!(report.lookups_after_heal > 0);
+    // Every client the cut left below two supernodes is back at two.
+    assert!(report.reattach_affected > 0);
+    assert_eq!(
+        report.reattach_never, 0,
+        "never back: {:?}",
+        report.reattach_never_clients
+    );
 }
 
 /// Behaviour, not signatures, is compared here: modelled crypto and a

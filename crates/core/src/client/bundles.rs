@@ -32,7 +32,7 @@ use crate::node::{Event, Io};
 use crate::time::Instant;
 use peerline_proto::{
     Addr, BlindedElement, BoundedVec, Contact, Evaluation, KeyBundle, Message, PublicKey,
-    ShareDeal, ShareHolder, SHARE_HOLDERS_PER_MESSAGE_MAX,
+    ShareDeal, ShareHolder, Sharing, SHARE_HOLDERS_PER_MESSAGE_MAX,
 };
 use zeroize::Zeroizing;
 
@@ -317,9 +317,9 @@ impl ClientState {
         {
             let mut publish = self.bundles.publishes.swap_remove(slot);
             io.own.keep_bundle(io.now.instant, *publish.bundle);
-            let indices = publish.bundle.body.sharing.holders;
-            let uncovered = (1..=indices).any(|i| holders.iter().all(|h| h.index != i));
-            if uncovered && publish.tries < PUBLISH_TRIES_MAX {
+            let sharing = publish.bundle.body.sharing;
+            let unheld = unheld_indices(sharing, holders.as_slice());
+            if unheld > 0 && publish.tries < PUBLISH_TRIES_MAX {
                 // A supernode whose view is small (just after a partition
                 // heals) names holders for only some indices, and a share
                 // nobody holds cannot be re-replicated: deal to those named
@@ -328,6 +328,13 @@ impl ClientState {
                 publish.deadline = io.now.instant.add_ms(PUBLISH_RECHECK_MS);
                 self.bundles.publishes.push(publish);
                 return;
+            }
+            if sharing.holders - unheld < sharing.threshold {
+                // Every fetch left too many indices without a holder: a
+                // password login could never gather the threshold.
+                let account = publish.bundle.body.account_key;
+                let reason = BundleFailure::Unavailable;
+                return io.event(Event::BundleFailed { account, reason });
             }
             return deal_to_holders(io, &publish.bundle, &publish.deals, holders.as_slice());
         }
@@ -764,13 +771,21 @@ fn threshold_answers(asks: &[IndexAsk], threshold: usize) -> Option<Vec<(u8, Eva
 }
 
 /// Sends each deal straight to every named holder of its index, then
-/// reports how many went out.
+/// reports how many went out and how many indices had no holder.
 fn deal_to_holders(io: &mut Io, bundle: &KeyBundle, deals: &[ShareDeal], holders: &[ShareHolder]) {
     let sent = send_deals(io, deals, holders);
     io.event(Event::AccountSecretsPublished {
         account: bundle.body.account_key,
         holders: sent,
+        indices_unheld: unheld_indices(bundle.body.sharing, holders),
     });
+}
+
+/// Share indices of `sharing` that none of `holders` holds.
+fn unheld_indices(sharing: Sharing, holders: &[ShareHolder]) -> u8 {
+    (1..=sharing.holders)
+        .filter(|index| holders.iter().all(|h| h.index != *index))
+        .count() as u8
 }
 
 /// Sends each deal straight to every named holder of its index; how many

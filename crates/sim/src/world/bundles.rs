@@ -98,7 +98,11 @@ pub struct BundleFigures {
     pub key_bundles_simulated: bool,
     /// Accounts whose bundle and shares went out.
     pub key_bundles_published: u64,
-    /// Publications that ended without it (no supernode to ask, no answer).
+    /// Of those, published with some share index no holder was named for
+    /// even after asking again (fewer spare indices for a password login).
+    pub key_bundles_published_short: u64,
+    /// Publications that ended without it (no supernode to ask, no answer,
+    /// or fewer than the threshold of indices with a holder).
     pub key_bundles_publish_failed: u64,
     /// Published accounts the right password could not open at the end
     /// (after `FINAL_TRIES_MAX` tries), or whose bundle, or `t` share
@@ -389,33 +393,45 @@ impl World {
 
     /// The node events of the workload.
     pub(super) fn bundle_event(&mut self, index: u32, event: &Event) {
+        /// What a node event says about the operation it belongs to.
+        enum Outcome {
+            /// Deals went out, with this many share indices unheld.
+            Dealt(u8),
+            /// The operation ended: opened (with the right key?) or failed.
+            Ended(Result<bool, BundleFailure>),
+        }
         let (account_key, outcome) = match event {
-            Event::AccountSecretsPublished { account, .. } => (*account, None),
+            Event::AccountSecretsPublished {
+                account,
+                indices_unheld,
+                ..
+            } => (*account, Outcome::Dealt(*indices_unheld)),
             Event::BundleOpened {
                 account, root_seed, ..
             } => {
                 let opened = Keypair::from_seed(CryptoMode::Full, *root_seed.expose());
-                (*account, Some(Ok(opened.public() == *account)))
+                (*account, Outcome::Ended(Ok(opened.public() == *account)))
             }
-            Event::BundleFailed { account, reason } => (*account, Some(Err(*reason))),
+            Event::BundleFailed { account, reason } => (*account, Outcome::Ended(Err(*reason))),
             _ => return,
         };
         let Some(pending) = self.bundles.pending.get(&(index, account_key)).copied() else {
             return;
         };
         match (pending.operation, outcome) {
-            (Operation::Publish, None) => {
+            (Operation::Publish, Outcome::Dealt(unheld)) => {
                 self.bundles.pending.remove(&(index, account_key));
                 self.bundles.accounts[pending.account].published_us = Some(self.now_us);
                 self.bundles.figures.key_bundles_published += 1;
+                self.bundles.figures.key_bundles_published_short += (unheld > 0) as u64;
             }
-            (Operation::Publish, Some(_)) => {
+            (Operation::Publish, Outcome::Ended(_)) => {
                 self.bundles.pending.remove(&(index, account_key));
                 self.bundles.figures.key_bundles_publish_failed += 1;
             }
             // A login's re-deal reports its deals too: its end follows.
-            (Operation::Login { .. }, None) => {}
-            (Operation::Login { right_password, .. }, Some(result)) => {
+            (Operation::Login { .. }, Outcome::Dealt(_)) => {}
+            (Operation::Login { right_password, .. }, Outcome::Ended(result)) => {
                 self.bundles.pending.remove(&(index, account_key));
                 self.login_ended(pending, right_password, result, event);
             }
