@@ -2983,6 +2983,68 @@ fn a_crash_drops_volatile_state_and_the_restart_rebuilds_it() {
     );
 }
 
+/// More member changes at once than a supernode remembers to re-store
+/// by (`RESTORE_CHANGES_MAX`, 64): it stores its clients' records again on
+/// every replica instead. Here 140 of 150 members leave at once (their
+/// news arrives over several seconds; 70 did not fill one re-store's
+/// window), none of them a replica of the record nor one of its owner's
+/// supernodes: re-storing by the changes would send nothing (no replica
+/// left, none joined), so a `Store` reaching every replica shows the
+/// fallback ran.
+#[test]
+fn more_changes_at_once_than_remembered_store_every_record_on_every_replica() {
+    let params = Arc::new(params());
+    let count = 150;
+    let (mut net, contacts) = joined_supernodes(&params, count, 1_000);
+    net.run_until_ms(20_000);
+    let address = addr(3_000);
+    let node = client(&params, 3_000, address, contacts[..4].to_vec(), net.now());
+    let owner = net.add(node, address);
+    net.run_until_ms(40_000);
+    let key = presence_key(&net.nodes[owner].identity().account());
+    let attached: Vec<usize> = net.nodes[owner]
+        .attached_supernodes()
+        .iter()
+        .map(|s| net.addrs.iter().position(|a| *a == s.addr).unwrap())
+        .collect();
+    assert_eq!(attached.len(), 2);
+    let mut by_distance: Vec<(usize, NodeId)> = (0..count)
+        .map(|i| (i, contact_id(&contacts[i], PUZZLE_BITS).unwrap()))
+        .collect();
+    by_distance.sort_by_key(|(_, id)| id.distance(&key));
+    let k = params.replication_k;
+    let replicas: Vec<usize> = by_distance[..k].iter().map(|(i, _)| *i).collect();
+    let leaving: Vec<usize> = (0..count)
+        .filter(|i| !replicas.contains(i) && !attached.contains(i))
+        .take(140)
+        .collect();
+    assert_eq!(leaving.len(), 140);
+    net.tap = true;
+    let now = net.now();
+    for &i in &leaving {
+        net.nodes[i].shutdown(now);
+        net.flush(i);
+    }
+    net.run_until_ms(70_000);
+    let stored_on: BTreeSet<usize> = net
+        .tapped
+        .iter()
+        .filter_map(|(to, _, bytes)| match decode(bytes) {
+            Ok(Frame::Message(Message::Store { record }))
+                if presence_key(&record.body.cert.body.account_key) == key =>
+            {
+                Some(*to)
+            }
+            _ => None,
+        })
+        .collect();
+    for replica in replicas {
+        if !attached.contains(&replica) {
+            assert!(stored_on.contains(&replica), "{replica}: {stored_on:?}");
+        }
+    }
+}
+
 /// When a replica of a record dies, the record's own supernodes store it
 /// again only on the member that moved up into the k closest: the
 /// replicas that were there hold it already (storing on all k sent each
