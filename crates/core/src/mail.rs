@@ -296,6 +296,11 @@ impl Mailbox {
             .collect()
     }
 
+    /// Every envelope held, in key order.
+    pub fn envelopes(&self) -> impl Iterator<Item = &Envelope> {
+        self.entries.values()
+    }
+
     /// The distinct directory keys with entries in `low..=high`.
     pub fn keys_in(&self, low: NodeId, high: NodeId) -> Vec<NodeId> {
         let start = (

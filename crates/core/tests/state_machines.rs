@@ -2938,6 +2938,74 @@ fn messages_reach_online_and_offline_devices_once_in_order_and_are_acked() {
     assert_eq!(received(&net, b).len(), 8, "delivered past a gap");
 }
 
+/// A mailbox replica that missed the delete of a delivered envelope (here
+/// its links to the recipient's supernodes are cut for the two seconds
+/// the delivery and the delete take; after a partition heals it is the
+/// far side's replicas, not yet in the deleting supernode's view) pushes
+/// the copy again two minutes after it was sent: the recipient, who has
+/// it, acknowledges it again, and the delete reaches the replica this
+/// time. The application sees the message once.
+#[test]
+fn a_replica_that_missed_the_delete_pushes_again_and_its_copy_is_deleted() {
+    let params = Arc::new(params());
+    let (mut net, contacts, clients) = small_network(&params);
+    net.run_until_ms(60_000);
+    let index_of = |net: &Net, addr: Addr| net.addrs.iter().position(|a| *a == addr).unwrap();
+    let attached = |net: &Net, client: usize| -> Vec<usize> {
+        net.nodes[client]
+            .attached_supernodes()
+            .iter()
+            .map(|c| index_of(net, c.addr))
+            .collect()
+    };
+    let k = params.replication_k;
+    // A pair of clients and a replica of the recipient's mailbox that is
+    // none of their supernodes.
+    let (sender, recipient, replica) = clients
+        .iter()
+        .flat_map(|s| clients.iter().map(move |r| (*s, *r)))
+        .filter(|(s, r)| s != r)
+        .find_map(|(s, r)| {
+            let key = presence_key(&net.nodes[r].identity().account());
+            let mut by_distance: Vec<(usize, NodeId)> = (0..NET_SUPERNODES)
+                .map(|i| (i, contact_id(&contacts[i], PUZZLE_BITS).unwrap()))
+                .collect();
+            by_distance.sort_by_key(|(_, id)| id.distance(&key));
+            let theirs = [attached(&net, s), attached(&net, r)].concat();
+            by_distance[..k]
+                .iter()
+                .map(|(i, _)| *i)
+                .find(|i| !theirs.contains(i))
+                .map(|replica| (s, r, replica))
+        })
+        .expect("a replica apart from both clients' supernodes");
+    for supernode in attached(&net, recipient) {
+        net.blocked.push((net.addrs[replica], net.addrs[supernode]));
+    }
+    send(&mut net, sender, recipient, 7);
+    net.run_until_ms(62_000);
+    assert_eq!(received(&net, recipient).len(), 1, "delivered");
+    assert_eq!(net.nodes[replica].mailbox_len(), 1, "the delete missed it");
+    net.blocked.clear();
+    net.run_until_ms(150_000);
+    assert_eq!(
+        net.nodes[replica].mailbox_len(),
+        1,
+        "held until pushed again"
+    );
+    net.run_until_ms(250_000);
+    assert_eq!(
+        net.nodes[replica].mailbox_len(),
+        0,
+        "deleted after the push"
+    );
+    assert_eq!(
+        received(&net, recipient).len(),
+        1,
+        "once to the application"
+    );
+}
+
 /// A crash loses what lived only in memory at once (a simulator holds a
 /// crashed node for an hour; 1,000 crashed supernodes' records and client
 /// tables were gigabytes at 1M clients), and the restart finds what a
