@@ -3051,6 +3051,69 @@ fn a_crash_drops_volatile_state_and_the_restart_rebuilds_it() {
     );
 }
 
+/// `count` supernodes and one client whose presence record they hold:
+/// the network, the index of each supernode the client is attached to,
+/// and the supernodes by distance to the record's key (nearest first).
+struct RecordOwner {
+    net: Net,
+    attached: Vec<usize>,
+    by_distance: Vec<usize>,
+    key: NodeId,
+}
+
+fn record_owner(
+    params: &Arc<Params>,
+    count: usize,
+    bootstrap: usize,
+    settle_ms: u64,
+) -> RecordOwner {
+    let (mut net, contacts) = joined_supernodes(params, count, 1_000);
+    net.run_until_ms(settle_ms);
+    let address = addr(3_000);
+    let node = client(
+        params,
+        3_000,
+        address,
+        contacts[..bootstrap].to_vec(),
+        net.now(),
+    );
+    let owner = net.add(node, address);
+    net.run_until_ms(settle_ms + 20_000);
+    let key = presence_key(&net.nodes[owner].identity().account());
+    let attached: Vec<usize> = net.nodes[owner]
+        .attached_supernodes()
+        .iter()
+        .map(|s| net.addrs.iter().position(|a| *a == s.addr).unwrap())
+        .collect();
+    assert_eq!(attached.len(), 2);
+    let mut by_distance: Vec<(usize, NodeId)> = (0..count)
+        .map(|i| (i, contact_id(&contacts[i], PUZZLE_BITS).unwrap()))
+        .collect();
+    by_distance.sort_by_key(|(_, id)| id.distance(&key));
+    let by_distance = by_distance.into_iter().map(|(i, _)| i).collect();
+    RecordOwner {
+        net,
+        attached,
+        by_distance,
+        key,
+    }
+}
+
+/// The nodes a tapped `Store` of the record under `key` went to.
+fn stores_of(net: &Net, key: &NodeId) -> Vec<usize> {
+    net.tapped
+        .iter()
+        .filter_map(|(to, _, bytes)| match decode(bytes) {
+            Ok(Frame::Message(Message::Store { record }))
+                if presence_key(&record.body.cert.body.account_key) == *key =>
+            {
+                Some(*to)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// More member changes at once than a supernode remembers to re-store
 /// by (`RESTORE_CHANGES_MAX`, 64): it stores its clients' records again on
 /// every replica instead. Here 140 of 150 members leave at once (their
@@ -3063,25 +3126,13 @@ fn a_crash_drops_volatile_state_and_the_restart_rebuilds_it() {
 fn more_changes_at_once_than_remembered_store_every_record_on_every_replica() {
     let params = Arc::new(params());
     let count = 150;
-    let (mut net, contacts) = joined_supernodes(&params, count, 1_000);
-    net.run_until_ms(20_000);
-    let address = addr(3_000);
-    let node = client(&params, 3_000, address, contacts[..4].to_vec(), net.now());
-    let owner = net.add(node, address);
-    net.run_until_ms(40_000);
-    let key = presence_key(&net.nodes[owner].identity().account());
-    let attached: Vec<usize> = net.nodes[owner]
-        .attached_supernodes()
-        .iter()
-        .map(|s| net.addrs.iter().position(|a| *a == s.addr).unwrap())
-        .collect();
-    assert_eq!(attached.len(), 2);
-    let mut by_distance: Vec<(usize, NodeId)> = (0..count)
-        .map(|i| (i, contact_id(&contacts[i], PUZZLE_BITS).unwrap()))
-        .collect();
-    by_distance.sort_by_key(|(_, id)| id.distance(&key));
-    let k = params.replication_k;
-    let replicas: Vec<usize> = by_distance[..k].iter().map(|(i, _)| *i).collect();
+    let RecordOwner {
+        mut net,
+        attached,
+        by_distance,
+        key,
+    } = record_owner(&params, count, 4, 20_000);
+    let replicas = &by_distance[..params.replication_k];
     let leaving: Vec<usize> = (0..count)
         .filter(|i| !replicas.contains(i) && !attached.contains(i))
         .take(140)
@@ -3094,21 +3145,10 @@ fn more_changes_at_once_than_remembered_store_every_record_on_every_replica() {
         net.flush(i);
     }
     net.run_until_ms(70_000);
-    let stored_on: BTreeSet<usize> = net
-        .tapped
-        .iter()
-        .filter_map(|(to, _, bytes)| match decode(bytes) {
-            Ok(Frame::Message(Message::Store { record }))
-                if presence_key(&record.body.cert.body.account_key) == key =>
-            {
-                Some(*to)
-            }
-            _ => None,
-        })
-        .collect();
+    let stored_on: BTreeSet<usize> = stores_of(&net, &key).into_iter().collect();
     for replica in replicas {
-        if !attached.contains(&replica) {
-            assert!(stored_on.contains(&replica), "{replica}: {stored_on:?}");
+        if !attached.contains(replica) {
+            assert!(stored_on.contains(replica), "{replica}: {stored_on:?}");
         }
     }
 }
@@ -3121,45 +3161,22 @@ fn more_changes_at_once_than_remembered_store_every_record_on_every_replica() {
 #[test]
 fn a_dead_replica_is_replaced_by_storing_on_the_member_that_moved_up_only() {
     let params = Arc::new(params());
-    let count = 12;
-    let (mut net, contacts) = joined_supernodes(&params, count, 1_000);
-    net.run_until_ms(5_000);
-    let address = addr(3_000);
-    let node = client(&params, 3_000, address, contacts.clone(), net.now());
-    let owner = net.add(node, address);
-    net.run_until_ms(30_000);
-    let key = presence_key(&net.nodes[owner].identity().account());
-    let attached: Vec<Addr> = net.nodes[owner]
-        .attached_supernodes()
-        .iter()
-        .map(|s| s.addr)
-        .collect();
-    assert_eq!(attached.len(), 2);
-    let mut by_distance: Vec<(usize, NodeId)> = (0..count)
-        .map(|i| (i, contact_id(&contacts[i], PUZZLE_BITS).unwrap()))
-        .collect();
-    by_distance.sort_by_key(|(_, id)| id.distance(&key));
+    let RecordOwner {
+        mut net,
+        attached,
+        by_distance,
+        key,
+    } = record_owner(&params, 12, 12, 5_000);
     let k = params.replication_k;
-    let (dead, _) = *by_distance[..k]
+    let dead = *by_distance[..k]
         .iter()
-        .find(|(i, _)| !attached.contains(&net.addrs[*i]))
+        .find(|i| !attached.contains(i))
         .expect("a replica the owner is not attached to");
-    let moved_up = by_distance[k].0;
+    let moved_up = by_distance[k];
     net.tap = true;
     net.crash(dead);
     net.run_until_ms(60_000);
-    let stored_on: Vec<usize> = net
-        .tapped
-        .iter()
-        .filter_map(|(to, _, bytes)| match decode(bytes) {
-            Ok(Frame::Message(Message::Store { record }))
-                if presence_key(&record.body.cert.body.account_key) == key =>
-            {
-                Some(*to)
-            }
-            _ => None,
-        })
-        .collect();
+    let stored_on = stores_of(&net, &key);
     assert!(stored_on.contains(&moved_up), "{stored_on:?}");
     assert!(stored_on.iter().all(|to| *to == moved_up), "{stored_on:?}");
 }
