@@ -215,6 +215,11 @@ fn backlog_drain_s(samples: &[crate::metrics::Sample], storm_at_s: u64) -> f64 {
     drained.saturating_sub(storm_at_s) as f64
 }
 
+/// A busy reason's key in `busy_by_reason`: its variant name.
+fn busy_reason_key(reason: peerline_proto::BusyReason) -> String {
+    format!("{reason:?}")
+}
+
 /// How many never-back clients the report names.
 const NEVER_CLIENTS_LISTED: usize = 10;
 
@@ -436,7 +441,7 @@ impl Report {
             busy_by_reason: metrics
                 .busy_by_reason
                 .iter()
-                .map(|(reason, n)| (format!("{reason:?}"), *n))
+                .map(|(reason, n)| (busy_reason_key(*reason), *n))
                 .collect(),
             busy_without_alternates: metrics.busy_without_alternates,
             supernode_over_capacity_events: metrics.over_capacity_events,
@@ -851,7 +856,10 @@ impl Report {
                 self.reattach_never,
                 never_clients_hint(&self.reattach_never_clients),
                 self.busy_answers,
-                self.busy_by_reason.get("HandshakesFull").copied().unwrap_or(0),
+                self.busy_by_reason
+                    .get(&busy_reason_key(peerline_proto::BusyReason::HandshakesFull))
+                    .copied()
+                    .unwrap_or(0),
                 self.busy_without_alternates,
                 self.supernode_over_capacity_events,
                 self.capacity_attachments
