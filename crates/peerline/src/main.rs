@@ -191,6 +191,10 @@ struct SimArgs {
     /// slower than the calibration machine.
     #[arg(long)]
     cpu_cost_factor: Option<f64>,
+    /// Threads that run the nodes (default: the machine's cores). Only the
+    /// wall time depends on it: the run and its digest are the same.
+    #[arg(long)]
+    threads: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -335,6 +339,9 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
     if let Some(factor) = args.cpu_cost_factor {
         config.cpu_cost_factor = factor;
     }
+    config.threads = args
+        .threads
+        .unwrap_or_else(peerline_sim::config::default_threads);
     if let Err(problem) = config.validate() {
         bail!("{problem}");
     }
@@ -344,7 +351,7 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
     }
 
     println!(
-        "peerline sim {}{} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?} · supernode CPU {}",
+        "peerline sim {}{} · seed {} · {} clients, {} supernodes · {} s virtual · crypto {:?} · supernode CPU {} · {} thread{}",
         scenario.name(),
         if config.naive {
             " (naive baseline)"
@@ -359,7 +366,9 @@ fn run_sim(args: SimArgs) -> Result<ExitCode> {
         match config.cpu_model {
             CpuModel::Measured => "measured",
             CpuModel::Off => "off",
-        }
+        },
+        config.threads,
+        if config.threads == 1 { "" } else { "s" }
     );
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -140,6 +140,14 @@ pub struct SimConfig {
     /// Every measured service time is multiplied by this: a supernode host
     /// this many times slower than the calibration machine.
     pub cpu_cost_factor: f64,
+    /// Threads that run the nodes' events (`world/batch.rs`). Changes the
+    /// wall time only: every thread count gives the same run and digest.
+    /// 1 unless asked (`peerline sim` asks for the machine's cores): tests
+    /// running side by side should not compete for cores.
+    pub threads: usize,
+    /// Windows with fewer node events run on one thread (handing them out
+    /// costs more than it saves). Tests lower it to split every window.
+    pub window_split_min: usize,
     /// `accounts`: supernodes of the attacker (one /24, equivocating), contested
     /// names started per minute, when the final lookups run (before the
     /// end), and how long after the partition heals the crash wave comes.
@@ -159,6 +167,16 @@ pub struct SimConfig {
     /// Protocol parameters (production defaults, plus the overrides listed in the report).
     #[serde(skip)]
     pub params: Params,
+}
+
+/// More threads than this would only wait on each other.
+pub const THREADS_MAX: usize = 64;
+
+/// The machine's cores (the simulator's default thread count).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(THREADS_MAX)
 }
 
 impl SimConfig {
@@ -229,6 +247,8 @@ impl SimConfig {
             cpu_model: CpuModel::Measured,
             cpu_backlog_max: 4_096,
             cpu_cost_factor: 1.0,
+            threads: 1,
+            window_split_min: 48,
             attackers: if scenario == Scenario::Accounts { 8 } else { 0 },
             contests_per_min: 30.0,
             names_check_before_end_s: 180,
@@ -268,6 +288,9 @@ impl SimConfig {
 
     /// Checks the knobs make sense; the error is one sentence for the user.
     pub fn validate(&self) -> Result<(), String> {
+        if !(1..=THREADS_MAX).contains(&self.threads) {
+            return Err(format!("--threads must be between 1 and {THREADS_MAX}"));
+        }
         if self.clients == 0 {
             return Err("--clients must be at least 1".into());
         }

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod crew;
 pub mod metrics;
 pub mod network;
 pub mod plots;

@@ -83,6 +83,10 @@ pub enum LookupFailure {
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub events: u64,
+    /// Look-ahead windows of node events, and those split between threads
+    /// (`world/batch.rs`).
+    pub windows: u64,
+    pub windows_split: u64,
     pub timers: u64,
     pub sent: u64,
     pub bytes_sent: u64,
@@ -249,7 +253,8 @@ fn fold(mut state: u64, word: u64) -> u64 {
 }
 
 impl Digest {
-    pub fn delivered(&mut self, time_us: u64, from: u32, to: u32, bytes: &[u8]) {
+    /// The word a delivered datagram adds to the digest ([`Digest::push`]).
+    pub fn delivered_word(time_us: u64, from: u32, to: u32, bytes: &[u8]) -> u64 {
         // Four independent lanes over 32-byte blocks: the multiplies overlap
         // instead of waiting on each other (this runs for every datagram).
         let mut lanes = [
@@ -269,15 +274,14 @@ impl Digest {
         for (lane, word) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
             *lane = fold(*lane, u64::from_le_bytes(word.try_into().expect("8 bytes")));
         }
-        let state = lanes.iter().fold(0, |state, lane| fold(state, *lane));
-        self.push(state);
+        lanes.iter().fold(0, |state, lane| fold(state, *lane))
     }
 
     pub fn timer(&mut self, time_us: u64, node: u32) {
         self.push(fold(fold(0x71AE, time_us), node as u64));
     }
 
-    fn push(&mut self, value: u64) {
+    pub fn push(&mut self, value: u64) {
         self.batch.extend_from_slice(&value.to_le_bytes());
         if self.batch.len() >= DIGEST_BATCH_BYTES {
             self.hasher.update(&self.batch);

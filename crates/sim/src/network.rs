@@ -15,6 +15,12 @@ const REGIONS: [(f64, f64, f64); 6] = [
 const REGION_SPREAD_KM: f64 = 900.0;
 /// Propagation over fibre including route stretch: ~100 km per ms.
 const KM_PER_MS: f64 = 100.0;
+/// Shortest access link delay of a node (ms): a host's first hop.
+const ACCESS_MS_MIN: u8 = 2;
+/// No datagram arrives sooner than this after it left: two access links.
+/// The simulator runs a window this long of every node's events at once
+/// (`world/batch.rs`), since nothing one node does can reach another in it.
+pub const LATENCY_MIN_US: u64 = 2 * ACCESS_MS_MIN as u64 * 1_000;
 /// Recent destinations a NAT remembers (port-restricted filtering).
 pub const NAT_MEMORY: usize = 6;
 
@@ -80,7 +86,7 @@ pub fn place(rng: &mut impl Rng, clock_offset_max_s: u64, clock_drift_max_ppm: u
         x: (x / 10.0).clamp(-30_000.0, 30_000.0) as i16,
         y: (y / 10.0).clamp(-30_000.0, 30_000.0) as i16,
         region: region as u8,
-        access_ms: 2 + (rng.next_u32() % 14) as u8,
+        access_ms: ACCESS_MS_MIN + (rng.next_u32() % 14) as u8,
         clock_offset_s: ((rng.next_u64() % offset_span as u64) as i64 - clock_offset_max_s as i64)
             as i32,
         clock_drift_ppm: ((rng.next_u64() % drift_span as u64) as i64 - clock_drift_max_ppm as i64)
@@ -123,7 +129,7 @@ mod tests {
             for b in &places {
                 let ab = base_latency_us(a, b);
                 assert_eq!(ab, base_latency_us(b, a));
-                assert!((4_000..400_000).contains(&ab), "{ab} us");
+                assert!((LATENCY_MIN_US..400_000).contains(&ab), "{ab} us");
             }
             assert!(a.clock_offset_s.abs() <= 120 && a.clock_drift_ppm.abs() <= 50);
         }

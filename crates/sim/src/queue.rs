@@ -145,13 +145,15 @@ impl Queue {
         }
     }
 
-    /// The event `ahead` places after the next one to pop, if it is in the
-    /// current bucket (for prefetching what it will touch).
-    pub fn upcoming(&self, ahead: usize) -> Option<&Entry> {
-        self.ready
-            .len()
-            .checked_sub(ahead + 1)
-            .map(|i| &self.ready[i])
+    /// The next event to pop.
+    pub fn peek(&mut self) -> Option<&Entry> {
+        while self.ready.is_empty() {
+            if self.len == 0 {
+                return None;
+            }
+            self.advance();
+        }
+        self.ready.last()
     }
 
     /// Moves to the next bucket and makes it ready.

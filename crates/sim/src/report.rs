@@ -27,6 +27,12 @@ pub struct Report {
     pub wall_s: f64,
     pub events: u64,
     pub events_per_s: f64,
+    /// Threads that ran the nodes, the look-ahead windows of node events
+    /// and how many of them were split between threads (wall time only:
+    /// the run is the same with any thread count).
+    pub threads: usize,
+    pub windows: u64,
+    pub windows_split: u64,
     pub peak_rss_bytes: u64,
     /// Peak RSS divided by the number of nodes: an upper bound on state per node.
     pub state_bytes_per_node: u64,
@@ -373,6 +379,9 @@ impl Report {
             virtual_duration_s: config.duration_s,
             wall_s,
             events: metrics.events,
+            threads: world.config().threads,
+            windows: metrics.windows,
+            windows_split: metrics.windows_split,
             events_per_s: metrics.events as f64 / wall_s.max(1e-9),
             peak_rss_bytes: peak_rss,
             state_bytes_per_node: peak_rss / nodes.max(1),

@@ -100,8 +100,8 @@ pub fn plan(base: &SimConfig) -> Vec<SimConfig> {
     configs
 }
 
-/// Runs the plan on two threads (each run is single-threaded and seeded,
-/// so the results do not depend on the interleaving) and summarizes it.
+/// Runs the plan on two threads, one run on each (every run is seeded, and
+/// its thread count changes nothing but wall time) and summarizes it.
 pub fn run(base: &SimConfig, progress: &(dyn Fn(usize, usize, &Point) + Sync)) -> SweepReport {
     let configs = plan(base);
     let total = configs.len();
@@ -115,7 +115,11 @@ pub fn run(base: &SimConfig, progress: &(dyn Fn(usize, usize, &Point) + Sync)) -
                     let mut out = Vec::new();
                     for (index, config) in configs.iter().enumerate().skip(worker).step_by(2) {
                         let fraction = config.storm_fraction;
-                        let (_, report) = crate::run(config.clone(), &mut |_| {});
+                        let config = SimConfig {
+                            threads: 1,
+                            ..config.clone()
+                        };
+                        let (_, report) = crate::run(config, &mut |_| {});
                         let point = Point::of(&report, fraction);
                         let finished = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         progress(finished, total, &point);

@@ -3,10 +3,11 @@
 //! from outside the nodes.
 
 use crate::config::{CpuModel, Scenario, SimConfig};
-use crate::cpu::{Admission, CostTable, Cpu};
+use crate::cpu::{CostTable, Cpu};
 use crate::metrics::{Digest, LookupFailure, Metrics, Sample};
-use crate::network::{latency_us, place, uniform, wall_clock_s, Nat, Place, NAT_MEMORY};
+use crate::network::{place, uniform, wall_clock_s, Nat, Place, LATENCY_MIN_US, NAT_MEMORY};
 mod accounts;
+mod batch;
 mod bundles;
 pub use accounts::NameFigures;
 pub use bundles::BundleFigures;
@@ -201,6 +202,17 @@ impl SimNode {
 struct Profile {
     entries: Vec<(ProfileKey, std::time::Duration, u64)>,
     split_us: Option<u64>,
+    /// Windows run (`world/batch.rs`), how many were split between
+    /// threads, their events, and the wall time on the lanes and after.
+    windows: u64,
+    windows_split: u64,
+    window_events: u64,
+    in_lanes: std::time::Duration,
+    applying: std::time::Duration,
+    /// Wall time each lane worked.
+    lane_busy: Vec<std::time::Duration>,
+    /// When this table began.
+    since: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -224,6 +236,23 @@ impl Profile {
         let total: f64 = self.entries.iter().map(|e| e.1.as_secs_f64()).sum();
         let mut rows: Vec<_> = self.entries.iter().collect();
         rows.sort_by_key(|row| std::cmp::Reverse(row.1));
+        if let Some(since) = self.since {
+            eprintln!("wall: {:.1} s", since.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "windows: {} ({} split between threads), {:.1} events each; {:.1} s on the lanes, {:.1} s applying their records",
+            self.windows,
+            self.windows_split,
+            self.window_events as f64 / self.windows.max(1) as f64,
+            self.in_lanes.as_secs_f64(),
+            self.applying.as_secs_f64()
+        );
+        let busy: Vec<String> = self
+            .lane_busy
+            .iter()
+            .map(|b| format!("{:.1} s", b.as_secs_f64()))
+            .collect();
+        eprintln!("lanes busy: {}", busy.join(", "));
         eprintln!("profile: {total:.1} s in node handlers");
         for (name, spent, count) in rows {
             let name = match name {
@@ -243,30 +272,42 @@ impl Profile {
     }
 }
 
-/// A set of node indices with O(1) insert, remove and random pick.
+/// A set of node indices with O(1) insert, remove, membership and random pick.
 #[derive(Default)]
 struct IndexSet {
     items: Vec<u32>,
-    position: HashMap<u32, u32>,
+    /// Where each node index sits in `items` (`u32::MAX`: not in the set).
+    position: Vec<u32>,
 }
 
 impl IndexSet {
     fn insert(&mut self, item: u32) {
-        if self.position.contains_key(&item) {
+        if self.contains(item) {
             return;
         }
-        self.position.insert(item, self.items.len() as u32);
+        if self.position.len() <= item as usize {
+            self.position.resize(item as usize + 1, u32::MAX);
+        }
+        self.position[item as usize] = self.items.len() as u32;
         self.items.push(item);
     }
 
     fn remove(&mut self, item: u32) {
-        if let Some(at) = self.position.remove(&item) {
-            let last = self.items.pop().expect("present");
-            if last != item {
-                self.items[at as usize] = last;
-                self.position.insert(last, at);
-            }
+        if !self.contains(item) {
+            return;
         }
+        let at = std::mem::replace(&mut self.position[item as usize], u32::MAX);
+        let last = self.items.pop().expect("present");
+        if last != item {
+            self.items[at as usize] = last;
+            self.position[last as usize] = at;
+        }
+    }
+
+    fn contains(&self, item: u32) -> bool {
+        self.position
+            .get(item as usize)
+            .is_some_and(|at| *at != u32::MAX)
     }
 
     fn random(&self, rng: &mut impl Rng) -> Option<u32> {
@@ -318,8 +359,6 @@ pub struct World {
     pub metrics: Metrics,
     digest: Digest,
     load_buffer: Vec<u32>,
-    transmit_buffer: Vec<peerline_core::Transmit>,
-    event_buffer: Vec<Event>,
     /// Prints every datagram to or from this node (PEERLINE_SIM_TRACE=index).
     trace: Option<u32>,
     /// Debugging: stop the run at this virtual second (`PEERLINE_SIM_HALT_AT`)
@@ -347,6 +386,13 @@ pub struct World {
     names: accounts::Names,
     /// Its key bundles and password logins (`world/bundles.rs`).
     bundles: bundles::Bundles,
+    /// The threads that run a window's node events (`world/batch.rs`);
+    /// `None` with one thread.
+    crew: Option<crate::crew::Crew>,
+    /// One per thread: what the window's events did.
+    lanes: Vec<batch::Lane>,
+    /// Each lane's share of a split window (`batch::Context::shares`).
+    lane_shares: Vec<f64>,
 }
 
 impl World {
@@ -397,8 +443,6 @@ impl World {
             pending_lookups: HashMap::new(),
             digest: Digest::default(),
             load_buffer: vec![0; total],
-            transmit_buffer: Vec::new(),
-            event_buffer: Vec::new(),
             trace: std::env::var("PEERLINE_SIM_TRACE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -409,6 +453,13 @@ impl World {
             profile: std::env::var("PEERLINE_SIM_PROFILE").ok().map(|v| {
                 Box::new(Profile {
                     entries: Vec::new(),
+                    windows: 0,
+                    windows_split: 0,
+                    window_events: 0,
+                    in_lanes: Default::default(),
+                    applying: Default::default(),
+                    lane_busy: Vec::new(),
+                    since: Some(std::time::Instant::now()),
                     split_us: v
                         .parse::<u64>()
                         .ok()
@@ -431,7 +482,14 @@ impl World {
             config,
             names: accounts::Names::default(),
             bundles: bundles::Bundles::default(),
+            crew: None,
+            lanes: Vec::new(),
+            lane_shares: Vec::new(),
         };
+        let threads = world.config.threads.max(1);
+        world.lanes = (0..threads).map(|_| batch::Lane::default()).collect();
+        world.lane_shares = vec![1.0 / threads as f64; threads];
+        world.crew = (threads > 1).then(|| crate::crew::Crew::new(threads));
         world.schedule_script();
         world
     }
@@ -476,64 +534,72 @@ impl World {
     }
 
     fn now_for(&self, index: u32) -> Now {
-        let place = &self.nodes[index as usize].place;
-        let elapsed_s = self.now_us / 1_000_000;
-        Now {
-            instant: Instant(self.now_us),
-            unix_s: wall_clock_s(place, BASE_UNIX_S + elapsed_s, elapsed_s),
-        }
+        now_at(&self.nodes[index as usize].place, self.now_us)
     }
 
     /// Runs to the end, calling `progress` now and then.
     pub fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
         let mut events: u64 = 0;
+        let mut next_progress: u64 = 0;
         let stop_us = self.end_us.min(self.halt_at_us);
-        while let Some(entry) = self.queue.pop() {
-            if entry.time_us > stop_us {
+        let mut window = Vec::new();
+        let mut script = Vec::new();
+        while let Some(start_us) = self.queue.peek().map(|e| e.time_us) {
+            if start_us > stop_us {
                 break;
             }
-            self.now_us = entry.time_us;
+            self.now_us = start_us;
             if let Some(profile) = self.profile.as_mut() {
                 if profile.split_us.is_some_and(|at| self.now_us >= at) {
                     profile.split_us = None;
                     eprintln!("(profile until virtual second {})", self.now_us / 1_000_000);
                     profile.print();
-                    profile.entries.clear();
+                    **profile = Profile {
+                        since: Some(std::time::Instant::now()),
+                        ..Profile::default()
+                    };
                 }
             }
-            events += 1;
-            self.prefetch_upcoming();
-            if events & 0xFFFF == 0 {
+            if events >= next_progress {
+                next_progress = events + 0x10000;
                 progress(Progress {
                     virtual_s: self.now_us / 1_000_000,
                     duration_s: self.config.duration_s,
                     events,
                 });
             }
-            match entry.kind {
-                EventKind::Start { node } => self.start(node),
-                EventKind::Leave { node } => self.leave(node),
-                EventKind::Deliver { to, from, bytes } => self.deliver(to, from, bytes),
-                EventKind::Served { to, from, bytes } => self.serve_queued(to, from, &bytes),
-                EventKind::Timer { node, epoch } => self.fire_timer(node, epoch, entry.time_us),
-                EventKind::LookupTick => self.lookup_tick(),
-                EventKind::Sample => self.sample(),
-                EventKind::Storm => self.storm(),
-                EventKind::MessageTick => self.message_tick(),
-                EventKind::Heal => {
-                    self.partitioned = false;
-                    // Give presence two minutes to converge before judging lookups.
-                    self.heal_settled_us = self.now_us + 120_000_000;
+            // A window: every event before `end_us` (`world/batch.rs`). The
+            // script's events in it run first, at its start: they may touch
+            // any node, and a node must not see its time go back. What they
+            // schedule for a node inside the window joins it.
+            let end_us = (start_us + LATENCY_MIN_US).min(stop_us + 1);
+            loop {
+                while self.queue.peek().is_some_and(|e| e.time_us < end_us) {
+                    let entry = self.queue.pop().expect("peeked");
+                    match self.local_event(entry.time_us, entry.kind) {
+                        Ok(local) => window.push(local),
+                        Err(kind) => script.push(kind),
+                    }
                 }
-                EventKind::Crash { node, down_us } => self.crash(node, down_us),
-                EventKind::CrashWave => self.crash_wave(),
-                EventKind::NameTick => self.name_tick(),
-                EventKind::NameCheck => self.name_check(),
-                EventKind::RevokeTick => self.revoke_tick(),
-                EventKind::RevocationCheck => self.revocation_check(),
-                EventKind::BundlePublishTick => self.bundle_publish_tick(),
-                EventKind::BundleLoginTick => self.bundle_login_tick(),
-                EventKind::BundleCheck => self.bundle_check(),
+                if script.is_empty() {
+                    break;
+                }
+                for kind in script.drain(..) {
+                    events += 1;
+                    self.now_us = start_us;
+                    self.scenario_event(kind);
+                }
+            }
+            self.now_us = start_us;
+            if self.partitioned {
+                // The cut as it stands once the script ran (a partition
+                // begins or heals at a window's start).
+                let before = window.len();
+                window.retain(|e: &batch::LocalEvent| !self.cut_drops(e));
+                events += (before - window.len()) as u64;
+            }
+            if !window.is_empty() {
+                events += self.run_window(std::mem::take(&mut window), end_us);
             }
         }
         self.now_us = stop_us;
@@ -549,35 +615,75 @@ impl World {
         });
     }
 
-    /// Asks the CPU to start loading the node state (and datagram) of an
-    /// event a few places ahead in the queue. In a million-node run nearly
-    /// every event touches a node no other recent event touched, and its
-    /// handling waits on a dozen cache misses; started early, they overlap
-    /// with the events in between. Changes no outcome.
-    #[inline]
-    fn prefetch_upcoming(&self) {
-        /// Events between the prefetch and the use: enough to hide a
-        /// memory access, few enough that the lines are still cached.
-        const AHEAD: usize = 6;
-        let Some(entry) = self.queue.upcoming(AHEAD) else {
-            return;
+    /// A node's own event, for a window; `Err` gives back a script event.
+    fn local_event(&self, time_us: u64, kind: EventKind) -> Result<batch::LocalEvent, EventKind> {
+        let (node, kind) = match kind {
+            EventKind::Deliver { to, from, bytes } => (to, batch::Local::Deliver { from, bytes }),
+            EventKind::Served { to, from, bytes } => (to, batch::Local::Served { from, bytes }),
+            EventKind::Timer { node, epoch } => (node, batch::Local::Timer { epoch }),
+            other => return Err(other),
         };
-        let (node, bytes) = match &entry.kind {
-            EventKind::Deliver { to, bytes, .. } | EventKind::Served { to, bytes, .. } => {
-                (*to, Some(bytes))
+        // For splitting the window evenly between threads: a supernode's
+        // events cost a few times a client's.
+        let weight = if self.live_supernodes.contains(node) {
+            batch::SUPERNODE_EVENT_WEIGHT
+        } else {
+            1
+        };
+        Ok(batch::LocalEvent {
+            time_us,
+            node,
+            weight,
+            kind,
+        })
+    }
+
+    /// Whether the partition's cut drops a datagram (and counts the loss).
+    fn cut_drops(&mut self, event: &batch::LocalEvent) -> bool {
+        let batch::Local::Deliver { from, bytes } = &event.kind else {
+            return false;
+        };
+        let (from, to) = (*from, event.node);
+        if self.nodes[to as usize].place.side() == self.nodes[from as usize].place.side() {
+            return false;
+        }
+        self.metrics.dropped_partition += 1;
+        if self.trace == Some(to) || self.trace == Some(from) {
+            eprintln!(
+                "{:.3} {from} -> {to} {:?} (lost in the cut)",
+                event.time_us as f64 / 1e6,
+                peek_kind(bytes)
+            );
+        }
+        true
+    }
+
+    /// The script's events: they may touch any node, so they run alone.
+    fn scenario_event(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Start { node } => self.start(node),
+            EventKind::Leave { node } => self.leave(node),
+            EventKind::LookupTick => self.lookup_tick(),
+            EventKind::Sample => self.sample(),
+            EventKind::Storm => self.storm(),
+            EventKind::MessageTick => self.message_tick(),
+            EventKind::Heal => {
+                self.partitioned = false;
+                // Give presence two minutes to converge before judging lookups.
+                self.heal_settled_us = self.now_us + 120_000_000;
             }
-            EventKind::Timer { node, .. } => (*node, None),
-            _ => return,
-        };
-        let Some(slot) = self.nodes.get(node as usize) else {
-            return;
-        };
-        prefetch_bytes(
-            (slot as *const SimNode).cast(),
-            std::mem::size_of::<SimNode>(),
-        );
-        if let Some(bytes) = bytes {
-            prefetch_bytes(bytes.as_ptr(), bytes.len().min(256));
+            EventKind::Crash { node, down_us } => self.crash(node, down_us),
+            EventKind::CrashWave => self.crash_wave(),
+            EventKind::NameTick => self.name_tick(),
+            EventKind::NameCheck => self.name_check(),
+            EventKind::RevokeTick => self.revoke_tick(),
+            EventKind::RevocationCheck => self.revocation_check(),
+            EventKind::BundlePublishTick => self.bundle_publish_tick(),
+            EventKind::BundleLoginTick => self.bundle_login_tick(),
+            EventKind::BundleCheck => self.bundle_check(),
+            EventKind::Deliver { .. } | EventKind::Served { .. } | EventKind::Timer { .. } => {
+                unreachable!("node events run in windows")
+            }
         }
     }
 
@@ -790,7 +896,7 @@ impl World {
             params: self.params.clone(),
             identity,
             policy,
-            advertised_addr: self.addr_of_node(index),
+            advertised_addr: addr_for(&self.names.attackers, index),
             bootstrap,
         };
         Node::new(config, now, seed_rng.next_u64())
@@ -849,117 +955,9 @@ impl World {
 
     // ---- network ----
 
-    fn deliver(&mut self, to: u32, from: u32, bytes: Vec<u8>) {
-        if self.partitioned
-            && self.nodes[to as usize].place.side() != self.nodes[from as usize].place.side()
-        {
-            self.metrics.dropped_partition += 1;
-            if self.trace == Some(to) || self.trace == Some(from) {
-                eprintln!(
-                    "{:.3} {from} -> {to} {:?} (lost in the cut)",
-                    self.now_us as f64 / 1e6,
-                    peek_kind(&bytes)
-                );
-            }
-            return;
-        }
-        let target = &self.nodes[to as usize];
-        if !target.alive {
-            self.metrics.dropped_dead += 1;
-            return;
-        }
-        if !target.nat_allows(from) {
-            self.metrics.dropped_nat += 1;
-            return;
-        }
-        let service_us = match &self.costs {
-            Some(costs) if target.is_supernode() => costs.service_us(peek_kind(&bytes)),
-            _ => 0,
-        };
-        if service_us > 0 {
-            let backlog_max = self.config.cpu_backlog_max;
-            match self.nodes[to as usize]
-                .cpu
-                .arrive(self.now_us, service_us, backlog_max)
-            {
-                Admission::Now => self.metrics.cpu_delay.record(0),
-                Admission::Queued { start_us } => {
-                    let delay_us = start_us - self.now_us;
-                    self.metrics.cpu_delay.record(delay_us);
-                    let sample_max = &mut self.metrics.cpu_delay_max_since_sample_us;
-                    *sample_max = (*sample_max).max(delay_us);
-                    self.queue
-                        .push(start_us, EventKind::Served { to, from, bytes });
-                    return;
-                }
-                Admission::Dropped => {
-                    self.metrics.cpu_dropped += 1;
-                    crate::metrics::tally_kind(
-                        &mut self.metrics.cpu_dropped_by_kind,
-                        peek_kind(&bytes),
-                    );
-                    if self.trace == Some(to) || self.trace == Some(from) {
-                        eprintln!(
-                            "{:.3} {from} -> {to} {:?} (dropped: the CPU's backlog is full)",
-                            self.now_us as f64 / 1e6,
-                            peek_kind(&bytes)
-                        );
-                    }
-                    return;
-                }
-            }
-        }
-        self.handle_datagram(to, from, &bytes, service_us);
-    }
-
-    /// A datagram that waited for a supernode's CPU: its service starts.
-    fn serve_queued(&mut self, to: u32, from: u32, bytes: &[u8]) {
-        let slot = &mut self.nodes[to as usize];
-        slot.cpu.start_queued();
-        if !slot.alive {
-            // The process and its queue died while it waited.
-            self.metrics.dropped_dead += 1;
-            return;
-        }
-        let costs = self.costs.expect("datagrams wait only with a CPU model");
-        self.handle_datagram(to, from, bytes, costs.service_us(peek_kind(bytes)));
-    }
-
-    /// The node reads a datagram; what it answers leaves `service_us` later.
-    fn handle_datagram(&mut self, to: u32, from: u32, bytes: &[u8], service_us: u32) {
-        self.metrics.delivered += 1;
-        if self.trace == Some(to) || self.trace == Some(from) {
-            eprintln!(
-                "{:.3} {from} -> {to} {:?}",
-                self.now_us as f64 / 1e6,
-                peek_kind(bytes)
-            );
-        }
-        self.digest.delivered(self.now_us, from, to, bytes);
-        self.observe(from, to, bytes);
-        let now = self.now_for(to);
-        // The attacker's supernodes vote for every claim they are asked
-        // about: they forget their vote before each request.
-        let equivocate =
-            self.is_attacker(to) && peek_kind(bytes) == Some(MessageKind::NameVoteRequest);
-        let from_addr = self.addr_of_node(from);
-        let started = self.profile.as_ref().map(|_| std::time::Instant::now());
-        if let Some(node) = self.nodes[to as usize].node.as_mut() {
-            if equivocate {
-                node.forget_name_votes();
-            }
-            node.handle(now, from_addr, bytes);
-        }
-        self.flush_after(to, service_us as u64);
-        if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
-            profile.add(ProfileKey::Datagram(peek_kind(bytes)), started.elapsed());
-        }
-    }
-
     /// Watches the wire for attachments being made, kept alive and ended.
-    fn observe(&mut self, from: u32, to: u32, bytes: &[u8]) {
+    fn observe(&mut self, from: u32, to: u32, kind: Option<MessageKind>, busy: Option<&[u8]>) {
         let now_s = (self.now_us / 1_000_000) as u32;
-        let kind = peek_kind(bytes);
         crate::metrics::tally_kind(&mut self.metrics.delivered_by_kind, kind);
         match kind {
             Some(MessageKind::AttachAccepted) => {
@@ -983,7 +981,9 @@ impl World {
             Some(MessageKind::Busy) => {
                 self.metrics.busy_answers += 1;
                 self.metrics.busy_since_sample += 1;
-                self.observe_busy(bytes);
+                if let Some(bytes) = busy {
+                    self.observe_busy(bytes);
+                }
             }
             Some(MessageKind::Ping | MessageKind::Keepalive) => {
                 self.nodes[from as usize].observe_contact(to, now_s)
@@ -1014,113 +1014,6 @@ impl World {
         if alternates.is_empty() {
             metrics.busy_without_alternates += 1;
             metrics.busy_without_alternates_since_sample += 1;
-        }
-    }
-
-    fn fire_timer(&mut self, index: u32, epoch: u32, time_us: u64) {
-        let slot = &mut self.nodes[index as usize];
-        if !slot.alive || slot.epoch != epoch || slot.timer_at_us != time_us {
-            return;
-        }
-        slot.timer_at_us = u64::MAX;
-        let now = self.now_for(index);
-        let Some(node) = self.nodes[index as usize].node.as_mut() else {
-            return;
-        };
-        let started = self.profile.as_ref().map(|_| {
-            let role = ProfileKey::Timer {
-                supernode: node.is_supernode(),
-            };
-            (role, std::time::Instant::now())
-        });
-        // The deadline may have moved later since this wake-up was queued
-        // (a pong arrived): then there is nothing to do but re-arm.
-        if node
-            .poll_timeout()
-            .is_some_and(|deadline| deadline.0 <= time_us)
-        {
-            self.metrics.timers += 1;
-            self.digest.timer(self.now_us, index);
-            node.handle_timeout(now);
-        }
-        self.flush(index);
-        if let (Some(profile), Some((role, started))) = (self.profile.as_mut(), started) {
-            profile.add(role, started.elapsed());
-        }
-    }
-
-    /// Sends what the node queued, handles its events, re-arms its timer.
-    fn flush(&mut self, index: u32) {
-        self.flush_after(index, 0);
-    }
-
-    /// [`World::flush`], with the datagrams leaving `depart_after_us` from
-    /// now (when the CPU that made them is done).
-    fn flush_after(&mut self, index: u32, depart_after_us: u64) {
-        let now_us = self.now_us;
-        let nodes_len = self.nodes.len();
-        let mut transmits = std::mem::take(&mut self.transmit_buffer);
-        let mut events = std::mem::take(&mut self.event_buffer);
-        let deadline = {
-            let slot = &mut self.nodes[index as usize];
-            let Some(node) = slot.node.as_mut() else {
-                return;
-            };
-            transmits.extend(node.drain_transmits());
-            events.extend(node.drain_events());
-            node.poll_timeout()
-        };
-        for transmit in transmits.drain(..) {
-            let Some(to) = index_of(&transmit.to, nodes_len) else {
-                self.metrics.dropped_unroutable += 1;
-                continue;
-            };
-            self.nodes[index as usize].remember_destination(to);
-            self.metrics.sent += 1;
-            self.metrics.bytes_sent += transmit.bytes.len() as u64;
-            if uniform(&mut self.rng) < self.config.loss_rate {
-                self.metrics.lost += 1;
-                continue;
-            }
-            let latency = latency_us(
-                &self.nodes[index as usize].place,
-                &self.nodes[to as usize].place,
-                &mut self.rng,
-            );
-            self.queue.push(
-                now_us + depart_after_us + latency,
-                EventKind::Deliver {
-                    to,
-                    from: index,
-                    bytes: transmit.bytes,
-                },
-            );
-        }
-        for event in events.drain(..) {
-            self.node_event(index, event);
-        }
-        self.transmit_buffer = transmits;
-        self.event_buffer = events;
-        let slot = &mut self.nodes[index as usize];
-        if !slot.alive {
-            return;
-        }
-        if let Some(deadline) = deadline {
-            let at = deadline.0.max(now_us + 1);
-            if at < slot.timer_at_us || slot.timer_at_us <= now_us {
-                slot.timer_at_us = at;
-                let epoch = slot.epoch;
-                self.queue.push(at, EventKind::Timer { node: index, epoch });
-            }
-        }
-    }
-
-    /// A node's address: [`addr_of`], but the attacker's supernodes share 11.0.0.0/24.
-    fn addr_of_node(&self, index: u32) -> Addr {
-        if self.is_attacker(index) {
-            Addr::from_ipv4_u32(ATTACKER_BASE | index, PORT)
-        } else {
-            addr_of(index)
         }
     }
 
@@ -1183,10 +1076,9 @@ impl World {
                 self.metrics.lookup_done(outcome, elapsed_ms);
             }
             Event::Promoted => {
-                let slot = &mut self.nodes[index as usize];
-                slot.epoch += 1;
-                slot.observed_len = 0;
-                slot.timer_at_us = u64::MAX;
+                // (The new epoch and the void timer are the node's own
+                // part, done on its lane: `batch::drain`.)
+                self.nodes[index as usize].observed_len = 0;
                 self.live_clients.remove(index);
                 self.live_supernodes.insert(index);
                 self.reattach_pending.remove(&index);
@@ -1231,9 +1123,6 @@ impl World {
                 conversation.acked_up_to = conversation.acked_up_to.max(up_to_seq);
             }
             Event::Demoted => {
-                let slot = &mut self.nodes[index as usize];
-                slot.epoch += 1;
-                slot.timer_at_us = u64::MAX;
                 self.live_supernodes.remove(index);
                 self.live_clients.insert(index);
                 self.metrics.demotions += 1;
@@ -1579,6 +1468,25 @@ impl World {
 }
 
 /// The random stream a node's keys come from.
+/// What a node's clock reads at true virtual time `time_us`.
+fn now_at(place: &Place, time_us: u64) -> Now {
+    let elapsed_s = time_us / 1_000_000;
+    Now {
+        instant: Instant(time_us),
+        unix_s: wall_clock_s(place, BASE_UNIX_S + elapsed_s, elapsed_s),
+    }
+}
+
+/// A node's address: [`addr_of`], but the attacker's supernodes (sorted
+/// `attackers`) share 11.0.0.0/24.
+fn addr_for(attackers: &[u32], index: u32) -> Addr {
+    if attackers.binary_search(&index).is_ok() {
+        Addr::from_ipv4_u32(ATTACKER_BASE | index, PORT)
+    } else {
+        addr_of(index)
+    }
+}
+
 fn node_seed_rng(seed: u64, index: u32) -> Pcg64Mcg {
     Pcg64Mcg::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }

@@ -170,3 +170,37 @@ fn scarce_capacity_promotes_reachable_clients() {
         &["lookup_success_ratio", "supernode_load_max_ratio"],
     );
 }
+
+/// The thread count changes the wall time only: one thread and three, every
+/// window of node events split between them, give the same run. A crash
+/// wave, so that supernode CPUs queue, clients are promoted and timers and
+/// CPU turns fall inside windows.
+#[test]
+fn threads_change_nothing_but_the_wall_time() {
+    let with_threads = |threads| {
+        let mut config = SimConfig::new(Scenario::SupernodeCrash, 1000, 30, 21);
+        config.duration_s = 900;
+        config.storm_at_s = 500;
+        config.threads = threads;
+        config.window_split_min = 2;
+        run(config)
+    };
+    let one = with_threads(1);
+    let three = with_threads(3);
+    assert_eq!(one.windows_split, 0);
+    // (A window of one node's events cannot be split: a third is plenty.)
+    assert!(
+        three.windows_split * 3 > three.windows,
+        "only {} of {} windows were split",
+        three.windows_split,
+        three.windows
+    );
+    assert!(
+        one.promotions > 0 && one.messages_delivered > 100,
+        "too little happened"
+    );
+    assert_eq!(one.digest, three.digest);
+    assert_eq!(one.events, three.events);
+    assert_eq!(one.windows, three.windows);
+    assert_eq!(one.messages_delivered, three.messages_delivered);
+}

@@ -573,9 +573,4 @@ impl World {
             })
             .collect()
     }
-
-    /// Whether `node` is one of the attacker's supernodes.
-    pub(super) fn is_attacker(&self, node: u32) -> bool {
-        self.names.attackers.binary_search(&node).is_ok()
-    }
 }
