@@ -18,6 +18,8 @@ use std::thread::JoinHandle;
 /// Spins before an idle helper sleeps (~1 ms): in a large run the next
 /// window comes sooner, and a sleeping helper takes long to wake.
 const SPINS_BEFORE_SLEEP: u32 = 1 << 14;
+/// Spins between yields of a caller waiting for a helper (~10 µs).
+const SPINS_BEFORE_YIELD: u32 = 1 << 8;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -83,25 +85,71 @@ impl Crew {
         let Some(first) = items.next() else {
             return;
         };
-        // Waits for every posted job even when this thread's own work
-        // panics: the jobs borrow from the caller's stack.
+        // Every posted job is finished or dropped before this returns, even
+        // when this thread's own work panics: the jobs borrow from the
+        // caller's stack.
         struct Wait<'a> {
             shared: &'a Shared,
             posted: usize,
+            /// Helpers whose job ran here: nothing to wait for.
+            taken_back: u64,
+        }
+        impl Wait<'_> {
+            /// A job its helper has not picked up yet runs here instead (a
+            /// helper without a core of its own may be far from starting
+            /// it: more threads than free cores); then waits for the rest.
+            fn finish(mut self) {
+                for (i, slot) in self.shared.slots[..self.posted].iter().enumerate() {
+                    let job = slot.job.lock().expect("not poisoned").take();
+                    if let Some(job) = job {
+                        self.taken_back |= 1 << i;
+                        if let Err(panic) = catch_unwind(AssertUnwindSafe(job)) {
+                            *slot.panic.lock().expect("not poisoned") = Some(panic);
+                        }
+                    }
+                }
+                self.wait_for_helpers();
+                self.posted = 0;
+            }
+
+            /// Waits until every helper that took its job is done with it
+            /// (it may still be catching up with jobs it never saw: their
+            /// turns only count up).
+            fn wait_for_helpers(&self) {
+                for (i, slot) in self.shared.slots[..self.posted].iter().enumerate() {
+                    if self.taken_back & (1 << i) != 0 {
+                        continue;
+                    }
+                    let target = slot.posted.load(Ordering::Relaxed);
+                    let mut spins = 0u32;
+                    while slot.done.load(Ordering::Acquire) < target {
+                        spins += 1;
+                        if spins.is_multiple_of(SPINS_BEFORE_YIELD) {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+            }
         }
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
-                for slot in &self.shared.slots[..self.posted] {
-                    let target = slot.posted.load(Ordering::Relaxed);
-                    while slot.done.load(Ordering::Acquire) != target {
-                        std::hint::spin_loop();
+                // Unwinding: jobs not started are dropped unrun.
+                for (i, slot) in self.shared.slots[..self.posted].iter().enumerate() {
+                    if let Ok(mut job) = slot.job.lock() {
+                        if job.take().is_some() {
+                            self.taken_back |= 1 << i;
+                        }
                     }
                 }
+                self.wait_for_helpers();
             }
         }
         let mut wait = Wait {
             shared: &self.shared,
             posted: 0,
+            taken_back: 0,
         };
         for ((slot, helper), item) in self.shared.slots.iter().zip(&self.helpers).zip(items) {
             let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || work(item));
@@ -117,7 +165,7 @@ impl Crew {
             wait.posted += 1;
         }
         work(first);
-        drop(wait);
+        wait.finish();
         for slot in &self.shared.slots {
             // (Taken out first: unwinding with the guard held would poison it.)
             let panic = slot.panic.lock().expect("not poisoned").take();

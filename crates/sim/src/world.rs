@@ -391,8 +391,12 @@ pub struct World {
     crew: Option<crate::crew::Crew>,
     /// One per thread: what the window's events did.
     lanes: Vec<batch::Lane>,
-    /// Each lane's share of a split window (`batch::Context::shares`).
-    lane_shares: Vec<f64>,
+    /// The time a script event was due (`now_us` is its window's start):
+    /// periodic and Poisson ticks count the next one from it, so that their
+    /// rates do not depend on the windows.
+    script_us: u64,
+    /// Where each node's events begin in a window (kept for its buffer).
+    groups: Vec<u32>,
 }
 
 impl World {
@@ -484,11 +488,11 @@ impl World {
             bundles: bundles::Bundles::default(),
             crew: None,
             lanes: Vec::new(),
-            lane_shares: Vec::new(),
+            script_us: 0,
+            groups: Vec::new(),
         };
         let threads = world.config.threads.max(1);
         world.lanes = (0..threads).map(|_| batch::Lane::default()).collect();
-        world.lane_shares = vec![1.0 / threads as f64; threads];
         world.crew = (threads > 1).then(|| crate::crew::Crew::new(threads));
         world.schedule_script();
         world
@@ -578,15 +582,16 @@ impl World {
                     let entry = self.queue.pop().expect("peeked");
                     match self.local_event(entry.time_us, entry.kind) {
                         Ok(local) => window.push(local),
-                        Err(kind) => script.push(kind),
+                        Err(kind) => script.push((entry.time_us, kind)),
                     }
                 }
                 if script.is_empty() {
                     break;
                 }
-                for kind in script.drain(..) {
+                for (time_us, kind) in script.drain(..) {
                     events += 1;
                     self.now_us = start_us;
+                    self.script_us = time_us;
                     self.scenario_event(kind);
                 }
             }
@@ -623,17 +628,9 @@ impl World {
             EventKind::Timer { node, epoch } => (node, batch::Local::Timer { epoch }),
             other => return Err(other),
         };
-        // For splitting the window evenly between threads: a supernode's
-        // events cost a few times a client's.
-        let weight = if self.live_supernodes.contains(node) {
-            batch::SUPERNODE_EVENT_WEIGHT
-        } else {
-            1
-        };
         Ok(batch::LocalEvent {
             time_us,
             node,
-            weight,
             kind,
         })
     }
@@ -773,7 +770,7 @@ impl World {
     /// The two sides stop reaching each other until the heal.
     fn partition(&mut self) {
         self.partitioned = true;
-        let heal_us = self.now_us + self.config.partition_s * 1_000_000;
+        let heal_us = self.script_us + self.config.partition_s * 1_000_000;
         self.queue.push(heal_us, EventKind::Heal);
         // Clients attached across the cut lose that attachment; those it
         // leaves below two are timed from now. (A client may hold a third,
@@ -1152,8 +1149,8 @@ impl World {
     // ---- lookups ----
 
     fn lookup_tick(&mut self) {
-        let next =
-            self.now_us + exponential_us(&mut self.rng, 1e6 / self.config.lookups_per_s.max(1e-3));
+        let next = self.script_us
+            + exponential_us(&mut self.rng, 1e6 / self.config.lookups_per_s.max(1e-3));
         self.queue.push(next, EventKind::LookupTick);
         let uptime_us = self.config.lookup_target_uptime_s * 1_000_000;
         let mut source = None;
@@ -1207,8 +1204,8 @@ impl World {
     // ---- messages ----
 
     fn message_tick(&mut self) {
-        let next =
-            self.now_us + exponential_us(&mut self.rng, 1e6 / self.config.messages_per_s.max(1e-3));
+        let next = self.script_us
+            + exponential_us(&mut self.rng, 1e6 / self.config.messages_per_s.max(1e-3));
         let quiet_from_us = self
             .end_us
             .saturating_sub(self.config.messages_quiet_end_s * 1_000_000);
@@ -1283,7 +1280,7 @@ impl World {
         /// How long a churn crash's orphans are excused from outage figures.
         const CHURN_EXCUSE_US: u64 = 60_000_000;
         self.queue.push(
-            self.now_us + self.config.sample_interval_s * 1_000_000,
+            self.script_us + self.config.sample_interval_s * 1_000_000,
             EventKind::Sample,
         );
         let mut attached_two = 0u64;
@@ -1328,7 +1325,7 @@ impl World {
                 .unwrap_or(0)
         };
         let sample = Sample {
-            t_s: self.now_us / 1_000_000,
+            t_s: self.script_us / 1_000_000,
             live_clients: self.live_clients.len() as u64,
             attached_two,
             attached_one,

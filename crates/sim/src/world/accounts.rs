@@ -161,7 +161,7 @@ impl World {
             return;
         }
         let mean_us = 60e6 / self.config.contests_per_min.max(1e-3);
-        let next = self.now_us + exponential_us(&mut self.rng, mean_us);
+        let next = self.script_us + exponential_us(&mut self.rng, mean_us);
         self.queue.push(next, EventKind::NameTick);
         let mut claimants: Vec<u32> = Vec::with_capacity(CLAIMANTS);
         for _ in 0..20 {
@@ -405,7 +405,7 @@ impl World {
     /// attached client (the owner's other device, say).
     pub(super) fn revoke_tick(&mut self) {
         let mean_us = 60e6 / self.config.revocations_per_min.max(1e-3);
-        let next = self.now_us + exponential_us(&mut self.rng, mean_us);
+        let next = self.script_us + exponential_us(&mut self.rng, mean_us);
         let stop_us = self
             .end_us
             .saturating_sub(self.config.names_check_before_end_s * 1_000_000);
@@ -467,7 +467,7 @@ impl World {
         if !self.names.revocation_check_due {
             self.names.revocation_check_due = true;
             self.queue.push(
-                self.now_us + REVOCATION_CHECK_MS * 1_000,
+                self.script_us + REVOCATION_CHECK_MS * 1_000,
                 EventKind::RevocationCheck,
             );
         }
@@ -504,7 +504,7 @@ impl World {
         if pending {
             self.names.revocation_check_due = true;
             self.queue.push(
-                self.now_us + REVOCATION_CHECK_MS * 1_000,
+                self.script_us + REVOCATION_CHECK_MS * 1_000,
                 EventKind::RevocationCheck,
             );
         }

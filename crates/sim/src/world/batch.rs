@@ -24,23 +24,20 @@ use crate::network::LATENCY_MIN_US;
 use crate::queue::EventKind;
 use peerline_core::Event;
 use peerline_proto::{peek_kind, MessageKind};
+use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Events between a prefetch of a node's state and its use.
-const PREFETCH_AHEAD: usize = 6;
-
-/// How much more a supernode's event costs than a client's, roughly (in
-/// `PEERLINE_SIM_PROFILE` tables: ~5 µs against ~1.5 µs). The threads' shares
-/// of a window are cut by these weights; they change only the wall time.
-pub(super) const SUPERNODE_EVENT_WEIGHT: u32 = 4;
+/// Nodes a lane takes at a time: a few, so that the lanes finish together.
+const GROUPS_PER_CLAIM: usize = 16;
+/// Nodes between a prefetch of a node's state and its use.
+const PREFETCH_AHEAD: usize = 4;
 
 /// One event of one node in the window.
 pub(super) struct LocalEvent {
     pub time_us: u64,
     pub node: u32,
-    /// Its expected cost, for splitting the window between threads.
-    pub weight: u32,
     pub kind: Local,
 }
 
@@ -112,9 +109,6 @@ pub(super) struct Context<'a> {
     pub profile: bool,
     /// Windows with fewer events run on one lane.
     pub split_min: usize,
-    /// Each lane's share of a split window's expected cost (summing to 1),
-    /// tuned as the run goes so that the lanes finish together.
-    pub shares: &'a [f64],
 }
 
 /// One thread's output for a window (kept between windows for its buffers).
@@ -143,93 +137,137 @@ impl Lane {
     }
 }
 
-/// Runs the window's events (`events`: grouped by node, each node's in
-/// time order) on the crew's threads, one lane each (or on this thread).
+/// A window's nodes and their events, handed out to the lanes a few nodes
+/// at a time: whichever lane is free takes the next ones, so no lane idles
+/// while another works through a run of expensive events.
+struct Handout<'a> {
+    nodes: *mut SimNode,
+    events: *mut LocalEvent,
+    /// Where each node's events begin in `events`, then where they end.
+    groups: &'a [u32],
+    next: AtomicUsize,
+    _borrows: PhantomData<(&'a mut [SimNode], &'a mut [LocalEvent])>,
+}
+
+// SAFETY: lanes reach the nodes and events only through `claim` and
+// `group`, and `claim` hands each group (one node, its events) out once.
+unsafe impl Sync for Handout<'_> {}
+
+impl<'a> Handout<'a> {
+    /// `events` sorted by node; `groups` their boundaries.
+    fn new(nodes: &'a mut [SimNode], events: &'a mut [LocalEvent], groups: &'a [u32]) -> Self {
+        assert!(events.iter().all(|e| (e.node as usize) < nodes.len()));
+        assert_eq!(groups.last().copied(), Some(events.len() as u32));
+        Handout {
+            nodes: nodes.as_mut_ptr(),
+            events: events.as_mut_ptr(),
+            groups,
+            next: AtomicUsize::new(0),
+            _borrows: PhantomData,
+        }
+    }
+
+    /// The next few groups for a lane; every group goes to one lane only.
+    fn claim(&self) -> Option<Range<usize>> {
+        let groups = self.groups.len() - 1;
+        let first = self.next.fetch_add(GROUPS_PER_CLAIM, Ordering::Relaxed);
+        (first < groups).then(|| first..(first + GROUPS_PER_CLAIM).min(groups))
+    }
+
+    fn events_of(&self, group: usize) -> Range<usize> {
+        self.groups[group] as usize..self.groups[group + 1] as usize
+    }
+
+    /// A group's node and events.
+    ///
+    /// # Safety
+    /// `group` came from this lane's `claim`, and the lane holds no other
+    /// reference to it.
+    #[allow(clippy::mut_from_ref)] // handing out `&mut` from a shared `&self` is its job
+    unsafe fn group(&self, group: usize) -> (&mut SimNode, &mut [LocalEvent]) {
+        let range = self.events_of(group);
+        // SAFETY: the range is inside `events` (`groups` ends at its
+        // length), claimed by this lane alone; its node is this group's
+        // own (events are sorted by node and groups cut where it changes)
+        // and inside `nodes` (checked in `new`).
+        unsafe {
+            let events = std::slice::from_raw_parts_mut(self.events.add(range.start), range.len());
+            let node = &mut *self.nodes.add(events[0].node as usize);
+            (node, events)
+        }
+    }
+
+    /// Starts loading a group's node state and first datagram (a hint).
+    ///
+    /// # Safety
+    /// As for [`Handout::group`].
+    unsafe fn prefetch(&self, group: usize) {
+        // SAFETY: as in `group`; only addresses are formed and one field read.
+        unsafe {
+            let event = self.events.add(self.groups[group] as usize);
+            let node = self.nodes.add((*event).node as usize);
+            super::prefetch_bytes(node.cast(), std::mem::size_of::<SimNode>());
+            if let Local::Deliver { bytes, .. } | Local::Served { bytes, .. } = &(*event).kind {
+                super::prefetch_bytes(bytes.as_ptr(), bytes.len().min(256));
+            }
+        }
+    }
+}
+
+/// Runs the window's events (`events`: sorted by node, each node's in time
+/// order) on the crew's threads, or on this one for a small window; says
+/// which.
 fn run_lanes(
     ctx: &Context,
     crew: Option<&Crew>,
     nodes: &mut [SimNode],
-    mut events: Vec<LocalEvent>,
+    events: &mut [LocalEvent],
+    groups: &[u32],
     lanes: &mut [Lane],
-) {
-    let Some(crew) = crew.filter(|_| events.len() >= ctx.split_min) else {
-        return run_lane(ctx, nodes, 0, events, &mut lanes[0]);
-    };
-    // Cut where each lane has its share of the expected cost, between nodes.
-    let total: u64 = events.iter().map(|e| e.weight as u64).sum();
-    let mut cuts = Vec::with_capacity(lanes.len());
-    let (mut at, mut sum) = (0, 0);
-    let mut before = 0.0;
-    for lane_share in &ctx.shares[..lanes.len() - 1] {
-        before += lane_share;
-        let share = (total as f64 * before) as u64;
-        while at < events.len()
-            && (sum < share || (at > 0 && events[at].node == events[at - 1].node))
-        {
-            sum += events[at].weight as u64;
-            at += 1;
+) -> bool {
+    let handout = Handout::new(nodes, events, groups);
+    match crew.filter(|_| events_len(groups) >= ctx.split_min) {
+        Some(crew) => {
+            crew.run(lanes.iter_mut().collect(), &|lane| {
+                run_claims(ctx, &handout, lane)
+            });
+            true
         }
-        if at > 0 && at < events.len() && cuts.last() != Some(&at) {
-            cuts.push(at);
+        None => {
+            run_claims(ctx, &handout, &mut lanes[0]);
+            false
         }
     }
-    // Split from the back (`split_off` keeps the front); each part's nodes
-    // run from its first node (0 for the first part) to the next part's.
-    let mut jobs = Vec::with_capacity(cuts.len() + 1);
-    let mut nodes_rest = nodes;
-    let mut lanes_rest = lanes;
-    for cut in cuts.into_iter().rev().chain([0]) {
-        let part = if cut == 0 {
-            std::mem::take(&mut events)
-        } else {
-            events.split_off(cut)
-        };
-        let base = if cut == 0 { 0 } else { part[0].node };
-        let (front, mine) = std::mem::take(&mut nodes_rest).split_at_mut(base as usize);
-        nodes_rest = front;
-        let (lane, front_lanes) = std::mem::take(&mut lanes_rest)
-            .split_last_mut()
-            .expect("a lane per part");
-        lanes_rest = front_lanes;
-        jobs.push((mine, base, part, lane));
-    }
-    jobs.reverse();
-    crew.run(jobs, &|(nodes, base, events, lane)| {
-        run_lane(ctx, nodes, base, events, lane)
-    });
 }
 
-fn run_lane(
-    ctx: &Context,
-    nodes: &mut [SimNode],
-    base: u32,
-    mut events: Vec<LocalEvent>,
-    lane: &mut Lane,
-) {
+fn events_len(groups: &[u32]) -> usize {
+    groups.last().copied().unwrap_or(0) as usize
+}
+
+/// A lane's work: groups claimed until none is left.
+fn run_claims(ctx: &Context, handout: &Handout, lane: &mut Lane) {
     let started = std::time::Instant::now();
-    let mut at = 0;
-    while at < events.len() {
-        let node = events[at].node;
-        let mut end = at + 1;
-        while end < events.len() && events[end].node == node {
-            end += 1;
+    while let Some(claim) = handout.claim() {
+        for group in claim.clone() {
+            if group + PREFETCH_AHEAD < claim.end {
+                // SAFETY: claimed by this lane, no reference to it held.
+                unsafe { handout.prefetch(group + PREFETCH_AHEAD) };
+            }
+            // SAFETY: claimed by this lane, and used only in this turn.
+            let (slot, events) = unsafe { handout.group(group) };
+            let node = events[0].node;
+            lane.pending.clear();
+            for event in events.iter_mut().rev() {
+                let kind = std::mem::replace(&mut event.kind, Local::Timer { epoch: 0 });
+                let time_us = event.time_us;
+                lane.pending.push(LocalEvent {
+                    time_us,
+                    node,
+                    kind,
+                });
+            }
+            run_node(ctx, slot, node, lane);
         }
-        if let Some(ahead) = events.get(end + PREFETCH_AHEAD) {
-            prefetch_event(&nodes[(ahead.node - base) as usize], ahead);
-        }
-        lane.pending.clear();
-        for event in events[at..end].iter_mut().rev() {
-            let kind = std::mem::replace(&mut event.kind, Local::Timer { epoch: 0 });
-            let time_us = event.time_us;
-            lane.pending.push(LocalEvent {
-                time_us,
-                node,
-                weight: 0,
-                kind,
-            });
-        }
-        run_node(ctx, &mut nodes[(node - base) as usize], node, lane);
-        at = end;
     }
     lane.busy = started.elapsed();
 }
@@ -443,24 +481,12 @@ fn push_record(lane: &mut Lane, time_us: u64, node: u32, outcome: Outcome) {
 /// (it would have been queued after them).
 fn schedule(lane: &mut Lane, time_us: u64, node: u32, kind: Local) {
     let at = lane.pending.partition_point(|e| e.time_us > time_us);
-    let weight = 0;
     let event = LocalEvent {
         time_us,
         node,
-        weight,
         kind,
     };
     lane.pending.insert(at, event);
-}
-
-fn prefetch_event(slot: &SimNode, event: &LocalEvent) {
-    super::prefetch_bytes(
-        (slot as *const SimNode).cast(),
-        std::mem::size_of::<SimNode>(),
-    );
-    if let Local::Deliver { bytes, .. } | Local::Served { bytes, .. } = &event.kind {
-        super::prefetch_bytes(bytes.as_ptr(), bytes.len().min(256));
-    }
 }
 
 impl World {
@@ -475,7 +501,6 @@ impl World {
             end_us,
             profile: self.profile.is_some(),
             split_min: self.config.window_split_min,
-            shares: &self.lane_shares,
         };
         (ctx, &mut self.nodes)
     }
@@ -491,19 +516,26 @@ impl World {
         let mut lanes = std::mem::take(&mut self.lanes);
         // A lane that gets no events this time must not hold the last one's.
         lanes.iter_mut().for_each(Lane::clear);
+        let split;
         {
+            let mut groups = std::mem::take(&mut self.groups);
+            groups.clear();
+            for (i, event) in events.iter().enumerate() {
+                if i == 0 || event.node != events[i - 1].node {
+                    groups.push(i as u32);
+                }
+            }
+            groups.push(events.len() as u32);
             let crew = self.crew.take();
             let (ctx, nodes) = self.split_for_lanes(end_us);
-            run_lanes(&ctx, crew.as_ref(), nodes, events, &mut lanes);
+            split = run_lanes(&ctx, crew.as_ref(), nodes, &mut events, &groups, &mut lanes);
             self.crew = crew;
+            self.groups = groups;
         }
         let lanes_done = started.map(|_| std::time::Instant::now());
         self.metrics.windows += 1;
-        let split = lanes.iter().filter(|l| l.processed > 0).count() > 1;
         self.metrics.windows_split += split as u64;
-        if split {
-            self.rebalance(&lanes);
-        }
+
         // Every record in (time, node) order; a node's records are on one
         // lane, in the order it ran them.
         let mut order: Vec<(u64, u32, u32, u32)> = Vec::new();
@@ -544,7 +576,7 @@ impl World {
             (self.profile.as_mut(), started, lanes_done)
         {
             profile.windows += 1;
-            profile.windows_split += (lanes.iter().filter(|l| l.processed > 0).count() > 1) as u64;
+            profile.windows_split += split as u64;
             profile.window_events += window_events;
             profile.in_lanes += lanes_done - started;
             for (i, lane) in lanes.iter().enumerate() {
@@ -562,25 +594,6 @@ impl World {
         }
         self.lanes = lanes;
         processed
-    }
-
-    /// Moves a little of the slowest lane's share to the fastest (the
-    /// split's cost model is rough and the mix of events changes during a
-    /// run). Only the wall time depends on it.
-    fn rebalance(&mut self, lanes: &[Lane]) {
-        /// Share moved per window, and the least a lane keeps.
-        const STEP: f64 = 0.002;
-        const SHARE_MIN: f64 = 0.02;
-        let by_busy = |a: &(usize, &Lane), b: &(usize, &Lane)| a.1.busy.cmp(&b.1.busy);
-        let lanes = lanes.iter().enumerate();
-        let (Some((slowest, _)), Some((fastest, _))) =
-            (lanes.clone().max_by(by_busy), lanes.min_by(by_busy))
-        else {
-            return;
-        };
-        let step = STEP.min(self.lane_shares[slowest] - SHARE_MIN).max(0.0);
-        self.lane_shares[slowest] -= step;
-        self.lane_shares[fastest] += step;
     }
 
     fn apply_outcome(&mut self, node: u32, outcome: Outcome) {

@@ -177,7 +177,7 @@ impl World {
     /// same with the production Argon2id cost).
     pub(super) fn bundle_publish_tick(&mut self) {
         let mean_us = 60e6 / self.config.bundle_publishes_per_min.max(1e-3);
-        let next = self.now_us + exponential_us(&mut self.rng, mean_us);
+        let next = self.script_us + exponential_us(&mut self.rng, mean_us);
         let stop_us = self.bundle_check_us() - LOGIN_AFTER_PUBLISH_S * 1_000_000;
         if next < stop_us {
             self.queue.push(next, EventKind::BundlePublishTick);
@@ -247,7 +247,7 @@ impl World {
     /// password or (sometimes) a wrong one.
     pub(super) fn bundle_login_tick(&mut self) {
         let mean_us = 60e6 / self.config.bundle_logins_per_min.max(1e-3);
-        let next = self.now_us + exponential_us(&mut self.rng, mean_us);
+        let next = self.script_us + exponential_us(&mut self.rng, mean_us);
         if next < self.bundle_check_us() {
             self.queue.push(next, EventKind::BundleLoginTick);
         }
@@ -341,7 +341,7 @@ impl World {
             }
             let key = self.bundles.accounts[account].key;
             let Some(device) = self.bundle_device(Some(key)) else {
-                waiting.push_back((self.now_us + 1_000_000, account));
+                waiting.push_back((self.script_us + 1_000_000, account));
                 continue;
             };
             self.bundles.accounts[account].final_tries += 1;
@@ -349,7 +349,7 @@ impl World {
             started += 1;
         }
         self.bundles.final_queue = waiting;
-        let next = self.now_us + 1_000_000;
+        let next = self.script_us + 1_000_000;
         if next < self.end_us {
             self.queue.push(next, EventKind::BundleCheck);
         }
