@@ -1,7 +1,9 @@
 //! peerline's deterministic discrete-event simulator.
 //!
-//! One thread, virtual time, a seeded RNG: the same seed replays the same
-//! run byte for byte (see `report.digest`). The nodes are the production
+//! Virtual time and a seeded RNG: the same seed replays the same run byte
+//! for byte (see `report.digest`), on one thread or several (the nodes of
+//! each 4 ms window run on `SimConfig::threads` threads: `world/batch.rs`).
+//! The nodes are the production
 //! state machines of `peerline-core`, fed datagrams through a network model
 //! (geographic latency, jitter, loss, NAT filtering, clock skew) while a
 //! scenario script starts, crashes and restarts them and asks for lookups.

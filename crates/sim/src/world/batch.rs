@@ -5,9 +5,10 @@
 //! a window that long, starting at the earliest queued event, nothing one
 //! node does can reach another: each node's events in the window (datagrams
 //! arriving, its timer, datagrams that waited for its CPU) depend on that
-//! node's state alone. [`World::run`] takes such a window from the queue,
-//! up to the next scenario event (which may touch any node); the lanes run
-//! every node's events in time order, each node on exactly one thread,
+//! node's state alone. [`World::run`] takes such a window from the queue
+//! and first runs the script's events in it, at the window's start (they
+//! may touch any node); then the lanes run every node's events in time
+//! order, each node on exactly one thread,
 //! including the wake-ups and CPU turns a node schedules for itself inside
 //! the window; and they write down what the rest of the world must learn
 //! ([`Record`]). One thread then applies the records in (time, node) order:
