@@ -395,8 +395,10 @@ pub struct World {
     /// periodic and Poisson ticks count the next one from it, so that their
     /// rates do not depend on the windows.
     script_us: u64,
-    /// Where each node's events begin in a window (kept for its buffer).
+    /// Where each node's events begin in a window, and the order its
+    /// records are applied in (kept for their buffers).
     groups: Vec<u32>,
+    record_order: Vec<(u64, u32, u32, u32)>,
 }
 
 impl World {
@@ -490,6 +492,7 @@ impl World {
             lanes: Vec::new(),
             script_us: 0,
             groups: Vec::new(),
+            record_order: Vec::new(),
         };
         let threads = world.config.threads.max(1);
         world.lanes = (0..threads).map(|_| batch::Lane::default()).collect();

@@ -129,6 +129,13 @@ fn config_validation_names_the_problem() {
     config.clients = 10;
     config.supernodes = 1;
     assert!(config.validate().unwrap_err().contains("--supernodes"));
+    config.supernodes = 10;
+    config.threads = 0;
+    assert!(config.validate().unwrap_err().contains("--threads"));
+    config.threads = peerline_sim::config::THREADS_MAX + 1;
+    assert!(config.validate().unwrap_err().contains("--threads"));
+    config.threads = 2;
+    assert!(config.validate().is_ok());
 }
 
 /// Too few supernodes for the clients: reachable clients with uptime promote

@@ -226,8 +226,9 @@ fn run_lanes(
     groups: &[u32],
     lanes: &mut [Lane],
 ) -> bool {
+    let small = events.len() < ctx.split_min;
     let handout = Handout::new(nodes, events, groups);
-    match crew.filter(|_| events_len(groups) >= ctx.split_min) {
+    match crew.filter(|_| !small) {
         Some(crew) => {
             crew.run(lanes.iter_mut().collect(), &|lane| {
                 run_claims(ctx, &handout, lane)
@@ -239,10 +240,6 @@ fn run_lanes(
             false
         }
     }
-}
-
-fn events_len(groups: &[u32]) -> usize {
-    groups.last().copied().unwrap_or(0) as usize
 }
 
 /// A lane's work: groups claimed until none is left.
@@ -539,7 +536,8 @@ impl World {
 
         // Every record in (time, node) order; a node's records are on one
         // lane, in the order it ran them.
-        let mut order: Vec<(u64, u32, u32, u32)> = Vec::new();
+        let mut order = std::mem::take(&mut self.record_order);
+        order.clear();
         let mut processed = 0;
         for (l, lane) in lanes.iter().enumerate() {
             processed += lane.processed;
@@ -551,7 +549,7 @@ impl World {
             );
         }
         order.sort_unstable();
-        for (_, _, l, i) in order {
+        for &(_, _, l, i) in &order {
             let lane = &mut lanes[l as usize];
             let record = &mut lane.records[i as usize];
             let outcome = std::mem::replace(&mut record.outcome, Outcome::Timer { due: false });
@@ -594,6 +592,7 @@ impl World {
             }
         }
         self.lanes = lanes;
+        self.record_order = order;
         processed
     }
 
