@@ -64,11 +64,18 @@ struct PendingLookup {
     started: Instant,
     deadline: Instant,
     via: PublicKey,
-    retried: bool,
+    /// Requests sent so far (`LOOKUP_TRIES_MAX` at most).
+    tries: u8,
 }
 
 /// Most lookups a client keeps open at once.
 const CLIENT_LOOKUPS_MAX: usize = 16;
+/// Requests one lookup may send, each after the previous one's
+/// `lookup_timeout_ms`, alternating between the attached supernodes. A try
+/// fails when its request or its answer is lost (~0.4% at 0.2% loss); with
+/// two tries about one lookup in 60,000 still failed that way, with three
+/// one in 15 million.
+const LOOKUP_TRIES_MAX: u8 = 3;
 /// Busy answers within one promotion period that make an eligible client
 /// consider promotion even before the average load says so.
 const PROMOTE_BUSY_MIN: u32 = 3;
@@ -863,7 +870,7 @@ impl ClientState {
             started: io.now.instant,
             deadline: io.now.instant.add_ms(io.params.lookup_timeout_ms),
             via: via.key,
-            retried: false,
+            tries: 1,
         });
         io.send(via.addr, &Message::LookupRequest { query_id, account });
     }
@@ -909,10 +916,10 @@ impl ClientState {
             let lookup = &self.lookups[index];
             let other = self.attached().into_iter().find(|c| c.key != lookup.via);
             match other {
-                Some(contact) if !lookup.retried => {
-                    // Try once more through the other supernode.
+                Some(contact) if lookup.tries < LOOKUP_TRIES_MAX => {
+                    // Try again through another supernode.
                     let lookup = &mut self.lookups[index];
-                    lookup.retried = true;
+                    lookup.tries += 1;
                     lookup.via = contact.key;
                     lookup.deadline = now.add_ms(io.params.lookup_timeout_ms);
                     let (query_id, account) = (lookup.query_id, lookup.account);

@@ -428,6 +428,23 @@ mod tests {
         assert_eq!(state.acknowledged(&PublicKey([9; 32]), 2), 0, "idempotent");
     }
 
+    /// A delete names an envelope by its id (a hash of the signed body) and
+    /// its recipient device: whoever never saw the envelope cannot name it,
+    /// and an id named for another device removes nothing.
+    #[test]
+    fn a_delete_needs_the_envelopes_id_and_its_recipient() {
+        let mut mailbox = Mailbox::default();
+        let kept = envelope(1, 9, 1);
+        assert_eq!(mailbox.store(kept.clone(), 100, 10), Ok(true));
+        let device = PublicKey([9; 32]);
+        mailbox.delete(&device, &envelope_id(&envelope(1, 9, 2)));
+        mailbox.delete(&device, &EnvelopeId([0xab; 16]));
+        mailbox.delete(&PublicKey([8; 32]), &envelope_id(&kept));
+        assert_eq!(mailbox.len(), 1);
+        mailbox.delete(&device, &envelope_id(&kept));
+        assert!(mailbox.is_empty());
+    }
+
     #[test]
     fn mailbox_is_bounded_idempotent_and_hands_out_conversations_in_order() {
         let mut mailbox = Mailbox::default();

@@ -6,6 +6,7 @@
 use crate::time::Instant;
 use peerline_proto::{
     Addr, Contact, MemberState, MemberUpdate, NodeId, PublicKey, GOSSIP_UPDATES_MAX,
+    URGENT_PUSH_SEQUENCE,
 };
 use rand_core::Rng;
 use std::hash::BuildHasher;
@@ -919,6 +920,10 @@ impl Membership {
         self.next_probe_at = now.add_ms(period_ms);
         let target = self.random_other(rng)?.clone();
         self.sequence = self.sequence.wrapping_add(1);
+        if self.sequence == URGENT_PUSH_SEQUENCE {
+            // Never a probe's: its pings would not be acknowledged.
+            self.sequence += 1;
+        }
         self.probe = Some(Probe {
             target: target.id,
             contact: target.update.contact,

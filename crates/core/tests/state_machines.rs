@@ -32,7 +32,7 @@ use peerline_proto::{
     decode, encode, Addr, BoundedVec, BusyReason, Contact, DeviceCert, DeviceListBody, Envelope,
     EnvelopeBody, EnvelopeKind, Frame, MemberState, MemberUpdate, Message, NameCertificate,
     NameClaim, NameRefusal, NameVoteBody, NodeId, PresenceBody, PresenceRecord, PublicKey,
-    RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo,
+    RelayRequestBody, Signature, Ticket, TicketBody, VersionInfo, URGENT_PUSH_SEQUENCE,
 };
 use peerline_proto::{KeyBundle, ShareDeal, Sharing};
 use rand_core::SeedableRng;
@@ -982,6 +982,51 @@ fn client_keeps_its_attachment_when_a_lookup_is_turned_away() {
     );
 }
 
+/// A lookup whose answers are all lost is tried three times, alternating
+/// between the two attached supernodes, then reported as failed once.
+#[test]
+fn an_unanswered_lookup_is_tried_three_times_across_both_supernodes() {
+    let params = Arc::new(params());
+    let (mut client, contacts) = client_with_three_supernodes(&params);
+    let mut script = Script::new(&contacts);
+    script.run(&mut client, 0, 5_000);
+    assert_eq!(client.attached_supernodes().len(), 2);
+    client.drain_events().for_each(drop);
+    let account = identity(77).account();
+    client.lookup(at(5_000), account);
+    let mut tries: Vec<Addr> = Vec::new();
+    let mut done = Vec::new();
+    // The supernodes stay attached (pongs answered) but every lookup
+    // answer is lost.
+    let mut now_ms = 5_000;
+    while now_ms < 5_000 + 4 * params.lookup_timeout_ms {
+        for (to, message) in sent(&mut client) {
+            match message {
+                Message::LookupRequest { account: a, .. } if a == account => tries.push(to),
+                other => {
+                    if let Some(reply) = script.answer(to, &other) {
+                        deliver(&mut client, at(now_ms), to, &reply);
+                    }
+                }
+            }
+        }
+        done.extend(
+            events(&mut client)
+                .into_iter()
+                .filter(|e| matches!(e, Event::LookupDone { .. })),
+        );
+        now_ms = client.poll_timeout().unwrap().as_ms().max(now_ms + 1);
+        client.handle_timeout(at(now_ms));
+    }
+    assert_eq!(tries.len(), 3, "tries: {tries:?}");
+    assert_ne!(tries[0], tries[1], "the second try goes elsewhere");
+    assert_eq!(tries[0], tries[2], "the third goes back");
+    assert!(
+        matches!(done.as_slice(), [Event::LookupDone { record: None, .. }]),
+        "{done:?}"
+    );
+}
+
 #[test]
 fn client_moves_on_when_its_supernode_detaches_it() {
     let params = Arc::new(params());
@@ -1831,6 +1876,68 @@ fn refuting_a_rumour_never_lowers_the_incarnation() {
     }
 }
 
+/// A probe's ping is answered; a push of failure news (sequence
+/// `URGENT_PUSH_SEQUENCE`) is applied and passed on, never answered.
+#[test]
+fn urgent_pushes_are_not_acknowledged_but_probes_are() {
+    let params = Arc::new(params());
+    let (mut a, mut b) = two_supernodes(&params);
+    let gossiper = scripted_contact(500, addr(500));
+    // b's word about itself, as a probe's ack carries it; then b dies.
+    let probe = Message::GossipPing {
+        sequence: 1,
+        sender: alive(gossiper),
+        updates: BoundedVec::new(),
+    };
+    deliver(&mut b, at(50), gossiper.addr, &probe);
+    let b_alive = sent(&mut b)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::GossipAck { sender, .. } => Some(sender),
+            _ => None,
+        })
+        .expect("b answers a probe");
+    let news = MemberUpdate {
+        state: MemberState::Dead,
+        ..b_alive
+    };
+    deliver(
+        &mut a,
+        at(100),
+        gossiper.addr,
+        &Message::GossipPing {
+            sequence: URGENT_PUSH_SEQUENCE,
+            sender: alive(gossiper),
+            updates: BoundedVec::truncating([news]),
+        },
+    );
+    let out = sent(&mut a);
+    assert!(
+        !out.iter()
+            .any(|(_, m)| matches!(m, Message::GossipAck { .. })),
+        "an urgent push was acknowledged: {out:?}"
+    );
+    let passed_on = out.iter().any(|(_, m)| {
+        matches!(m, Message::GossipPing { sequence, updates, .. }
+            if *sequence == URGENT_PUSH_SEQUENCE && updates.as_slice().contains(&news))
+    });
+    assert!(passed_on, "the news was not pushed on: {out:?}");
+    deliver(
+        &mut a,
+        at(200),
+        gossiper.addr,
+        &Message::GossipPing {
+            sequence: 9,
+            sender: alive(gossiper),
+            updates: BoundedVec::new(),
+        },
+    );
+    let acked = sent(&mut a)
+        .into_iter()
+        .any(|(to, m)| to == gossiper.addr && matches!(m, Message::GossipAck { sequence: 9, .. }));
+    assert!(acked, "a probe's ping went unanswered");
+}
+
 /// A supernode asks members it saw die now and then for their view, in
 /// case they were only across a partition. One that answers with nobody
 /// new had merely restarted: the rest of its view (20 pages of 128 at
@@ -2196,7 +2303,7 @@ impl Net {
         let now = self.now();
         self.nodes[asker].lookup(now, account);
         self.flush(asker);
-        let end_ms = now.instant.as_ms() + 2 * params.lookup_timeout_ms + 1_000;
+        let end_ms = now.instant.as_ms() + 3 * params.lookup_timeout_ms + 1_000;
         self.run_until_ms(end_ms);
         let done: Vec<Option<PresenceRecord>> = self.events[started..]
             .iter()

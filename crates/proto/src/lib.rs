@@ -30,7 +30,7 @@ pub use message::{
     BusyReason, LoginRefusal, Message, MessageKind, RelayRequestBody, ShareHolder,
     CONTACTS_PER_MESSAGE_MAX, GOSSIP_UPDATES_MAX, MAIL_BATCH_MAX, MAIL_IDS_MAX, NAME_ROTATIONS_MAX,
     PUNCH_CANDIDATES_MAX, SEALED_CANDIDATES_LEN_MAX, SHARE_HOLDERS_PER_MESSAGE_MAX,
-    SYNC_PAGE_MEMBERS_MAX,
+    SYNC_PAGE_MEMBERS_MAX, URGENT_PUSH_SEQUENCE,
 };
 pub use names::*;
 pub use types::*;

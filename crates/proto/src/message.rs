@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 pub const CONTACTS_PER_MESSAGE_MAX: usize = 16;
 /// Most membership updates piggybacked on one gossip message.
 pub const GOSSIP_UPDATES_MAX: usize = 48;
+/// The `GossipPing` sequence of a one-way push (urgent failure news): no
+/// probe uses it, and nobody acknowledges it.
+pub const URGENT_PUSH_SEQUENCE: u32 = 0;
 /// Most members in one page of a membership sync.
 pub const SYNC_PAGE_MEMBERS_MAX: usize = 128;
 /// Most envelopes a mailbox hands out at once (the replay window).
@@ -144,6 +147,9 @@ pub enum Message {
         target: Addr,
         token: u64,
     },
+    /// A probe's ping (answered by a `GossipAck` with its `sequence`), or
+    /// with `sequence` = [`URGENT_PUSH_SEQUENCE`] a one-way push of
+    /// failure news, not answered.
     GossipPing {
         sequence: u32,
         sender: MemberUpdate,

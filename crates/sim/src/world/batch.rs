@@ -73,9 +73,15 @@ pub(super) struct Record {
 
 enum Outcome {
     /// Addressed to a node that is down.
-    DroppedDead,
+    DroppedDead {
+        from: u32,
+        kind: Option<MessageKind>,
+    },
     /// Filtered by the node's NAT.
-    DroppedNat,
+    DroppedNat {
+        from: u32,
+        kind: Option<MessageKind>,
+    },
     /// The CPU's backlog was full.
     CpuDropped {
         from: u32,
@@ -279,11 +285,13 @@ fn run_node(ctx: &Context, slot: &mut SimNode, node: u32, lane: &mut Lane) {
         match event.kind {
             Local::Deliver { from, bytes } => {
                 if !slot.alive {
-                    push_record(lane, time_us, node, Outcome::DroppedDead);
+                    let kind = peek_kind(&bytes);
+                    push_record(lane, time_us, node, Outcome::DroppedDead { from, kind });
                     continue;
                 }
                 if !slot.nat_allows(from) {
-                    push_record(lane, time_us, node, Outcome::DroppedNat);
+                    let kind = peek_kind(&bytes);
+                    push_record(lane, time_us, node, Outcome::DroppedNat { from, kind });
                     continue;
                 }
                 let service_us = match ctx.costs {
@@ -318,7 +326,8 @@ fn run_node(ctx: &Context, slot: &mut SimNode, node: u32, lane: &mut Lane) {
                 slot.cpu.start_queued();
                 if !slot.alive {
                     // The process and its queue died while it waited.
-                    push_record(lane, time_us, node, Outcome::DroppedDead);
+                    let kind = peek_kind(&bytes);
+                    push_record(lane, time_us, node, Outcome::DroppedDead { from, kind });
                     continue;
                 }
                 let costs = ctx.costs.expect("datagrams wait only with a CPU model");
@@ -598,17 +607,18 @@ impl World {
 
     fn apply_outcome(&mut self, node: u32, outcome: Outcome) {
         match outcome {
-            Outcome::DroppedDead => self.metrics.dropped_dead += 1,
-            Outcome::DroppedNat => self.metrics.dropped_nat += 1,
+            Outcome::DroppedDead { from, kind } => {
+                self.metrics.dropped_dead += 1;
+                self.trace_drop(from, node, kind, "the node is down");
+            }
+            Outcome::DroppedNat { from, kind } => {
+                self.metrics.dropped_nat += 1;
+                self.trace_drop(from, node, kind, "filtered by the node's NAT");
+            }
             Outcome::CpuDropped { from, kind } => {
                 self.metrics.cpu_dropped += 1;
                 crate::metrics::tally_kind(&mut self.metrics.cpu_dropped_by_kind, kind);
-                if self.trace == Some(node) || self.trace == Some(from) {
-                    eprintln!(
-                        "{:.3} {from} -> {node} {kind:?} (dropped: the CPU's backlog is full)",
-                        self.now_us as f64 / 1e6,
-                    );
-                }
+                self.trace_drop(from, node, kind, "the CPU's backlog is full");
             }
             Outcome::CpuQueued { delay_us, later } => {
                 self.metrics.cpu_delay.record(delay_us);
@@ -646,6 +656,17 @@ impl World {
         }
     }
 
+    /// `PEERLINE_SIM_TRACE`: a datagram to or from the traced node that
+    /// was not handled, and why.
+    fn trace_drop(&self, from: u32, to: u32, kind: Option<MessageKind>, why: &str) {
+        if self.trace == Some(to) || self.trace == Some(from) {
+            eprintln!(
+                "{:.3} {from} -> {to} {kind:?} (dropped: {why})",
+                self.now_us as f64 / 1e6
+            );
+        }
+    }
+
     /// Puts a node's datagrams on the network: each may be lost, the rest
     /// arrive after the pair's latency, leaving at `depart_us`.
     fn send(&mut self, index: u32, depart_us: u64, transmits: &mut [(Option<u32>, Vec<u8>)]) {
@@ -658,6 +679,9 @@ impl World {
             self.metrics.bytes_sent += bytes.len() as u64;
             if crate::network::uniform(&mut self.rng) < self.config.loss_rate {
                 self.metrics.lost += 1;
+                if self.trace == Some(index) || self.trace == Some(to) {
+                    self.trace_drop(index, to, peek_kind(bytes), "lost on the way");
+                }
                 continue;
             }
             let latency = crate::network::latency_us(
