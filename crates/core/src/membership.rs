@@ -1469,6 +1469,18 @@ mod tests {
             .any(|u| u.contact.key == me.contact.key && u.incarnation == 2));
     }
 
+    /// A probe's sequence wraps past `URGENT_PUSH_SEQUENCE`: pings carrying
+    /// it would go unanswered and raise a false suspicion.
+    #[test]
+    fn probe_sequences_skip_the_urgent_push_sequence() {
+        let mut m = view(2);
+        let mut rng = Pcg32::seed_from_u64(1);
+        m.sequence = u32::MAX;
+        let (_, sequence) = m.start_probe(Instant::ZERO, 1000, 500, &mut rng).unwrap();
+        assert_ne!(sequence, URGENT_PUSH_SEQUENCE);
+        assert_eq!(sequence, URGENT_PUSH_SEQUENCE.wrapping_add(1));
+    }
+
     #[test]
     fn unanswered_probe_leads_to_suspect_then_dead() {
         let mut m = view(2);
