@@ -457,6 +457,7 @@ enum MessageChoice {
     Pong(u32, u8, u8, Option<TicketChoice>),
     NotAttached,
     Keepalive,
+    Leaving(Vec<ContactChoice>),
     PeerDown(KeyChoice),
     Publish(RecordChoice),
     LookupRequest(u32, KeyChoice),
@@ -663,6 +664,9 @@ impl MessageChoice {
             },
             MessageChoice::NotAttached => Message::NotAttached,
             MessageChoice::Keepalive => Message::Keepalive,
+            MessageChoice::Leaving(alternates) => Message::Leaving {
+                alternates: contacts(alternates),
+            },
             MessageChoice::PeerDown(key) => Message::PeerDown {
                 supernode: key.build(),
             },

@@ -53,8 +53,23 @@ struct Attachment {
     load_pct: u8,
     /// Another supernode reported this one as failing; a spare is being attached.
     suspected: bool,
+    /// The supernode is shutting down (`Message::Leaving`); a spare is
+    /// being attached, and this one is detached once the spare is in.
+    leaving: bool,
     /// The network's average load as this supernode sees it.
     network_load_pct: u8,
+}
+
+impl Attachment {
+    /// Whether a spare is being attached to replace this one.
+    fn replacing(&self) -> bool {
+        self.suspected || self.leaving
+    }
+
+    /// Attached, and not on its way out.
+    fn healthy(&self) -> bool {
+        self.phase == Phase::Attached && !self.replacing()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -202,7 +217,7 @@ impl ClientState {
     }
 
     /// Attachments wanted now: the target, plus a spare while one is
-    /// suspected — and a second spare handshake *hedging* the first when
+    /// suspected or leaving — and a second spare handshake *hedging* the first when
     /// that one has gone unanswered for `attach_hedge_ms` while the client
     /// is not whole without the suspect. A spare from the host cache may
     /// itself be gone, and waiting out its handshake timeouts (two tries of
@@ -213,20 +228,17 @@ impl ClientState {
     /// handshakes on the supernodes left. Whichever loses is detached as
     /// soon as the client is whole again (`trim_surplus`).
     fn wanted(&self, io: &Io) -> usize {
-        let suspected = self.attachments.iter().any(|a| a.suspected);
+        let replacing = self.attachments.iter().any(Attachment::replacing);
         let hedging = self.hedge_due(io).is_some_and(|at| at <= io.now.instant);
-        io.params.attachments_target + suspected as usize + hedging as usize
+        io.params.attachments_target + replacing as usize + hedging as usize
     }
 
     /// When the spare handshake in flight gets a second one hedging it:
-    /// `None` unless one of the client's supernodes is suspected, the
-    /// client is not whole without it, and exactly one spare is in flight.
+    /// `None` unless one of the client's supernodes is suspected or
+    /// leaving, the client is not whole without it, and exactly one spare
+    /// is in flight.
     fn hedge_due(&self, io: &Io) -> Option<Instant> {
-        let healthy = self
-            .attachments
-            .iter()
-            .filter(|a| !a.suspected && a.phase == Phase::Attached)
-            .count();
+        let healthy = self.attachments.iter().filter(|a| a.healthy()).count();
         let mut in_flight = self
             .attachments
             .iter()
@@ -234,7 +246,7 @@ impl ClientState {
         let spare = in_flight.next()?;
         if in_flight.next().is_some()
             || healthy >= io.params.attachments_target
-            || !self.attachments.iter().any(|a| a.suspected)
+            || !self.attachments.iter().any(Attachment::replacing)
         {
             return None;
         }
@@ -273,6 +285,7 @@ impl ClientState {
                 misses: 0,
                 load_pct: 0,
                 suspected: false,
+                leaving: false,
                 network_load_pct: 0,
             };
             Self::send_attach_start(io, &mut attachment);
@@ -482,6 +495,24 @@ impl ClientState {
                 self.drop_attachment(io, index, DetachReason::DetachedBySupernode);
                 self.fill_attachments(io);
             }
+            Message::Leaving { alternates } => {
+                if self.attachments[index].phase != Phase::Attached {
+                    // A handshake with it fails on its own (busy answer).
+                    io.stats.messages_unexpected += 1;
+                    return;
+                }
+                if !io.params.naive {
+                    io.host_cache
+                        .hint(&alternates, io.params.host_cache_len_max);
+                }
+                let key = self.attachments[index].contact.key;
+                io.host_cache
+                    .defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
+                self.attachments[index].leaving = true;
+                // Make before break: the spare first, then the detach
+                // (`trim_surplus`, once the spare is in).
+                self.fill_attachments(io);
+            }
             Message::NotAttached => {
                 if self.attachments[index].phase == Phase::Attached {
                     self.drop_attachment(io, index, DetachReason::NotAttached);
@@ -670,17 +701,26 @@ impl ClientState {
     }
 
     /// Detaches attachments beyond the target, the most loaded supernode
-    /// first, counting only those not suspected: a suspect is kept until
-    /// its check settles (if it answers, the client has one too many and
-    /// trims then), but the loser of a spare race goes at once.
+    /// first, counting only those not suspected or leaving: a suspect is
+    /// kept until its check settles (if it answers, the client has one too
+    /// many and trims then), but the loser of a spare race goes at once.
+    /// A leaving supernode goes as soon as the client is whole without it.
     fn trim_surplus(&mut self, io: &mut Io) {
         let target = io.params.attachments_target;
-        let healthy = |a: &Attachment| a.phase == Phase::Attached && !a.suspected;
-        while self.attachments.iter().filter(|a| healthy(a)).count() > target {
-            let Some(index) = (0..self.attachments.len())
-                .filter(|i| healthy(&self.attachments[*i]))
-                .max_by_key(|i| self.attachments[*i].load_pct)
-            else {
+        loop {
+            let healthy = self.attachments.iter().filter(|a| a.healthy()).count();
+            let index = if healthy > target {
+                (0..self.attachments.len())
+                    .filter(|i| self.attachments[*i].healthy())
+                    .max_by_key(|i| self.attachments[*i].load_pct)
+            } else if healthy == target {
+                self.attachments
+                    .iter()
+                    .position(|a| a.leaving && a.phase == Phase::Attached)
+            } else {
+                None
+            };
+            let Some(index) = index else {
                 return;
             };
             let attachment = self.attachments.swap_remove(index);

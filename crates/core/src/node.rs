@@ -56,6 +56,9 @@ pub enum Event {
     Reachable,
     Promoted,
     Demoted,
+    /// A graceful leave ([`Node::leave`]) is over: the node has said its
+    /// goodbyes and stays silent until restarted.
+    Left,
     /// A message for the application, exactly once and in conversation order.
     MessageReceived {
         from_device: PublicKey,
@@ -685,7 +688,11 @@ impl Node {
             return;
         }
         match decode(bytes) {
-            Ok(Frame::Message(message)) => self.handle_message(now, from, message),
+            Ok(Frame::Message(message)) => {
+                self.handle_message(now, from, message);
+                // The last client of a draining supernode may have gone.
+                self.finish_leave_if_drained(now);
+            }
             Ok(Frame::Versions(_)) => {
                 // We speak only version 1 and so does every version range
                 // that includes it: nothing to renegotiate yet.
@@ -726,7 +733,9 @@ impl Node {
         let mut demote = false;
         if self.is_supernode() {
             self.with_supernode(now, |supernode, io| supernode.handle_timeout(io));
-            demote = self.supernode_wants_demotion();
+            // A draining supernode finishes its leave instead.
+            demote = self.supernode_wants_demotion() && !self.is_leaving();
+            self.finish_leave_if_drained(now);
         } else {
             self.with_client(now, |client, io| client.handle_timeout(io));
             promote = self.client_wants_promotion();
@@ -978,6 +987,41 @@ impl Node {
         match &self.role {
             Role::Supernode(s) => s.mailbox_recipients(),
             Role::Client(_) => Vec::new(),
+        }
+    }
+
+    /// Leaves gracefully without dropping anyone below their attachment
+    /// target: a supernode first drains (its clients are told
+    /// [`Message::Leaving`] and attach elsewhere while it serves them, for
+    /// `drain_max_ms` at most), then shuts down as [`Node::shutdown`]
+    /// does; a client shuts down at once. [`Event::Left`] says when it is
+    /// over; until then keep feeding the node input and wake-ups.
+    pub fn leave(&mut self, now: Now) {
+        if self.closed {
+            return;
+        }
+        if self.is_supernode() {
+            self.with_supernode(now, |supernode, io| supernode.drain(io));
+            self.finish_leave_if_drained(now);
+        } else {
+            self.shutdown(now);
+            self.events.push_back(Event::Left);
+        }
+    }
+
+    /// Whether the node has shut down (and ignores input until restarted).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn is_leaving(&self) -> bool {
+        matches!(&self.role, Role::Supernode(s) if s.is_leaving())
+    }
+
+    fn finish_leave_if_drained(&mut self, now: Now) {
+        if matches!(&self.role, Role::Supernode(s) if s.drained(now.instant)) {
+            self.shutdown(now);
+            self.events.push_back(Event::Left);
         }
     }
 

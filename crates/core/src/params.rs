@@ -65,6 +65,11 @@ pub struct Params {
     pub supernode_capacity_attachments: usize,
     /// A client slot without a ping for this long is freed.
     pub client_idle_timeout_ms: u64,
+    /// A supernode shutting down gracefully keeps serving its clients this
+    /// long at most while they attach elsewhere (`Message::Leaving`), then
+    /// detaches those left. Clients move in about one handshake (a few
+    /// hundred ms); the bound is for clients that find nowhere to go.
+    pub drain_max_ms: u64,
     /// Records are kept on this many supernodes closest to their key.
     pub replication_k: usize,
     /// Housekeeping period: expiry sweeps, load announcements.
@@ -221,6 +226,7 @@ impl Default for Params {
             lookups_in_flight_max: 512,
             supernode_capacity_attachments: 1_000,
             client_idle_timeout_ms: 80_000,
+            drain_max_ms: 5_000,
             replication_k: 4,
             sweep_interval_ms: 10_000,
             relay_bindings_max: 256,

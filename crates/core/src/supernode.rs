@@ -172,6 +172,9 @@ pub struct SupernodeState {
     /// now and then whether they are back (a healed partition).
     lost: Vec<(Contact, Instant)>,
     rediscover_at: Option<Instant>,
+    /// Set by [`SupernodeState::drain`]: the shutdown is under way and
+    /// ends when the last client has moved, or at this instant.
+    leaving_at: Option<Instant>,
     /// Members that joined or left (with the key range near them), whose
     /// own clients' records are re-stored together once the burst of
     /// changes settles (`None`: the list overflowed, re-store every record
@@ -275,6 +278,7 @@ impl SupernodeState {
             recent_forwards: BTreeMap::new(),
             lost: Vec::new(),
             rediscover_at: None,
+            leaving_at: None,
             restore_changes: Some(Vec::new()),
             restore_at: None,
             registrations: BTreeMap::new(),
@@ -369,6 +373,7 @@ impl SupernodeState {
             .min(self.names_deadline())
             .min(self.bundles_deadline())
             .min(join)
+            .min(self.leaving_at.unwrap_or(Instant::NEVER))
     }
 
     /// Joins the supernode overlay through any of `seeds`.
@@ -409,17 +414,51 @@ impl SupernodeState {
         }
     }
 
-    pub(crate) fn shutdown(&mut self, io: &mut Io) {
-        // Each client gets alternates from its own random sample: one list
-        // for all ~800 sent them all to the same few supernodes at once —
-        // most were answered busy and were seconds late re-attaching
-        // (measured at 1M clients: ~620 busy answers per graceful leave).
+    /// Starts a graceful shutdown that never drops a client below its
+    /// attachment target: every client is told [`Message::Leaving`] with
+    /// alternates, attaches elsewhere and then detaches from us, while we
+    /// go on serving it and take no new clients. [`Self::drained`] says
+    /// when to finish with [`Self::shutdown`]: when the last client has
+    /// gone, or after `drain_max_ms`.
+    pub(crate) fn drain(&mut self, io: &mut Io) {
+        if self.leaving_at.is_some() {
+            return;
+        }
+        self.leaving_at = Some(io.now.instant.add_ms(io.params.drain_max_ms));
+        // Full, so that nobody names us as an alternate any more.
+        self.membership.announce_load(FULL_LOAD_PCT, io.now.instant);
         for addr in self.sorted_client_addrs() {
-            let alternates = BoundedVec::truncating(self.membership.least_loaded(
-                ALTERNATES_PER_ANSWER,
-                &self.node_id,
-                io.rng,
-            ));
+            let alternates = self.alternates_for_one(io);
+            io.send(addr, &Message::Leaving { alternates });
+        }
+    }
+
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving_at.is_some()
+    }
+
+    /// Whether a drain begun by [`Self::drain`] is over.
+    pub(crate) fn drained(&self, now: Instant) -> bool {
+        self.leaving_at
+            .is_some_and(|at| self.clients.is_empty() || now >= at)
+    }
+
+    /// Alternates for one client of a leaving supernode. Each client gets
+    /// its own random sample: one list for all ~800 sent them all to the
+    /// same few supernodes at once — most were answered busy and were
+    /// seconds late re-attaching (measured at 1M clients: ~620 busy
+    /// answers per graceful leave).
+    fn alternates_for_one(&self, io: &mut Io) -> BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX> {
+        BoundedVec::truncating(self.membership.least_loaded(
+            ALTERNATES_PER_ANSWER,
+            &self.node_id,
+            io.rng,
+        ))
+    }
+
+    pub(crate) fn shutdown(&mut self, io: &mut Io) {
+        for addr in self.sorted_client_addrs() {
+            let alternates = self.alternates_for_one(io);
             io.send(addr, &Message::Detach { alternates });
         }
         self.clients.clear();
@@ -844,6 +883,10 @@ impl SupernodeState {
     /// Admission of a handshake: room for one more client, and budget. A
     /// full login must leave the reserve for resuming clients.
     fn admit_handshake(&mut self, io: &mut Io, from: Addr, resume: bool) -> bool {
+        if self.leaving_at.is_some() && !self.clients.contains_key(&from) {
+            self.busy(io, from, BusyReason::Demoting, 0);
+            return false;
+        }
         if io.params.naive {
             return true;
         }
@@ -934,6 +977,11 @@ impl SupernodeState {
                 None => LoginRefusal::DeviceRevoked,
             };
             return io.send(from, &Message::LoginRefused { reason });
+        }
+        if self.leaving_at.is_some() && !self.clients.contains_key(&from) {
+            // Challenged before the drain began.
+            self.busy(io, from, BusyReason::Demoting, 0);
+            return;
         }
         if !self.has_room_for(io, &from) {
             self.busy(io, from, BusyReason::AttachmentsFull, 0);
@@ -2261,12 +2309,18 @@ impl SupernodeState {
             self.shed_naively(io);
         }
         let load = self.load_pct(params);
+        // A draining supernode stays announced as full (`drain`).
+        let shown = if self.leaving_at.is_some() {
+            FULL_LOAD_PCT
+        } else {
+            load
+        };
         let announced = self.membership.me.load_pct;
         // Becoming full (or having room again) is news however small the
         // step: others name only members with room as alternates.
-        let full_changed = (load >= FULL_LOAD_PCT) != (announced >= FULL_LOAD_PCT);
-        if load.abs_diff(announced) >= params.load_announce_delta_pct || full_changed {
-            self.membership.announce_load(load, now);
+        let full_changed = (shown >= FULL_LOAD_PCT) != (announced >= FULL_LOAD_PCT);
+        if shown.abs_diff(announced) >= params.load_announce_delta_pct || full_changed {
+            self.membership.announce_load(shown, now);
         }
         self.check_demotion(io, load);
     }

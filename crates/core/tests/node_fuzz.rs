@@ -1281,6 +1281,10 @@ enum Input {
     Shutdown {
         to_supernode: bool,
     },
+    /// A graceful leave: a supernode drains first (`Node::leave`).
+    Leave {
+        to_supernode: bool,
+    },
     Restart {
         to_supernode: bool,
     },
@@ -1324,6 +1328,7 @@ fn input() -> impl Strategy<Value = Input> {
         3 => Just(Input::AdvanceToDeadline),
         1 => (any::<bool>(), account()).prop_map(|(to_supernode, account)| Input::Lookup { to_supernode, account }),
         1 => any::<bool>().prop_map(|to_supernode| Input::Shutdown { to_supernode }),
+        1 => any::<bool>().prop_map(|to_supernode| Input::Leave { to_supernode }),
         1 => any::<bool>().prop_map(|to_supernode| Input::Restart { to_supernode }),
         2 => (any::<bool>(), 0usize..1100).prop_map(|(to_supernode, len)| Input::Send { to_supernode, len }),
         1 => any::<bool>().prop_map(|to_supernode| Input::PublishSecrets { to_supernode }),
@@ -1488,6 +1493,11 @@ impl Pair {
             Input::Shutdown { to_supernode } => {
                 let now = self.now_of(*to_supernode);
                 self.node(*to_supernode).shutdown(now);
+                self.exchange()
+            }
+            Input::Leave { to_supernode } => {
+                let now = self.now_of(*to_supernode);
+                self.node(*to_supernode).leave(now);
                 self.exchange()
             }
             Input::Send { to_supernode, len } => {

@@ -2409,6 +2409,72 @@ fn a_leaving_supernode_spreads_its_clients_over_many_alternates() {
     );
 }
 
+/// A supernode that leaves gracefully drains first (make before break):
+/// its clients attach elsewhere while it still serves them, so none is
+/// ever below its target, and it goes as soon as the last one has moved.
+#[test]
+fn a_leaving_supernode_keeps_its_clients_whole_until_they_have_moved() {
+    let params = Arc::new(params());
+    let (mut net, contacts) = joined_supernodes(&params, 20, 1_000);
+    net.run_until_ms(5_000);
+    let mut clients = Vec::new();
+    for i in 0..16u32 {
+        let address = addr(3_000 + i);
+        // Only the first two supernodes are known: every client attaches to both.
+        let node = client(
+            &params,
+            3_000 + i as u64,
+            address,
+            contacts[..2].to_vec(),
+            net.now(),
+        );
+        clients.push(net.add(node, address));
+    }
+    net.run_until_ms(15_000);
+    let leaving = 0;
+    assert_eq!(net.nodes[leaving].attached_clients(), clients.len());
+    let started_ms = net.now_us / 1_000;
+    let now = net.now();
+    net.nodes[leaving].leave(now);
+    net.flush(leaving);
+    assert!(!net.nodes[leaving].is_closed(), "it drains first");
+    let serving = |net: &Net, c: &Contact| {
+        let index = net.index_of[&c.addr];
+        !net.nodes[index].is_closed() && !net.crashed[index]
+    };
+    let mut left_ms = None;
+    for step in 1..=(params.drain_max_ms / 20 + 10) {
+        net.run_until_ms(started_ms + step * 20);
+        for &c in &clients {
+            let attached = net.nodes[c].attached_supernodes();
+            let live = attached.iter().filter(|s| serving(&net, s)).count();
+            assert!(
+                live >= params.attachments_target,
+                "client {c} has {live} serving supernodes at +{} ms: {attached:?}",
+                step * 20
+            );
+        }
+        if left_ms.is_none() {
+            left_ms = net
+                .events
+                .iter()
+                .find(|(i, _, e)| *i == leaving && *e == Event::Left)
+                .map(|(_, at_us, _)| at_us / 1_000 - started_ms);
+        }
+    }
+    let left_ms = left_ms.expect("the leave finished");
+    assert!(
+        left_ms < params.drain_max_ms,
+        "it waited out the drain ({left_ms} ms): some client did not move"
+    );
+    assert!(net.nodes[leaving].is_closed());
+    for &c in &clients {
+        let attached = net.nodes[c].attached_supernodes();
+        assert_eq!(attached.len(), params.attachments_target, "client {c}");
+        assert!(!attached.contains(&contacts[leaving]), "client {c}");
+    }
+}
+
 /// Every live client is attached to the target number of distinct live supernodes.
 fn assert_everyone_attached(
     net: &Net,

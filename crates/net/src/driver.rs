@@ -631,9 +631,11 @@ impl RunningNode {
         self.contact
     }
 
-    /// Leaves politely: the node says goodbye to its peers (detaches its
-    /// clients or supernodes), waits a bounded time for those frames to be
-    /// acknowledged, and closes every connection.
+    /// Leaves politely: a supernode first lets its clients move to other
+    /// supernodes (`Node::leave`: `drain_max_ms` at most), then the node
+    /// says goodbye to its peers (detaches its clients or supernodes),
+    /// waits a bounded time for those frames to be acknowledged, and
+    /// closes every connection.
     pub async fn shutdown(self) -> Result<DriverReport, NodeGone> {
         // If the queue is full the task is busy; it still sees the request.
         let _ = self.control.commands.send(Command::Shutdown).await;
@@ -719,15 +721,26 @@ fn proves_expected_key(expected: Option<PublicKey>, proven: Option<PublicKey>) -
 
 impl Driver {
     async fn run(mut self) -> DriverReport {
+        // A shutdown drains first: a supernode serves its clients until
+        // they have moved (`Node::leave`, bounded by `drain_max_ms`).
+        let mut leaving = false;
+        // Taken before the goodbyes change what the node believes.
+        let mut members_sample = None;
         loop {
             self.flush().await;
-            if self.persist_error.is_some() {
+            if self.persist_error.is_some() || (leaving && self.node.is_closed()) {
                 break;
             }
             self.links.reap();
             let wake_at = self.clock.wake_at(self.node.poll_timeout());
             tokio::select! {
                 command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) if !leaving => {
+                        leaving = true;
+                        members_sample = Some(self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX));
+                        self.node.leave(self.clock.now());
+                    }
+                    // Asked twice, or nobody left to ask: stop now.
                     Some(Command::Shutdown) | None => break,
                     Some(command) => self.command(command),
                 },
@@ -750,8 +763,8 @@ impl Driver {
                 }
             }
         }
-        // Taken before the goodbyes change what the node believes.
-        let members_sample = self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX);
+        let members_sample =
+            members_sample.unwrap_or_else(|| self.node.members_sample(MEMBERS_SAMPLE_LEN_MAX));
         if self.persist_error.is_none() {
             self.node.shutdown(self.clock.now());
             self.flush().await;

@@ -52,7 +52,8 @@ pub struct ShareHolder {
 pub enum BusyReason {
     /// All attachment slots are taken.
     AttachmentsFull,
-    /// The node is leaving the supernode role.
+    /// The node is leaving the supernode role (demoting, or shutting down:
+    /// [`Message::Leaving`]).
     Demoting,
     /// Too many lookups in flight or per second.
     LookupsFull,
@@ -461,6 +462,14 @@ pub enum Message {
     /// [`Message::NotAttached`]). Liveness is checked by every
     /// `keepalive_check_every`-th keepalive only, which is a ping.
     Keepalive,
+    /// Supernode → its client: "I am shutting down; attach elsewhere,
+    /// then detach from me." The supernode keeps serving until its clients
+    /// have moved or `drain_max_ms` has passed, then sends
+    /// [`Message::Detach`] to any left: a graceful leave never drops a
+    /// client below its attachment target (make before break).
+    Leaving {
+        alternates: BoundedVec<Contact, CONTACTS_PER_MESSAGE_MAX>,
+    },
 }
 
 /// Why a supernode refused a device's login for good.
@@ -551,6 +560,7 @@ impl Message {
             Message::LoginRefused { .. } => MessageKind::LoginRefused,
             Message::SealedCandidates { .. } => MessageKind::SealedCandidates,
             Message::Keepalive => MessageKind::Keepalive,
+            Message::Leaving { .. } => MessageKind::Leaving,
         }
     }
 }
@@ -620,6 +630,7 @@ pub enum MessageKind {
     LoginRefused,
     SealedCandidates,
     Keepalive,
+    Leaving,
 }
 
 impl MessageKind {
@@ -688,6 +699,7 @@ impl MessageKind {
             59 => MessageKind::LoginRefused,
             60 => MessageKind::SealedCandidates,
             61 => MessageKind::Keepalive,
+            62 => MessageKind::Leaving,
             _ => return None,
         })
     }
@@ -703,6 +715,9 @@ mod tests {
         let samples = [
             Message::NotAttached,
             Message::Keepalive,
+            Message::Leaving {
+                alternates: BoundedVec::new(),
+            },
             Message::Ping { sequence: 1 },
             Message::Pong {
                 sequence: 1,

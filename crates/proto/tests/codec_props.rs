@@ -566,6 +566,8 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         bounded::<_, CONTACTS_PER_MESSAGE_MAX>(contact())
             .prop_map(|alternates| Message::Detach { alternates }),
+        bounded::<_, CONTACTS_PER_MESSAGE_MAX>(contact())
+            .prop_map(|alternates| Message::Leaving { alternates }),
         varint_u32().prop_map(|sequence| Message::Ping { sequence }),
         (varint_u32(), any::<u8>(), proptest::option::of(ticket())).prop_map(
             |(sequence, load_pct, ticket)| Message::Pong {
@@ -822,6 +824,7 @@ fn every_variant_is_covered(m: &Message) {
         | Message::Pong { .. }
         | Message::NotAttached
         | Message::Keepalive
+        | Message::Leaving { .. }
         | Message::PeerDown { .. }
         | Message::Publish { .. }
         | Message::LookupRequest { .. }
@@ -1494,6 +1497,9 @@ fn widest_messages() -> Vec<Message> {
             sealed: BoundedVec::truncating([0xbc; SEALED_CANDIDATES_LEN_MAX]),
         },
         Message::Keepalive,
+        Message::Leaving {
+            alternates: contacts(),
+        },
     ];
     assert_one_per_variant(&out);
     out
@@ -1983,6 +1989,9 @@ fn typical_messages() -> Vec<Message> {
             sealed: BoundedVec::truncating([57; 161]),
         },
         Message::Keepalive,
+        Message::Leaving {
+            alternates: BoundedVec::new(),
+        },
     ];
     assert_one_per_variant(&out);
     out

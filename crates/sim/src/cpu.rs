@@ -151,12 +151,13 @@ impl CostTable {
             OprfAnswer | OprfRefused => frame_us,
             // Sealed candidates are forwarded unread (the recipient device
             // opens them): a frame, like the plaintext ones were.
-            AttachChallenge | AttachAccepted | Busy | Detach | Ping | Pong | NotAttached
-            | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward | GossipPing
-            | GossipAck | SyncRequest | SyncResponse | FindValueResponse | MailDeliver
-            | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates | PathPing
-            | PathPong | RelayGranted | RelayRefused | NameResult | NameLookupResponse
-            | NameLookupAnswer | LoginRefused | SealedCandidates | Keepalive => frame_us,
+            AttachChallenge | AttachAccepted | Busy | Detach | Leaving | Ping | Pong
+            | NotAttached | PeerDown | LookupResponse | ProbeRequest | Probe | ProbeForward
+            | GossipPing | GossipAck | SyncRequest | SyncResponse | FindValueResponse
+            | MailDeliver | MailFetch | MailBatch | MailDone | MailDelete | PunchCandidates
+            | PathPing | PathPong | RelayGranted | RelayRefused | NameResult
+            | NameLookupResponse | NameLookupAnswer | LoginRefused | SealedCandidates
+            | Keepalive => frame_us,
         }
     }
 }

@@ -921,26 +921,38 @@ impl World {
             eprintln!("{:.3} supernode {index} leaves", self.now_us as f64 / 1e6);
         }
         if uniform(&mut self.rng) < self.config.graceful_leave_fraction {
+            // A supernode drains first (its clients move, then it goes):
+            // it goes down on its `Event::Left`, now or within
+            // `drain_max_ms`. A client leaves at once.
             let now = self.now_for(index);
             if let Some(node) = self.nodes[index as usize].node.as_mut() {
-                node.shutdown(now);
+                node.leave(now);
             }
-            self.flush(index);
             self.metrics.graceful_leaves += 1;
-        } else {
-            self.metrics.crashes += 1;
-            if self.nodes[index as usize].is_supernode() {
-                let orphans: Vec<u32> = self
-                    .live_clients
-                    .items
-                    .iter()
-                    .copied()
-                    .filter(|&client| self.drops_below_two(client, |s| s == index))
-                    .collect();
-                for client in orphans {
-                    self.churn_pending.entry(client).or_insert(self.now_us);
-                }
+            self.flush(index);
+            return;
+        }
+        self.metrics.crashes += 1;
+        if self.nodes[index as usize].is_supernode() {
+            let orphans: Vec<u32> = self
+                .live_clients
+                .items
+                .iter()
+                .copied()
+                .filter(|&client| self.drops_below_two(client, |s| s == index))
+                .collect();
+            for client in orphans {
+                self.churn_pending.entry(client).or_insert(self.now_us);
             }
+        }
+        self.depart(index);
+    }
+
+    /// A node that crashed or finished leaving goes down, to come back
+    /// after an exponential time offline.
+    fn depart(&mut self, index: u32) {
+        if !self.nodes[index as usize].alive {
+            return;
         }
         self.nodes[index as usize].go_down();
         self.live_clients.remove(index);
@@ -1122,6 +1134,7 @@ impl World {
                 }
                 conversation.acked_up_to = conversation.acked_up_to.max(up_to_seq);
             }
+            Event::Left => self.depart(index),
             Event::Demoted => {
                 self.live_supernodes.remove(index);
                 self.live_clients.insert(index);
