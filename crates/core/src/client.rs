@@ -485,13 +485,7 @@ impl ClientState {
                 self.fill_attachments(io);
             }
             Message::Detach { alternates } => {
-                if !io.params.naive {
-                    io.host_cache
-                        .hint(&alternates, io.params.host_cache_len_max);
-                }
-                let key = self.attachments[index].contact.key;
-                io.host_cache
-                    .defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
+                self.look_elsewhere(io, index, &alternates);
                 self.drop_attachment(io, index, DetachReason::DetachedBySupernode);
                 self.fill_attachments(io);
             }
@@ -501,13 +495,7 @@ impl ClientState {
                     io.stats.messages_unexpected += 1;
                     return;
                 }
-                if !io.params.naive {
-                    io.host_cache
-                        .hint(&alternates, io.params.host_cache_len_max);
-                }
-                let key = self.attachments[index].contact.key;
-                io.host_cache
-                    .defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
+                self.look_elsewhere(io, index, &alternates);
                 self.attachments[index].leaving = true;
                 // Make before break: the spare first, then the detach
                 // (`trim_surplus`, once the spare is in).
@@ -573,6 +561,17 @@ impl ClientState {
             }
             _ => io.stats.messages_unexpected += 1,
         }
+    }
+
+    /// A supernode sends us away: its alternates go into the host cache,
+    /// and it is not tried again for a while.
+    fn look_elsewhere(&self, io: &mut Io, index: usize, alternates: &[Contact]) {
+        if !io.params.naive {
+            io.host_cache.hint(alternates, io.params.host_cache_len_max);
+        }
+        let key = self.attachments[index].contact.key;
+        io.host_cache
+            .defer(&key, io.now.instant, io.params.retry_backoff_base_ms);
     }
 
     fn on_challenge(&mut self, io: &mut Io, index: usize, supernode: Contact, challenge: [u8; 32]) {

@@ -2357,6 +2357,29 @@ fn small_network(params: &Arc<Params>) -> (Net, Vec<Contact>, Vec<usize>) {
     (net, supernode_contacts, clients)
 }
 
+/// `count` clients that know only the first two supernodes, so that every
+/// one attaches to both.
+fn clients_of_the_first_two(
+    net: &mut Net,
+    params: &Arc<Params>,
+    contacts: &[Contact],
+    count: u32,
+) -> Vec<usize> {
+    (0..count)
+        .map(|i| {
+            let address = addr(3_000 + i);
+            let node = client(
+                params,
+                3_000 + i as u64,
+                address,
+                contacts[..2].to_vec(),
+                net.now(),
+            );
+            net.add(node, address)
+        })
+        .collect()
+}
+
 /// A supernode that leaves names alternates to each client from its own
 /// random sample of the view: one list for all sent every client to the
 /// same few supernodes at once (a busy storm after every graceful leave).
@@ -2365,19 +2388,7 @@ fn a_leaving_supernode_spreads_its_clients_over_many_alternates() {
     let params = Arc::new(params());
     let (mut net, contacts) = joined_supernodes(&params, 60, 1_000);
     net.run_until_ms(5_000);
-    let mut clients = Vec::new();
-    for i in 0..24u32 {
-        let address = addr(3_000 + i);
-        // Only the first two supernodes are known: every client attaches to both.
-        let node = client(
-            &params,
-            3_000 + i as u64,
-            address,
-            contacts[..2].to_vec(),
-            net.now(),
-        );
-        clients.push(net.add(node, address));
-    }
+    let clients = clients_of_the_first_two(&mut net, &params, &contacts, 24);
     net.run_until_ms(15_000);
     let leaving = 0;
     let attached_here = clients
@@ -2417,19 +2428,7 @@ fn a_leaving_supernode_keeps_its_clients_whole_until_they_have_moved() {
     let params = Arc::new(params());
     let (mut net, contacts) = joined_supernodes(&params, 20, 1_000);
     net.run_until_ms(5_000);
-    let mut clients = Vec::new();
-    for i in 0..16u32 {
-        let address = addr(3_000 + i);
-        // Only the first two supernodes are known: every client attaches to both.
-        let node = client(
-            &params,
-            3_000 + i as u64,
-            address,
-            contacts[..2].to_vec(),
-            net.now(),
-        );
-        clients.push(net.add(node, address));
-    }
+    let clients = clients_of_the_first_two(&mut net, &params, &contacts, 16);
     net.run_until_ms(15_000);
     let leaving = 0;
     assert_eq!(net.nodes[leaving].attached_clients(), clients.len());
