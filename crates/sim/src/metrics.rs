@@ -99,6 +99,9 @@ pub struct Metrics {
     pub delivered_by_kind: Vec<u64>,
     pub crashes: u64,
     pub graceful_leaves: u64,
+    /// Clients a supernode's graceful leave left below two attachments
+    /// when it went (the drain's stragglers: it lets them move first).
+    pub graceful_leave_orphans: u64,
     pub promotions: u64,
     /// Promotions of nodes behind a NAT (must stay 0: they are unreachable).
     pub promotions_unreachable: u64,

@@ -62,6 +62,9 @@ pub struct Report {
     pub demotions: u64,
     pub crashes: u64,
     pub graceful_leaves: u64,
+    /// Clients below two attachments when a gracefully leaving supernode
+    /// went (after its drain): 0 when every client moved first.
+    pub graceful_leave_orphans: u64,
     pub datagrams_sent: u64,
     pub datagrams_delivered: u64,
     pub datagrams_lost: u64,
@@ -421,6 +424,7 @@ impl Report {
             demotions: metrics.demotions,
             crashes: metrics.crashes,
             graceful_leaves: metrics.graceful_leaves,
+            graceful_leave_orphans: metrics.graceful_leave_orphans,
             datagrams_sent: metrics.sent,
             datagrams_delivered: metrics.delivered,
             datagrams_lost: metrics.lost,
@@ -850,8 +854,8 @@ impl Report {
             self.supernode_load_max_ratio
         );
         out += &format!(
-            "churn: {} crashes, {} graceful leaves · datagrams {} sent, {} lost, {} to dead nodes, {} NAT-filtered\n",
-            self.crashes, self.graceful_leaves, self.datagrams_sent, self.datagrams_lost, self.datagrams_dropped_dead, self.datagrams_dropped_nat
+            "churn: {} crashes, {} graceful leaves ({} clients left below two) · datagrams {} sent, {} lost, {} to dead nodes, {} NAT-filtered\n",
+            self.crashes, self.graceful_leaves, self.graceful_leave_orphans, self.datagrams_sent, self.datagrams_lost, self.datagrams_dropped_dead, self.datagrams_dropped_nat
         );
         if self.config.scenario.is_outage() {
             out += &format!(

@@ -1134,7 +1134,20 @@ impl World {
                 }
                 conversation.acked_up_to = conversation.acked_up_to.max(up_to_seq);
             }
-            Event::Left => self.depart(index),
+            Event::Left => {
+                if self.nodes[index as usize].is_supernode() {
+                    // Its drain let its clients move first: count any it
+                    // could not (`drain_max_ms` ran out).
+                    let left_below_two = self
+                        .live_clients
+                        .items
+                        .iter()
+                        .filter(|&&client| self.drops_below_two(client, |s| s == index))
+                        .count();
+                    self.metrics.graceful_leave_orphans += left_below_two as u64;
+                }
+                self.depart(index);
+            }
             Event::Demoted => {
                 self.live_supernodes.remove(index);
                 self.live_clients.insert(index);

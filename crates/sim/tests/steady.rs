@@ -70,6 +70,15 @@ fn steady_small_network_meets_the_figures() {
     );
     assert!(report.attached_ratio_final >= 0.99);
     assert!(report.live_clients_final >= 2700);
+    // A graceful leave drains first: its clients attach elsewhere before
+    // it goes. Clients ignoring `Leaving` left 93 below two on this run;
+    // a few may fail to find a spare within `drain_max_ms`.
+    assert!(
+        report.graceful_leave_orphans <= 5,
+        "{} graceful leaves left {} clients below two",
+        report.graceful_leaves,
+        report.graceful_leave_orphans
+    );
 }
 
 /// With every membership view capped at 64 entries, lookups route
