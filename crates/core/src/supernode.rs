@@ -424,6 +424,11 @@ impl SupernodeState {
         if self.leaving_at.is_some() {
             return;
         }
+        if io.params.naive {
+            // The classic baseline just goes: `shutdown` detaches at once.
+            self.leaving_at = Some(io.now.instant);
+            return;
+        }
         self.leaving_at = Some(io.now.instant.add_ms(io.params.drain_max_ms));
         // Full, so that nobody names us as an alternate any more.
         self.membership.announce_load(FULL_LOAD_PCT, io.now.instant);
