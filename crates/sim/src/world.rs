@@ -934,18 +934,21 @@ impl World {
         }
         self.metrics.crashes += 1;
         if self.nodes[index as usize].is_supernode() {
-            let orphans: Vec<u32> = self
-                .live_clients
-                .items
-                .iter()
-                .copied()
-                .filter(|&client| self.drops_below_two(client, |s| s == index))
-                .collect();
+            let orphans: Vec<u32> = self.orphans_of(index).collect();
             for client in orphans {
                 self.churn_pending.entry(client).or_insert(self.now_us);
             }
         }
         self.depart(index);
+    }
+
+    /// Live clients that supernode `index` going would leave below two.
+    fn orphans_of(&self, index: u32) -> impl Iterator<Item = u32> + '_ {
+        self.live_clients
+            .items
+            .iter()
+            .copied()
+            .filter(move |&client| self.drops_below_two(client, |s| s == index))
     }
 
     /// A node that crashed or finished leaving goes down, to come back
@@ -1138,12 +1141,7 @@ impl World {
                 if self.nodes[index as usize].is_supernode() {
                     // Its drain let its clients move first: count any it
                     // could not (`drain_max_ms` ran out).
-                    let left_below_two = self
-                        .live_clients
-                        .items
-                        .iter()
-                        .filter(|&&client| self.drops_below_two(client, |s| s == index))
-                        .count();
+                    let left_below_two = self.orphans_of(index).count();
                     self.metrics.graceful_leave_orphans += left_below_two as u64;
                 }
                 self.depart(index);
